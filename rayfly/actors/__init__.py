@@ -1,0 +1,1 @@
+"""Ray actors of rayfly: the cluster's scheduler and one peer per node."""

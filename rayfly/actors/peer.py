@@ -1,0 +1,434 @@
+"""The Peer actor: one per node. It fetches pieces, verifies and stores them, and serves them.
+
+A task on a peer goes: *joining* (tell the scheduler what the cache holds) -> *fetching* (ask the
+scheduler for batches, fetch each piece from its parent or the origin, verify its digest, write it,
+report) -> *hashing* (the whole-file sha256 is computed in order as pieces land, so it finishes
+with the last piece) -> *complete* (recorded in the piece store) or *failed* (discarded).
+Downloads are single-flight per task: every request for the task awaits the same download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from rayfly import dest as dest_paths
+from rayfly import source
+from rayfly.actors.scheduler import Batch, Done, Failed
+from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig
+from rayfly.errors import (
+    DigestMismatch,
+    IntegrityError,
+    OriginUnreachable,
+    PieceCorrupt,
+    RayflyError,
+    SourceError,
+)
+from rayfly.report import FileResult, NodeResult, summarize_node
+from rayfly.storage import PieceStore
+from rayfly.task import TaskInfo
+
+
+@dataclass(frozen=True)
+class FetchItem:
+    """One task of a request, and where it lands relative to the destination."""
+
+    task: TaskInfo
+    relpath: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """What a client asks of a peer: these tasks, published under ``dest`` (a template)."""
+
+    items: list[FetchItem]
+    dest: str | None
+    concurrency: int = 8
+    files_in_parallel: int = 4
+
+
+@dataclass
+class TaskOutcome:
+    """How a task download went on this node."""
+
+    sha256: str
+    length: int
+    seconds: float = 0.0
+    bytes_from_origin: int = 0
+    bytes_from_peers: int = 0
+    cached: bool = False
+    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
+
+
+class _Fatal(Exception):
+    """A piece error that fails the whole task (the origin refused, the disk failed)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _ParentGone(Exception):
+    """The parent's actor no longer exists."""
+
+
+@ray.remote(num_cpus=0)
+class Peer:
+    """A node's peer: piece store, downloader and piece server."""
+
+    def __init__(self, node_id: str, config: PeerConfig):
+        self.node_id = node_id
+        self.node_ip = ray.util.get_node_ip_address()
+        self.hostname = socket.gethostname()
+        self.config = config
+        root = Path(os.path.expanduser(config.cache_dir)) / node_id
+        self.store = PieceStore(root, config.cache_quota)
+        self._downloads: dict[str, asyncio.Task[TaskOutcome]] = {}
+        self._ready: dict[str, list[asyncio.Event]] = {}
+        self._handles: dict[str, Any] = {}
+        self._scheduler: Any = None
+        self.uploads = 0
+        self.pieces_served = 0
+
+    # --- identity and helpers -----------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Who and where this peer is, and how full its cache is."""
+        return {
+            "node_id": self.node_id,
+            "node_ip": self.node_ip,
+            "hostname": self.hostname,
+            "cache_dir": str(self.store.root),
+            "cache_used": self.store.used_bytes(),
+            "cache_quota": self.store.quota,
+            "downloads": len(self._downloads),
+            "uploads": self.uploads,
+            "pieces_served": self.pieces_served,
+        }
+
+    def _sched(self) -> Any:
+        if self._scheduler is None:
+            self._scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
+        return self._scheduler
+
+    def _parent(self, peer_id: str) -> Any:
+        if peer_id not in self._handles:
+            try:
+                self._handles[peer_id] = ray.get_actor(PEER_PREFIX + peer_id, namespace=NAMESPACE)
+            except ValueError:
+                raise _ParentGone(f"no peer actor for node {peer_id}") from None
+        return self._handles[peer_id]
+
+    def _events(self, task: TaskInfo) -> list[asyncio.Event]:
+        if task.task_id not in self._ready:
+            self._ready[task.task_id] = [asyncio.Event() for _ in range(task.n_pieces)]
+        return self._ready[task.task_id]
+
+    # --- serving ------------------------------------------------------------------------------
+    async def read_piece(self, task_id: str, index: int) -> np.ndarray:
+        """A verified piece for another peer; raises PieceUnavailable if not held."""
+        self.uploads += 1
+        try:
+            data = await asyncio.to_thread(self.store.read_piece, task_id, index)
+            self.pieces_served += 1
+            return data
+        finally:
+            self.uploads -= 1
+
+    async def wait_piece(self, task_id: str, index: int) -> np.ndarray:
+        """Wait until piece ``index`` of a prepared task is verified here, and return it."""
+        if task_id not in self._ready:
+            entry = self.store.entry(task_id)
+            if entry is None or not entry.complete:
+                raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
+        else:
+            waiter = asyncio.ensure_future(self._ready[task_id][index].wait())
+            download = self._downloads.get(task_id)
+            if download is not None:
+                await asyncio.wait([waiter, download], return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                    download.result()
+            await waiter
+        return await asyncio.to_thread(self.store.read_piece, task_id, index)
+
+    def has_task(self, task_id: str) -> bool:
+        """True when the task is complete and verified in this node's cache."""
+        entry = self.store.entry(task_id)
+        return entry is not None and entry.complete
+
+    # --- fetching -----------------------------------------------------------------------------
+    def prepare(self, task: TaskInfo, concurrency: int | None = None) -> None:
+        """Start fetching ``task`` into the cache in the background (no-op if under way/done)."""
+        self._start(task, asyncio.Semaphore(concurrency or self.config.concurrency))
+
+    async def wait_complete(self, task_id: str) -> dict[str, Any]:
+        """Wait for a prepared task; return its sha256 and byte counts (raises on failure)."""
+        download = self._downloads.get(task_id)
+        if download is None:
+            entry = self.store.entry(task_id)
+            if entry is None or not entry.complete:
+                raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
+            return {
+                "sha256": entry.sha256,
+                "bytes": entry.length,
+                "bytes_from_origin": 0,
+                "bytes_from_peers": 0,
+            }
+        out = await asyncio.shield(download)
+        return {
+            "sha256": out.sha256,
+            "bytes": out.length,
+            "bytes_from_origin": out.bytes_from_origin,
+            "bytes_from_peers": out.bytes_from_peers,
+        }
+
+    def _start(self, task: TaskInfo, slots: asyncio.Semaphore) -> asyncio.Task[TaskOutcome]:
+        running = self._downloads.get(task.task_id)
+        if running is not None and not running.done():
+            return running
+        if (
+            running is not None
+            and not running.cancelled()
+            and running.exception() is None
+            and self.has_task(task.task_id)
+        ):
+            return running
+        job = asyncio.ensure_future(self._download(task, slots))
+        self._downloads[task.task_id] = job
+        return job
+
+    async def fetch(self, request: FetchRequest) -> NodeResult:
+        """Fetch every task of ``request`` and publish each file at its destination."""
+        t0 = time.time()
+        rendered = (
+            dest_paths.render(request.dest, self.node_id, self.node_ip, self.hostname)
+            if request.dest
+            else ""
+        )
+        node = NodeResult(self.node_id, self.node_ip, self.hostname, rendered)
+        slots = asyncio.Semaphore(max(1, request.concurrency))
+        gate = asyncio.Semaphore(max(1, request.files_in_parallel))
+
+        async def one(item: FetchItem) -> FileResult:
+            async with gate:
+                return await self._fetch_one(item, rendered if request.dest else None, slots)
+
+        node.files = list(await asyncio.gather(*(one(i) for i in request.items)))
+        for item in request.items:
+            job = self._downloads.get(item.task.task_id)
+            if job is not None and job.done() and not job.cancelled() and not job.exception():
+                node.timeline.extend(job.result().timeline)
+        node.seconds = time.time() - t0
+        return summarize_node(
+            node, single=len(request.items) == 1 and request.items[0].relpath is None
+        )
+
+    async def _fetch_one(
+        self, item: FetchItem, rendered: str | None, slots: asyncio.Semaphore
+    ) -> FileResult:
+        task = item.task
+        name = item.relpath or task.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        result = FileResult(item.relpath or name, "", task.length, None, 0.0, 0, 0, False)
+        t0 = time.time()
+        try:
+            out = await asyncio.shield(self._start(task, slots))
+            result.sha256, result.cached = out.sha256, out.cached
+            result.bytes_from_origin, result.bytes_from_peers = (
+                out.bytes_from_origin,
+                out.bytes_from_peers,
+            )
+            if rendered is not None:
+                target = dest_paths.target_path(rendered, item.relpath, name)
+                result.path = str(target)
+                await asyncio.to_thread(self.store.publish, task.task_id, target)
+            result.ok = True
+        except RayflyError as exc:
+            result.error = str(exc)
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+        result.seconds = time.time() - t0
+        return result
+
+    async def _download(self, task: TaskInfo, slots: asyncio.Semaphore) -> TaskOutcome:
+        tid = task.task_id
+        entry = self.store.entry(tid)
+        if entry is not None and entry.complete:
+            await self._sched().join.remote(
+                tid, self.node_id, self.node_ip, self.config.upload_slots, entry.digests
+            )
+            return TaskOutcome(entry.sha256 or "", entry.length, cached=True)
+        out = TaskOutcome("", task.length)
+        t0 = time.time()
+        try:
+            entry = await asyncio.to_thread(
+                self.store.begin, tid, task.length, task.piece_size, task.url
+            )
+            events = self._events(task)
+            for i in entry.have:
+                events[i].set()
+            await self._sched().join.remote(
+                tid, self.node_id, self.node_ip, self.config.upload_slots, dict(entry.digests)
+            )
+            hasher = asyncio.ensure_future(self._hash(task))
+            try:
+                await self._fetch_all(task, slots, out)
+                out.sha256 = await hasher
+            finally:
+                hasher.cancel()
+            if task.expected_sha256 and out.sha256 != task.expected_sha256.lower():
+                raise DigestMismatch(
+                    f"sha256 of {source.redact_url(task.url)} is {out.sha256}, "
+                    f"expected {task.expected_sha256}"
+                )
+            await asyncio.to_thread(self.store.complete, tid, out.sha256)
+            await self._sched().finish.remote(tid, self.node_id, None)
+        except BaseException as exc:
+            fatal = isinstance(exc, IntegrityError | SourceError)
+            with contextlib.suppress(Exception):
+                await self._sched().finish.remote(tid, self.node_id, str(exc), fatal)
+            self.store.discard(tid)
+            self._ready.pop(tid, None)
+            raise
+        out.seconds = time.time() - t0
+        return out
+
+    async def _hash(self, task: TaskInfo) -> str:
+        h = hashlib.sha256()
+        for i, event in enumerate(self._events(task)):
+            await event.wait()
+            await asyncio.to_thread(self._hash_piece, h, task.task_id, i)
+        return h.hexdigest()
+
+    def _hash_piece(self, h: Any, task_id: str, index: int) -> None:
+        h.update(self.store.read_piece(task_id, index))
+
+    async def _fetch_all(self, task: TaskInfo, slots: asyncio.Semaphore, out: TaskOutcome) -> None:
+        """The fetch loop: ask for batches, run them with bounded concurrency, report."""
+        entry = self.store.entry(task.task_id)
+        assert entry is not None
+        inflight: dict[asyncio.Future[Done | Failed], int] = {}
+        done: list[Done] = []
+        failed: list[Failed] = []
+        try:
+            while len(entry.have) < entry.n_pieces:
+                want = await self._take_slots(slots, len(inflight))
+                if want or done or failed:
+                    batch: Batch = await self._sched().exchange.remote(
+                        task.task_id, self.node_id, done, failed, want, not inflight
+                    )
+                    done, failed = [], []
+                    if batch.error:
+                        raise SourceError(batch.error)
+                    for _ in range(want - len(batch.assignments)):
+                        slots.release()
+                    for a in batch.assignments:
+                        inflight[asyncio.ensure_future(self._piece(task, a, out))] = a.piece
+                if inflight:
+                    finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    for fut in finished:
+                        inflight.pop(fut)
+                        slots.release()
+                        result = fut.result()
+                        (done if isinstance(result, Done) else failed).append(result)
+            if done or failed:
+                await self._sched().exchange.remote(
+                    task.task_id, self.node_id, done, failed, 0, False
+                )
+        except _Fatal as exc:
+            raise exc.error from None
+        finally:
+            for fut in inflight:
+                fut.cancel()
+                slots.release()
+
+    @staticmethod
+    async def _take_slots(slots: asyncio.Semaphore, inflight: int) -> int:
+        want = 0
+        if inflight == 0:
+            await slots.acquire()
+            want = 1
+        while not slots.locked():
+            await slots.acquire()
+            want += 1
+        return want
+
+    async def _piece(self, task: TaskInfo, a: Any, out: TaskOutcome) -> Done | Failed:
+        """Fetch, verify and store one piece; a failure becomes a :class:`Failed` report."""
+        start, end = task.piece_range(a.piece)
+        t0 = time.time()
+        try:
+            if a.parent is None:
+                data: Any = (
+                    b""
+                    if start == end
+                    else await asyncio.to_thread(
+                        source.read_range, task.url, task.storage_options, start, end
+                    )
+                )
+            else:
+                ref = self._parent(a.parent).read_piece.remote(task.task_id, a.piece)
+                data = await asyncio.wait_for(ref, self.config.piece_timeout_s)
+            digest = await asyncio.to_thread(
+                self.store.write_piece, task.task_id, a.piece, data, a.digest
+            )
+            del data
+        except OriginUnreachable as exc:
+            return Failed(a.piece, None, str(exc))
+        except (asyncio.TimeoutError, GetTimeoutError):
+            return Failed(a.piece, a.parent, "timed out")
+        except (RayActorError, _ParentGone) as exc:
+            self._handles.pop(a.parent or "", None)
+            return Failed(a.piece, a.parent, f"parent died: {exc}", parent_dead=True)
+        except (RayTaskError, PieceCorrupt) as exc:
+            return Failed(a.piece, a.parent, f"{type(exc).__name__}: {exc}")
+        except (SourceError, OSError) as exc:
+            raise _Fatal(exc) from exc
+        seconds = time.time() - t0
+        self._events(task)[a.piece].set()
+        nbytes = end - start
+        if a.parent is None:
+            out.bytes_from_origin += nbytes
+        else:
+            out.bytes_from_peers += nbytes
+        out.timeline.append((time.time(), nbytes, a.parent is None))
+        return Done(a.piece, digest, a.parent, nbytes, seconds)
+
+    # --- cache management ---------------------------------------------------------------------
+    def cache_entries(self) -> list[dict[str, Any]]:
+        """The tasks in this node's cache."""
+        return [
+            {
+                "task_id": e.task_id,
+                "length": e.length,
+                "complete": e.complete,
+                "sha256": e.sha256,
+                "source": source.redact_url(e.source),
+                "last_used": e.last_used,
+            }
+            for e in self.store.entries()
+        ]
+
+    def cache_remove(self, task_id: str) -> bool:
+        """Remove one task from this node's cache (refused while it downloads)."""
+        running = self._downloads.get(task_id)
+        if running is not None and not running.done():
+            raise RayflyError(f"task {task_id} is downloading on node {self.node_id}")
+        existed = self.store.entry(task_id) is not None
+        self.store.discard(task_id)
+        self._downloads.pop(task_id, None)
+        return existed
+
+    def cache_gc(self, keep_bytes: int | None = None) -> list[str]:
+        """Evict least-recently-used complete tasks down to ``keep_bytes`` (default: quota)."""
+        return self.store.gc(keep_bytes)

@@ -1,0 +1,89 @@
+"""Where actors live: the cluster's scheduler, and one peer per alive node (joining nodes too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rayfly.actors.peer import Peer
+from rayfly.actors.scheduler import Scheduler
+from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig, SchedulerConfig
+from rayfly.errors import InvalidInput, NodeNotFound
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """An alive Ray node."""
+
+    node_id: str
+    node_ip: str
+    hostname: str
+
+
+def alive_nodes() -> list[NodeInfo]:
+    """Every alive node of the connected cluster, in a stable order."""
+    nodes = [
+        NodeInfo(n["NodeID"], n.get("NodeManagerAddress", ""), n.get("NodeManagerHostname", ""))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+    return sorted(nodes, key=lambda n: n.node_id)
+
+
+def select_nodes(spec: str | int | list[str] | None, nodes: list[NodeInfo]) -> list[NodeInfo]:
+    """Pick nodes: ``"all"``/None, a count ``N`` (the first N), or node ids (unique prefixes ok)."""
+    if spec is None or spec == "all":
+        return nodes
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        n = int(spec)
+        if not 1 <= n <= len(nodes):
+            raise InvalidInput(f"--nodes {n}: the cluster has {len(nodes)} alive node(s)")
+        return nodes[:n]
+    wanted = spec.split(",") if isinstance(spec, str) else list(spec)
+    chosen = []
+    for w in (x.strip() for x in wanted if x.strip()):
+        matches = [n for n in nodes if n.node_id.startswith(w)]
+        if len(matches) != 1:
+            alive = ", ".join(n.node_id[:12] for n in nodes)
+            what = "is not an alive node" if not matches else "matches several nodes"
+            raise NodeNotFound(f"--nodes: {w!r} {what}; alive nodes: {alive}")
+        chosen.append(matches[0])
+    return chosen
+
+
+def get_scheduler(config: SchedulerConfig | None = None) -> Any:
+    """The cluster's scheduler actor, created (detached, in namespace ``rayfly``) if missing."""
+    return Scheduler.options(
+        name=SCHEDULER_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_concurrency=10_000,
+    ).remote(config or SchedulerConfig())
+
+
+def get_or_create_peer(node: NodeInfo, config: PeerConfig | None = None) -> Any:
+    """The peer actor of ``node``, pinned there with hard node affinity; created if missing."""
+    strategy = NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False)
+    return Peer.options(
+        name=PEER_PREFIX + node.node_id,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=strategy,
+        max_concurrency=1000,
+    ).remote(node.node_id, config or PeerConfig())
+
+
+def existing_peers() -> dict[str, Any]:
+    """Peer actors that exist now, by node id (no actor is created)."""
+    out = {}
+    for node in alive_nodes():
+        try:
+            out[node.node_id] = ray.get_actor(PEER_PREFIX + node.node_id, namespace=NAMESPACE)
+        except ValueError:
+            continue
+    return out

@@ -1,0 +1,379 @@
+"""The Scheduler actor: Dragonfly's supernode, one per cluster.
+
+It stats the origin once per task, fixes the piece layout, keeps which peer holds which piece and
+hands out work in batches. It never touches piece bytes. Its methods run one at a time on the
+actor's event loop (they only yield at ``await``), so the state below has a single writer.
+
+Per task, a piece goes through: *missing* -> *leased* (a peer fetches it, from the origin or a
+parent, until it reports or its lease expires) -> *held* by that peer. A task is *failed* when the
+origin refuses it (not found, denied) or a piece failed from the origin too often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from rayfly import source
+from rayfly.config import SchedulerConfig
+from rayfly.errors import RayflyError, TaskNotFound
+from rayfly.scheduling import Assignment, PeerLoad, TaskView, origin_share, plan_batch
+from rayfly.task import SourceSpec, TaskInfo, default_piece_size
+
+MAX_ORIGIN_FAILURES = 3
+
+
+@dataclass
+class Lease:
+    """A piece handed to a peer, from ``parent`` (None: the origin), valid until ``deadline``."""
+
+    parent: str | None
+    deadline: float
+
+
+@dataclass
+class TaskState:
+    """The scheduler's record of one task."""
+
+    info: TaskInfo
+    order: str = "rarest-first"
+    holders: dict[int, set[str]] = field(default_factory=dict)
+    have: dict[str, set[int]] = field(default_factory=dict)
+    leases: dict[str, dict[int, Lease]] = field(default_factory=dict)
+    origin_inflight: set[int] = field(default_factory=set)
+    origin_failures: dict[int, int] = field(default_factory=dict)
+    digests: dict[int, str] = field(default_factory=dict)
+    finished: dict[str, str | None] = field(default_factory=dict)
+    error: str | None = None
+    created: float = 0.0
+
+
+@dataclass
+class PeerState:
+    """The scheduler's record of one peer: where it is and how busy its uploads are."""
+
+    host: str
+    slots: int
+    uploads: int = 0
+    throughput: float = 0.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """A peer's report of a verified piece."""
+
+    piece: int
+    digest: str
+    parent: str | None
+    nbytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A peer's report of a piece it could not get."""
+
+    piece: int
+    parent: str | None
+    reason: str
+    parent_dead: bool = False
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The scheduler's answer to a peer: new assignments, or the task's failure."""
+
+    assignments: list[Assignment]
+    error: str | None = None
+
+
+class SchedulerCore:
+    """The scheduler's state machine, usable without Ray (the actor wraps it)."""
+
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.tasks: dict[str, TaskState] = {}
+        self.peers: dict[str, PeerState] = {}
+        self.changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def _task(self, task_id: str) -> TaskState:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise TaskNotFound(f"unknown task {task_id}") from None
+
+    def add_task(self, info: TaskInfo, order: str) -> TaskState:
+        """Record a new task (replacing a failed one of the same id)."""
+        state = TaskState(info, order=order, created=time.time())
+        self.tasks[info.task_id] = state
+        return state
+
+    def join(
+        self, task_id: str, peer_id: str, host: str, slots: int, have: dict[int, str] | None = None
+    ) -> None:
+        """A peer joins a task, possibly holding pieces already (from its cache)."""
+        t = self._task(task_id)
+        self.peers.setdefault(peer_id, PeerState(host, slots))
+        self.peers[peer_id].host, self.peers[peer_id].slots = host, slots
+        t.have.setdefault(peer_id, set())
+        t.leases.setdefault(peer_id, {})
+        t.finished.pop(peer_id, None)
+        for piece, digest in (have or {}).items():
+            self._hold(t, peer_id, piece, digest)
+        self._notify()
+
+    def _hold(self, t: TaskState, peer_id: str, piece: int, digest: str) -> None:
+        t.have.setdefault(peer_id, set()).add(piece)
+        t.holders.setdefault(piece, set()).add(peer_id)
+        t.digests.setdefault(piece, digest)
+
+    def _release(self, t: TaskState, peer_id: str, piece: int) -> Lease | None:
+        lease = t.leases.get(peer_id, {}).pop(piece, None)
+        if lease is None:
+            return None
+        if lease.parent is None:
+            t.origin_inflight.discard(piece)
+        elif lease.parent in self.peers:
+            self.peers[lease.parent].uploads = max(0, self.peers[lease.parent].uploads - 1)
+        return lease
+
+    def report(self, task_id: str, peer_id: str, done: list[Done], failed: list[Failed]) -> None:
+        """Apply a peer's batch of finished and failed pieces."""
+        t = self._task(task_id)
+        for d in done:
+            self._release(t, peer_id, d.piece)
+            if d.parent in self.peers and d.seconds > 0:
+                p = self.peers[d.parent]
+                p.throughput = 0.7 * p.throughput + 0.3 * d.nbytes / d.seconds
+            self._hold(t, peer_id, d.piece, d.digest)
+        for f in failed:
+            self._release(t, peer_id, f.piece)
+            if f.parent is None:
+                n = t.origin_failures[f.piece] = t.origin_failures.get(f.piece, 0) + 1
+                if n >= MAX_ORIGIN_FAILURES:
+                    t.error = f"piece {f.piece} failed from the origin {n} times: {f.reason}"
+            elif f.parent_dead:
+                self.peer_lost(f.parent)
+            else:
+                t.holders.get(f.piece, set()).discard(f.parent)
+                t.have.get(f.parent, set()).discard(f.piece)
+        if done or failed:
+            self._notify()
+
+    def expire_leases(self) -> None:
+        """Release every lease past its deadline, so its piece is handed out again."""
+        now = self.clock()
+        for t in self.tasks.values():
+            for peer_id, leases in t.leases.items():
+                for piece in [p for p, lease in leases.items() if lease.deadline < now]:
+                    self._release(t, peer_id, piece)
+
+    def plan(self, task_id: str, peer_id: str, want: int) -> Batch:
+        """Hand ``peer_id`` up to ``want`` new pieces, leasing them."""
+        t = self._task(task_id)
+        if t.error:
+            return Batch([], t.error)
+        me = self.peers[peer_id]
+        view = TaskView(
+            t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
+        )
+        loads = {
+            pid: PeerLoad(pid, p.host, p.uploads, p.slots, p.throughput)
+            for pid, p in self.peers.items()
+        }
+        leases = t.leases.setdefault(peer_id, {})
+        active = sum(
+            1 for p, h in t.have.items() if len(h) < t.info.n_pieces and p not in t.finished
+        )
+        mine = sum(1 for lease in leases.values() if lease.parent is None)
+        quota = origin_share(self.config.origin_parallelism, active) - mine
+        batch = plan_batch(
+            view,
+            peer_id,
+            me.host,
+            t.have.get(peer_id, set()),
+            set(leases),
+            loads,
+            want,
+            t.order,
+            random.Random(),
+            max(0, quota),
+        )
+        deadline = self.clock() + self.config.lease_timeout_s
+        for a in batch:
+            leases[a.piece] = Lease(a.parent, deadline)
+            if a.parent is None:
+                t.origin_inflight.add(a.piece)
+            else:
+                self.peers[a.parent].uploads += 1
+        return Batch(batch)
+
+    def finish(self, task_id: str, peer_id: str, error: str | None, fatal: bool = False) -> None:
+        """A peer is done with a task (``error`` None: every piece verified).
+
+        A peer that failed drops what it held; a ``fatal`` error (the whole file's digest is
+        wrong, the origin refused the object) fails the task for everyone.
+        """
+        t = self._task(task_id)
+        t.finished[peer_id] = error
+        for piece in list(t.leases.get(peer_id, {})):
+            self._release(t, peer_id, piece)
+        if error:
+            for piece in t.have.pop(peer_id, set()):
+                t.holders.get(piece, set()).discard(peer_id)
+        if fatal:
+            t.error = error
+        self._notify()
+
+    def peer_lost(self, peer_id: str) -> None:
+        """Forget a dead peer: its pieces, its leases, its uploads."""
+        for t in self.tasks.values():
+            for piece in t.have.pop(peer_id, set()):
+                t.holders.get(piece, set()).discard(peer_id)
+            for piece in list(t.leases.get(peer_id, {})):
+                self._release(t, peer_id, piece)
+            t.leases.pop(peer_id, None)
+        self.peers.pop(peer_id, None)
+        self._notify()
+
+    def progress(self, task_ids: list[str]) -> dict[str, int]:
+        """Bytes each peer holds across ``task_ids``."""
+        out: dict[str, int] = {}
+        for tid in task_ids:
+            t = self.tasks.get(tid)
+            if t is None:
+                continue
+            for peer_id, have in t.have.items():
+                nbytes = sum(b - a for a, b in map(t.info.piece_range, have))
+                out[peer_id] = out.get(peer_id, 0) + nbytes
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        """One summary row per task."""
+        rows = []
+        for tid, t in self.tasks.items():
+            complete = sum(1 for h in t.have.values() if len(h) == t.info.n_pieces)
+            rows.append(
+                {
+                    "task_id": tid,
+                    "url": source.redact_url(t.info.url),
+                    "length": t.info.length,
+                    "piece_size": t.info.piece_size,
+                    "pieces": t.info.n_pieces,
+                    "peers": len(t.have),
+                    "nodes_done": complete,
+                    "state": "failed"
+                    if t.error
+                    else ("done" if complete and complete == len(t.have) else "running"),
+                    "error": t.error,
+                }
+            )
+        return rows
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class Scheduler:
+    """Ray actor wrapping :class:`SchedulerCore`; single-flight task registration."""
+
+    def __init__(self, config: SchedulerConfig):
+        self.core = SchedulerCore(config)
+        self._pending: dict[str, asyncio.Future[TaskInfo]] = {}
+
+    async def register(
+        self, spec: SourceSpec, piece_size: int | None = None, order: str = "rarest-first"
+    ) -> TaskInfo:
+        """The task for ``spec``: stat the origin once; concurrent calls share one stat."""
+        task_id = spec.resolved_task_id()
+        state = self.core.tasks.get(task_id)
+        if state is not None and not state.error:
+            return state.info
+        if task_id in self._pending:
+            return await asyncio.shield(self._pending[task_id])
+        fut: asyncio.Future[TaskInfo] = asyncio.get_running_loop().create_future()
+        self._pending[task_id] = fut
+        try:
+            length = await asyncio.to_thread(source.stat, spec.url, spec.storage_options)
+            info = TaskInfo(
+                task_id,
+                spec.url,
+                length,
+                piece_size or default_piece_size(length),
+                spec.storage_options,
+                spec.expected_sha256,
+            )
+            self.core.add_task(info, order)
+            fut.set_result(info)
+            return info
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: other waiters re-raise it themselves
+            raise
+        finally:
+            del self._pending[task_id]
+
+    async def resolve(self, url: str, options: dict[str, Any]) -> list[source.SourceFile]:
+        """Every file at ``url`` (one file, or all under a directory or prefix)."""
+        return await asyncio.to_thread(source.list_files, url, options)
+
+    def join(
+        self, task_id: str, peer_id: str, host: str, slots: int, have: dict[int, str] | None = None
+    ) -> None:
+        """See :meth:`SchedulerCore.join`."""
+        self.core.join(task_id, peer_id, host, slots, have)
+
+    async def exchange(
+        self,
+        task_id: str,
+        peer_id: str,
+        done: list[Done],
+        failed: list[Failed],
+        want: int,
+        wait: bool,
+    ) -> Batch:
+        """Report finished/failed pieces and ask for up to ``want`` more.
+
+        With ``wait`` and nothing to hand out, wait (up to the long-poll time) for a change.
+        """
+        self.core.report(task_id, peer_id, done, failed)
+        self.core.expire_leases()
+        batch = self.core.plan(task_id, peer_id, want) if want > 0 else Batch([])
+        if wait and not batch.assignments and not batch.error:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.core.changed.wait(), self.core.config.long_poll_s)
+            batch = self.core.plan(task_id, peer_id, want)
+        return batch
+
+    def finish(self, task_id: str, peer_id: str, error: str | None, fatal: bool = False) -> None:
+        """See :meth:`SchedulerCore.finish`."""
+        self.core.finish(task_id, peer_id, error, fatal)
+
+    def peer_lost(self, peer_id: str) -> None:
+        """See :meth:`SchedulerCore.peer_lost`."""
+        self.core.peer_lost(peer_id)
+
+    def progress(self, task_ids: list[str]) -> dict[str, int]:
+        """See :meth:`SchedulerCore.progress`."""
+        return self.core.progress(task_ids)
+
+    def status(self) -> list[dict[str, Any]]:
+        """See :meth:`SchedulerCore.status`."""
+        return self.core.status()
+
+    def ping(self) -> bool:
+        """Liveness check."""
+        return True
+
+
+__all__ = ["Batch", "Done", "Failed", "RayflyError", "Scheduler", "SchedulerCore"]

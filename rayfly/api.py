@@ -1,0 +1,177 @@
+"""The Python API shared by the CLI, jobs and notebooks: ``rayfly.distribute(...)``."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from rayfly import dest as dest_paths
+from rayfly import source
+from rayfly.actors import placement
+from rayfly.actors.peer import FetchItem, FetchRequest
+from rayfly.cluster import connect
+from rayfly.config import PeerConfig, SchedulerConfig, from_env
+from rayfly.errors import InvalidInput, RayflyError
+from rayfly.report import NodeResult, Report
+from rayfly.task import SourceSpec, TaskInfo
+
+ProgressFn = Callable[[int, int, int, int], None]
+"""Called as ``progress(bytes_done, bytes_total, nodes_done, nodes_total)``."""
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original exception behind a Ray task error."""
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc
+
+
+def _validate(
+    source_url: str,
+    dest: str,
+    sha256: str | None,
+    piece_size: int | None,
+    concurrency: int | None,
+    options: dict[str, Any],
+) -> None:
+    if not source_url:
+        raise InvalidInput("no source given: pass a URL or path, e.g. s3://bucket/prefix/")
+    dest_paths.validate_template(dest)
+    if sha256 is not None and not _SHA256.match(sha256):
+        raise InvalidInput(f"--sha256 {sha256!r} is not 64 hexadecimal digits")
+    if piece_size is not None and piece_size <= 0:
+        raise InvalidInput(f"--piece-size must be positive, got {piece_size}")
+    if concurrency is not None and concurrency <= 0:
+        raise InvalidInput(f"--concurrency must be positive, got {concurrency}")
+    source.check_storage_options(source_url, options)
+
+
+def plan(
+    source_url: str,
+    options: dict[str, Any],
+    tag: str,
+    sha256: str | None,
+    piece_size: int | None,
+    scheduler: Any,
+) -> list[FetchItem]:
+    """Resolve the source into tasks (one per file) registered with the scheduler."""
+    files = ray.get(scheduler.resolve.remote(source_url, options))
+    single = len(files) == 1 and files[0].url.rstrip("/") == source_url.rstrip("/")
+    if sha256 and not single:
+        raise InvalidInput(
+            f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
+        )
+    refs = [
+        scheduler.register.remote(SourceSpec(f.url, options, tag, None, sha256), piece_size)
+        for f in files
+    ]
+    tasks: list[TaskInfo] = ray.get(refs)
+    return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
+
+
+def distribute(
+    source_url: str,
+    dest: str,
+    *,
+    nodes: str | int | list[str] | None = "all",
+    piece_size: int | None = None,
+    concurrency: int | None = None,
+    sha256: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    tag: str = "",
+    address: str | None = None,
+    local_nodes: int = 1,
+    progress: ProgressFn | None = None,
+    timeout: float | None = None,
+) -> Report:
+    """Put the file or prefix at ``source_url`` on every chosen node, at ``dest``.
+
+    ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``. Each byte is read from
+    the origin once; pieces travel between nodes. Returns a :class:`Report`; raises
+    :class:`RayflyError` for bad input or a source that cannot be read at all (then nothing is
+    written anywhere). Per-node failures are in the report, not raised.
+    """
+    options = dict(storage_options or {})
+    _validate(source_url, dest, sha256, piece_size, concurrency, options)
+    connect(address, local_nodes)
+    targets = placement.select_nodes(nodes, placement.alive_nodes())
+    peer_config = from_env(PeerConfig)
+    scheduler = placement.get_scheduler(from_env(SchedulerConfig))
+    t0 = time.time()
+    try:
+        items = plan(source_url, options, tag, sha256, piece_size, scheduler)
+    except RayTaskError as exc:
+        raise unwrap(exc) from None
+    request = FetchRequest(items, dest, concurrency or peer_config.concurrency)
+    peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
+    refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
+    results = _collect(refs, scheduler, items, progress, timeout)
+    total = sum(i.task.length for i in items)
+    return Report(
+        source.redact_url(source_url),
+        dest,
+        results,
+        total,
+        time.time() - t0,
+        [i.task.task_id for i in items],
+    )
+
+
+def _collect(
+    refs: dict[Any, placement.NodeInfo],
+    scheduler: Any,
+    items: list[FetchItem],
+    progress: ProgressFn | None,
+    timeout: float | None,
+) -> list[NodeResult]:
+    """Wait for every node, reporting progress; a dead peer becomes a failed node."""
+    results: dict[str, NodeResult] = {}
+    pending = list(refs)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    task_ids = [i.task.task_id for i in items]
+    total = sum(i.task.length for i in items) * len(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
+        for ref in ready:
+            node = refs[ref]
+            try:
+                results[node.node_id] = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                scheduler.peer_lost.remote(node.node_id)
+                results[node.node_id] = NodeResult(
+                    node.node_id,
+                    node.node_ip,
+                    node.hostname,
+                    "",
+                    error=f"peer failed: {unwrap(exc)}",
+                )
+        if progress is not None:
+            done = ray.get(scheduler.progress.remote(task_ids))
+            progress(
+                min(total, sum(done.get(n.node_id, 0) for n in refs.values())),
+                total,
+                len(results),
+                len(refs),
+            )
+        if deadline is not None and time.monotonic() > deadline and pending:
+            for ref in pending:
+                node = refs[ref]
+                results[node.node_id] = NodeResult(
+                    node.node_id,
+                    node.node_ip,
+                    node.hostname,
+                    "",
+                    error=f"timed out after {timeout}s",
+                )
+            break
+    return [results[n.node_id] for n in refs.values()]
+
+
+__all__ = ["RayflyError", "Report", "distribute"]

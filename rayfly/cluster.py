@@ -1,0 +1,74 @@
+"""Connecting to Ray: an existing cluster, or an embedded local one started for the caller."""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+import ray
+
+from rayfly.config import NAMESPACE
+from rayfly.errors import ClusterError
+
+_local: Any = None
+
+
+def _env() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def connect(
+    address: str | None = None, local_nodes: int = 1, object_store_memory: int = 512 << 20
+) -> str:
+    """Connect this process to Ray and return the cluster's address.
+
+    Uses an already-initialised Ray as is. Otherwise ``address`` (or ``RAY_ADDRESS``) names the
+    cluster; with neither, a local cluster of ``local_nodes`` simulated nodes is started on this
+    machine and shut down when the process exits.
+    """
+    global _local
+    _env()
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        elif local_nodes <= 1:
+            ray.init(
+                namespace=NAMESPACE,
+                object_store_memory=object_store_memory,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        else:
+            _local = start_local_cluster(local_nodes, object_store_memory)
+            ray.init(address=_local.address, namespace=NAMESPACE, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray"
+        raise ClusterError(
+            f"cannot connect to Ray at {where}: {exc}. Check the address "
+            "(ray://, host:port of the GCS, or 'auto') and that the cluster is "
+            "up"
+        ) from None
+    return ray.get_runtime_context().gcs_address
+
+
+def start_local_cluster(nodes: int, object_store_memory: int = 512 << 20) -> Any:
+    """A ``ray.cluster_utils.Cluster`` of ``nodes`` nodes on this machine (shut down at exit)."""
+    from ray.cluster_utils import Cluster
+
+    _env()
+    args = {"num_cpus": 1, "object_store_memory": object_store_memory}
+    cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
+    for _ in range(nodes - 1):
+        cluster.add_node(**args)
+    cluster.wait_for_nodes()
+
+    def stop() -> None:
+        ray.shutdown()
+        cluster.shutdown()
+
+    atexit.register(stop)
+    return cluster

@@ -1,0 +1,104 @@
+"""Settings as frozen dataclasses; every field can also be set by an environment variable.
+
+The variable for a field is ``RAYFLY_`` + the field name in upper case, for example
+``RAYFLY_CONCURRENCY=16`` or ``RAYFLY_CACHE_DIR=/mnt/nvme/rayfly``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rayfly.errors import InvalidInput
+
+NAMESPACE = "rayfly"
+SCHEDULER_NAME = "rayfly-scheduler"
+PEER_PREFIX = "rayfly-peer-"
+
+T = TypeVar("T")
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1 << 40,
+    "tib": 1 << 40,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``"64MiB"``, ``"4m"``, ``"1G"`` or ``"1048576"`` into a byte count (binary units)."""
+    if isinstance(text, int):
+        return text
+    raw = text.strip().lower().replace(" ", "")
+    digits = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(digits) :]
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0:
+        raise InvalidInput(f"invalid size {text!r}: use a number with an optional unit, e.g. 16MiB")
+    return int(value * _UNITS[unit])
+
+
+def _default_cache_dir() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rayfly")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """How a node's peer stores and moves pieces."""
+
+    cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
+    cache_quota: int = 50 << 30
+    concurrency: int = 8
+    upload_slots: int = 8
+    piece_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How the scheduler hands out pieces."""
+
+    origin_parallelism: int = 8
+    lease_timeout_s: float = 60.0
+    long_poll_s: float = 0.5
+    policy: str = "rarest-first"
+
+
+def _coerce(raw: str, kind: type) -> Any:
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if kind is int:
+        return parse_size(raw)
+    return kind(raw)
+
+
+def from_env(cls: type[T], environ: dict[str, str] | None = None, **overrides: Any) -> T:
+    """Build ``cls`` from defaults, then ``RAYFLY_*`` variables, then explicit ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    types = {"int": int, "float": float, "str": str, "bool": bool}
+    for f in fields(cls):  # type: ignore[arg-type]
+        name = f"RAYFLY_{f.name.upper()}"
+        if name in env:
+            kind = types.get(str(f.type), str)
+            try:
+                values[f.name] = _coerce(env[name], kind)
+            except (ValueError, InvalidInput) as exc:
+                raise InvalidInput(f"environment variable {name}={env[name]!r}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)

@@ -1,0 +1,153 @@
+"""A small HTTP origin on loopback that serves a directory with Range support and counts bytes.
+
+Used by ``rayfly demo``, the tests and the benchmarks, so that "the origin served each byte once"
+is measured where the bytes leave, not inferred.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CHUNK = 1 << 20
+
+
+class OriginServer:
+    """Serve ``root`` at ``http://host:port/``; ``bytes_served`` and ``requests`` count traffic."""
+
+    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0):
+        self.root = Path(root).resolve()
+        self.bytes_served = 0
+        self.requests: Counter[str] = Counter()
+        self.fail_paths: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL, ending in ``/``."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def start(self) -> OriginServer:
+        """Start serving in a background thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        with self._lock:
+            self.bytes_served = 0
+            self.requests.clear()
+
+    def _count(self, path: str, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_served += nbytes
+            self.requests[path] += 1
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def _file(self) -> Path | None:
+                rel = unquote(urlsplit(self.path).path).lstrip("/")
+                path = (server.root / rel).resolve()
+                if server.root not in path.parents or not path.is_file():
+                    return None
+                return path
+
+            def _error(self, code: int) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_HEAD(self) -> None:
+                self._serve(body=False)
+
+            def do_GET(self) -> None:
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                rel = urlsplit(self.path).path
+                if server.fail_paths.get(rel, 0) > 0:
+                    server.fail_paths[rel] -= 1
+                    return self._error(503)
+                path = self._file()
+                if path is None:
+                    return self._error(404)
+                size = path.stat().st_size
+                start, end = 0, size
+                m = _RANGE.match(self.headers.get("Range", ""))
+                if m and (m.group(1) or m.group(2)):
+                    if m.group(1):
+                        start = int(m.group(1))
+                        end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+                    else:
+                        start = max(0, size - int(m.group(2)))
+                    if start >= size and size:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        return self.end_headers()
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+                else:
+                    self.send_response(200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(end - start))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                if body:
+                    self._send(path, start, end, rel)
+
+            def _send(self, path: Path, start: int, end: int, rel: str) -> None:
+                sent = 0
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    while sent < end - start:
+                        chunk = fh.read(min(_CHUNK, end - start - sent))
+                        if not chunk:
+                            break
+                        try:
+                            self.wfile.write(chunk)
+                        except OSError:
+                            break
+                        sent += len(chunk)
+                server._count(rel, sent)
+
+        return Handler
+
+
+def make_file(path: str | Path, size: int, seed: int = 0) -> Path:
+    """Write ``size`` pseudo-random bytes to ``path`` (fast, reproducible by ``seed``)."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as fh:
+        left = size
+        while left > 0:
+            n = min(left, 16 << 20)
+            fh.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+            left -= n
+    os.chmod(path, 0o644)
+    return path

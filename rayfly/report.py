@@ -1,0 +1,178 @@
+"""Results of a distribution: per-file and per-node rows, totals, JSON and table forms."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+NODE_COLUMNS = (
+    "node_id",
+    "node_ip",
+    "hostname",
+    "path",
+    "bytes",
+    "sha256",
+    "seconds",
+    "bytes_from_origin",
+    "bytes_from_peers",
+    "ok",
+    "error",
+)
+
+
+@dataclass
+class FileResult:
+    """One file on one node."""
+
+    relpath: str
+    path: str
+    bytes: int
+    sha256: str | None
+    seconds: float
+    bytes_from_origin: int
+    bytes_from_peers: int
+    ok: bool
+    error: str | None = None
+    cached: bool = False
+
+
+@dataclass
+class NodeResult:
+    """Everything one node did for one distribution.
+
+    ``timeline`` holds ``(unix_time, nbytes, from_origin)`` for every piece the node fetched.
+    For a prefix, ``sha256`` is the digest of the node's ``sha256sum``-style listing
+    (``"<sha256>  <relpath>\\n"`` per file, sorted by path), so equal trees have equal digests.
+    """
+
+    node_id: str
+    node_ip: str
+    hostname: str
+    path: str
+    bytes: int = 0
+    sha256: str | None = None
+    seconds: float = 0.0
+    bytes_from_origin: int = 0
+    bytes_from_peers: int = 0
+    ok: bool = False
+    error: str | None = None
+    files: list[FileResult] = field(default_factory=list)
+    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        """The node as one flat row of :data:`NODE_COLUMNS`."""
+        return {c: getattr(self, c) for c in NODE_COLUMNS}
+
+
+def tree_digest(files: list[FileResult]) -> str:
+    """sha256 of the sorted ``"<sha256>  <relpath>"`` lines of ``files``."""
+    lines = sorted(f"{f.sha256}  {f.relpath}\n" for f in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def summarize_node(node: NodeResult, single: bool) -> NodeResult:
+    """Fill a node's totals from its files."""
+    node.bytes = sum(f.bytes for f in node.files if f.ok)
+    node.bytes_from_origin = sum(f.bytes_from_origin for f in node.files)
+    node.bytes_from_peers = sum(f.bytes_from_peers for f in node.files)
+    node.ok = bool(node.files) and all(f.ok for f in node.files) and node.error is None
+    errors = [
+        f"{f.relpath}: {f.error}" if not single else str(f.error) for f in node.files if not f.ok
+    ]
+    if errors and node.error is None:
+        node.error = "; ".join(errors[:3]) + (
+            f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        )
+    if node.ok:
+        node.sha256 = node.files[0].sha256 if single else tree_digest(node.files)
+    return node
+
+
+@dataclass
+class Report:
+    """The outcome of one ``distribute`` call across every chosen node."""
+
+    source: str
+    dest: str
+    nodes: list[NodeResult]
+    source_bytes: int
+    makespan_s: float
+    task_ids: list[str] = field(default_factory=list)
+
+    @property
+    def origin_bytes(self) -> int:
+        """Bytes the nodes read from the origin."""
+        return sum(n.bytes_from_origin for n in self.nodes)
+
+    @property
+    def nodes_ok(self) -> int:
+        """Nodes that hold a verified copy at their destination."""
+        return sum(1 for n in self.nodes if n.ok)
+
+    @property
+    def nodes_failed(self) -> int:
+        """Nodes that do not."""
+        return len(self.nodes) - self.nodes_ok
+
+    @property
+    def ok(self) -> bool:
+        """True when every chosen node succeeded."""
+        return bool(self.nodes) and self.nodes_failed == 0
+
+    def totals(self) -> dict[str, Any]:
+        """The report's totals."""
+        return {
+            "origin_bytes": self.origin_bytes,
+            "source_bytes": self.source_bytes,
+            "makespan_s": round(self.makespan_s, 3),
+            "nodes_ok": self.nodes_ok,
+            "nodes_failed": self.nodes_failed,
+        }
+
+    def to_dict(self, files: bool = True) -> dict[str, Any]:
+        """The report as plain data (what ``--json`` prints)."""
+        nodes = []
+        for n in self.nodes:
+            row = n.row()
+            if files:
+                row["files"] = [asdict(f) for f in n.files]
+            nodes.append(row)
+        return {
+            "source": self.source,
+            "dest": self.dest,
+            "task_ids": self.task_ids,
+            "nodes": nodes,
+            "totals": self.totals(),
+        }
+
+    def to_json(self) -> str:
+        """The report as one JSON document."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_arrow(self) -> Any:
+        """One row per node as a ``pyarrow.Table``."""
+        import pyarrow as pa
+
+        return pa.Table.from_pylist([n.row() for n in self.nodes])
+
+    def to_pandas(self) -> Any:
+        """One row per node as a ``pandas.DataFrame`` (needs pandas)."""
+        return self.to_arrow().to_pandas()
+
+    def __str__(self) -> str:
+        t = self.totals()
+        ratio = t["origin_bytes"] / t["source_bytes"] if t["source_bytes"] else 0.0
+        lines = [
+            f"{t['nodes_ok']}/{len(self.nodes)} nodes ok in {t['makespan_s']:.2f}s; "
+            f"origin served {t['origin_bytes']} bytes ({ratio:.2f}x the source)"
+        ]
+        for n in self.nodes:
+            state = "ok " if n.ok else "FAILED"
+            lines.append(
+                f"  {state} {n.node_id[:12]} {n.node_ip:<15} {n.path}  "
+                f"{n.bytes}B {n.seconds:.2f}s origin={n.bytes_from_origin} "
+                f"peers={n.bytes_from_peers}" + (f"  error: {n.error}" if n.error else "")
+            )
+        return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Scheduling policy as pure functions: which pieces a peer fetches next, and from whom.
+
+Nothing here touches Ray or the network: the Scheduler actor keeps the state and calls
+:func:`plan_batch`; tests and the scale simulation call it directly.
+
+Rules:
+- Pieces are ordered rarest first (fewest holders), ties broken by a per-peer rotation so that
+  peers asking at the same time start at different places and spread the load.
+- A piece nobody holds is read from the origin by exactly one peer at a time, within the task's
+  origin parallelism; a piece someone is already reading from the origin is waited for.
+- A parent is chosen among the piece's holders with a free upload slot: the same host first,
+  then the lowest load, then the best recent throughput.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import dataclass
+
+from rayfly.errors import InvalidInput
+
+MAX_CANDIDATES = 32
+
+
+@dataclass(frozen=True)
+class PeerLoad:
+    """What the policy needs to know of a possible parent."""
+
+    peer_id: str
+    host: str
+    uploads: int
+    slots: int
+    throughput: float = 0.0
+
+    @property
+    def free(self) -> int:
+        """Upload slots not in use."""
+        return self.slots - self.uploads
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None."""
+
+    piece: int
+    parent: str | None
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A read-only view of one task's state, as the scheduler holds it."""
+
+    n_pieces: int
+    holders: Mapping[int, Set[str]]
+    origin_inflight: Set[int]
+    origin_parallelism: int
+    digests: Mapping[int, str]
+
+
+def rarest_first(missing: Sequence[int], view: TaskView, salt: int) -> list[int]:
+    """Missing pieces ordered by holder count, ties rotated by ``salt``."""
+    n = max(1, view.n_pieces)
+    return sorted(missing, key=lambda i: (len(view.holders.get(i, ())), (i - salt) % n))
+
+
+def sequential(missing: Sequence[int], view: TaskView, salt: int) -> list[int]:
+    """Missing pieces in index order: for consumers that stream the task front to back."""
+    return sorted(missing)
+
+
+POLICIES: dict[str, Callable[[Sequence[int], TaskView, int], list[int]]] = {
+    "rarest-first": rarest_first,
+    "sequential": sequential,
+}
+
+
+def piece_policy(name: str) -> Callable[[Sequence[int], TaskView, int], list[int]]:
+    """The piece-order function called ``name``; an unknown name fails here, at construction."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown piece policy {name!r}; choose one of {', '.join(sorted(POLICIES))}"
+        ) from None
+
+
+def peer_salt(peer_id: str) -> int:
+    """A stable per-peer number used to rotate tie-breaks."""
+    return zlib.crc32(peer_id.encode())
+
+
+def choose_parent(candidates: Sequence[PeerLoad], host: str, rng: random.Random) -> PeerLoad | None:
+    """The best holder with a free upload slot, or None when every holder is busy.
+
+    Score: same host first, then the smallest share of slots in use, then the best recent
+    throughput; at most :data:`MAX_CANDIDATES` holders (a random sample) are considered.
+    """
+    free = [c for c in candidates if c.free > 0]
+    if len(free) > MAX_CANDIDATES:
+        free = rng.sample(free, MAX_CANDIDATES)
+    if not free:
+        return None
+    return min(
+        free, key=lambda c: (c.host != host, c.uploads / c.slots, -c.throughput, rng.random())
+    )
+
+
+def origin_share(origin_parallelism: int, peers: int) -> int:
+    """How many origin reads one peer may have in flight: the budget split over the peers,
+    so that first reads spread over the nodes and each node starts uploading early."""
+    return max(1, -(-origin_parallelism // max(1, peers)))
+
+
+def plan_batch(
+    view: TaskView,
+    peer_id: str,
+    host: str,
+    have: Set[int],
+    busy: Set[int],
+    loads: Mapping[str, PeerLoad],
+    want: int,
+    order: str = "rarest-first",
+    rng: random.Random | None = None,
+    origin_quota: int | None = None,
+) -> list[Assignment]:
+    """Up to ``want`` assignments for ``peer_id``, which holds ``have`` and is fetching ``busy``.
+
+    ``loads`` describes every live peer; a parent's load grows with each assignment made here,
+    so one batch never oversubscribes a parent. ``origin_quota`` caps this peer's new origin
+    reads (see :func:`origin_share`).
+    """
+    rng = rng or random.Random(peer_salt(peer_id))
+    order_fn = piece_policy(order)
+    missing = [i for i in range(view.n_pieces) if i not in have and i not in busy]
+    load = dict(loads)
+    origin_budget = view.origin_parallelism - len(view.origin_inflight)
+    if origin_quota is not None:
+        origin_budget = min(origin_budget, origin_quota)
+    out: list[Assignment] = []
+    for piece in order_fn(missing, view, peer_salt(peer_id)):
+        if len(out) >= want:
+            break
+        holders = [load[p] for p in view.holders.get(piece, ()) if p in load and p != peer_id]
+        if not view.holders.get(piece):
+            if piece in view.origin_inflight or origin_budget <= 0:
+                continue
+            origin_budget -= 1
+            out.append(Assignment(piece, None))
+            continue
+        parent = choose_parent(holders, host, rng)
+        if parent is None:
+            continue
+        load[parent.peer_id] = PeerLoad(
+            parent.peer_id, parent.host, parent.uploads + 1, parent.slots, parent.throughput
+        )
+        out.append(Assignment(piece, parent.peer_id, view.digests.get(piece)))
+    return out

@@ -1,0 +1,218 @@
+"""Back-to-source through fsspec: parse options, stat, list a prefix, ranged reads with retries.
+
+Actors receive URLs and plain option dicts, never live clients; filesystems are built here from
+them (fsspec caches the instances).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from rayfly.errors import InvalidStorageOption, OriginUnreachable, SourceError, SourceNotFound
+from rayfly.task import SIGNATURE_PARAMS
+
+T = TypeVar("T")
+
+# Options every fsspec filesystem accepts, beyond its own constructor's.
+_COMMON_OPTIONS = {
+    "skip_instance_cache",
+    "use_listings_cache",
+    "listings_expiry_time",
+    "max_paths",
+    "asynchronous",
+    "loop",
+}
+# Keyword arguments fsspec's HTTP filesystem forwards to each aiohttp request.
+_HTTP_REQUEST_OPTIONS = {"headers", "auth", "timeout", "ssl", "proxy", "cookies"}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file found at the origin: its URL, its path relative to the source, its size."""
+
+    url: str
+    relpath: str
+    size: int
+
+
+def redact_url(url: str) -> str:
+    """The URL with signature and credential values hidden: safe to log and to show."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    query = [
+        (k, "REDACTED" if SIGNATURE_PARAMS.match(k) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings (dotted keys nest: ``client_kwargs.region_name=x``).
+
+    Values are JSON where they parse as JSON (``true``, ``3``, ``{"a": 1}``), strings otherwise.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.split(".")):
+            raise InvalidStorageOption(
+                f"invalid --storage-option {item!r}: expected key=value, "
+                "e.g. endpoint_url=http://127.0.0.1:9000"
+            )
+        node = options
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InvalidStorageOption(f"--storage-option {item!r} conflicts with {p}")
+        node[leaf] = _parse_value(raw)
+    return options
+
+
+def _accepted_options(cls: type) -> set[str]:
+    names: set[str] = set(_COMMON_OPTIONS)
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                names.add(p.name)
+    if "http" in getattr(cls, "protocol", ()) or cls.__name__ == "HTTPFileSystem":
+        names |= _HTTP_REQUEST_OPTIONS
+    return names
+
+
+def check_storage_options(url: str, options: dict[str, Any]) -> None:
+    """Raise :class:`InvalidStorageOption` for a key the URL's filesystem does not accept."""
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        raise InvalidStorageOption(f"no filesystem for {protocol}:// URLs: {exc}") from None
+    accepted = _accepted_options(cls)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise InvalidStorageOption(
+            f"storage option(s) {', '.join(unknown)} not accepted by {cls.__name__} "
+            f"(for {protocol}:// URLs); accepted: {', '.join(sorted(accepted - _COMMON_OPTIONS))}"
+        )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status >= 500 or exc.status == 429
+    if isinstance(
+        exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError
+    ):
+        return False
+    return isinstance(
+        exc, OSError | asyncio.TimeoutError | aiohttp.ClientError | fsspec.exceptions.FSTimeoutError
+    )
+
+
+def _translate(exc: BaseException, url: str, attempts: int) -> SourceError:
+    shown = redact_url(url)
+    if isinstance(exc, FileNotFoundError):
+        return SourceNotFound(f"not found at the origin: {shown}")
+    if _is_transient(exc):
+        return OriginUnreachable(
+            f"cannot read {shown} after {attempts} attempts: {type(exc).__name__}: {exc}"
+        )
+    return SourceError(f"cannot read {shown}: {type(exc).__name__}: {exc}")
+
+
+def with_retries(
+    fn: Callable[[], T],
+    url: str,
+    attempts: int = 4,
+    base_delay: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn``; retry transient origin errors with jittered exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts or not _is_transient(exc):
+                raise _translate(exc, url, attempt) from exc
+            sleep(base_delay * (2 ** (attempt - 1)) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _fs(url: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    return url_to_fs(url, **options)
+
+
+def stat(url: str, options: dict[str, Any]) -> int:
+    """The size in bytes of the object at ``url``."""
+
+    def run() -> int:
+        fs, path = _fs(url, options)
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise IsADirectoryError(path)
+        size = info.get("size")
+        if size is None:
+            raise SourceError(f"the origin did not say how large {redact_url(url)} is")
+        return int(size)
+
+    return with_retries(run, url)
+
+
+def list_files(url: str, options: dict[str, Any]) -> list[SourceFile]:
+    """Every file at ``url``: the file itself, or every file under a directory or prefix."""
+
+    def run() -> list[SourceFile]:
+        fs, path = _fs(url, options)
+        info = fs.info(path)
+        if info.get("type") != "directory":
+            return [SourceFile(url, path.rstrip("/").rsplit("/", 1)[-1], int(info["size"]))]
+        root = path.rstrip("/")
+        found = fs.find(root, detail=True)
+        files = []
+        for p, meta in sorted(found.items()):
+            if meta.get("type") == "directory":
+                continue
+            rel = p[len(root) :].lstrip("/") if p.startswith(root) else p.rsplit("/", 1)[-1]
+            files.append(SourceFile(fs.unstrip_protocol(p), rel, int(meta["size"])))
+        if not files:
+            raise FileNotFoundError(f"{path} holds no files")
+        return files
+
+    return with_retries(run, url)
+
+
+def read_range(url: str, options: dict[str, Any], start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of the object at ``url``."""
+
+    def run() -> bytes:
+        fs, path = _fs(url, options)
+        data = fs.cat_file(path, start=start, end=end)
+        if len(data) != end - start:
+            raise SourceError(
+                f"origin returned {len(data)} bytes for range {start}-{end} of {redact_url(url)}"
+            )
+        return data
+
+    return with_retries(run, url)

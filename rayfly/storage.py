@@ -1,0 +1,279 @@
+"""A node's piece store: one sparse data file per task, pieces verified on the way in.
+
+Layout under ``root``::
+
+    tasks/<task_id>/data        the task's bytes, written piece by piece (pwrite)
+    tasks/<task_id>/meta.json   written once, atomically, when the task is complete and verified
+
+A task without ``meta.json`` is incomplete; incomplete tasks left by a crash are removed on start,
+so a cache entry is either whole and verified or absent. Completed data files are made read-only:
+destinations hard-link them. The store knows nothing of Ray or networks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
+from rayfly.task import piece_bounds, piece_count, validate_task_id
+
+
+def piece_digest(data: Any) -> str:
+    """The fast digest checked on every hop: xxh3-64 of the piece, as hex."""
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+@dataclass
+class TaskEntry:
+    """What the store knows of one task."""
+
+    task_id: str
+    length: int
+    piece_size: int
+    have: set[int] = field(default_factory=set)
+    digests: dict[int, str] = field(default_factory=dict)
+    sha256: str | None = None
+    complete: bool = False
+    last_used: float = 0.0
+    source: str = ""
+
+    @property
+    def n_pieces(self) -> int:
+        """Number of pieces of the task."""
+        return piece_count(self.length, self.piece_size)
+
+
+class PieceStore:
+    """Node-local storage of task pieces with a byte quota and least-recently-used eviction."""
+
+    def __init__(self, root: str | Path, quota: int, clock: Callable[[], float] = time.time):
+        self.root = Path(root)
+        self.quota = quota
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, TaskEntry] = {}
+        self._fds: dict[str, int] = {}
+        (self.root / "tasks").mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def _dir(self, task_id: str) -> Path:
+        return self.root / "tasks" / validate_task_id(task_id)
+
+    def _load(self) -> None:
+        for d in (self.root / "tasks").iterdir():
+            meta = d / "meta.json"
+            try:
+                raw = json.loads(meta.read_text())
+                raw.pop("n_pieces", None)
+                entry = TaskEntry(**raw)
+            except (OSError, ValueError, TypeError, KeyError):
+                shutil.rmtree(d, ignore_errors=True)
+                continue
+            entry.digests = {int(k): v for k, v in entry.digests.items()}
+            entry.have = set(range(entry.n_pieces))
+            entry.last_used = meta.stat().st_mtime
+            self._entries[entry.task_id] = entry
+
+    def begin(self, task_id: str, length: int, piece_size: int, source: str = "") -> TaskEntry:
+        """Make room for a task and open its data file; an existing entry is returned as is."""
+        with self._lock:
+            if task_id in self._entries:
+                entry = self._entries[task_id]
+                entry.last_used = self._clock()
+                return entry
+            self._make_room(length)
+            d = self._dir(task_id)
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            try:
+                with open(d / "data", "wb") as fh:
+                    fh.truncate(length)
+            except OSError as exc:
+                shutil.rmtree(d, ignore_errors=True)
+                raise StorageError(f"cannot create cache file in {d}: {exc}") from exc
+            entry = TaskEntry(task_id, length, piece_size, last_used=self._clock(), source=source)
+            self._entries[task_id] = entry
+            return entry
+
+    def _make_room(self, length: int) -> None:
+        if length > self.quota:
+            raise CacheFull(
+                f"a {length}-byte task exceeds the cache quota of {self.quota} bytes; "
+                "raise RAYFLY_CACHE_QUOTA"
+            )
+        victims = sorted(
+            (e for e in self._entries.values() if e.complete), key=lambda e: e.last_used
+        )
+        while self._used() + length > self.quota and victims:
+            self._remove(victims.pop(0).task_id)
+        if self._used() + length > self.quota:
+            raise CacheFull(
+                f"cache at {self.root} is full with tasks in progress; "
+                "raise RAYFLY_CACHE_QUOTA or wait"
+            )
+
+    def _used(self) -> int:
+        return sum(e.length for e in self._entries.values())
+
+    def _remove(self, task_id: str) -> None:
+        fd = self._fds.pop(task_id, None)
+        if fd is not None:
+            os.close(fd)
+        self._entries.pop(task_id, None)
+        shutil.rmtree(self._dir(task_id), ignore_errors=True)
+
+    def discard(self, task_id: str) -> None:
+        """Forget a task and delete its files (complete or not)."""
+        with self._lock:
+            self._remove(task_id)
+
+    def _fd(self, task_id: str) -> int:
+        fd = self._fds.get(task_id)
+        if fd is None:
+            entry = self._entries.get(task_id)
+            if entry is None:
+                raise PieceUnavailable(f"task {task_id} is not in the cache at {self.root}")
+            mode = os.O_RDONLY if entry.complete else os.O_RDWR
+            fd = self._fds[task_id] = os.open(self._dir(task_id) / "data", mode)
+        return fd
+
+    # --- pieces ----------------------------------------------------------------------------
+    def entry(self, task_id: str) -> TaskEntry | None:
+        """The entry of ``task_id``, or None."""
+        return self._entries.get(task_id)
+
+    def write_piece(self, task_id: str, index: int, data: Any, expected: str | None = None) -> str:
+        """Verify ``data`` against ``expected`` (if given), write it, and return its digest."""
+        entry = self._require(task_id)
+        start, end = piece_bounds(entry.length, entry.piece_size, index)
+        view = memoryview(data).cast("B")
+        if len(view) != end - start:
+            raise PieceCorrupt(
+                f"piece {index} of task {task_id} has {len(view)} bytes, expected {end - start}"
+            )
+        digest = piece_digest(view)
+        if expected is not None and digest != expected:
+            raise PieceCorrupt(f"piece {index} of task {task_id}: digest {digest} != {expected}")
+        if index in entry.have:
+            return digest
+        written = os.pwrite(self._fd(task_id), view, start)
+        if written != len(view):
+            raise StorageError(f"short write of piece {index} of task {task_id}")
+        with self._lock:
+            entry.digests[index] = digest
+            entry.have.add(index)
+        return digest
+
+    def read_piece(self, task_id: str, index: int) -> np.ndarray:
+        """Return the bytes of a verified piece as a uint8 array."""
+        entry = self._require(task_id)
+        if index not in entry.have:
+            raise PieceUnavailable(f"piece {index} of task {task_id} is not held here")
+        start, end = piece_bounds(entry.length, entry.piece_size, index)
+        buf = np.empty(end - start, dtype=np.uint8)
+        got = os.preadv(self._fd(task_id), [buf], start)
+        if got != end - start:
+            raise StorageError(f"short read of piece {index} of task {task_id}")
+        entry.last_used = self._clock()
+        return buf
+
+    def _require(self, task_id: str) -> TaskEntry:
+        entry = self._entries.get(task_id)
+        if entry is None:
+            raise PieceUnavailable(f"task {task_id} is not in the cache at {self.root}")
+        return entry
+
+    # --- completion and publishing ---------------------------------------------------------
+    def complete(self, task_id: str, sha256: str) -> TaskEntry:
+        """Record the task as whole and verified: the data file becomes read-only."""
+        entry = self._require(task_id)
+        if len(entry.have) != entry.n_pieces:
+            raise StorageError(f"task {task_id} has {len(entry.have)} of {entry.n_pieces} pieces")
+        d = self._dir(task_id)
+        with self._lock:
+            fd = self._fds.pop(task_id, None)
+            if fd is not None:
+                os.fsync(fd)
+                os.close(fd)
+            os.chmod(d / "data", 0o444)
+            entry.sha256, entry.complete = sha256, True
+            meta = {k: v for k, v in asdict(entry).items() if k not in {"have", "last_used"}}
+            meta["n_pieces"] = entry.n_pieces
+            tmp = d / f".meta.{uuid.uuid4().hex}"
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, d / "meta.json")
+        return entry
+
+    def data_path(self, task_id: str) -> Path:
+        """Path of a task's data file."""
+        return self._dir(task_id) / "data"
+
+    def publish(self, task_id: str, dest: str | Path) -> str:
+        """Make a complete task appear at ``dest`` atomically; returns ``"link"`` or ``"copy"``."""
+        entry = self._require(task_id)
+        if not entry.complete:
+            raise StorageError(f"task {task_id} is not complete; refusing to publish it")
+        dest = Path(dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create directory {dest.parent}: {exc.strerror}") from exc
+        tmp = dest.parent / f".{dest.name}.rayfly-{uuid.uuid4().hex[:8]}.tmp"
+        how = "link"
+        try:
+            try:
+                os.link(self.data_path(task_id), tmp)
+            except OSError:
+                how = "copy"
+                shutil.copyfile(self.data_path(task_id), tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        entry.last_used = self._clock()
+        return how
+
+    # --- inspection ------------------------------------------------------------------------
+    def entries(self) -> list[TaskEntry]:
+        """All entries, most recently used first."""
+        return sorted(self._entries.values(), key=lambda e: -e.last_used)
+
+    def used_bytes(self) -> int:
+        """Bytes the store has reserved (complete and in-progress tasks)."""
+        with self._lock:
+            return self._used()
+
+    def gc(self, keep_bytes: int | None = None) -> list[str]:
+        """Evict least-recently-used complete tasks until at most ``keep_bytes`` are used."""
+        target = self.quota if keep_bytes is None else keep_bytes
+        removed = []
+        with self._lock:
+            for e in sorted(self._entries.values(), key=lambda e: e.last_used):
+                if self._used() <= target:
+                    break
+                if e.complete:
+                    self._remove(e.task_id)
+                    removed.append(e.task_id)
+        return removed
+
+    def close(self) -> None:
+        """Close open files."""
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()

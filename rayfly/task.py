@@ -1,0 +1,114 @@
+"""Task ids, URL normalisation, and the piece layout of a task.
+
+A *task* is one object at the origin (one file, one blob). Its id is a hash of the normalised URL
+(signature query parameters dropped), the byte range and a user tag, so the same object behind two
+signed URLs is one task, as in Dragonfly. OCI blobs use their digest instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from rayfly.errors import InvalidInput
+
+MIN_PIECE = 4 << 20
+MAX_PIECE = 64 << 20
+TARGET_PIECES = 500
+
+# Query parameters that sign a URL rather than name an object.
+SIGNATURE_PARAMS = re.compile(
+    r"^(x-amz-.*|x-goog-.*|signature|expires|awsaccesskeyid|sig|se|sp|sv|sr|st|skoid|sktid|"
+    r"skt|ske|sks|skv|policy|key-pair-id|token)$",
+    re.IGNORECASE,
+)
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What to fetch: an fsspec URL, its storage options, and how to name the task."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    tag: str = ""
+    task_id: str | None = None
+    expected_sha256: str | None = None
+
+    def resolved_task_id(self) -> str:
+        """The explicit task id if one was given, else the hash of URL and tag."""
+        if self.task_id is not None:
+            return validate_task_id(self.task_id)
+        return task_id_for(self.url, self.tag)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task as the scheduler fixed it: where it comes from and how it is cut into pieces."""
+
+    task_id: str
+    url: str
+    length: int
+    piece_size: int
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    expected_sha256: str | None = None
+
+    @property
+    def n_pieces(self) -> int:
+        """How many pieces the task has (at least one, even for an empty file)."""
+        return piece_count(self.length, self.piece_size)
+
+    def piece_range(self, index: int) -> tuple[int, int]:
+        """``(start, end)`` byte offsets of piece ``index``, end exclusive."""
+        return piece_bounds(self.length, self.piece_size, index)
+
+
+def validate_task_id(task_id: str) -> str:
+    """Return ``task_id`` if it is safe to use as a file name, else raise :class:`InvalidInput`."""
+    if not _TASK_ID.match(task_id) or ".." in task_id:
+        raise InvalidInput(f"invalid task id {task_id!r}: use letters, digits, '.', '_' or '-'")
+    return task_id
+
+
+def normalize_url(url: str) -> str:
+    """Lower-case scheme and host, drop signature query parameters and fragments, sort the query."""
+    parts = urlsplit(url)
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not SIGNATURE_PARAMS.match(k)
+    ]
+    netloc = parts.netloc.lower()
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path, urlencode(sorted(query)), ""))
+
+
+def task_id_for(url: str, tag: str = "", byte_range: tuple[int, int] | None = None) -> str:
+    """Hash of the normalised URL, the range and the tag: the same object is the same task."""
+    rng = "" if byte_range is None else f"{byte_range[0]}-{byte_range[1]}"
+    key = "\n".join((normalize_url(url), rng, tag))
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def default_piece_size(length: int) -> int:
+    """Dragonfly's rule: the next power of two of ``length / 500``, clamped to 4..64 MiB."""
+    target = max(1, -(-length // TARGET_PIECES))
+    size = 1 << (target - 1).bit_length()
+    return min(MAX_PIECE, max(MIN_PIECE, size))
+
+
+def piece_count(length: int, piece_size: int) -> int:
+    """Number of pieces of a ``length``-byte object cut into ``piece_size`` pieces (min. 1)."""
+    if piece_size <= 0:
+        raise InvalidInput(f"piece size must be positive, got {piece_size}")
+    return max(1, -(-length // piece_size))
+
+
+def piece_bounds(length: int, piece_size: int, index: int) -> tuple[int, int]:
+    """Byte range ``[start, end)`` of piece ``index``."""
+    if not 0 <= index < piece_count(length, piece_size):
+        raise IndexError(f"piece {index} out of range for a {length}-byte task")
+    start = index * piece_size
+    return start, min(length, start + piece_size)
