@@ -1,0 +1,76 @@
+"""Runtime configuration writers: containerd hosts.toml, registries.conf, daemon.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rayfly.errors import InvalidInput
+from rayfly.proxy import runtimes
+from rayfly.proxy.oci import RegistryError
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+
+def test_hosts_toml_for_docker_hub():
+    doc = tomllib.loads(runtimes.containerd_hosts_toml("docker.io"))
+    assert doc["server"] == "https://registry-1.docker.io"
+    assert doc["host"]["http://127.0.0.1:65001"]["capabilities"] == ["pull", "resolve"]
+
+
+def test_hosts_toml_without_fallback_and_custom_mirror():
+    text = runtimes.containerd_hosts_toml("ghcr.io", "http://127.0.0.1:4000", fallback=False)
+    doc = tomllib.loads(text)
+    assert "server" not in doc
+    assert list(doc["host"]) == ["http://127.0.0.1:4000"]
+
+
+def test_write_hosts_keeps_original(tmp_path):
+    target = tmp_path / "quay.io" / "hosts.toml"
+    target.parent.mkdir()
+    target.write_text("# operator's own\n")
+    path = runtimes.write_containerd_hosts("quay.io", tmp_path)
+    assert path == target
+    assert "127.0.0.1:65001" in target.read_text()
+    backup = target.with_name("hosts.toml.rayfly-orig")
+    assert backup.read_text() == "# operator's own\n"
+    runtimes.write_containerd_hosts("quay.io", tmp_path, "http://127.0.0.1:1")
+    assert backup.read_text() == "# operator's own\n"
+    assert "127.0.0.1:1" in target.read_text()
+
+
+@pytest.mark.parametrize("registry", ["../etc", "a/b", "", "x y"])
+def test_registry_names_checked_before_any_path(tmp_path, registry):
+    with pytest.raises(RegistryError):
+        runtimes.write_containerd_hosts(registry, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_mirror_url():
+    with pytest.raises(InvalidInput):
+        runtimes.containerd_hosts_toml("docker.io", 'http://x"\n[evil]')
+
+
+def test_registries_conf_entry():
+    doc = tomllib.loads(runtimes.registries_conf_entry("docker.io"))
+    reg = doc["registry"][0]
+    assert reg["prefix"] == "docker.io" and reg["location"] == "docker.io"
+    assert reg["mirror"] == [{"location": "127.0.0.1:65001", "insecure": True}]
+
+
+def test_daemon_json_merges(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"log-driver": "local", "registry-mirrors": ["https://m.example"]}))
+    runtimes.write_docker_daemon_json(path)
+    doc = json.loads(path.read_text())
+    assert doc["log-driver"] == "local"
+    assert doc["registry-mirrors"] == ["http://127.0.0.1:65001", "https://m.example"]
+    runtimes.write_docker_daemon_json(path)
+    assert json.loads(path.read_text())["registry-mirrors"][0] == "http://127.0.0.1:65001"
+    assert (tmp_path / "daemon.json.rayfly-orig").exists()
+
+
+def test_daemon_json_refuses_broken_file():
+    with pytest.raises(InvalidInput):
+        runtimes.docker_daemon_json("{broken")
