@@ -46,6 +46,7 @@ from rayfly.proxy.upstream import Credentials, ManifestReply, RegistryClient, Up
 log = logging.getLogger(__name__)
 _PATH_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MIRROR_KEY: web.AppKey[Mirror] = web.AppKey("mirror")
 API_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
@@ -62,6 +63,7 @@ class MirrorSettings:
     tag_ttl_s: float = 5.0
     manifest_cache_entries: int = 1024
     verify_access: bool = False
+    upstream_timeout_s: float = 30.0
 
 
 @dataclass
@@ -156,7 +158,7 @@ class Mirror:
 def build_app(mirror: Mirror) -> web.Application:
     """The aiohttp application serving ``mirror``."""
     app = web.Application()
-    app["mirror"] = mirror
+    app[MIRROR_KEY] = mirror
     app.router.add_route("*", "/v2", _root)
     app.router.add_route("*", "/v2/", _root)
     app.router.add_route("*", "/v2/{tail:.*}", _dispatch)
@@ -180,7 +182,7 @@ async def _root(request: web.Request) -> web.Response:
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
-    mirror: Mirror = request.app["mirror"]
+    mirror = request.app[MIRROR_KEY]
     mirror.stats.requests += 1
     head = request.method == "HEAD"
     try:
@@ -328,7 +330,9 @@ def make_clients(
     """One RegistryClient per configured upstream, with its credentials if any."""
     creds = credentials or {}
     return {
-        name: RegistryClient(up, session, creds.get(name) or creds.get(_host_of(up.url)))
+        name: RegistryClient(
+            up, session, creds.get(name) or creds.get(_host_of(up.url)), settings.upstream_timeout_s
+        )
         for name, up in settings.upstreams.items()
     }
 

@@ -42,8 +42,9 @@ class Containerd:
             '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
         )
         self.log = open(root / "containerd.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(["containerd", "--config", str(config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            ["containerd", "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         self._wait()
 
     def _wait(self) -> None:
@@ -57,8 +58,12 @@ class Containerd:
         raise RuntimeError(f"containerd did not start: see {self.root / 'containerd.log'}")
 
     def ctr(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ctr", "--address", str(self.socket), *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["ctr", "--address", str(self.socket), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def use_mirror(self, registry: str, mirror_url: str, upstream_url: str) -> None:
         """Point pulls of ``registry`` at ``mirror_url`` (falling back to ``upstream_url``)."""
@@ -66,8 +71,15 @@ class Containerd:
 
     def pull(self, ref: str) -> subprocess.CompletedProcess[str]:
         """``ctr images pull`` with the hosts dir, unpacked on the native snapshotter."""
-        return self.ctr("images", "pull", "--hosts-dir", str(self.hosts_dir),
-                        "--snapshotter", "native", "--unpack", ref)
+        return self.ctr(
+            "images",
+            "pull",
+            "--hosts-dir",
+            str(self.hosts_dir),
+            "--snapshotter",
+            "native",
+            ref,
+        )
 
     def remove_all(self) -> None:
         names = self.ctr("images", "ls", "-q").stdout.split()

@@ -239,6 +239,7 @@ class FrontState:
     blob_heads: Counter = field(default_factory=Counter)
     manifest_gets: Counter = field(default_factory=Counter)
     blob_bytes: int = 0
+    bytes_by_digest: Counter = field(default_factory=Counter)
     requests: int = 0
     auth_headers_seen: list[str] = field(default_factory=list)
     require_token: bool = False
@@ -250,6 +251,7 @@ class FrontState:
         self.blob_gets.clear()
         self.blob_heads.clear()
         self.manifest_gets.clear()
+        self.bytes_by_digest.clear()
         self.blob_bytes = self.requests = 0
         self.auth_headers_seen.clear()
         self.require_token, self.credentials = False, None
@@ -354,6 +356,7 @@ class CountingFront:
             async for chunk in up.content.iter_chunked(1 << 20):
                 if digest is not None:
                     self.state.blob_bytes += len(chunk)
+                    self.state.bytes_by_digest[digest] += len(chunk)
                 if flip:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     flip = False

@@ -1,0 +1,61 @@
+"""Run a mirror (LocalBlobs backend, no Ray) on 127.0.0.1:0 inside a LoopThread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from rayfly.proxy.blobs import LocalBlobs
+from rayfly.proxy.server import Mirror, MirrorSettings, make_clients, start_server
+from rayfly.proxy.upstream import Credentials, Upstream
+from tests.proxy.registry import LoopThread
+
+
+@dataclass
+class RunningMirror:
+    mirror: Mirror
+    port: int
+    cache_dir: Path
+    _runner: Any
+    _session: aiohttp.ClientSession
+    _loop: LoopThread
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            await self._runner.cleanup()
+            await self._session.close()
+
+        self._loop.run(_stop())
+
+
+def start_local_mirror(
+    loop: LoopThread,
+    cache_dir: Path,
+    upstreams: dict[str, str],
+    default: str | None = None,
+    credentials: dict[str, Credentials] | None = None,
+    timeout_s: float = 30.0,
+    **settings: Any,
+) -> RunningMirror:
+    """A mirror of ``{name: http-url}`` upstreams serving from ``cache_dir``."""
+
+    async def _start() -> RunningMirror:
+        ups = {n: Upstream(n, u, insecure=u.startswith("http://")) for n, u in upstreams.items()}
+        conf = MirrorSettings(
+            ups, default_upstream=default, upstream_timeout_s=timeout_s, **settings
+        )
+        session = aiohttp.ClientSession()
+        mirror = Mirror(
+            conf, make_clients(conf, session, credentials), LocalBlobs(cache_dir, session)
+        )
+        runner, port = await start_server(mirror, "127.0.0.1", 0)
+        return RunningMirror(mirror, port, cache_dir, runner, session, loop)
+
+    return loop.run(_start())
