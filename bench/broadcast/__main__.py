@@ -1,0 +1,266 @@
+"""The broadcast benchmark: ``python -m bench.broadcast`` (as root, from the repository root).
+
+For every N in ``--hosts``: make a testbed of N hosts (links shaped to B), put a file of S bytes
+at the origin, then ``--runs`` times run every method (order rotated each run), recording per
+host completion times, the origin's bytes served and the machine's CPU use.  Every method-run is
+appended to the JSON at ``--out`` as soon as it ends; a summary (medians) and the plot are made
+at the end (``python -m bench.broadcast.report`` remakes them from the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.broadcast.report import summarize, write_outputs
+from bench.testbed.netns import REPO_ROOT, Testbed, TestbedConfig
+
+METHODS = ("rayfly", "plain", "ray")
+
+
+class CpuSampler:
+    """Samples the machine's CPU busy fraction from /proc/stat every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        """Ready to start; samples go to ``self.busy`` and ``self.iowait``."""
+        self.interval = interval
+        self.times: list[float] = []
+        self.busy: list[float] = []
+        self.iowait: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _read() -> tuple[int, int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle, iowait = fields[3], fields[4]
+        return sum(fields[:8]), idle + iowait, iowait
+
+    def _loop(self) -> None:
+        prev = self._read()
+        while not self._stop.wait(self.interval):
+            cur = self._read()
+            total = max(1, cur[0] - prev[0])
+            self.times.append(time.time())
+            self.busy.append(1 - (cur[1] - prev[1]) / total)
+            self.iowait.append((cur[2] - prev[2]) / total)
+            prev = cur
+
+    def __enter__(self) -> CpuSampler:
+        """Start sampling."""
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def summary(self, start: float = 0.0, end: float = float("inf")) -> dict[str, float]:
+        """Mean and 90th percentile busy fraction (of all cores) and mean iowait in a window."""
+        keep = [i for i, t in enumerate(self.times) if start <= t - self.interval and t <= end]
+        if not keep:
+            return {}
+        busy = [self.busy[i] for i in keep]
+        return {
+            "busy_mean": statistics.fmean(busy),
+            "busy_p90": float(np.percentile(busy, 90)),
+            "iowait_mean": statistics.fmean(self.iowait[i] for i in keep),
+            "samples": len(keep),
+        }
+
+
+def make_payload(path: Path, size: int, seed: int = 4) -> str:
+    """Write ``size`` random bytes to ``path``; return their sha256."""
+    rng = np.random.default_rng(seed)
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        left = size
+        while left:
+            chunk = rng.bytes(min(left, 64 << 20))
+            digest.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One timed method-run inside host 0; returns the driver's JSON plus CPU and wire bytes."""
+    cfg = tb.config
+    dest = cfg.root / "dest" / method
+    shutil.rmtree(dest, ignore_errors=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.broadcast.driver",
+        "--method",
+        method,
+        "--origin",
+        cfg.origin_url,
+        "--name",
+        name,
+        "--dest-dir",
+        str(dest),
+    ]
+    for extra in args.rayfly_arg:
+        argv += ["--rayfly-arg", extra]
+    wire0 = tb.iface_bytes(cfg.origin_ns)
+    with CpuSampler() as cpu:
+        proc = tb.run_in(cfg.host_ns(0), argv, timeout=args.run_timeout, check=False)
+    wire1 = tb.iface_bytes(cfg.origin_ns)
+    if proc.returncode != 0:
+        return {"method": method, "error": (proc.stderr or proc.stdout)[-4000:], "hosts": []}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["cpu"] = cpu.summary(out.get("t_start", 0.0), out.get("t_end", float("inf")))
+    out["cpu_whole_driver"] = cpu.summary()
+    out["origin_wire_tx_bytes"] = wire1["tx"] - wire0["tx"]
+    return out
+
+
+def verify(result: dict[str, Any], sha: str, size: int, dest: Path) -> None:
+    """Check every host's copy against the payload's sha256, then delete the copies."""
+    for host in result["hosts"]:
+        path = Path(host.get("path") or "")
+        host["verified"] = path.is_file() and path.stat().st_size == size and sha256_of(path) == sha
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+def machine_info() -> dict[str, Any]:
+    """What this ran on."""
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_bytes": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def bench_hosts(n: int, args: argparse.Namespace, doc: dict[str, Any], out: Path) -> None:
+    """All runs for one N on a fresh testbed."""
+    size = args.size_mib << 20
+    cfg = TestbedConfig(
+        hosts=n,
+        prefix=args.prefix,
+        subnet=args.subnet,
+        rate_mbit=args.rate_mbit,
+        origin_rate_mbit=args.origin_rate_mbit,
+        latency_ms=args.latency_ms,
+        object_store_bytes=max(1 << 30, 2 * size + (256 << 20)),
+        extra_env={
+            "RAYFLY_CACHE_DIR": f"/tmp/{args.prefix}-tb/cache",
+            "RAYFLY_CACHE_QUOTA": str(2 * size + (64 << 20)),
+        },
+    )
+    with Testbed(cfg) as tb:
+        sha = make_payload(cfg.root / "origin" / "payload.bin", size)
+        (cfg.root / "origin" / "warm.bin").write_bytes(os.urandom(1 << 20))
+        if "rayfly" in args.methods:
+            run_method(tb, "rayfly", "warm.bin", args)  # creates the scheduler and peers
+        for run in range(args.runs):
+            order = (
+                args.methods[run % len(args.methods) :] + args.methods[: run % len(args.methods)]
+            )
+            for method in order:
+                name = f"payload-{run}-{method}.bin"
+                os.link(cfg.root / "origin" / "payload.bin", cfg.root / "origin" / name)
+                t = time.time()
+                result = run_method(tb, method, name, args)
+                result.update(
+                    n=n,
+                    run=run,
+                    size=size,
+                    rate_mbit=args.rate_mbit,
+                    origin_rate_mbit=args.origin_rate_mbit or args.rate_mbit,
+                    started=t,
+                    driver_wall_s=time.time() - t,
+                )
+                verify(result, sha, size, cfg.root / "dest" / method)
+                doc["runs"].append(result)
+                out.write_text(json.dumps(doc, indent=1))
+                secs = [h["seconds"] for h in result["hosts"]]
+                print(
+                    f"N={n} run={run} {method:7s} makespan={max(secs, default=float('nan')):.2f}s "
+                    f"origin={result.get('origin', {}).get('bytes_served', 0) / size:.2f}xS "
+                    f"cpu={result.get('cpu', {}).get('busy_mean', float('nan')):.2f} "
+                    f"ok={all(h.get('verified') for h in result['hosts'])}"
+                    f"{' ERROR ' + result['error'][-300:] if 'error' in result else ''}",
+                    flush=True,
+                )
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m bench.broadcast", description=__doc__)
+    parser.add_argument("--hosts", default="2,4,8", help="comma-separated N values")
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--rate-mbit", type=float, default=200.0)
+    parser.add_argument("--origin-rate-mbit", type=float)
+    parser.add_argument("--latency-ms", type=float, default=25.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--rayfly-arg",
+        action="append",
+        default=[],
+        help="extra argument for rayfly distribute, repeatable",
+    )
+    parser.add_argument("--prefix", default="rfy")
+    parser.add_argument("--subnet", default="10.213.0")
+    parser.add_argument("--run-timeout", type=float, default=1800.0)
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench/results/broadcast.json"))
+    parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    args = parser.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "command": " ".join(["python -m bench.broadcast", *sys.argv[1:]]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "args": vars(args),
+        "runs": [],
+    }
+    for n in [int(x) for x in args.hosts.split(",")]:
+        bench_hosts(n, args, doc, out)
+    doc["summary"] = summarize(doc)
+    out.write_text(json.dumps(doc, indent=1))
+    write_outputs(doc, out, Path(args.plot) if args.plot else out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""One timed broadcast, run inside the testbed's host 0: ``python -m bench.broadcast.driver``.
+
+Methods (each writes the file to ``{dest_dir}/{node_id}/{name}`` on every node):
+
+* ``plain``: a task pinned to every node downloads the file from the origin itself;
+* ``ray``: the driver downloads the file once, ``ray.put``s it, and a task pinned to every node
+  ``ray.get``s it (as its argument) and writes it: Ray's own broadcast;
+* ``rayfly``: ``rayfly distribute URL --dest ... --json``.
+
+Times are seconds from the driver's ``t0`` (taken after ``ray.init`` and a warm-up task on
+every node, so worker start-up is not measured for any method).  Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+CHUNK = 1 << 20
+HTTP_TIMEOUT_S = 60
+
+
+def pinned(node_id: str) -> NodeAffinitySchedulingStrategy:
+    """A hard affinity to one node."""
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def warm_up() -> str:
+    """Start (and so cache) a worker on the node; return its node id."""
+    return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def download(url: str, path: str) -> tuple[float, int]:
+    """Stream ``url`` into ``path``; return (wall-clock end, bytes)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nbytes = 0
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp, open(path, "wb") as out:
+        while chunk := resp.read(CHUNK):
+            out.write(chunk)
+            nbytes += len(chunk)
+    return time.time(), nbytes
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def write_array(data: np.ndarray, path: str) -> tuple[float, int]:
+    """Write an array that arrived through the object store; return (wall-clock end, bytes)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(memoryview(data))
+    return time.time(), int(data.nbytes)
+
+
+def fetch_into_array(url: str) -> np.ndarray:
+    """Download ``url`` into one preallocated uint8 array (the driver's single origin read)."""
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
+        size = int(resp.headers["Content-Length"])
+        arr = np.empty(size, dtype=np.uint8)
+        view, pos = memoryview(arr), 0
+        while pos < size and (n := resp.readinto(view[pos : pos + CHUNK])):
+            pos += n
+    if pos != size:
+        raise OSError(f"short read: {pos} of {size} bytes")
+    return arr
+
+
+def run_tasks(method: str, url: str, nodes: list[dict], dest: Path, name: str) -> list[dict]:
+    """Methods ``plain`` and ``ray``; per-node end times relative to the start of this call."""
+    t0 = time.time()
+    refs = []
+    extra: dict[str, float] = {}
+    if method == "ray":
+        data = ray.put(fetch_into_array(url))
+        extra["driver_fetch_s"] = time.time() - t0
+    for node in nodes:
+        path = str(dest / node["NodeID"] / name)
+        options = {"scheduling_strategy": pinned(node["NodeID"])}
+        if method == "plain":
+            refs.append(download.options(**options).remote(url, path))
+        else:
+            refs.append(write_array.options(**options).remote(data, path))
+    results = ray.get(refs, timeout=3600)
+    return [
+        {
+            "node_id": node["NodeID"],
+            "node_ip": node["NodeManagerAddress"],
+            "path": str(dest / node["NodeID"] / name),
+            "seconds": end - t0,
+            "bytes": nbytes,
+            **extra,
+        }
+        for node, (end, nbytes) in zip(nodes, results, strict=True)
+    ]
+
+
+def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[list[dict], Any]:
+    """Method ``rayfly`` through its CLI; per-node seconds as the report gives them."""
+    exe = shutil.which("rayfly") or str(Path(sys.executable).with_name("rayfly"))
+    cmd = [exe, "distribute", url, "--dest", str(dest / "{node_id}" / name), "--json"]
+    if not Path(exe).exists():
+        cmd = [sys.executable, "-m", "rayfly.cli", *cmd[1:]]
+    t0 = time.time()
+    proc = subprocess.run([*cmd, *extra_args], capture_output=True, text=True, timeout=3600)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"rayfly failed ({proc.returncode}): {proc.stderr[-4000:]}")
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])
+    hosts = [
+        {
+            "node_id": n["node_id"],
+            "node_ip": n.get("node_ip"),
+            "path": n.get("path"),
+            "seconds": n["seconds"],
+            "bytes": n.get("bytes"),
+            "ok": n.get("ok", True),
+            "bytes_from_origin": n.get("bytes_from_origin"),
+            "bytes_from_peers": n.get("bytes_from_peers"),
+            "error": n.get("error"),
+        }
+        for n in report["nodes"]
+    ]
+    return hosts, {"cli_wall_s": wall, "totals": report.get("totals", {})}
+
+
+def origin_stats(base: str, reset: bool = False) -> dict:
+    """The origin's byte counter (optionally reset first)."""
+    req = urllib.request.Request(
+        f"{base}/_rfy/{'reset' if reset else 'stats'}", method="POST" if reset else "GET"
+    )
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+        return json.loads(resp.read())
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", choices=["plain", "ray", "rayfly"], required=True)
+    parser.add_argument("--origin", required=True, help="origin base URL")
+    parser.add_argument("--name", required=True, help="file name at the origin")
+    parser.add_argument("--dest-dir", required=True)
+    parser.add_argument("--rayfly-arg", action="append", default=[])
+    args = parser.parse_args()
+    url, dest = f"{args.origin}/{args.name}", Path(args.dest_dir)
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="ERROR", log_to_driver=False
+    )
+    nodes = sorted((n for n in ray.nodes() if n["Alive"]), key=lambda n: n["NodeManagerAddress"])
+    ray.get([warm_up.options(scheduling_strategy=pinned(n["NodeID"])).remote() for n in nodes])
+    origin_stats(args.origin, reset=True)
+    extra: Any = {}
+    t_start = time.time()
+    if args.method == "rayfly":
+        ray.shutdown()
+        hosts, extra = run_rayfly(url, dest, args.name, args.rayfly_arg)
+        t_end = time.time()
+        t_start = t_end - extra["totals"].get("makespan_s", t_end - t_start)
+    else:
+        hosts = run_tasks(args.method, url, nodes, dest, args.name)
+        t_end = time.time()
+    out = {
+        "method": args.method,
+        "url": url,
+        "hosts": hosts,
+        "extra": extra,
+        "t_start": t_start,
+        "t_end": t_end,
+        "origin": origin_stats(args.origin),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Summary, plot and Markdown table of a broadcast benchmark JSON.
+
+``python -m bench.broadcast.report bench/results/broadcast.json`` remakes the summary, the PNG
+beside it, and prints the Markdown table that docs/BENCHMARKS.md carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+METHOD_LABEL = {"rayfly": "rayfly", "plain": "every host from origin", "ray": "Ray broadcast"}
+
+
+def ideal_seconds(size: int, rate_mbit: float) -> float:
+    """S / B: one link's time for the file."""
+    return size / (rate_mbit * 1e6 / 8)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Medians per (N, method) over successful runs, and ratios against rayfly in the same run."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in doc["runs"]:
+        groups[(run["n"], run["method"])].append(run)
+    by_run = {(r["n"], r["run"], r["method"]): r for r in doc["runs"] if _ok(r)}
+    rows = []
+    for (n, method), runs in sorted(groups.items()):
+        good = [r for r in runs if _ok(r)]
+        size, rate = runs[0]["size"], runs[0]["rate_mbit"]
+        makespans = [max(h["seconds"] for h in r["hosts"]) for r in good]
+        p50s = [statistics.median(h["seconds"] for h in r["hosts"]) for r in good]
+        ratios = {}
+        for other in ("plain", "ray"):
+            pairs = [
+                (by_run[(n, r["run"], other)], r)
+                for r in good
+                if (n, r["run"], other) in by_run and method == "rayfly"
+            ]
+            if pairs:
+                ratios[f"{other}_over_rayfly"] = _median(
+                    [_makespan(o) / _makespan(r) for o, r in pairs]
+                )
+        rows.append(
+            {
+                "n": n,
+                "method": method,
+                "runs": len(runs),
+                "ok_runs": len(good),
+                "size": size,
+                "rate_mbit": rate,
+                "ideal_s": ideal_seconds(size, rate),
+                "makespan_s": _median(makespans),
+                "makespans_s": makespans,
+                "p50_s": _median(p50s),
+                "makespan_over_ideal": _median(makespans) / ideal_seconds(size, rate),
+                "origin_bytes_over_s": _median([r["origin"]["bytes_served"] / size for r in good]),
+                "origin_wire_over_s": _median(
+                    [r.get("origin_wire_tx_bytes", 0) / size for r in good]
+                ),
+                "cpu_busy_mean": _median(
+                    [r.get("cpu", {}).get("busy_mean", float("nan")) for r in good]
+                ),
+                "cpu_busy_p90": _median(
+                    [r.get("cpu", {}).get("busy_p90", float("nan")) for r in good]
+                ),
+                **ratios,
+            }
+        )
+    return rows
+
+
+def _ok(run: dict[str, Any]) -> bool:
+    hosts = run.get("hosts") or []
+    return "error" not in run and bool(hosts) and all(h.get("verified") for h in hosts)
+
+
+def _makespan(run: dict[str, Any]) -> float:
+    return max(h["seconds"] for h in run["hosts"])
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results table for docs/BENCHMARKS.md."""
+    lines = [
+        "| N | method | S | B | runs ok | makespan (median) | p50 | makespan/(S/B) "
+        "| origin bytes/S | vs rayfly | CPU busy mean / p90 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in doc["summary"]:
+        vs = ""
+        if row["method"] == "rayfly" and "plain_over_rayfly" in row:
+            vs = f"plain {row['plain_over_rayfly']:.2f}x"
+            if "ray_over_rayfly" in row:
+                vs += f", Ray {row['ray_over_rayfly']:.2f}x"
+        lines.append(
+            f"| {row['n']} | {METHOD_LABEL[row['method']]} | {row['size'] >> 20} MiB "
+            f"| {row['rate_mbit']:g} Mbit/s | {row['ok_runs']}/{row['runs']} "
+            f"| {row['makespan_s']:.1f} s | {row['p50_s']:.1f} s "
+            f"| {row['makespan_over_ideal']:.2f} | {row['origin_bytes_over_s']:.2f} | {vs} "
+            f"| {row['cpu_busy_mean']:.0%} / {row['cpu_busy_p90']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    """Left: per-host completion CDF per method at the largest N; right: makespan against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in doc["runs"] if _ok(r)]
+    if not runs:
+        return
+    big = max(r["n"] for r in runs)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method in METHOD_LABEL:
+        times = sorted(
+            h["seconds"]
+            for r in runs
+            if r["n"] == big and r["method"] == method
+            for h in r["hosts"]
+        )
+        if times:
+            frac = [(i + 1) / len(times) for i in range(len(times))]
+            left.step(times, frac, where="post", label=METHOD_LABEL[method])
+    ideal = ideal_seconds(runs[0]["size"], runs[0]["rate_mbit"])
+    left.axvline(ideal, color="grey", linestyle=":", label="S/B")
+    left.set(
+        xlabel="seconds to complete (per host, all runs)",
+        ylabel="fraction of hosts",
+        title=f"N={big}, S={runs[0]['size'] >> 20} MiB, B={runs[0]['rate_mbit']:g} Mbit/s",
+    )
+    left.legend()
+    for method in METHOD_LABEL:
+        rows = [s for s in doc["summary"] if s["method"] == method and s["ok_runs"]]
+        if rows:
+            right.plot(
+                [s["n"] for s in rows],
+                [s["makespan_s"] for s in rows],
+                marker="o",
+                label=METHOD_LABEL[method],
+            )
+    right.axhline(ideal, color="grey", linestyle=":", label="S/B")
+    right.set(xlabel="hosts N", ylabel="makespan, median (s)", title="makespan against N")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_outputs(doc: dict[str, Any], json_path: Path, png_path: Path) -> None:
+    """Summary into the JSON, the PNG, and the Markdown table on stdout."""
+    doc["summary"] = summarize(doc)
+    json_path.write_text(json.dumps(doc, indent=1))
+    plot(doc, png_path)
+    print(markdown(doc))
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("json")
+    parser.add_argument("--plot", default=None)
+    args = parser.parse_args()
+    path = Path(args.json)
+    doc = json.loads(path.read_text())
+    write_outputs(doc, path, Path(args.plot) if args.plot else path.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Smoke run of the network testbed and the broadcast benchmark (bench/testbed, bench/broadcast).
+
+N=3 emulated hosts in network namespaces, links shaped to 200 Mbit/s, a 4 MiB file, one run of
+each method.  Needs root and permission to make network namespaces; skipped, with that reason,
+only where ``ip netns add`` is refused.  Uses its own prefix and subnet (``rfs``, 10.213.1.0/24)
+so that it never collides with a benchmark testbed (``rfy``) running on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX, SUBNET = "rfs", "10.213.1"
+
+
+def _netns_refused() -> str | None:
+    if os.geteuid() != 0:
+        return "the network testbed needs root (ip netns, tc)"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "iproute2 (ip, tc) is not installed"
+    probe = f"{PREFIX}-probe-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot make network namespaces here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+REFUSED = _netns_refused()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REFUSED is not None, reason=REFUSED or "")]
+
+
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _leftovers() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(f"{PREFIX}-")]
+
+
+@pytest.mark.timeout(300)
+def test_link_is_shaped_to_the_chosen_rate():
+    proc = _run(
+        [sys.executable, "-m", "bench.testbed", "check", "--hosts", "1", "--prefix", PREFIX,
+         "--subnet", SUBNET, "--rate-mbit", "80", "--mib", "8"],
+        timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.6 * 80 <= result["mbit_s"] <= 1.1 * 80, result
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(600)
+def test_broadcast_end_to_end_on_three_hosts(tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = _run(
+        [sys.executable, "-m", "bench.broadcast", "--hosts", "3", "--size-mib", "4",
+         "--rate-mbit", "200", "--runs", "1", "--prefix", PREFIX, "--subnet", SUBNET,
+         "--out", str(out), "--run-timeout", "240"],
+        timeout=560,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert _leftovers() == [], "the testbed was not torn down"
+    assert (tmp_path / "smoke.png").is_file()
+    by_method = {r["method"]: r for r in doc["runs"]}
+    assert set(by_method) == {"rayfly", "plain", "ray"}
+    size = 4 << 20
+    for method, run in by_method.items():
+        assert "error" not in run, (method, run.get("error"))
+        assert len(run["hosts"]) == 3, method
+        assert all(h["verified"] for h in run["hosts"]), method
+    assert by_method["plain"]["origin"]["bytes_served"] == 3 * size
+    assert by_method["ray"]["origin"]["bytes_served"] == size
+    assert by_method["rayfly"]["origin"]["bytes_served"] == size
