@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,10 +20,17 @@ _CHUNK = 1 << 20
 
 
 class OriginServer:
-    """Serve ``root`` at ``http://host:port/``; ``bytes_served`` and ``requests`` count traffic."""
+    """Serve ``root`` at ``http://host:port/``; ``bytes_served`` and ``requests`` count traffic.
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0):
+    ``rate`` (bytes/s per response) slows responses down; ``fail_paths`` maps a URL path to a
+    number of requests to answer with 503 first.
+    """
+
+    def __init__(
+        self, root: str | Path, host: str = "127.0.0.1", port: int = 0, rate: float | None = None
+    ):
         self.root = Path(root).resolve()
+        self.rate = rate
         self.bytes_served = 0
         self.requests: Counter[str] = Counter()
         self.fail_paths: dict[str, int] = {}
@@ -120,6 +128,7 @@ class OriginServer:
 
             def _send(self, path: Path, start: int, end: int, rel: str) -> None:
                 sent = 0
+                t0 = time.monotonic()
                 with open(path, "rb") as fh:
                     fh.seek(start)
                     while sent < end - start:
@@ -131,6 +140,8 @@ class OriginServer:
                         except OSError:
                             break
                         sent += len(chunk)
+                        if server.rate:
+                            time.sleep(max(0.0, sent / server.rate - (time.monotonic() - t0)))
                 server._count(rel, sent)
 
         return Handler

@@ -225,9 +225,9 @@ class Peer:
                 return await self._fetch_one(item, rendered if request.dest else None, slots)
 
         node.files = list(await asyncio.gather(*(one(i) for i in request.items)))
-        for item in request.items:
+        for item, f in zip(request.items, node.files, strict=True):
             job = self._downloads.get(item.task.task_id)
-            if job is not None and job.done() and not job.cancelled() and not job.exception():
+            if f.ok and not f.cached and job is not None and job.done():
                 node.timeline.extend(job.result().timeline)
         node.seconds = time.time() - t0
         return summarize_node(
@@ -242,12 +242,13 @@ class Peer:
         result = FileResult(item.relpath or name, "", task.length, None, 0.0, 0, 0, False)
         t0 = time.time()
         try:
-            out = await asyncio.shield(self._start(task, slots))
-            result.sha256, result.cached = out.sha256, out.cached
-            result.bytes_from_origin, result.bytes_from_peers = (
-                out.bytes_from_origin,
-                out.bytes_from_peers,
-            )
+            job = self._start(task, slots)
+            earlier = job.done()
+            out = await asyncio.shield(job)
+            result.sha256, result.cached = out.sha256, out.cached or earlier
+            if not result.cached:
+                result.bytes_from_origin = out.bytes_from_origin
+                result.bytes_from_peers = out.bytes_from_peers
             if rendered is not None:
                 target = dest_paths.target_path(rendered, item.relpath, name)
                 result.path = str(target)

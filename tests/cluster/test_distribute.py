@@ -1,0 +1,132 @@
+"""Distribution on a local 4-node Ray cluster from real origins (HTTP on loopback, S3 via moto)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+import rayfly
+from rayfly.actors import placement
+from rayfly.config import NAMESPACE, PEER_PREFIX
+from rayfly.origin import make_file
+from tests.conftest import CLUSTER_NODES, sha256_file
+
+MiB = 1 << 20
+pytestmark = pytest.mark.cluster
+
+
+def node_files(root: Path, name: str) -> dict[str, Path]:
+    return {d.name: d / name for d in root.iterdir() if (d / name).exists()}
+
+
+def test_large_file_reaches_every_node_once_from_origin(ray_cluster, origin, origin_root, tmp_path):
+    src = make_file(origin_root / "big.bin", 256 * MiB, seed=1)
+    want = sha256_file(src)
+    report = rayfly.distribute(origin.url + "big.bin", str(tmp_path / "{node_id}" / "big.bin"))
+    assert report.ok, str(report)
+    assert origin.bytes_served == src.stat().st_size  # 1.00x, not 4x
+    assert report.origin_bytes == src.stat().st_size
+    copies = node_files(tmp_path, "big.bin")
+    assert len(copies) == CLUSTER_NODES
+    assert {sha256_file(p) for p in copies.values()} == {want}
+    assert {n.sha256 for n in report.nodes} == {want}
+    assert sum(n.bytes_from_peers for n in report.nodes) >= 2 * src.stat().st_size
+    assert report.to_arrow().num_rows == CLUSTER_NODES
+
+
+def test_later_request_is_served_from_caches(ray_cluster, origin, origin_root, tmp_path):
+    make_file(origin_root / "again.bin", 6 * MiB, seed=2)
+    url = origin.url + "again.bin"
+    first = rayfly.distribute(url, str(tmp_path / "a" / "{node_id}"))
+    second = rayfly.distribute(url + "?X-Amz-Signature=other", str(tmp_path / "b" / "{node_id}"))
+    assert first.ok and second.ok
+    assert first.task_ids == second.task_ids
+    assert origin.bytes_served == 6 * MiB
+    assert second.origin_bytes == 0
+
+
+def test_concurrent_requests_share_one_task(ray_cluster, origin, origin_root, tmp_path):
+    src = make_file(origin_root / "twice.bin", 48 * MiB, seed=3)
+    reports: list[rayfly.Report] = []
+
+    def run(sub: str) -> None:
+        reports.append(
+            rayfly.distribute(
+                origin.url + "twice.bin", str(tmp_path / sub / "{node_id}.bin"), piece_size=4 * MiB
+            )
+        )
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(reports) == 2 and all(r.ok for r in reports)
+    assert reports[0].task_ids == reports[1].task_ids
+    assert origin.bytes_served == src.stat().st_size
+    for sub in ("x", "y"):
+        assert {sha256_file(p) for p in (tmp_path / sub).iterdir()} == {sha256_file(src)}
+
+
+def test_s3_prefix_with_several_files(ray_cluster, s3_options, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.mkdir("rayfly-data")
+    payload = {"part-0.parquet": 3 * MiB + 7, "part-1.parquet": 5 * MiB, "sub/part-2.parquet": 1}
+    for name, size in payload.items():
+        fs.pipe(f"rayfly-data/ds/{name}", bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    report = rayfly.distribute(
+        "s3://rayfly-data/ds/", str(tmp_path / "{node_id}"), storage_options=s3_options
+    )
+    assert report.ok, str(report)
+    assert report.source_bytes == sum(payload.values())
+    assert report.origin_bytes == sum(payload.values())
+    for node in report.nodes:
+        root = Path(node.path)
+        for name in payload:
+            assert (root / name).read_bytes() == fs.cat(f"rayfly-data/ds/{name}")
+    assert len({n.sha256 for n in report.nodes}) == 1
+
+
+def test_killed_parent_does_not_fail_the_others(ray_cluster, origin, origin_root, tmp_path):
+    src = make_file(origin_root / "kill.bin", 64 * MiB, seed=4)
+    origin.rate = 24 * MiB  # each origin read is slow enough to kill mid-way
+    holder: dict[str, rayfly.Report] = {}
+    url = origin.url + "kill.bin"
+    t = threading.Thread(
+        target=lambda: holder.setdefault(
+            "r",
+            rayfly.distribute(
+                url, str(tmp_path / "{node_id}.bin"), piece_size=4 * MiB, concurrency=4
+            ),
+        )
+    )
+    t.start()
+    scheduler = placement.get_scheduler()
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline:
+        tids = [
+            r["task_id"]
+            for r in ray.get(scheduler.status.remote())
+            if r["url"].endswith("kill.bin")
+        ]
+        held = ray.get(scheduler.progress.remote(tids)) if tids else {}
+        if held and max(held.values()) >= 8 * MiB:
+            victim = max(held, key=held.get)
+        time.sleep(0.05)
+    assert victim is not None, "no peer held pieces in time"
+    ray.kill(ray.get_actor(PEER_PREFIX + victim, namespace=NAMESPACE), no_restart=True)
+    t.join(300)
+    report = holder["r"]
+    others = [n for n in report.nodes if n.node_id != victim]
+    assert len(others) == CLUSTER_NODES - 1
+    assert all(n.ok for n in others), str(report)
+    assert {sha256_file(n.path) for n in others} == {sha256_file(src)}
+    dead = next(n for n in report.nodes if n.node_id == victim)
+    assert not dead.ok and dead.error

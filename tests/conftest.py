@@ -1,0 +1,104 @@
+"""Shared fixtures: one local multi-node Ray cluster per session, a counting HTTP origin, S3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+CLUSTER_NODES = 4
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file on disk."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory that lives for the whole test session."""
+    return tmp_path_factory.mktemp("rayfly")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(session_dir: Path) -> Iterator[object]:
+    """A connected local Ray cluster of CLUSTER_NODES nodes; peers cache under session_dir."""
+    import ray
+
+    from rayfly.cluster import start_local_cluster
+    from rayfly.config import NAMESPACE
+
+    os.environ["RAYFLY_CACHE_DIR"] = str(session_dir / "cache")
+    os.environ.setdefault("RAYFLY_PIECE_TIMEOUT_S", "20")
+    os.environ.setdefault("RAYFLY_LEASE_TIMEOUT_S", "20")
+    cluster = start_local_cluster(CLUSTER_NODES, object_store_memory=400 << 20)
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def origin_root(session_dir: Path) -> Path:
+    """The directory the HTTP origin serves."""
+    root = session_dir / "origin"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def origin_server(origin_root: Path) -> Iterator[object]:
+    """An HTTP origin on loopback that counts the bytes it serves."""
+    from rayfly.origin import OriginServer
+
+    server = OriginServer(origin_root).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def origin(origin_server: object) -> object:
+    """The session's HTTP origin with counters zeroed for this test."""
+    origin_server.reset()  # type: ignore[attr-defined]
+    origin_server.rate = None  # type: ignore[attr-defined]
+    return origin_server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 endpoint on loopback (moto's server mode); credentials are moto's test ones."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_options(s3_endpoint: str) -> dict[str, object]:
+    """fsspec storage options for the moto endpoint."""
+    return {
+        "endpoint_url": s3_endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-west-2"},
+    }

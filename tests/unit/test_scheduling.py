@@ -1,0 +1,92 @@
+import random
+
+import pytest
+
+from rayfly.errors import InvalidInput
+from rayfly.scheduling import (
+    Assignment,
+    PeerLoad,
+    TaskView,
+    choose_parent,
+    origin_share,
+    piece_policy,
+    plan_batch,
+    rarest_first,
+)
+
+
+def view(n, holders=None, origin_inflight=(), parallelism=8):
+    holders = holders or {}
+    digests = {i: f"d{i}" for i in holders}
+    return TaskView(n, holders, set(origin_inflight), parallelism, digests)
+
+
+def test_rarest_first_orders_by_holder_count():
+    v = view(4, {0: {"a", "b"}, 1: {"a"}, 2: set(), 3: {"a", "b", "c"}})
+    assert rarest_first([0, 1, 2, 3], v, salt=0) == [2, 1, 0, 3]
+
+
+def test_ties_rotate_by_peer_so_peers_spread():
+    v = view(8)
+    a = rarest_first(list(range(8)), v, salt=0)
+    b = rarest_first(list(range(8)), v, salt=4)
+    assert a[0] == 0 and b[0] == 4
+
+
+def test_unheld_pieces_come_from_origin_once():
+    v = view(4, origin_inflight={0})
+    batch = plan_batch(v, "p1", "h1", set(), set(), {"p1": PeerLoad("p1", "h1", 0, 4)}, want=8)
+    assert sorted(a.piece for a in batch) == [1, 2, 3]
+    assert all(a.parent is None for a in batch)
+
+
+def test_origin_parallelism_and_quota_are_respected():
+    v = view(10, origin_inflight={0, 1}, parallelism=4)
+    batch = plan_batch(v, "p", "h", set(), set(), {}, want=10)
+    assert len(batch) == 2
+    assert len(plan_batch(v, "p", "h", set(), set(), {}, want=10, origin_quota=1)) == 1
+    assert origin_share(8, 4) == 2 and origin_share(8, 3) == 3 and origin_share(1, 10) == 1
+
+
+def test_held_pieces_come_from_a_parent_with_digest():
+    loads = {"a": PeerLoad("a", "h1", 0, 2), "me": PeerLoad("me", "h2", 0, 2)}
+    v = view(2, {0: {"a"}, 1: {"a"}})
+    batch = plan_batch(v, "me", "h2", set(), set(), loads, want=4)
+    assert batch == [Assignment(0, "a", "d0"), Assignment(1, "a", "d1")]
+
+
+def test_a_batch_never_oversubscribes_a_parent():
+    loads = {"a": PeerLoad("a", "h1", 1, 2)}
+    v = view(5, {i: {"a"} for i in range(5)})
+    batch = plan_batch(v, "me", "h2", set(), set(), loads, want=5)
+    assert len(batch) == 1
+
+
+def test_pieces_held_or_in_flight_are_not_handed_out_again():
+    loads = {"a": PeerLoad("a", "h", 0, 8)}
+    v = view(4, {i: {"a"} for i in range(4)})
+    batch = plan_batch(v, "me", "h", {0}, {1}, loads, want=8)
+    assert sorted(a.piece for a in batch) == [2, 3]
+
+
+def test_parent_choice_prefers_same_host_then_least_loaded():
+    rng = random.Random(0)
+    far_idle = PeerLoad("far", "h9", 0, 4)
+    near_busy = PeerLoad("near", "h1", 3, 4)
+    assert choose_parent([far_idle, near_busy], "h1", rng).peer_id == "near"
+    a, b = PeerLoad("a", "h2", 3, 4), PeerLoad("b", "h3", 1, 4)
+    assert choose_parent([a, b], "h1", rng).peer_id == "b"
+    fast, slow = PeerLoad("f", "h2", 1, 4, 100.0), PeerLoad("s", "h3", 1, 4, 1.0)
+    assert choose_parent([slow, fast], "h1", rng).peer_id == "f"
+    assert choose_parent([PeerLoad("x", "h", 4, 4)], "h1", rng) is None
+
+
+def test_dead_holders_are_not_parents():
+    v = view(1, {0: {"gone"}})
+    assert plan_batch(v, "me", "h", set(), set(), {}, want=1) == []
+
+
+def test_unknown_policy_fails_at_construction():
+    with pytest.raises(InvalidInput, match="unknown piece policy"):
+        piece_policy("fastest")
+    assert piece_policy("sequential")([3, 1, 2], view(4), 0) == [1, 2, 3]

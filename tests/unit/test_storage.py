@@ -1,0 +1,100 @@
+import os
+
+import numpy as np
+import pytest
+
+from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
+from rayfly.storage import PieceStore, piece_digest
+
+
+def fill(store, tid, data, piece):
+    store.begin(tid, len(data), piece)
+    for i in range(0, max(1, -(-len(data) // piece))):
+        store.write_piece(tid, i, data[i * piece : (i + 1) * piece])
+
+
+def test_write_verify_read_back(tmp_path):
+    store = PieceStore(tmp_path, quota=1 << 20)
+    data = os.urandom(10_000)
+    store.begin("t1", len(data), 4096)
+    d = store.write_piece("t1", 1, data[4096:8192], expected=piece_digest(data[4096:8192]))
+    assert d == piece_digest(data[4096:8192])
+    assert bytes(store.read_piece("t1", 1)) == data[4096:8192]
+    with pytest.raises(PieceUnavailable):
+        store.read_piece("t1", 0)
+
+
+def test_corrupt_piece_is_refused_and_not_recorded(tmp_path):
+    store = PieceStore(tmp_path, quota=1 << 20)
+    store.begin("t1", 8192, 4096)
+    good = os.urandom(4096)
+    bad = bytearray(good)
+    bad[0] ^= 1
+    with pytest.raises(PieceCorrupt):
+        store.write_piece("t1", 0, bytes(bad), expected=piece_digest(good))
+    assert 0 not in store.entry("t1").have
+    with pytest.raises(PieceCorrupt, match="bytes"):
+        store.write_piece("t1", 0, good[:100])
+
+
+def test_complete_publish_is_atomic_and_read_only(tmp_path):
+    store = PieceStore(tmp_path / "cache", quota=1 << 20)
+    data = os.urandom(9000)
+    fill(store, "t1", data, 4096)
+    with pytest.raises(StorageError, match="not complete"):
+        store.publish("t1", tmp_path / "out" / "f.bin")
+    store.complete("t1", "ab" * 32)
+    dest = tmp_path / "out" / "f.bin"
+    assert store.publish("t1", dest) == "link"
+    assert dest.read_bytes() == data
+    assert not (os.stat(store.data_path("t1")).st_mode & 0o222)
+    assert [p.name for p in dest.parent.iterdir()] == ["f.bin"]
+
+
+def test_publish_failure_leaves_nothing(tmp_path):
+    store = PieceStore(tmp_path / "cache", quota=1 << 20)
+    fill(store, "t1", b"x" * 10, 4096)
+    store.complete("t1", "00" * 32)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(StorageError, match="cannot create directory"):
+        store.publish("t1", blocker / "f.bin")
+
+
+def test_incomplete_tasks_are_dropped_on_restart_complete_kept(tmp_path):
+    store = PieceStore(tmp_path, quota=1 << 20)
+    fill(store, "done", b"a" * 5000, 4096)
+    store.complete("done", "11" * 32)
+    store.begin("partial", 5000, 4096)
+    store.write_piece("partial", 0, b"b" * 4096)
+    store.close()
+    again = PieceStore(tmp_path, quota=1 << 20)
+    assert again.entry("partial") is None
+    assert not (tmp_path / "tasks" / "partial").exists()
+    entry = again.entry("done")
+    assert entry.complete and entry.sha256 == "11" * 32 and entry.have == {0, 1}
+    assert bytes(again.read_piece("done", 1)) == b"a" * 904
+
+
+def test_lru_eviction_and_quota(tmp_path):
+    now = [0.0]
+    store = PieceStore(tmp_path, quota=10_000, clock=lambda: now[0])
+    for name in ("old", "new"):
+        now[0] += 1
+        fill(store, name, b"z" * 4000, 4096)
+        store.complete(name, "00" * 32)
+    now[0] += 1
+    store.read_piece("old", 0)
+    store.begin("third", 4000, 4096)
+    assert store.entry("new") is None and store.entry("old") is not None
+    with pytest.raises(CacheFull):
+        store.begin("huge", 20_000, 4096)
+
+
+def test_pieces_accept_numpy_views(tmp_path):
+    store = PieceStore(tmp_path, quota=1 << 20)
+    arr = np.frombuffer(os.urandom(4096), dtype=np.uint8)
+    arr.flags.writeable = False
+    store.begin("t", 4096, 4096)
+    store.write_piece("t", 0, arr)
+    assert bytes(store.read_piece("t", 0)) == arr.tobytes()
