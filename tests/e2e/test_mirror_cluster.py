@@ -1,0 +1,154 @@
+"""The mirror on every node of the session's 4-node Ray cluster: blobs travel P2P.
+
+Upstream is the real docker-registry behind the counting front; clients are real containerd
+instances (``ctr images pull --hosts-dir``) and plain HTTP clients.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import threading
+
+import pytest
+import ray
+import requests
+
+from rayfly.actors import placement
+from rayfly.proxy.actor import mirror_status, start_mirrors, stop_mirrors
+from rayfly.proxy.preheat import preheat
+from rayfly.proxy.server import MirrorSettings
+from rayfly.proxy.upstream import Upstream
+from tests.conftest import CLUSTER_NODES
+from tests.proxy.registry import build_image, push_image
+
+MiB = 1 << 20
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+
+@pytest.fixture(scope="module")
+def mirrors(ray_cluster, front_server):
+    settings = MirrorSettings(
+        {front_server.host: Upstream(front_server.host, front_server.url, insecure=True)},
+        default_upstream=front_server.host,
+    )
+    endpoints = start_mirrors(settings, port=0)
+    yield {e["node_id"]: e["url"] for e in endpoints}
+    stop_mirrors()
+
+
+def fresh_image(registry, name, seed, sizes):
+    image = build_image(name, "v1", sizes, seed=seed)
+    push_image(registry.url, image)
+    return image
+
+
+def blob_url(base, image, digest):
+    return f"{base}/v2/{image.name}/blobs/{digest}"
+
+
+def assert_once(front, image):
+    for digest in image.blob_digests:
+        assert front.state.bytes_by_digest[digest] == len(image.blobs[digest]), digest
+
+
+def test_one_mirror_per_node_and_status(mirrors):
+    assert len(mirrors) == CLUSTER_NODES
+    assert len(set(mirrors.values())) == CLUSTER_NODES
+    status = mirror_status()
+    assert len(status) == CLUSTER_NODES
+    assert all(s["healthy"] for s in status)
+    for url in mirrors.values():
+        assert requests.get(url + "/v2/", timeout=10).status_code == 200
+
+
+def test_two_containerds_on_two_nodes_fetch_each_blob_once(
+    mirrors, front, test_image, containerd_factory
+):
+    urls = list(mirrors.values())
+    ref = f"{front.host}/{test_image.name}:v1"
+    for name, url in (("node-a", urls[0]), ("node-b", urls[1])):
+        ctd = containerd_factory(name)
+        ctd.remove_all()
+        ctd.use_mirror(front.host, url, front.url)
+        out = ctd.pull(ref)
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert set(test_image.blob_digests) <= ctd.content_digests()
+    assert_once(front, test_image)
+    assert front.state.blob_bytes == test_image.total_blob_bytes
+    served = {s["node_id"]: s for s in mirror_status()}
+    node_ids = list(mirrors)
+    assert served[node_ids[1]]["bytes_from_peers"] > 0, "the second node got its bytes P2P"
+
+
+def test_preheat_then_pulls_touch_no_upstream_blob(mirrors, front, registry, containerd_factory):
+    image = fresh_image(registry, "rayfly/preheat", 11, [24 * MiB + 3, 2 * MiB, 5000])
+    report = preheat(
+        f"{front.host}/{image.name}:v1",
+        upstreams={front.host: Upstream(front.host, front.url, insecure=True)},
+    )
+    assert report.ok, str(report)
+    assert len(report.nodes) == CLUSTER_NODES
+    assert report.source_bytes == image.total_blob_bytes
+    assert_once(front, image)
+    front.state.reset()
+    for url in mirrors.values():
+        for digest in image.blob_digests:
+            body = requests.get(blob_url(url, image, digest), timeout=60).content
+            assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    ctd = containerd_factory("node-c")
+    ctd.use_mirror(front.host, list(mirrors.values())[2], front.url)
+    out = ctd.pull(f"{front.host}/{image.name}:v1")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert sum(front.state.blob_gets.values()) == 0
+    assert front.state.blob_bytes == 0
+
+
+def test_preheat_index_chosen_platform(mirrors, front, multi_image):
+    report = preheat(
+        f"{front.host}/rayfly/multi:v1",
+        platform="linux/arm64",
+        nodes=2,
+        upstreams={front.host: Upstream(front.host, front.url, insecure=True)},
+    )
+    assert report.ok and len(report.nodes) == 2
+    arm, amd = multi_image["linux/arm64"], multi_image["linux/amd64"]
+    assert report.source_bytes == arm.total_blob_bytes
+    assert all(front.state.bytes_by_digest[d] == 0 for d in amd.layer_digests)
+
+
+def test_twenty_clients_one_blob_upstream_once(mirrors, front, registry):
+    image = fresh_image(registry, "rayfly/twenty", 21, [32 * MiB + 9])
+    digest = image.layer_digests[0]
+    url = blob_url(list(mirrors.values())[3], image, digest)
+    barrier = threading.Barrier(20)
+
+    def one(_: int) -> str:
+        barrier.wait()
+        return hashlib.sha256(requests.get(url, timeout=120).content).hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        got = set(pool.map(one, range(20)))
+    assert got == {digest.split(":")[1]}
+    assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])
+
+
+def test_corrupt_upstream_in_p2p_nothing_cached(mirrors, front, registry):
+    image = fresh_image(registry, "rayfly/corrupt", 31, [9 * MiB + 1])
+    digest = image.layer_digests[0]
+    front.state.corrupt.add(digest)
+    url = blob_url(next(iter(mirrors.values())), image, digest)
+    received = 0
+    resp = requests.get(url, stream=True, timeout=60)
+    try:
+        for chunk in resp.iter_content(1 << 20):
+            received += len(chunk)
+    except requests.exceptions.RequestException:
+        pass
+    assert resp.status_code != 200 or received < len(image.blobs[digest])
+    node = placement.alive_nodes()[0]
+    peer = placement.get_or_create_peer(node)
+    assert not ray.get(peer.has_task.remote(digest.replace(":", "-")))
+    front.state.corrupt.clear()
+    body = requests.get(url, timeout=60).content
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
