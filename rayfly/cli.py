@@ -197,5 +197,9 @@ def demo(local_nodes: int, size: int, workdir: str | None, as_json: bool) -> Non
     sys.exit(0 if report.ok else EXIT_FAILED_NODES)
 
 
+from rayfly.proxy.cli import mirror  # noqa: E402  (the `rayfly mirror` group)
+
+main.add_command(mirror)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,306 @@
+"""``rayfly mirror``: start, stop and inspect the node-local registry mirrors; configure runtimes.
+
+``start``/``stop``/``status``/``preheat`` talk to a running Ray cluster (``--address``, else
+``RAY_ADDRESS``, else ``auto``): the mirrors are detached actors that outlive the command.
+``config`` only writes or prints files on the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rayfly.errors import InvalidInput, RayflyError
+from rayfly.proxy import runtimes
+from rayfly.proxy.oci import DOCKER_HUB, RegistryError
+from rayfly.proxy.server import MirrorSettings
+from rayfly.proxy.upstream import Upstream, default_upstreams, parse_upstream
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(exc: BaseException) -> None:
+    click.echo(f"rayfly: error: {exc}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _connect(address: str | None) -> None:
+    from rayfly.cluster import connect
+
+    connect(address or os.environ.get("RAY_ADDRESS") or "auto")
+
+
+def build_settings(
+    upstreams: tuple[str, ...],
+    default_upstream: str | None,
+    insecure: tuple[str, ...],
+    tag_ttl: float = 5.0,
+    verify_access: bool = False,
+) -> MirrorSettings:
+    """Mirror settings from the command line: ``NAME=URL`` upstreams, Docker Hub included."""
+    plain = {name.lower() for name in insecure}
+    ups: dict[str, Upstream] = default_upstreams()
+    for text in upstreams:
+        name = text.partition("=")[0].strip().lower()
+        up = parse_upstream(text, insecure=name in plain)
+        ups[up.name] = up
+    default = (default_upstream or DOCKER_HUB).lower()
+    if default not in ups:
+        raise InvalidInput(f"--default-upstream {default!r} is not an upstream: add --upstream")
+    return MirrorSettings(ups, default, tag_ttl, verify_access=verify_access)
+
+
+@click.group()
+def mirror() -> None:
+    """Node-local pull-through OCI registry mirrors (containerd, CRI-O, podman, Docker)."""
+
+
+@mirror.command()
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="NAME=URL",
+    help="An upstream registry, repeatable (docker.io is Docker Hub by default).",
+)
+@click.option(
+    "--default-upstream",
+    default=None,
+    metavar="NAME",
+    help="Upstream for requests without ?ns= (default docker.io).",
+)
+@click.option("--insecure", multiple=True, metavar="NAME", help="Allow plain http to NAME.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=65001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0 picks a free one per node).",
+)
+@click.option("--tag-ttl", default=5.0, show_default=True, help="Seconds a tag stays resolved.")
+@click.option(
+    "--verify-access",
+    is_flag=True,
+    help="HEAD upstream with the client's credentials before serving cached content.",
+)
+@click.option("--docker-config", default=None, help="A Docker config.json with credentials.")
+@click.option("--nodes", default="all", show_default=True, help="'all', N, or node ids.")
+@click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
+@click.option("--json", "as_json", is_flag=True)
+def start(
+    upstreams: tuple[str, ...],
+    default_upstream: str | None,
+    insecure: tuple[str, ...],
+    host: str,
+    port: int,
+    tag_ttl: float,
+    verify_access: bool,
+    docker_config: str | None,
+    nodes: str,
+    address: str | None,
+    as_json: bool,
+) -> None:
+    """Start a mirror on every chosen node (idempotent)."""
+    from rayfly.actors import placement
+    from rayfly.proxy.actor import start_mirrors
+
+    try:
+        settings = build_settings(upstreams, default_upstream, insecure, tag_ttl, verify_access)
+        _connect(address)
+        targets = placement.select_nodes(nodes, placement.alive_nodes())
+        endpoints = start_mirrors(settings, targets, host, port, docker_config)
+    except (RayflyError, RegistryError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(endpoints, indent=2))
+        return
+    for e in endpoints:
+        click.echo(f"{e['node_id'][:12]}  {e['node_ip']:<15}  {e['url']}")
+
+
+@mirror.command()
+@click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
+def stop(address: str | None) -> None:
+    """Stop every node's mirror."""
+    from rayfly.proxy.actor import stop_mirrors
+
+    try:
+        _connect(address)
+        count = stop_mirrors()
+    except RayflyError as exc:
+        _fail(exc)
+        return
+    click.echo(f"stopped {count} mirror(s)")
+
+
+@mirror.command()
+@click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
+@click.option("--json", "as_json", is_flag=True)
+def status(address: str | None, as_json: bool) -> None:
+    """Each node's endpoint, health, requests served, bytes from upstream and from peers."""
+    from rayfly.proxy.actor import mirror_status
+
+    try:
+        _connect(address)
+        rows = mirror_status()
+    except RayflyError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no mirror is running")
+    for r in rows:
+        click.echo(_status_line(r))
+    sys.exit(0 if rows and all(r.get("healthy") for r in rows) else 1)
+
+
+def _status_line(r: dict[str, Any]) -> str:
+    if not r.get("healthy"):
+        return f"{r['node_id'][:12]}  UNHEALTHY  {r.get('error', '')}"
+    return (
+        f"{r['node_id'][:12]}  {r['url']:<24}  requests {r.get('requests', 0):>6}  "
+        f"served {r.get('bytes_served', 0) / 1e6:9.1f} MB  "
+        f"upstream {r.get('bytes_from_upstream', 0) / 1e6:9.1f} MB  "
+        f"peers {r.get('bytes_from_peers', 0) / 1e6:9.1f} MB"
+    )
+
+
+@mirror.command()
+@click.argument("image")
+@click.option("--platform", default="all", show_default=True, help="os/arch[/variant], or all.")
+@click.option("--nodes", default="all", show_default=True, help="'all', N, or node ids.")
+@click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL")
+@click.option("--insecure", multiple=True, metavar="NAME", help="Allow plain http to NAME.")
+@click.option("--docker-config", default=None, help="A Docker config.json with credentials.")
+@click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
+@click.option("--timeout", default=None, type=float)
+@click.option("--json", "as_json", is_flag=True)
+def preheat(
+    image: str,
+    platform: str,
+    nodes: str,
+    upstreams: tuple[str, ...],
+    insecure: tuple[str, ...],
+    docker_config: str | None,
+    address: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Put IMAGE's config and layers into every chosen node's cache (as distribute --image)."""
+    from rayfly.proxy.preheat import preheat as run_preheat
+
+    try:
+        settings = build_settings(upstreams, None, insecure)
+        _connect(address)
+        report = run_preheat(
+            image,
+            platform=platform,
+            nodes=nodes,
+            upstreams=settings.upstreams,
+            insecure=bool(insecure),
+            docker_config=docker_config,
+            timeout=timeout,
+        )
+    except (RayflyError, RegistryError) as exc:
+        _fail(exc)
+        return
+    click.echo(report.to_json() if as_json else str(report))
+    sys.exit(0 if report.ok else 1)
+
+
+@mirror.group()
+def config() -> None:
+    """Point a container runtime on this machine at its node's mirror."""
+
+
+@config.command()
+@click.option("--registry", required=True, help="Registry whose pulls go through the mirror.")
+@click.option("--hosts-dir", default=runtimes.DEFAULT_HOSTS_DIR, show_default=True)
+@click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
+@click.option("--server", default=None, help="Fallback upstream (default https://REGISTRY).")
+@click.option("--no-fallback", is_flag=True, help="Fail rather than go upstream directly.")
+@click.option("--print", "print_only", is_flag=True, help="Print hosts.toml, write nothing.")
+def containerd(
+    registry: str,
+    hosts_dir: str,
+    mirror_url: str,
+    server: str | None,
+    no_fallback: bool,
+    print_only: bool,
+) -> None:
+    """Write HOSTS_DIR/REGISTRY/hosts.toml (an existing file is kept as .rayfly-orig)."""
+    try:
+        if print_only:
+            click.echo(
+                runtimes.containerd_hosts_toml(registry, mirror_url, server, not no_fallback),
+                nl=False,
+            )
+            return
+        path = runtimes.write_containerd_hosts(
+            registry, hosts_dir, mirror_url, server, not no_fallback
+        )
+    except (RayflyError, RegistryError) as exc:
+        _fail(exc)
+        return
+    click.echo(f"wrote {path}")
+
+
+def _registries(registry: str, mirror_url: str, write: str | None) -> None:
+    try:
+        text = runtimes.registries_conf_entry(registry, mirror_url)
+        if write:
+            runtimes.write_keeping_original(Path(write), text)
+            click.echo(f"wrote {write}")
+        else:
+            click.echo(text, nl=False)
+    except (RayflyError, RegistryError) as exc:
+        _fail(exc)
+
+
+_REG_HELP = (
+    "Write this registries.conf drop-in (e.g. /etc/containers/registries.conf.d/rayfly.conf)."
+)
+
+
+@config.command()
+@click.option("--registry", default=DOCKER_HUB, show_default=True)
+@click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
+@click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
+def crio(registry: str, mirror_url: str, write: str | None) -> None:
+    """Print (or write) a registries.conf mirror entry for CRI-O."""
+    _registries(registry, mirror_url, write)
+
+
+@config.command()
+@click.option("--registry", default=DOCKER_HUB, show_default=True)
+@click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
+@click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
+def podman(registry: str, mirror_url: str, write: str | None) -> None:
+    """Print (or write) a registries.conf mirror entry for podman."""
+    _registries(registry, mirror_url, write)
+
+
+@config.command()
+@click.option("--daemon-json", default="/etc/docker/daemon.json", show_default=True)
+@click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
+@click.option("--write", is_flag=True, help="Write the file (else print the merged JSON).")
+def docker(daemon_json: str, mirror_url: str, write: bool) -> None:
+    """The registry-mirrors entry of Docker's daemon.json (Docker Hub pulls only)."""
+    try:
+        if write:
+            click.echo(f"wrote {runtimes.write_docker_daemon_json(daemon_json, mirror_url)}")
+            return
+        path = Path(daemon_json)
+        existing = path.read_text() if path.exists() else None
+        click.echo(runtimes.docker_daemon_json(existing, mirror_url), nl=False)
+    except (RayflyError, RegistryError, OSError) as exc:
+        _fail(exc)
