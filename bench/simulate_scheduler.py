@@ -1,0 +1,328 @@
+"""Scheduler scale in simulation: drive rayfly's real scheduler state machine with no Ray.
+
+``python bench/simulate_scheduler.py --peers 100,1000,10000 --size-gib 10``
+
+:class:`rayfly.actors.scheduler.SchedulerCore` (which calls the pure functions of
+``rayfly.scheduling``) is driven exactly as the ``Scheduler`` actor's ``exchange`` drives it:
+``report`` the finished pieces, ``expire_leases``, ``plan`` up to ``want`` more.  Peers, links and
+time are simulated by a discrete-event loop: a piece takes ``piece_size / rate`` where the rate
+is the link rate shared by the parent's uploads in flight and the receiver's downloads in flight
+(the origin's rate shared by its reads).  A peer that is handed nothing while it has nothing in
+flight long-polls: it is woken by the next change (every waiter, as the actor's event does) or
+after ``long_poll_s``.
+
+Only the time spent inside the scheduler's methods is measured (``time.perf_counter``), so the
+figures are the scheduler's own cost: decisions (assignments) per second of scheduler CPU,
+exchange calls per second, and the cost per call against the number of peers.  Each simulation is
+bounded by ``--max-wall`` seconds; a bounded run reports what it reached.  Memory is the traced
+size of the scheduler's state when every peer holds every piece (its largest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import heapq
+import io
+import json
+import pstats
+import random
+import sys
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rayfly.actors.scheduler import Done, SchedulerCore
+from rayfly.config import SchedulerConfig
+from rayfly.task import TaskInfo, default_piece_size
+
+RPC_LATENCY_S = 0.0005
+
+
+@dataclass
+class SimConfig:
+    """One simulation's shape."""
+
+    peers: int = 1000
+    size: int = 10 << 30
+    piece_size: int | None = None
+    rate_gbit: float = 10.0
+    origin_rate_gbit: float = 10.0
+    concurrency: int = 8
+    upload_slots: int = 8
+    origin_parallelism: int = 8
+    long_poll_s: float = 0.5
+    wake_limit: int | None = None
+    max_wall_s: float = 120.0
+    seed: int = 0
+
+
+@dataclass
+class PeerSim:
+    """A simulated peer: pieces in flight, finished pieces not yet reported, whether waiting."""
+
+    peer_id: str
+    inflight: int = 0
+    have: int = 0
+    done: list[Done] = field(default_factory=list)
+    waiting: bool = False
+    finished_at: float | None = None
+
+
+@dataclass
+class Stats:
+    """What the scheduler spent and handed out."""
+
+    calls: int = 0
+    empty_calls: int = 0
+    assignments: int = 0
+    origin_assignments: int = 0
+    sched_s: float = 0.0
+    max_call_s: float = 0.0
+
+
+class Simulation:
+    """A discrete-event simulation of one task spreading over ``config.peers`` peers."""
+
+    def __init__(self, config: SimConfig) -> None:
+        """Build the scheduler core and the task; every peer joins at time 0."""
+        self.cfg = config
+        self.now = 0.0
+        self.rng = random.Random(config.seed)
+        piece = config.piece_size or default_piece_size(config.size)
+        self.task = TaskInfo("sim", "sim://origin/file", config.size, piece)
+        sched_cfg = SchedulerConfig(
+            origin_parallelism=config.origin_parallelism,
+            lease_timeout_s=1e9,
+            long_poll_s=config.long_poll_s,
+        )
+        self.core = SchedulerCore(sched_cfg, clock=lambda: self.now)
+        self.core.add_task(self.task, "rarest-first")
+        self.peers = {f"p{i:05d}": PeerSim(f"p{i:05d}") for i in range(config.peers)}
+        self.events: list[tuple[float, int, str, str, Any]] = []
+        self.seq = 0
+        self.stats = Stats()
+        for pid in self.peers:
+            self._timed(self.core.join, self.task.task_id, pid, pid, config.upload_slots, None)
+            self._push(self.rng.uniform(0, 0.05), "exchange", pid, None)
+
+    def _push(self, at: float, kind: str, peer_id: str, data: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, self.seq, kind, peer_id, data))
+
+    def _timed(self, fn: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args)
+        dt = time.perf_counter() - t
+        self.stats.sched_s += dt
+        self.stats.max_call_s = max(self.stats.max_call_s, dt)
+        return out
+
+    def _rate(self, parent: str | None, receiver: PeerSim) -> float:
+        """Bytes/s for a new transfer, from the sharing of both ends at its start."""
+        link = self.cfg.rate_gbit * 1e9 / 8
+        if parent is None:
+            sharing = max(1, len(self.core.tasks["sim"].origin_inflight))
+            up = self.cfg.origin_rate_gbit * 1e9 / 8 / sharing
+        else:
+            up = link / max(1, self.core.peers[parent].uploads)
+        return min(up, link / max(1, receiver.inflight))
+
+    def exchange(self, peer: PeerSim) -> None:
+        """The actor's ``exchange``: report, expire leases, plan; schedule the transfers."""
+        peer.waiting = False
+        if peer.finished_at is not None:
+            return
+        done, peer.done = peer.done, []
+        want = self.cfg.concurrency - peer.inflight
+        tid = self.task.task_id
+
+        def call() -> Any:
+            self.core.report(tid, peer.peer_id, done, [])
+            self.core.expire_leases()
+            return self.core.plan(tid, peer.peer_id, want)
+
+        batch = self._timed(call)
+        self.stats.calls += 1
+        self.stats.assignments += len(batch.assignments)
+        self.stats.empty_calls += not batch.assignments
+        for a in batch.assignments:
+            peer.inflight += 1
+            self.stats.origin_assignments += a.parent is None
+            size = self.task.piece_range(a.piece)[1] - self.task.piece_range(a.piece)[0]
+            secs = size / self._rate(a.parent, peer)
+            self._push(self.now + secs, "piece", peer.peer_id, (a.piece, a.parent, size, secs))
+        if not batch.assignments and peer.inflight == 0:
+            peer.waiting = True
+            self._push(self.now + self.cfg.long_poll_s, "poll", peer.peer_id, None)
+        if done:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """A change wakes every long-polling peer (the actor's ``changed`` event), or at most
+        ``wake_limit`` of them (a what-if: the cost without the thundering herd)."""
+        waiting = self.waiting_order()
+        if self.cfg.wake_limit is not None:
+            waiting = waiting[: self.cfg.wake_limit]
+        for p in waiting:
+            p.waiting = False
+            self._push(self.now + RPC_LATENCY_S, "exchange", p.peer_id, None)
+
+    def waiting_order(self) -> list[PeerSim]:
+        """Long-polling peers, in a random order."""
+        waiting = [p for p in self.peers.values() if p.waiting]
+        self.rng.shuffle(waiting)
+        return waiting
+
+    def piece_done(self, peer: PeerSim, data: tuple[int, str | None, int, float]) -> None:
+        """A transfer ended: report it (with the next exchange), finish when complete."""
+        piece, parent, size, secs = data
+        peer.inflight -= 1
+        peer.have += 1
+        peer.done.append(Done(piece, f"d{piece}", parent, size, secs))
+        if peer.have == self.task.n_pieces:
+            peer.finished_at = self.now
+            self._timed(self.core.report, self.task.task_id, peer.peer_id, peer.done, [])
+            self._timed(self.core.finish, self.task.task_id, peer.peer_id, None)
+            peer.done = []
+            self._wake_waiters()
+        else:
+            self._push(self.now + RPC_LATENCY_S, "exchange", peer.peer_id, None)
+
+    def run(self) -> dict[str, Any]:
+        """Run until every peer finishes or ``max_wall_s`` passes; return the figures."""
+        wall0 = time.perf_counter()
+        bounded = False
+        left = self.cfg.peers
+        while self.events and left:
+            if time.perf_counter() - wall0 > self.cfg.max_wall_s:
+                bounded = True
+                break
+            self.now, _, kind, pid, data = heapq.heappop(self.events)
+            peer = self.peers[pid]
+            if kind == "piece":
+                self.piece_done(peer, data)
+                left -= (
+                    peer.finished_at is not None
+                    and peer.have == self.task.n_pieces
+                    and (peer.finished_at == self.now)
+                )
+            elif kind == "exchange" or (kind == "poll" and peer.waiting):
+                self.exchange(peer)
+        return self.figures(bounded, time.perf_counter() - wall0)
+
+    def figures(self, bounded: bool, wall: float) -> dict[str, Any]:
+        """Decisions per second, calls per second and what the run reached."""
+        s = self.stats
+        finished = [p.finished_at for p in self.peers.values() if p.finished_at is not None]
+        total = self.cfg.peers * self.task.n_pieces
+        return {
+            "config": asdict(self.cfg),
+            "piece_size": self.task.piece_size,
+            "n_pieces": self.task.n_pieces,
+            "bounded_by_wall": bounded,
+            "wall_s": wall,
+            "sim_time_s": self.now,
+            "ideal_s": self.cfg.size / (self.cfg.rate_gbit * 1e9 / 8),
+            "peers_finished": len(finished),
+            "makespan_sim_s": max(finished) if len(finished) == self.cfg.peers else None,
+            "pieces_assigned": s.assignments,
+            "pieces_total": total,
+            "origin_reads": s.origin_assignments,
+            "calls": s.calls,
+            "empty_calls": s.empty_calls,
+            "sched_cpu_s": s.sched_s,
+            "decisions_per_s": s.assignments / s.sched_s if s.sched_s else None,
+            "calls_per_s": s.calls / s.sched_s if s.sched_s else None,
+            "mean_call_ms": 1e3 * s.sched_s / max(1, s.calls),
+            "max_call_ms": 1e3 * s.max_call_s,
+        }
+
+
+def state_memory(peers: int, size: int, piece_size: int | None, slots: int) -> dict[str, float]:
+    """Traced bytes of the scheduler's state when every peer holds every piece (its peak)."""
+    piece = piece_size or default_piece_size(size)
+    task = TaskInfo("mem", "sim://origin/file", size, piece)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    core = SchedulerCore(SchedulerConfig())
+    core.add_task(task, "rarest-first")
+    for i in range(peers):
+        pid = f"p{i:05d}"
+        core.join("mem", pid, pid, slots, None)
+        core.report("mem", pid, [Done(j, f"d{j:08x}", None, piece, 1.0)
+                                 for j in range(task.n_pieces)], [])  # fmt: skip
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    del core
+    return {"peers": peers, "n_pieces": task.n_pieces, "state_bytes": used,
+            "bytes_per_peer_piece": used / (peers * task.n_pieces)}  # fmt: skip
+
+
+def profile_calls(config: SimConfig, calls: int) -> str:
+    """cProfile of the scheduler's part of ``calls`` exchanges (top functions by own time)."""
+    sim = Simulation(config)
+    prof = cProfile.Profile()
+    original = sim._timed
+
+    def profiled(fn: Any, *args: Any) -> Any:
+        prof.enable()
+        try:
+            return original(fn, *args)
+        finally:
+            prof.disable()
+
+    sim._timed = profiled  # type: ignore[method-assign]
+    while sim.events and sim.stats.calls < calls:
+        sim.now, _, kind, pid, data = heapq.heappop(sim.events)
+        peer = sim.peers[pid]
+        if kind == "piece":
+            sim.piece_done(peer, data)
+        elif kind == "exchange" or (kind == "poll" and peer.waiting):
+            sim.exchange(peer)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    return out.getvalue()
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--peers", default="100,1000,10000")
+    parser.add_argument("--size-gib", type=float, default=10.0)
+    parser.add_argument("--piece-size-mib", type=int, default=None)
+    parser.add_argument("--rate-gbit", type=float, default=10.0)
+    parser.add_argument("--max-wall", type=float, default=120.0)
+    parser.add_argument(
+        "--wake-limit",
+        type=int,
+        default=None,
+        help="what-if: wake at most this many long-polling peers per change",
+    )
+    parser.add_argument("--profile-calls", type=int, default=300)
+    parser.add_argument("--out", default="bench/results/scheduler_sim.json")
+    args = parser.parse_args()
+    size = int(args.size_gib * (1 << 30))
+    piece = args.piece_size_mib << 20 if args.piece_size_mib else None
+    doc: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "runs": [], "memory": []}
+    for n in [int(x) for x in args.peers.split(",")]:
+        cfg = SimConfig(peers=n, size=size, piece_size=piece, rate_gbit=args.rate_gbit,
+                        origin_rate_gbit=args.rate_gbit, max_wall_s=args.max_wall,
+                        wake_limit=args.wake_limit)  # fmt: skip
+        result = Simulation(cfg).run()
+        doc["runs"].append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)
+        doc["memory"].append(state_memory(n, size, piece, cfg.upload_slots))
+        print(json.dumps(doc["memory"][-1]), flush=True)
+    big = SimConfig(peers=max(int(x) for x in args.peers.split(",")), size=size, piece_size=piece)
+    doc["profile"] = profile_calls(big, args.profile_calls)
+    print(doc["profile"])
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
