@@ -117,6 +117,15 @@ def check_storage_options(url: str, options: dict[str, Any]) -> None:
         )
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The connection error behind a "not found" that fsspec's HTTP filesystem raises when the
+    server never answered; otherwise ``exc`` itself."""
+    inner = exc.__cause__ or exc.__context__
+    if isinstance(exc, FileNotFoundError) and inner is not None and _is_transient(inner):
+        return inner
+    return exc
+
+
 def _is_transient(exc: BaseException) -> bool:
     import aiohttp
 
@@ -133,6 +142,7 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _translate(exc: BaseException, url: str, attempts: int) -> SourceError:
     shown = redact_url(url)
+    exc = _cause(exc)
     if isinstance(exc, FileNotFoundError):
         return SourceNotFound(f"not found at the origin: {shown}")
     if _is_transient(exc):
@@ -154,7 +164,7 @@ def with_retries(
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts or not _is_transient(exc):
+            if attempt == attempts or not _is_transient(_cause(exc)):
                 raise _translate(exc, url, attempt) from exc
             sleep(base_delay * (2 ** (attempt - 1)) * (0.5 + random.random()))
     raise AssertionError("unreachable")
