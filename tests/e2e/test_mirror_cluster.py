@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import threading
 
 import pytest
@@ -152,3 +153,47 @@ def test_corrupt_upstream_in_p2p_nothing_cached(mirrors, front, registry):
     front.state.corrupt.clear()
     body = requests.get(url, timeout=60).content
     assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+
+
+def test_range_and_head_from_p2p_cache(mirrors, front, test_image):
+    digest = test_image.layer_digests[0]
+    data = test_image.blobs[digest]
+    url = blob_url(list(mirrors.values())[3], test_image, digest)
+    lo, hi = 4 * MiB - 100, 12 * MiB + 50  # spans three pieces
+    resp = requests.get(url, headers={"Range": f"bytes={lo}-{hi}"}, timeout=60)
+    assert resp.status_code == 206
+    assert resp.headers["Content-Range"] == f"bytes {lo}-{hi}/{len(data)}"
+    assert resp.content == data[lo : hi + 1]
+    tail = requests.get(url, headers={"Range": "bytes=-1000"}, timeout=60)
+    assert tail.status_code == 206 and tail.content == data[-1000:]
+    head = requests.head(url, timeout=60)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(data))
+    assert head.headers["Docker-Content-Digest"] == digest
+
+
+def test_cli_status_and_idempotent_start(mirrors, front_server):
+    from click.testing import CliRunner
+
+    from rayfly.cli import main
+
+    runner = CliRunner()
+    out = runner.invoke(main, ["mirror", "status", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output)
+    assert {r["url"] for r in rows} == set(mirrors.values())
+    assert all(r["healthy"] for r in rows)
+    args = [
+        "mirror",
+        "start",
+        "--port",
+        "0",
+        "--json",
+        "--insecure",
+        front_server.host,
+        "--upstream",
+        f"{front_server.host}={front_server.url}",
+    ]
+    out = runner.invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert {e["url"] for e in json.loads(out.output)} == set(mirrors.values())
