@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from rayfly import api
+from rayfly import api, cli_status
 from rayfly.config import parse_size
 from rayfly.errors import RayflyError
 from rayfly.source import parse_storage_options
@@ -108,6 +108,17 @@ def main() -> None:
 @click.option("--tag", default="", help="Makes a distinct task of the same URL (like dfget).")
 @click.option("--timeout", default=None, type=float, help="Give up on nodes after this many s.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
+@click.option(
+    "--pin", is_flag=True, help="Also give it to nodes that join later (until `rayfly unpin`)."
+)
+@click.option(
+    "--submit",
+    "as_job",
+    is_flag=True,
+    help="Run as a Ray job through the dashboard at --address (http://HEAD:8265); follow logs.",
+)
+@click.option("--working-dir", default=None, help="With --submit: ship this directory.")
+@click.option("--runtime-env", default=None, help="With --submit: a runtime_env YAML/JSON file.")
 def distribute(
     source: str,
     dest: str,
@@ -121,10 +132,18 @@ def distribute(
     tag: str,
     timeout: float | None,
     as_json: bool,
+    pin: bool,
+    as_job: bool,
+    working_dir: str | None,
+    runtime_env: str | None,
 ) -> None:
     """Fetch SOURCE (a file, directory or object-store prefix) once and put it on every node."""
+    params = click.get_current_context().params
+    if as_job:
+        cli_status.submit_distribution(params)
     progress = Progress() if not as_json and sys.stderr.isatty() else None
     try:
+        cli_status.check_pin(params)
         options = parse_storage_options(storage_options)
         report = api.distribute(
             source,
@@ -147,6 +166,11 @@ def distribute(
         if progress is not None:
             progress.close()
     click.echo(report.to_json() if as_json else str(report))
+    if pin:
+        try:
+            cli_status.pin_distribution(params, [n.node_id for n in report.nodes if n.ok])
+        except RayflyError as exc:
+            _fail(exc)
     sys.exit(0 if report.ok else EXIT_FAILED_NODES)
 
 
@@ -200,6 +224,8 @@ def demo(local_nodes: int, size: int, workdir: str | None, as_json: bool) -> Non
 from rayfly.proxy.cli import mirror  # noqa: E402  (the `rayfly mirror` group)
 
 main.add_command(mirror)
+for _command in cli_status.COMMANDS:  # `rayfly status`, `rayfly cache`, `rayfly unpin`
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

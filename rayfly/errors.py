@@ -68,3 +68,11 @@ class TaskNotFound(RayflyError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "task not found"
+
+
+class MissingDependency(RayflyError, ImportError):
+    """An optional package (matplotlib, tqdm, pandas) is needed for this call but not installed."""
+
+
+class JobFailed(RayflyError):
+    """A job submitted to the cluster ended in a state other than SUCCEEDED."""

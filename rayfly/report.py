@@ -159,7 +159,32 @@ class Report:
 
     def to_pandas(self) -> Any:
         """One row per node as a ``pandas.DataFrame`` (needs pandas)."""
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            from rayfly.errors import MissingDependency
+
+            raise MissingDependency(
+                "Report.to_pandas() needs pandas: pip install pandas; "
+                "Report.to_arrow() gives the same table without it"
+            ) from None
         return self.to_arrow().to_pandas()
+
+    def timeline_table(self) -> Any:
+        """Every piece each node fetched (time, bytes, from the origin?) as a pyarrow table."""
+        from rayfly.plot import timeline_table
+
+        return timeline_table(self)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Draw each node's bytes over time, origin vs peers; returns the matplotlib Axes.
+
+        Needs matplotlib; without it raises :class:`~rayfly.errors.MissingDependency` saying
+        what to install.
+        """
+        from rayfly.plot import plot_timeline
+
+        return plot_timeline(self, ax)
 
     def __str__(self) -> str:
         t = self.totals()

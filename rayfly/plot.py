@@ -1,0 +1,95 @@
+"""Pictures of a distribution: who got which bytes when, from the origin or from peers.
+
+matplotlib is optional (``pip install 'rayfly[notebook]'``); without it :func:`plot_timeline`
+raises :class:`~rayfly.errors.MissingDependency` that says what to install.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rayfly.errors import MissingDependency
+
+if TYPE_CHECKING:
+    from rayfly.report import Report
+
+INSTALL_HINT = "pip install matplotlib (or pip install 'rayfly[notebook]')"
+TIMELINE_COLUMNS = ("node_id", "time_s", "nbytes", "from_origin", "cumulative_bytes")
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependency(
+            f"Report.plot() draws with matplotlib, which is not installed ({exc}); "
+            f"to get the picture: {INSTALL_HINT}"
+        ) from None
+    return plt
+
+
+def timeline_rows(report: Report) -> list[dict[str, Any]]:
+    """Every piece every node fetched, as rows of :data:`TIMELINE_COLUMNS`.
+
+    ``time_s`` counts from the first piece that landed anywhere; ``cumulative_bytes`` is the
+    node's running total.
+    """
+    stamps = [t for n in report.nodes for t, _, _ in n.timeline]
+    t0 = min(stamps) if stamps else 0.0
+    rows: list[dict[str, Any]] = []
+    for node in report.nodes:
+        total = 0
+        for t, nbytes, from_origin in sorted(node.timeline):
+            total += nbytes
+            rows.append(
+                {
+                    "node_id": node.node_id,
+                    "time_s": round(t - t0, 6),
+                    "nbytes": nbytes,
+                    "from_origin": bool(from_origin),
+                    "cumulative_bytes": total,
+                }
+            )
+    return rows
+
+
+def timeline_table(report: Report) -> Any:
+    """:func:`timeline_rows` as a ``pyarrow.Table`` (``.to_pandas()`` for a DataFrame)."""
+    import pyarrow as pa
+
+    rows = timeline_rows(report)
+    if not rows:
+        return pa.table({c: [] for c in TIMELINE_COLUMNS})
+    return pa.Table.from_pylist(rows)
+
+
+def plot_timeline(report: Report, ax: Any = None) -> Any:
+    """Draw bytes received over time per node; solid: all bytes, dashed: bytes from the origin.
+
+    Returns the matplotlib ``Axes`` (a new figure unless ``ax`` is given).
+    """
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4))
+    rows = timeline_rows(report)
+    mib = float(1 << 20)
+    for i, node in enumerate(report.nodes):
+        mine = [r for r in rows if r["node_id"] == node.node_id]
+        color = f"C{i % 10}"
+        times = [0.0] + [r["time_s"] for r in mine]
+        got = [0.0] + [r["cumulative_bytes"] / mib for r in mine]
+        ax.step(times, got, where="post", color=color, label=f"{node.node_id[:8]} all")
+        origin = [0.0]
+        for r in mine:
+            origin.append(origin[-1] + (r["nbytes"] / mib if r["from_origin"] else 0.0))
+        ax.step(times, origin, where="post", color=color, linestyle="--", alpha=0.7)
+    ax.set_xlabel("seconds since the first piece")
+    ax.set_ylabel("MiB received")
+    ax.set_title(
+        f"{report.source}: {report.nodes_ok}/{len(report.nodes)} nodes "
+        "(solid: all bytes, dashed: from the origin)",
+        fontsize="small",
+    )
+    if report.nodes:
+        ax.legend(fontsize="x-small", loc="lower right")
+    return ax

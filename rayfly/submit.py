@@ -1,0 +1,125 @@
+"""``rayfly distribute --submit``: run a distribution as a Ray job and follow its logs.
+
+The job runs ``python -m rayfly.cli distribute ...`` on the cluster (so rayfly must be
+installed there, or shipped with ``--working-dir``); the job's driver connects to its own
+cluster, and the client only talks to the dashboard's job-submission API.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from typing import Any, TextIO
+
+from rayfly.errors import ClusterError, InvalidInput, JobFailed
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def entrypoint(args: list[str]) -> str:
+    """The job's shell command for ``rayfly distribute ARGS``."""
+    return "python -m rayfly.cli distribute " + shlex.join(args)
+
+
+def distribute_args(
+    source: str,
+    dest: str,
+    *,
+    nodes: str = "all",
+    piece_size: int | None = None,
+    concurrency: int | None = None,
+    sha256: str | None = None,
+    storage_options: tuple[str, ...] = (),
+    tag: str = "",
+    timeout: float | None = None,
+    pin: bool = False,
+    as_json: bool = False,
+) -> list[str]:
+    """The ``rayfly distribute`` arguments (no cluster address: the job uses its own)."""
+    args = [source, "--dest", dest, "--nodes", str(nodes)]
+    optional = {
+        "--piece-size": piece_size,
+        "--concurrency": concurrency,
+        "--sha256": sha256,
+        "--tag": tag or None,
+        "--timeout": timeout,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            args += [flag, str(value)]
+    for option in storage_options:
+        args += ["--storage-option", option]
+    return args + (["--pin"] if pin else []) + (["--json"] if as_json else [])
+
+
+def client(address: str | None) -> Any:
+    """A job-submission client for the dashboard at ``address`` (clear error if unreachable)."""
+    if not address:
+        raise InvalidInput(
+            "--submit needs the dashboard address: --address http://HEAD:8265 "
+            "(the head's dashboard port, not the GCS port)"
+        )
+    if "://" in address and not address.startswith(("http://", "https://")):
+        raise InvalidInput(
+            f"--address {address!r}: --submit talks to the dashboard over http(s), "
+            "e.g. http://HEAD:8265"
+        )
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(
+            f"cannot reach the Ray dashboard at {address}: {exc} Is the head started with "
+            "--include-dashboard=true, and is this its dashboard port (default 8265)?"
+        ) from None
+
+
+def submit(
+    args: list[str],
+    address: str | None,
+    *,
+    working_dir: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    follow: bool = True,
+    timeout: float | None = None,
+    out: TextIO | None = None,
+) -> tuple[str, str]:
+    """Submit ``rayfly distribute ARGS`` as a job; with ``follow``, stream its logs to the end.
+
+    Returns ``(job_id, status)``. Raises :class:`JobFailed` when the job ends in another state
+    than SUCCEEDED (its last log lines are in the message).
+    """
+    jobs = client(address)
+    env = dict(runtime_env or {})
+    if working_dir:
+        env["working_dir"] = working_dir
+    job_id = jobs.submit_job(entrypoint=entrypoint(args), runtime_env=env or None)
+    stream = out or sys.stdout
+    print(f"rayfly: submitted job {job_id} to {address}", file=sys.stderr)
+    if not follow:
+        return job_id, str(jobs.get_job_status(job_id))
+    status, logs = wait(jobs, job_id, stream, timeout)
+    if status != "SUCCEEDED":
+        tail = "\n".join(logs.strip().splitlines()[-10:])
+        raise JobFailed(f"job {job_id} ended {status}; last log lines:\n{tail}")
+    return job_id, status
+
+
+def wait(jobs: Any, job_id: str, out: TextIO, timeout: float | None) -> tuple[str, str]:
+    """Follow a job's logs until it ends; returns its final status and all its logs."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = 0
+    while True:
+        status = str(jobs.get_job_status(job_id).value)
+        logs = jobs.get_job_logs(job_id)
+        out.write(logs[shown:])
+        out.flush()
+        shown = len(logs)
+        if status in TERMINAL:
+            return status, logs
+        if deadline is not None and time.monotonic() > deadline:
+            jobs.stop_job(job_id)
+            raise JobFailed(f"job {job_id} still {status} after {timeout}s; stopped it")
+        time.sleep(0.5)
