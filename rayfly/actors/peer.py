@@ -24,7 +24,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from rayfly import dest as dest_paths
-from rayfly import source
+from rayfly import metrics, source
 from rayfly.actors.scheduler import Batch, Done, Failed
 from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig
 from rayfly.errors import (
@@ -112,6 +112,7 @@ class Peer:
             "cache_used": self.store.used_bytes(),
             "cache_quota": self.store.quota,
             "downloads": len(self._downloads),
+            "downloads_inflight": sum(not d.done() for d in self._downloads.values()),
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
         }
@@ -141,6 +142,7 @@ class Peer:
         try:
             data = await asyncio.to_thread(self.store.read_piece, task_id, index)
             self.pieces_served += 1
+            metrics.piece_served(self.node_id)
             return data
         finally:
             self.uploads -= 1
@@ -230,6 +232,7 @@ class Peer:
             if f.ok and not f.cached and job is not None and job.done():
                 node.timeline.extend(job.result().timeline)
         node.seconds = time.time() - t0
+        metrics.cache_bytes(self.node_id, self.store.used_bytes())
         return summarize_node(
             node, single=len(request.items) == 1 and request.items[0].relpath is None
         )
@@ -341,6 +344,7 @@ class Peer:
                         inflight.pop(fut)
                         slots.release()
                         result = fut.result()
+                        metrics.piece_result(self.node_id, result)
                         (done if isinstance(result, Done) else failed).append(result)
             if done or failed:
                 await self._sched().exchange.remote(
@@ -428,8 +432,11 @@ class Peer:
         existed = self.store.entry(task_id) is not None
         self.store.discard(task_id)
         self._downloads.pop(task_id, None)
+        metrics.cache_bytes(self.node_id, self.store.used_bytes())
         return existed
 
     def cache_gc(self, keep_bytes: int | None = None) -> list[str]:
         """Evict least-recently-used complete tasks down to ``keep_bytes`` (default: quota)."""
-        return self.store.gc(keep_bytes)
+        removed = self.store.gc(keep_bytes)
+        metrics.cache_bytes(self.node_id, self.store.used_bytes())
+        return removed
