@@ -31,17 +31,41 @@ from bench.testbed.netns import REPO_ROOT, Testbed, TestbedConfig
 METHODS = ("rayfly", "plain", "ray")
 
 
-class CpuSampler:
-    """Samples the machine's CPU busy fraction from /proc/stat every ``interval`` seconds."""
+def _netns_inode(pid: str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return 0
 
-    def __init__(self, interval: float = 0.5) -> None:
-        """Ready to start; samples go to ``self.busy`` and ``self.iowait``."""
+
+def process_ticks() -> dict[int, tuple[int, int]]:
+    """CPU ticks (user + system) and network-namespace inode of every process."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(pid)] = (int(fields[11]) + int(fields[12]), _netns_inode(pid))
+    return out
+
+
+class CpuSampler:
+    """Samples CPU use every ``interval`` seconds: the machine's busy fraction (/proc/stat), and
+    the cores used by processes inside the testbed's namespaces (``mine``, by netns inode)
+    against all others (other users of the machine, kernel threads)."""
+
+    def __init__(self, mine: set[int], interval: float = 0.5) -> None:
+        """Ready to start; call as a context manager."""
         self.interval = interval
-        self.times: list[float] = []
-        self.busy: list[float] = []
-        self.iowait: list[float] = []
+        self.mine = mine
+        self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK")
 
     @staticmethod
     def _read() -> tuple[int, int, int]:
@@ -50,14 +74,23 @@ class CpuSampler:
         return sum(fields[:8]), idle + iowait, iowait
 
     def _loop(self) -> None:
-        prev = self._read()
+        prev, prev_procs, prev_t = self._read(), process_ticks(), time.monotonic()
         while not self._stop.wait(self.interval):
-            cur = self._read()
+            cur, procs, now = self._read(), process_ticks(), time.monotonic()
             total = max(1, cur[0] - prev[0])
-            self.times.append(time.time())
-            self.busy.append(1 - (cur[1] - prev[1]) / total)
-            self.iowait.append((cur[2] - prev[2]) / total)
-            prev = cur
+            split = {"mine": 0, "other": 0}
+            for pid, (ticks, ns) in procs.items():
+                delta = ticks - prev_procs.get(pid, (0, 0))[0]
+                split["mine" if ns in self.mine else "other"] += max(0, delta)
+            span = (now - prev_t) * self._hz
+            self.samples.append({
+                "t": time.time(),
+                "busy": 1 - (cur[1] - prev[1]) / total,
+                "iowait": (cur[2] - prev[2]) / total,
+                "mine_cores": split["mine"] / span,
+                "other_cores": split["other"] / span,
+            })  # fmt: skip
+            prev, prev_procs, prev_t = cur, procs, now
 
     def __enter__(self) -> CpuSampler:
         """Start sampling."""
@@ -70,17 +103,28 @@ class CpuSampler:
         self._thread.join(timeout=5)
 
     def summary(self, start: float = 0.0, end: float = float("inf")) -> dict[str, float]:
-        """Mean and 90th percentile busy fraction (of all cores) and mean iowait in a window."""
-        keep = [i for i, t in enumerate(self.times) if start <= t - self.interval and t <= end]
+        """Means (and busy p90) over the samples inside ``[start, end]``."""
+        keep = [s for s in self.samples if start <= s["t"] - self.interval and s["t"] <= end]
         if not keep:
             return {}
-        busy = [self.busy[i] for i in keep]
-        return {
-            "busy_mean": statistics.fmean(busy),
-            "busy_p90": float(np.percentile(busy, 90)),
-            "iowait_mean": statistics.fmean(self.iowait[i] for i in keep),
-            "samples": len(keep),
-        }
+        out = {k: statistics.fmean(s[k] for s in keep) for k in keep[0] if k != "t"}
+        out = {f"{k}_mean": v for k, v in out.items()}
+        out["busy_p90"] = float(np.percentile([s["busy"] for s in keep], 90))
+        out["samples"] = len(keep)
+        return out
+
+
+def wait_for_quiet(mine: set[int], args: argparse.Namespace) -> dict[str, float]:
+    """Wait (at most ``--quiet-wait`` s) until processes outside the testbed use less than
+    ``--quiet-cores`` cores over 3 s: other users of this shared machine skew the figures."""
+    deadline = time.monotonic() + args.quiet_wait
+    while True:
+        with CpuSampler(mine) as cpu:
+            time.sleep(3)
+        other = cpu.summary().get("other_cores_mean", 0.0)
+        if other < args.quiet_cores or time.monotonic() > deadline:
+            return {"other_cores_before": other, "quiet": other < args.quiet_cores}
+        time.sleep(2)
 
 
 def make_payload(path: Path, size: int, seed: int = 4) -> str:
@@ -127,7 +171,9 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     for extra in args.rayfly_arg:
         argv += ["--rayfly-arg", extra]
     wire0 = tb.iface_bytes(cfg.origin_ns)
-    with CpuSampler() as cpu:
+    mine = {os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
+    quiet = wait_for_quiet(mine, args)
+    with CpuSampler(mine) as cpu:
         proc = tb.run_in(cfg.host_ns(0), argv, timeout=args.run_timeout, check=False)
     wire1 = tb.iface_bytes(cfg.origin_ns)
     if proc.returncode != 0:
@@ -135,6 +181,7 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["cpu"] = cpu.summary(out.get("t_start", 0.0), out.get("t_end", float("inf")))
     out["cpu_whole_driver"] = cpu.summary()
+    out["cpu"].update(quiet)
     out["origin_wire_tx_bytes"] = wire1["tx"] - wire0["tx"]
     return out
 
@@ -167,7 +214,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def bench_hosts(n: int, args: argparse.Namespace, doc: dict[str, Any], out: Path) -> None:
+def bench_hosts(
+    n: int, runs: int, args: argparse.Namespace, doc: dict[str, Any], out: Path
+) -> None:
     """All runs for one N on a fresh testbed."""
     size = args.size_mib << 20
     cfg = TestbedConfig(
@@ -188,7 +237,7 @@ def bench_hosts(n: int, args: argparse.Namespace, doc: dict[str, Any], out: Path
         (cfg.root / "origin" / "warm.bin").write_bytes(os.urandom(1 << 20))
         if "rayfly" in args.methods:
             run_method(tb, "rayfly", "warm.bin", args)  # creates the scheduler and peers
-        for run in range(args.runs):
+        for run in range(runs):
             order = (
                 args.methods[run % len(args.methods) :] + args.methods[: run % len(args.methods)]
             )
@@ -228,7 +277,9 @@ def main() -> None:
     parser.add_argument("--rate-mbit", type=float, default=200.0)
     parser.add_argument("--origin-rate-mbit", type=float)
     parser.add_argument("--latency-ms", type=float, default=25.0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", default="3", help="runs per N: one number, or one per N")
+    parser.add_argument("--quiet-cores", type=float, default=0.4)
+    parser.add_argument("--quiet-wait", type=float, default=120.0)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument(
         "--rayfly-arg",
@@ -255,8 +306,13 @@ def main() -> None:
         "args": vars(args),
         "runs": [],
     }
-    for n in [int(x) for x in args.hosts.split(",")]:
-        bench_hosts(n, args, doc, out)
+    hosts = [int(x) for x in args.hosts.split(",")]
+    runs = [int(x) for x in args.runs.split(",")]
+    runs = runs * len(hosts) if len(runs) == 1 else runs
+    if len(runs) != len(hosts):
+        parser.error("--runs takes one number or one per --hosts value")
+    for n, r in zip(hosts, runs, strict=True):
+        bench_hosts(n, r, args, doc, out)
     doc["summary"] = summarize(doc)
     out.write_text(json.dumps(doc, indent=1))
     write_outputs(doc, out, Path(args.plot) if args.plot else out.with_suffix(".png"))

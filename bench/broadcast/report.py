@@ -68,6 +68,12 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "cpu_busy_mean": _median(
                     [r.get("cpu", {}).get("busy_mean", float("nan")) for r in good]
                 ),
+                "cpu_testbed_cores": _median(
+                    [r.get("cpu", {}).get("mine_cores_mean", float("nan")) for r in good]
+                ),
+                "cpu_other_cores": _median(
+                    [r.get("cpu", {}).get("other_cores_mean", float("nan")) for r in good]
+                ),
                 "cpu_busy_p90": _median(
                     [r.get("cpu", {}).get("busy_p90", float("nan")) for r in good]
                 ),
@@ -90,8 +96,8 @@ def markdown(doc: dict[str, Any]) -> str:
     """The results table for docs/BENCHMARKS.md."""
     lines = [
         "| N | method | S | B | runs ok | makespan (median) | p50 | makespan/(S/B) "
-        "| origin bytes/S | vs rayfly | CPU busy mean / p90 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| origin bytes/S | vs rayfly | CPU busy mean / p90 | cores: testbed / others |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["summary"]:
         vs = ""
@@ -104,7 +110,9 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {row['rate_mbit']:g} Mbit/s | {row['ok_runs']}/{row['runs']} "
             f"| {row['makespan_s']:.1f} s | {row['p50_s']:.1f} s "
             f"| {row['makespan_over_ideal']:.2f} | {row['origin_bytes_over_s']:.2f} | {vs} "
-            f"| {row['cpu_busy_mean']:.0%} / {row['cpu_busy_p90']:.0%} |"
+            f"| {row['cpu_busy_mean']:.0%} / {row['cpu_busy_p90']:.0%} "
+            f"| {row.get('cpu_testbed_cores', float('nan')):.2f} / "
+            f"{row.get('cpu_other_cores', float('nan')):.2f} |"
         )
     return "\n".join(lines)
 

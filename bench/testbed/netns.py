@@ -32,6 +32,7 @@ from types import FrameType, TracebackType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 120.0
+RAY_START_PARALLEL = 2
 
 
 @dataclass(frozen=True)
@@ -382,22 +383,38 @@ class Testbed:
         return argv
 
     def _start_ray(self) -> None:
+        """Head first, then raylets a few at a time: ``ray start`` gives a node 30 s to register,
+        which a loaded 2-core machine can miss when many start at once; a failed start is
+        cleaned out of its namespace and retried."""
         cfg = self.config
         self.run_in(cfg.host_ns(0), self.ray_start_argv(0), timeout=180)
-        joins = [
-            subprocess.Popen(
+        pending = list(range(1, cfg.hosts))
+        for _attempt in range(3):
+            failed = []
+            for group in range(0, len(pending), RAY_START_PARALLEL):
+                failed += self._ray_start_group(pending[group : group + RAY_START_PARALLEL])
+            if not failed:
+                break
+            kill_namespace_processes([cfg.host_ns(i) for i in failed])
+            pending = failed
+        else:
+            raise RuntimeError(f"ray start failed in hosts {pending}; see logs/ray-start-h*.log")
+        self.wait_for_nodes(timeout=180)
+
+    def _ray_start_group(self, hosts: list[int]) -> list[int]:
+        """``ray start`` in ``hosts`` at once; return the hosts where it failed."""
+        cfg = self.config
+        procs = {}
+        for i in hosts:
+            log = open(cfg.root / "logs" / f"ray-start-h{i}.log", "ab")  # noqa: SIM115
+            procs[i] = subprocess.Popen(
                 self.argv_in(cfg.host_ns(i), self.ray_start_argv(i)),
-                stdout=open(cfg.root / "logs" / f"ray-start-h{i}.log", "wb"),  # noqa: SIM115
+                stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env(),
                 cwd=REPO_ROOT,
             )
-            for i in range(1, cfg.hosts)
-        ]
-        for i, proc in enumerate(joins, start=1):
-            if proc.wait(timeout=300) != 0:
-                raise RuntimeError(f"ray start failed in host {i}; see logs/ray-start-h{i}.log")
-        self.wait_for_nodes(timeout=180)
+        return [i for i, proc in procs.items() if proc.wait(timeout=300) != 0]
 
     def wait_for_nodes(self, timeout: float) -> None:
         """Block until the cluster reports every host's node alive (bounded by ``timeout``)."""
