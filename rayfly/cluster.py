@@ -37,6 +37,7 @@ def connect(
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
         elif local_nodes <= 1:
             ray.init(
+                address="local",
                 namespace=NAMESPACE,
                 object_store_memory=object_store_memory,
                 include_dashboard=False,

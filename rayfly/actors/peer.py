@@ -108,6 +108,7 @@ class Peer:
             "node_id": self.node_id,
             "node_ip": self.node_ip,
             "hostname": self.hostname,
+            "pid": os.getpid(),
             "cache_dir": str(self.store.root),
             "cache_used": self.store.used_bytes(),
             "cache_quota": self.store.quota,

@@ -55,6 +55,10 @@ class BlobHandle(Protocol):
         """Wait for the whole blob; raise BlobDigestMismatch if it is not the digest's bytes."""
         ...
 
+    def close(self) -> None:
+        """Release what the handle holds (file descriptors, pending piece requests)."""
+        ...
+
 
 class BlobBackend(Protocol):
     """The node's blob store as the mirror sees it."""
@@ -130,6 +134,9 @@ class _LocalHandle:
 
     async def verify(self) -> None:
         await self._d.wait_for(self.length + 1)
+
+    def close(self) -> None:
+        return None
 
 
 class LocalBlobs:
@@ -243,4 +250,7 @@ class _CompleteHandle:
         return _read_file(self._path, start, min(self.length, start + self.piece_size))
 
     async def verify(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None

@@ -9,6 +9,9 @@ peer fetches pieces from other peers or, for pieces nobody holds, from the upstr
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from ray.exceptions import RayTaskError
@@ -19,6 +22,7 @@ from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.task import SourceSpec, TaskInfo, default_piece_size
 
 _PREPARE_GRACE_S = 10.0
+READ_AHEAD = 2
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -39,25 +43,46 @@ class _P2PHandle:
     def __init__(self, owner: P2PBlobs, digest: Digest, length: int, piece_size: int) -> None:
         self._owner, self._digest = owner, digest
         self.length, self.piece_size = length, piece_size
+        self._n = max(1, -(-length // piece_size))
+        self._ahead: dict[int, Any] = {}
+        self._started = False
 
-    async def piece(self, index: int) -> memoryview:
-        tid = self._digest.task_id
+    async def _first_call(self, index: int) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _PREPARE_GRACE_S
         while True:
             try:
-                array = await self._owner.peer.wait_piece.remote(tid, index)
-                break
+                return await self._owner.peer.wait_piece.remote(self._digest.task_id, index)
             except RayTaskError as exc:
                 cause = _unwrap(exc)
                 # The peer records a task a moment after prepare() returns: retry briefly.
                 if "not prepared" not in str(cause) or loop.time() > deadline:
                     raise cause from None
                 await asyncio.sleep(0.02)
+
+    async def piece(self, index: int) -> memoryview:
+        """Piece ``index``; the next READ_AHEAD pieces are requested while it is sent."""
+        if not self._started:
+            array = await self._first_call(index)
+            self._started = True
+        else:
+            ref = self._ahead.pop(index, None)
+            if ref is None:
+                ref = self._owner.peer.wait_piece.remote(self._digest.task_id, index)
+            try:
+                array = await ref
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+        for ahead in range(index + 1, min(self._n, index + 1 + READ_AHEAD)):
+            if ahead not in self._ahead:
+                self._ahead[ahead] = self._owner.peer.wait_piece.remote(self._digest.task_id, ahead)
         want = min(self.piece_size, self.length - index * self.piece_size)
         if len(array) != want:
             raise UpstreamError(f"piece {index} of {self._digest} has {len(array)} bytes")
         return memoryview(array).cast("B")
+
+    def close(self) -> None:
+        self._ahead.clear()
 
     async def verify(self) -> None:
         try:
@@ -69,17 +94,67 @@ class _P2PHandle:
         self._owner.count(self._digest, result)
 
 
+class _FileHandle:
+    """A blob complete and verified in the node's piece store, read from its data file.
+
+    The proxy runs on the same node as the peer, so the store's documented layout
+    (``<root>/tasks/<task_id>/{data,meta.json}``) is readable here; the file is opened once, so
+    an eviction during the response does not cut it short.
+    """
+
+    def __init__(self, fd: int, length: int, piece_size: int) -> None:
+        self._fd, self.length, self.piece_size = fd, length, piece_size
+
+    async def piece(self, index: int) -> memoryview:
+        start = index * self.piece_size
+        size = min(self.piece_size, self.length - start)
+        return memoryview(await asyncio.to_thread(os.pread, self._fd, size, start))
+
+    async def verify(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _read_meta(root: Path, digest: Digest) -> dict[str, Any] | None:
+    """The store's record of a complete task for ``digest``, if its sha256 matches."""
+    try:
+        meta = json.loads((root / "tasks" / digest.task_id / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not meta.get("complete") or meta.get("sha256") != digest.hex:
+        return None
+    return meta
+
+
 class P2PBlobs:
     """BlobBackend over a node's Peer actor and the cluster's Scheduler actor."""
 
-    def __init__(self, peer: Any, scheduler: Any) -> None:
+    def __init__(self, peer: Any, scheduler: Any, store_root: str | Path | None = None) -> None:
         self.peer, self.scheduler = peer, scheduler
+        self._root = Path(store_root) if store_root else None
         self._opening: dict[str, asyncio.Future[TaskInfo]] = {}
         self._counted: set[str] = set()
         self._counters = {"bytes_from_upstream": 0, "bytes_from_peers": 0, "blobs_fetched": 0}
 
+    def _open_local(self, digest: Digest) -> _FileHandle | None:
+        meta = _read_meta(self._root, digest) if self._root else None
+        if meta is None or self._root is None:
+            return None
+        try:
+            fd = os.open(self._root / "tasks" / digest.task_id / "data", os.O_RDONLY)
+        except OSError:
+            return None
+        return _FileHandle(fd, int(meta["length"]), int(meta["piece_size"]))
+
     async def cached_length(self, digest: Digest) -> int | None:
         """The blob's length if complete and verified in this node's cache."""
+        meta = _read_meta(self._root, digest) if self._root else None
+        if meta is not None:
+            return int(meta["length"])
         if not await self.peer.has_task.remote(digest.task_id):
             return None
         try:
@@ -90,6 +165,9 @@ class P2PBlobs:
 
     async def open(self, digest: Digest, source: SourceFactory) -> BlobHandle:
         """The cached blob, or a P2P download started on this node (``source`` awaited once)."""
+        local = self._open_local(digest)
+        if local is not None:
+            return local
         length = await self.cached_length(digest)
         if length is not None:
             return _P2PHandle(self, digest, length, default_piece_size(length))

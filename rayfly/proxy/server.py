@@ -279,6 +279,20 @@ async def _blob(
         length = await mirror.blob_length(client, name, digest, auth)
         return web.Response(status=200, headers={**headers, "Content-Length": str(length)})
     handle = await mirror.open_blob(client, name, digest, auth)
+    try:
+        return await _send_blob(request, mirror, handle, digest, headers)
+    finally:
+        handle.close()
+
+
+async def _send_blob(
+    request: web.Request,
+    mirror: Mirror,
+    handle: BlobHandle,
+    digest: Digest,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Headers once the first piece is here, then pieces in order; abort if a check fails."""
     span = parse_range(request.headers.get("Range"), handle.length)
     start, end = span if span else (0, handle.length - 1)
     resp = web.StreamResponse(status=206 if span else 200, headers=headers)

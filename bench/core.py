@@ -1,0 +1,177 @@
+"""Issue 2's figures on this machine: one node vs a plain fsspec download, peer memory, and
+4 local nodes against every node downloading itself and against Ray's own broadcast.
+
+    python -m bench.core single --size 1GiB --runs 5
+    python -m bench.core memory --size 4GiB
+    python -m bench.core cluster --nodes 4 --size 1GiB --runs 3
+
+Each prints a JSON document (and appends it to bench/results/core.jsonl). The origin is
+rayfly's HTTP origin on loopback, which counts the bytes it sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import psutil
+import ray
+
+import rayfly
+from rayfly.actors import placement
+from rayfly.cluster import start_local_cluster
+from rayfly.config import NAMESPACE, parse_size
+from rayfly.origin import OriginServer, make_file
+
+RESULTS = Path(__file__).parent / "results" / "core.jsonl"
+
+
+def plain_fsspec(url: str, dest: Path) -> float:
+    """Download ``url`` to ``dest`` with fsspec, as a user would without rayfly; seconds."""
+    t0 = time.perf_counter()
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.get_file(path, str(dest))
+    return time.perf_counter() - t0
+
+
+def rayfly_once(url: str, dest: str, **kwargs: Any) -> tuple[float, rayfly.Report]:
+    """One distribution as a new task (a fresh tag); seconds from call to return."""
+    t0 = time.perf_counter()
+    report = rayfly.distribute(url, dest, tag=uuid.uuid4().hex, **kwargs)
+    if not report.ok:
+        raise RuntimeError(str(report))
+    return time.perf_counter() - t0, report
+
+
+class RssSampler:
+    """Samples a process's resident set size every 20 ms in a thread; keeps the peak."""
+
+    def __init__(self, pid: int):
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self.peak = self.proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def setup(nodes: int, work: Path, size: int) -> tuple[OriginServer, Any]:
+    """A local cluster of ``nodes`` nodes, an origin serving a ``size``-byte file, warm peers."""
+    import os
+
+    os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
+    os.environ.setdefault("RAYFLY_CACHE_QUOTA", str(3 * size + (1 << 30)))
+    cluster = start_local_cluster(nodes, object_store_memory=1 << 30)
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    make_file(work / "origin" / "payload.bin", size)
+    make_file(work / "origin" / "warm.bin", 1 << 20, seed=9)
+    origin = OriginServer(work / "origin").start()
+    rayfly_once(origin.url + "warm.bin", str(work / "warm" / "{node_id}"))
+    return origin, cluster
+
+
+def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """rayfly on one node vs plain fsspec, alternating, medians."""
+    origin, _ = setup(1, work, args.size)
+    url = origin.url + "payload.bin"
+    times: dict[str, list[float]] = {"fsspec": [], "rayfly": []}
+    for i in range(args.runs):
+        for method in (("fsspec", "rayfly") if i % 2 == 0 else ("rayfly", "fsspec")):
+            dest = work / "dest" / method
+            dest.mkdir(parents=True, exist_ok=True)
+            if method == "fsspec":
+                times[method].append(plain_fsspec(url, dest / "payload.bin"))
+            else:
+                times[method].append(rayfly_once(url, str(dest / "payload.bin"))[0])
+            shutil.rmtree(dest)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"bench": "single", "size": args.size, "runs": times, "median_s": med,
+            "ratio_rayfly_over_fsspec": med["rayfly"] / med["fsspec"],
+            "mb_per_s": {k: args.size / v / 1e6 for k, v in med.items()}}
+
+
+def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Peak RSS of the (one) peer actor while it moves an ``args.size`` file."""
+    origin, _ = setup(1, work, args.size)
+    peer = next(iter(placement.existing_peers().values()))
+    pid = ray.get(peer.info.remote())["pid"]
+    with RssSampler(pid) as rss:
+        baseline = rss.peak
+        seconds, report = rayfly_once(origin.url + "payload.bin", str(work / "dest" / "p.bin"))
+    return {"bench": "memory", "size": args.size, "seconds": seconds,
+            "peer_rss_baseline_mib": baseline / 2**20, "peer_rss_peak_mib": rss.peak / 2**20,
+            "origin_bytes": origin.bytes_served}
+
+
+def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """rayfly vs every node downloading vs Ray's broadcast, alternating order, medians."""
+    from bench.broadcast.driver import run_tasks
+
+    origin, _ = setup(args.nodes, work, args.size)
+    url = origin.url + "payload.bin"
+    nodes = sorted((n for n in ray.nodes() if n["Alive"]), key=lambda n: n["NodeID"])
+    methods = ["rayfly", "plain", "ray"]
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+    for i in range(args.runs):
+        for method in methods[i % 3:] + methods[:i % 3]:
+            dest = work / "dest" / method
+            origin.reset()
+            t0 = time.perf_counter()
+            if method == "rayfly":
+                rayfly_once(url, str(dest / "{node_id}" / "payload.bin"))
+            else:
+                run_tasks(method, url, nodes, dest, "payload.bin")
+            runs[method].append({"makespan_s": time.perf_counter() - t0,
+                                 "origin_bytes": origin.bytes_served})
+            shutil.rmtree(dest, ignore_errors=True)
+    summary = {m: {"makespan_s": statistics.median(r["makespan_s"] for r in v),
+                   "origin_bytes_over_size": statistics.median(r["origin_bytes"] for r in v)
+                   / args.size} for m, v in runs.items()}
+    return {"bench": "cluster", "nodes": args.nodes, "size": args.size, "runs": runs,
+            "median": summary}
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["single", "memory", "cluster"])
+    parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=4)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rayfly-bench-"))
+    try:
+        doc = {"single": single, "memory": memory, "cluster": cluster}[args.which](args, work)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    doc["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as fh:
+        fh.write(json.dumps(doc) + "\n")
+    print(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""rayfly's metrics, recorded through ray.util.metrics and read back from Ray's Prometheus endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import rayfly
+from rayfly import metrics
+from rayfly.origin import make_file
+
+MiB = 1 << 20
+pytestmark = pytest.mark.cluster
+
+
+def wait_for(name, want, tags=None, timeout=30.0):
+    """Poll the endpoints until metric ``name`` reaches ``want``; return the last value."""
+    deadline = time.monotonic() + timeout
+    value = metrics.scrape(name, tags)
+    while value < want and time.monotonic() < deadline:
+        time.sleep(0.5)
+        value = metrics.scrape(name, tags)
+    return value
+
+
+def test_transfer_counters_read_back_from_prometheus(ray_cluster, origin, origin_root, tmp_path):
+    size = 8 * MiB
+    make_file(origin_root / "metered.bin", size, seed=11)
+    before = {
+        n: metrics.scrape(n)
+        for n in (metrics.ORIGIN_BYTES, metrics.PEER_BYTES, metrics.PIECES_SERVED)
+    }
+    report = rayfly.distribute(
+        origin.url + "metered.bin", str(tmp_path / "{node_id}.bin"), piece_size=MiB
+    )
+    assert report.ok, str(report)
+    peer_bytes = sum(n.bytes_from_peers for n in report.nodes)
+    assert report.origin_bytes == size and peer_bytes == 3 * size
+
+    got_origin = wait_for(metrics.ORIGIN_BYTES, before[metrics.ORIGIN_BYTES] + size)
+    got_peers = wait_for(metrics.PEER_BYTES, before[metrics.PEER_BYTES] + peer_bytes)
+    pieces_from_peers = peer_bytes // MiB
+    got_served = wait_for(
+        metrics.PIECES_SERVED, before[metrics.PIECES_SERVED] + pieces_from_peers
+    )
+    assert got_origin - before[metrics.ORIGIN_BYTES] == size
+    assert got_peers - before[metrics.PEER_BYTES] == peer_bytes
+    assert got_served - before[metrics.PIECES_SERVED] == pieces_from_peers
+    for node in report.nodes:
+        cached = wait_for(metrics.CACHE_BYTES, size, {"node_id": node.node_id})
+        assert cached >= size, node.node_id
+
+
+def test_mirror_requests_by_status(ray_cluster):
+    from aiohttp import web
+
+    async def ok(_request):
+        return web.Response(text="ok")
+
+    node = "metrics-test-node"
+    loop = asyncio.new_event_loop()
+    app = web.Application(middlewares=[metrics.mirror_middleware(node)])
+    app.router.add_get("/v2/", ok)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        for path, code in (("/v2/", 200), ("/v2/", 200), ("/v2/missing", 404)):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    assert r.status == code
+            except urllib.error.HTTPError as exc:
+                assert exc.code == code
+        assert wait_for(metrics.MIRROR_REQUESTS, 2, {"node_id": node, "status": "200"}) == 2
+        assert wait_for(metrics.MIRROR_REQUESTS, 1, {"node_id": node, "status": "404"}) == 1
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("reason", "dead", "want"),
+    [
+        ("parent died: actor gone", False, "parent_died"),
+        ("x", True, "parent_died"),
+        ("timed out", False, "timeout"),
+        ("PieceCorrupt: digest mismatch", False, "corrupt"),
+        ("RayTaskError: PieceUnavailable", False, "unavailable"),
+        ("something else", False, "other"),
+    ],
+)
+def test_failure_reasons_fold_into_few_labels(reason, dead, want):
+    assert metrics.failure_reason(reason, dead) == want
+
+
+def test_prometheus_text_parsing():
+    text = (
+        "# HELP ray_rayfly_peer_bytes_total x\n"
+        'ray_rayfly_peer_bytes_total{Component="core_worker",node_id="a,b"} 42.0\n'
+        'ray_rayfly_peer_bytes_total_other{node_id="a"} 1.0\n'
+        "ray_rayfly_cache_bytes 7\n"
+    )
+    assert metrics.parse_prometheus(text, "ray_rayfly_peer_bytes_total") == [
+        ({"Component": "core_worker", "node_id": "a,b"}, 42.0)
+    ]
+    assert metrics.parse_prometheus(text, "ray_rayfly_cache_bytes") == [({}, 7.0)]
