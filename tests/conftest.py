@@ -48,6 +48,8 @@ def ray_cluster(session_dir: Path) -> Iterator[object]:
     os.environ["RAYFLY_CACHE_DIR"] = str(session_dir / "cache")
     os.environ.setdefault("RAYFLY_PIECE_TIMEOUT_S", "20")
     os.environ.setdefault("RAYFLY_LEASE_TIMEOUT_S", "20")
+    # ray.util.metrics reach the Prometheus endpoint within ~1 s instead of 10 (test_metrics)
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     cluster = start_local_cluster(CLUSTER_NODES, object_store_memory=400 << 20)
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     yield cluster

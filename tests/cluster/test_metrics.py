@@ -1,4 +1,4 @@
-"""rayfly's metrics, recorded through ray.util.metrics and read back from Ray's Prometheus endpoint."""
+"""rayfly metrics via ray.util.metrics, read back from Ray's Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -45,9 +45,7 @@ def test_transfer_counters_read_back_from_prometheus(ray_cluster, origin, origin
     got_origin = wait_for(metrics.ORIGIN_BYTES, before[metrics.ORIGIN_BYTES] + size)
     got_peers = wait_for(metrics.PEER_BYTES, before[metrics.PEER_BYTES] + peer_bytes)
     pieces_from_peers = peer_bytes // MiB
-    got_served = wait_for(
-        metrics.PIECES_SERVED, before[metrics.PIECES_SERVED] + pieces_from_peers
-    )
+    got_served = wait_for(metrics.PIECES_SERVED, before[metrics.PIECES_SERVED] + pieces_from_peers)
     assert got_origin - before[metrics.ORIGIN_BYTES] == size
     assert got_peers - before[metrics.PEER_BYTES] == peer_bytes
     assert got_served - before[metrics.PIECES_SERVED] == pieces_from_peers
