@@ -117,7 +117,7 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pid = ray.get(peer.info.remote())["pid"]
     with RssSampler(pid) as rss:
         baseline = rss.peak
-        seconds, report = rayfly_once(origin.url + "payload.bin", str(work / "dest" / "p.bin"))
+        seconds, _ = rayfly_once(origin.url + "payload.bin", str(work / "dest" / "p.bin"))
     return {"bench": "memory", "size": args.size, "seconds": seconds,
             "peer_rss_baseline_mib": baseline / 2**20, "peer_rss_peak_mib": rss.peak / 2**20,
             "origin_bytes": origin.bytes_served}

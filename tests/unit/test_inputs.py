@@ -30,7 +30,7 @@ def test_malformed_storage_option(bad):
 
 
 def test_unknown_storage_option_names_the_key():
-    with pytest.raises(InvalidStorageOption, match="endpont_url.*S3FileSystem"):
+    with pytest.raises(InvalidStorageOption, match=r"endpont_url.*S3FileSystem"):
         check_storage_options("s3://b/k", {"endpont_url": "x"})
     check_storage_options("s3://b/k", {"endpoint_url": "x", "anon": True})
     check_storage_options("http://h/x", {"headers": {"a": "b"}})

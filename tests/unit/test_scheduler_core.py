@@ -1,0 +1,89 @@
+"""The scheduler's state machine without Ray: leases, reports, failures, dead peers."""
+
+from rayfly.actors.scheduler import Done, Failed, SchedulerCore
+from rayfly.config import SchedulerConfig
+from rayfly.task import TaskInfo
+
+MiB = 1 << 20
+
+
+def core(clock=None, parallelism=8):
+    now = clock or [0.0]
+    c = SchedulerCore(SchedulerConfig(origin_parallelism=parallelism, lease_timeout_s=10),
+                      clock=lambda: now[0])
+    c.add_task(TaskInfo("t", "http://o/x", 8 * MiB, MiB), "rarest-first")
+    return c, now
+
+
+def test_every_piece_leaves_the_origin_once_across_peers():
+    c, _ = core()
+    for p in ("a", "b", "c"):
+        c.join("t", p, f"h-{p}", 4)
+    origin_pieces = []
+    for p in ("a", "b", "c"):
+        origin_pieces += [x.piece for x in c.plan("t", p, 8).assignments if x.parent is None]
+    assert sorted(origin_pieces) == list(range(8))
+    assert len(set(origin_pieces)) == 8
+
+
+def test_origin_reads_spread_over_peers():
+    c, _ = core(parallelism=8)
+    for p in ("a", "b", "c", "d"):
+        c.join("t", p, p, 4)
+    counts = [len(c.plan("t", p, 8).assignments) for p in ("a", "b", "c", "d")]
+    assert counts == [2, 2, 2, 2]
+
+
+def test_done_pieces_are_served_by_their_holder_with_digest():
+    c, _ = core()
+    c.join("t", "a", "ha", 4)
+    c.join("t", "b", "hb", 4)
+    first = c.plan("t", "a", 8).assignments
+    c.report("t", "a", [Done(x.piece, f"d{x.piece}", None, MiB, 0.1) for x in first], [])
+    batch = c.plan("t", "b", 8).assignments
+    from_a = [x for x in batch if x.parent == "a"]
+    assert len(from_a) == 4  # a's four upload slots
+    assert all(x.digest == f"d{x.piece}" for x in from_a)
+
+
+def test_expired_lease_is_handed_out_again():
+    c, now = core(parallelism=1)
+    c.join("t", "a", "ha", 4)
+    c.join("t", "b", "hb", 4)
+    (lease,) = c.plan("t", "a", 1).assignments
+    assert c.plan("t", "b", 8).assignments == []
+    now[0] += 11
+    c.expire_leases()
+    assert lease.piece not in c.tasks["t"].origin_inflight
+    (again,) = c.plan("t", "b", 1).assignments
+    assert again.parent is None
+
+
+def test_dead_parent_is_forgotten_and_its_pieces_come_from_origin_again():
+    c, _ = core()
+    c.join("t", "a", "ha", 4)
+    c.join("t", "b", "hb", 4)
+    first = c.plan("t", "a", 8).assignments
+    c.report("t", "a", [Done(x.piece, "d", None, MiB, 0.1) for x in first], [])
+    batch = c.plan("t", "b", 1).assignments
+    c.report("t", "b", [], [Failed(batch[0].piece, "a", "died", parent_dead=True)])
+    assert "a" not in c.peers
+    again = c.plan("t", "b", 8).assignments
+    assert batch[0].piece in [x.piece for x in again if x.parent is None]
+
+
+def test_origin_failing_repeatedly_fails_the_task():
+    c, _ = core(parallelism=1)
+    c.join("t", "a", "ha", 4)
+    for _ in range(3):
+        (x,) = c.plan("t", "a", 1).assignments
+        c.report("t", "a", [], [Failed(x.piece, None, "503")])
+    batch = c.plan("t", "a", 1)
+    assert batch.error and "503" in batch.error
+
+
+def test_progress_counts_bytes_per_peer():
+    c, _ = core()
+    c.join("t", "a", "ha", 4, have={0: "d", 1: "d"})
+    assert c.progress(["t", "unknown"]) == {"a": 2 * MiB}
+    assert c.status()[0]["state"] == "running"

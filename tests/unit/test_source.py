@@ -1,0 +1,45 @@
+"""Back-to-source against a real HTTP origin on loopback (no Ray)."""
+
+import pytest
+
+from rayfly import source
+from rayfly.errors import OriginUnreachable, SourceNotFound
+from rayfly.origin import OriginServer
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.bin").write_bytes(bytes(range(256)) * 40)
+    s = OriginServer(tmp_path).start()
+    yield s
+    s.stop()
+
+
+def test_stat_and_ranges(server):
+    url = server.url + "d/a.bin"
+    assert source.stat(url, {}) == 10240
+    assert source.read_range(url, {}, 256, 512) == bytes(range(256))
+    assert server.bytes_served == 256
+
+
+def test_transient_errors_are_retried(server):
+    server.fail_paths["/d/a.bin"] = 2
+    assert source.read_range(server.url + "d/a.bin", {}, 0, 16) == bytes(range(16))
+
+
+def test_missing_and_unreachable(server):
+    with pytest.raises(SourceNotFound, match="not found at the origin: http"):
+        source.stat(server.url + "nope", {})
+    with pytest.raises(OriginUnreachable, match="after 4 attempts"):
+        source.read_range("http://127.0.0.1:1/x", {}, 0, 1)
+
+
+def test_list_directory_keeps_relative_paths(tmp_path):
+    (tmp_path / "ds" / "sub").mkdir(parents=True)
+    (tmp_path / "ds" / "x").write_bytes(b"1")
+    (tmp_path / "ds" / "sub" / "y").write_bytes(b"22")
+    files = source.list_files(str(tmp_path / "ds"), {})
+    assert [(f.relpath, f.size) for f in files] == [("sub/y", 2), ("x", 1)]
+    with pytest.raises(SourceNotFound):
+        source.list_files(str(tmp_path / "missing"), {})
