@@ -1,0 +1,230 @@
+"""Benchmark of the registry mirror: ``ctr images pull`` direct vs cold mirror vs warm mirror,
+and 20 concurrent clients pulling one blob through one node's mirror.
+
+Everything on loopback: Debian's docker-registry (upstream), a counting front before it (to
+read the bytes that reach upstream), a local Ray cluster with a mirror on every node, and one
+containerd per mode. Each run pushes a fresh image (new random layers), so "cold" is truly
+cold; the three modes of a run pull the same-sized image side by side.
+
+    python bench/mirror_pull.py --runs 5 --nodes 2 --layer-mib 64
+
+Prints Markdown tables and, with ``--json FILE``, writes the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray
+import requests
+
+from rayfly.cluster import start_local_cluster
+from rayfly.config import NAMESPACE
+from rayfly.proxy.actor import start_mirrors, stop_mirrors
+from rayfly.proxy.preheat import preheat
+from rayfly.proxy.server import MirrorSettings
+from rayfly.proxy.upstream import Upstream
+from tests.proxy.containerd import Containerd
+from tests.proxy.registry import (
+    CountingFront,
+    LoopThread,
+    RegistryProcess,
+    build_image,
+    push_image,
+)
+
+MiB = 1 << 20
+
+
+def timed_pull(ctd: Containerd, ref: str) -> float:
+    t0 = time.perf_counter()
+    out = ctd.pull(ref)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"ctr pull {ref} failed: {out.stderr[-2000:]}")
+    return elapsed
+
+
+def pull_modes(
+    args,
+    work: Path,
+    front: CountingFront,
+    registry: RegistryProcess,
+    mirrors: list[str],
+    upstreams: dict[str, Upstream],
+) -> list[dict]:
+    ctds = {m: Containerd(work / f"ctd-{m}") for m in ("direct", "cold", "warm")}
+    # direct: the registry itself; cold/warm: through node 0's / node 1's mirror.
+    direct_dir = ctds["direct"].hosts_dir / front.host
+    direct_dir.mkdir(parents=True, exist_ok=True)
+    (direct_dir / "hosts.toml").write_text(f'server = "{front.url}"\n')
+    ctds["cold"].use_mirror(front.host, mirrors[0], front.url)
+    ctds["warm"].use_mirror(front.host, mirrors[-1], front.url)
+    sizes = [args.layer_mib * MiB, 6 * MiB, MiB, 20_000]
+    rows = []
+    try:
+        for run in range(args.runs):
+            image = build_image(f"bench/pull{run}", "v1", sizes, seed=1000 + run)
+            push_image(registry.url, image)
+            ref = f"{front.host}/{image.name}:v1"
+            front.state.reset()
+            direct = timed_pull(ctds["direct"], ref)
+            direct_bytes = front.state.blob_bytes
+            front.state.reset()
+            cold = timed_pull(ctds["cold"], ref)
+            cold_bytes = front.state.blob_bytes
+            # warm: a second image, preheated to every node, then pulled through node N-1.
+            warm_image = build_image(f"bench/warm{run}", "v1", sizes, seed=2000 + run)
+            push_image(registry.url, warm_image)
+            t0 = time.perf_counter()
+            report = preheat(f"{front.host}/{warm_image.name}:v1", upstreams=upstreams)
+            preheat_s = time.perf_counter() - t0
+            assert report.ok, str(report)
+            front.state.reset()
+            warm = timed_pull(ctds["warm"], f"{front.host}/{warm_image.name}:v1")
+            rows.append(
+                {
+                    "run": run,
+                    "image_bytes": image.total_blob_bytes,
+                    "direct_s": direct,
+                    "cold_s": cold,
+                    "warm_s": warm,
+                    "preheat_s": preheat_s,
+                    "direct_upstream_bytes": direct_bytes,
+                    "cold_upstream_bytes": cold_bytes,
+                    "warm_upstream_blob_bytes": front.state.blob_bytes,
+                }
+            )
+            print(
+                f"run {run}: direct {direct:.2f}s cold {cold:.2f}s warm {warm:.2f}s "
+                f"(preheat {preheat_s:.2f}s)",
+                flush=True,
+            )
+    finally:
+        for ctd in ctds.values():
+            ctd.stop()
+    return rows
+
+
+def concurrent_clients(
+    args, front: CountingFront, registry: RegistryProcess, mirrors: list[str]
+) -> list[dict]:
+    rows = []
+    for run in range(args.runs):
+        image = build_image(f"bench/many{run}", "v1", [args.layer_mib * MiB], seed=3000 + run)
+        push_image(registry.url, image)
+        digest = image.layer_digests[0]
+        size = len(image.blobs[digest])
+        out = {"run": run, "blob_bytes": size, "clients": args.clients}
+        for mode, base in (("mirror", mirrors[0]), ("direct", front.url)):
+            url = f"{base}/v2/{image.name}/blobs/{digest}"
+            front.state.reset()
+            barrier = threading.Barrier(args.clients)
+
+            def one(_: int, url: str = url, barrier: threading.Barrier = barrier) -> str:
+                barrier.wait()
+                return hashlib.sha256(requests.get(url, timeout=600).content).hexdigest()
+
+            t0 = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+                got = set(pool.map(one, range(args.clients)))
+            out[f"{mode}_s"] = time.perf_counter() - t0
+            assert got == {digest.split(":")[1]}, f"{mode}: wrong bytes"
+            out[f"{mode}_upstream_ratio"] = front.state.bytes_by_digest[digest] / size
+        rows.append(out)
+        print(
+            f"run {run}: mirror {out['mirror_s']:.2f}s "
+            f"({out['mirror_upstream_ratio']:.2f}x upstream), direct {out['direct_s']:.2f}s "
+            f"({out['direct_upstream_ratio']:.2f}x)",
+            flush=True,
+        )
+    return rows
+
+
+def med(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def report(pulls: list[dict], many: list[dict], args) -> str:
+    d, c, w = med(pulls, "direct_s"), med(pulls, "cold_s"), med(pulls, "warm_s")
+    lines = [
+        f"`ctr images pull` of a {pulls[0]['image_bytes'] / MiB:.1f} MiB image "
+        f"(4 uncompressed layers, largest {args.layer_mib} MiB), native snapshotter, "
+        f"{args.nodes}-node local Ray, medians of {len(pulls)} runs:",
+        "",
+        "| mode | median s | ratio to direct | upstream blob bytes / image |",
+        "| --- | ---: | ---: | ---: |",
+        f"| direct from the registry | {d:.2f} | 1.00x | "
+        f"{med(pulls, 'direct_upstream_bytes') / pulls[0]['image_bytes']:.2f} |",
+        f"| through a cold mirror | {c:.2f} | {c / d:.2f}x | "
+        f"{med(pulls, 'cold_upstream_bytes') / pulls[0]['image_bytes']:.2f} |",
+        f"| through a warm (preheated) mirror | {w:.2f} | {w / d:.2f}x | "
+        f"{med(pulls, 'warm_upstream_blob_bytes') / pulls[0]['image_bytes']:.2f} |",
+        "",
+        f"Preheat of the image to all {args.nodes} nodes: median {med(pulls, 'preheat_s'):.2f} s.",
+        "",
+        f"{args.clients} concurrent clients GET one {args.layer_mib} MiB blob, medians of "
+        f"{len(many)} runs:",
+        "",
+        "| path | median s | upstream bytes / blob |",
+        "| --- | ---: | ---: |",
+        f"| through one node's mirror | {med(many, 'mirror_s'):.2f} | "
+        f"{med(many, 'mirror_upstream_ratio'):.2f}x |",
+        f"| each client direct from the registry | {med(many, 'direct_s'):.2f} | "
+        f"{med(many, 'direct_upstream_ratio'):.2f}x |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--layer-mib", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--json", default=None, help="Write the raw figures here.")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rayfly-mirror-bench-"))
+    os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
+    loop = LoopThread()
+    (work / "registry").mkdir()
+    registry = RegistryProcess(work / "registry")
+    front = CountingFront(registry.url, loop)
+    cluster = start_local_cluster(args.nodes, object_store_memory=400 << 20)
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        upstreams = {front.host: Upstream(front.host, front.url, insecure=True)}
+        endpoints = start_mirrors(MirrorSettings(upstreams, front.host), port=0)
+        mirrors = [e["url"] for e in endpoints]
+        pulls = pull_modes(args, work, front, registry, mirrors, upstreams)
+        many = concurrent_clients(args, front, registry, mirrors)
+        text = report(pulls, many, args)
+        print("\n" + text)
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({"pulls": pulls, "concurrent": many, "args": vars(args)}, indent=2)
+            )
+    finally:
+        stop_mirrors()
+        ray.shutdown()
+        cluster.shutdown()
+        front.stop()
+        registry.stop()
+        loop.stop()
+
+
+if __name__ == "__main__":
+    main()
