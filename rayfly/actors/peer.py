@@ -15,9 +15,11 @@ import hashlib
 import os
 import socket
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
@@ -38,6 +40,8 @@ from rayfly.errors import (
 from rayfly.report import FileResult, NodeResult, summarize_node
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,18 @@ class Peer:
         self._ready: dict[str, list[asyncio.Event]] = {}
         self._handles: dict[str, Any] = {}
         self._scheduler: Any = None
+        self._origin_pool = ThreadPoolExecutor(64, thread_name_prefix="rayfly-origin")
+        self._disk_pool = ThreadPoolExecutor(8, thread_name_prefix="rayfly-disk")
         self.uploads = 0
         self.pieces_served = 0
+
+    async def _origin_io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking origin read on its own pool, so slow origins never starve disk work."""
+        return await asyncio.get_running_loop().run_in_executor(self._origin_pool, fn, *args)
+
+    async def _disk_io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking disk and hashing work on the disk pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._disk_pool, fn, *args)
 
     # --- identity and helpers -----------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -141,7 +155,7 @@ class Peer:
         """A verified piece for another peer; raises PieceUnavailable if not held."""
         self.uploads += 1
         try:
-            data = await asyncio.to_thread(self.store.read_piece, task_id, index)
+            data = await self._disk_io(self.store.read_piece, task_id, index)
             self.pieces_served += 1
             metrics.piece_served(self.node_id)
             return data
@@ -163,7 +177,7 @@ class Peer:
                     waiter.cancel()
                     download.result()
             await waiter
-        return await asyncio.to_thread(self.store.read_piece, task_id, index)
+        return await self._disk_io(self.store.read_piece, task_id, index)
 
     def has_task(self, task_id: str) -> bool:
         """True when the task is complete and verified in this node's cache."""
@@ -256,7 +270,7 @@ class Peer:
             if rendered is not None:
                 target = dest_paths.target_path(rendered, item.relpath, name)
                 result.path = str(target)
-                await asyncio.to_thread(self.store.publish, task.task_id, target)
+                await self._disk_io(self.store.publish, task.task_id, target)
             result.ok = True
         except RayflyError as exc:
             result.error = str(exc)
@@ -276,7 +290,7 @@ class Peer:
         out = TaskOutcome("", task.length)
         t0 = time.time()
         try:
-            entry = await asyncio.to_thread(
+            entry = await self._disk_io(
                 self.store.begin, tid, task.length, task.piece_size, task.url
             )
             events = self._events(task)
@@ -296,7 +310,7 @@ class Peer:
                     f"sha256 of {source.redact_url(task.url)} is {out.sha256}, "
                     f"expected {task.expected_sha256}"
                 )
-            await asyncio.to_thread(self.store.complete, tid, out.sha256)
+            await self._disk_io(self.store.complete, tid, out.sha256)
             await self._sched().finish.remote(tid, self.node_id, None)
         except BaseException as exc:
             fatal = isinstance(exc, IntegrityError | SourceError)
@@ -312,7 +326,7 @@ class Peer:
         h = hashlib.sha256()
         for i, event in enumerate(self._events(task)):
             await event.wait()
-            await asyncio.to_thread(self._hash_piece, h, task.task_id, i)
+            await self._disk_io(self._hash_piece, h, task.task_id, i)
         return h.hexdigest()
 
     def _hash_piece(self, h: Any, task_id: str, index: int) -> None:
@@ -378,14 +392,14 @@ class Peer:
                 data: Any = (
                     b""
                     if start == end
-                    else await asyncio.to_thread(
+                    else await self._origin_io(
                         source.read_range, task.url, task.storage_options, start, end
                     )
                 )
             else:
                 ref = self._parent(a.parent).read_piece.remote(task.task_id, a.piece)
                 data = await asyncio.wait_for(ref, self.config.piece_timeout_s)
-            digest = await asyncio.to_thread(
+            digest = await self._disk_io(
                 self.store.write_piece, task.task_id, a.piece, data, a.digest
             )
             del data
