@@ -65,7 +65,7 @@ class Proxy:
             scheduler = placement.get_scheduler(from_env(SchedulerConfig))
             clients = make_clients(self.settings, self._session, creds)
             info = await peer.info.remote()
-            blobs = P2PBlobs(peer, scheduler, info.get("cache_dir"))
+            blobs = P2PBlobs(peer, scheduler, info.get("cache_dir"), self.settings.p2p_concurrency)
             self._mirror = Mirror(self.settings, clients, blobs)
             self._runner, self.port = await start_server(self._mirror, self.host, self.port)
             self._started_at = time.time()

@@ -133,8 +133,15 @@ def _read_meta(root: Path, digest: Digest) -> dict[str, Any] | None:
 class P2PBlobs:
     """BlobBackend over a node's Peer actor and the cluster's Scheduler actor."""
 
-    def __init__(self, peer: Any, scheduler: Any, store_root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        peer: Any,
+        scheduler: Any,
+        store_root: str | Path | None = None,
+        concurrency: int | None = None,
+    ) -> None:
         self.peer, self.scheduler = peer, scheduler
+        self.concurrency = concurrency
         self._root = Path(store_root) if store_root else None
         self._opening: dict[str, asyncio.Future[TaskInfo]] = {}
         self._counted: set[str] = set()
@@ -172,7 +179,7 @@ class P2PBlobs:
         if length is not None:
             return _P2PHandle(self, digest, length, default_piece_size(length))
         info = await self._register(digest, source)
-        await self.peer.prepare.remote(info)
+        await self.peer.prepare.remote(info, self.concurrency)
         return _P2PHandle(self, digest, info.length, info.piece_size)
 
     async def _register(self, digest: Digest, source: SourceFactory) -> TaskInfo:
@@ -184,7 +191,9 @@ class P2PBlobs:
         try:
             src = await source()
             try:
-                info = await self.scheduler.register.remote(blob_spec(src.url, src.headers, digest))
+                spec = blob_spec(src.url, src.headers, digest)
+                # A client streams the blob front to back: fetch pieces in index order.
+                info = await self.scheduler.register.remote(spec, None, "sequential")
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
             if info.length != src.length:

@@ -64,6 +64,7 @@ class MirrorSettings:
     manifest_cache_entries: int = 1024
     verify_access: bool = False
     upstream_timeout_s: float = 30.0
+    p2p_concurrency: int | None = None
 
 
 @dataclass
