@@ -7,6 +7,7 @@ cluster, and the client only talks to the dashboard's job-submission API.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -53,6 +54,22 @@ def distribute_args(
     return args + (["--pin"] if pin else []) + (["--json"] if as_json else [])
 
 
+def use_local_token() -> None:
+    """Send this machine's Ray token (``ray start`` made one) unless RAY_AUTH_MODE says no.
+
+    ``ray start --head`` turns token authentication on by default, but clients only send the
+    token with ``RAY_AUTH_MODE=token``; without this, ``--submit`` would get a 401.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except (ImportError, AttributeError):  # a Ray without token authentication
+        return
+
+
 def client(address: str | None) -> Any:
     """A job-submission client for the dashboard at ``address`` (clear error if unreachable)."""
     if not address:
@@ -65,10 +82,17 @@ def client(address: str | None) -> Any:
             f"--address {address!r}: --submit talks to the dashboard over http(s), "
             "e.g. http://HEAD:8265"
         )
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    use_local_token()
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        raise ClusterError(
+            f"the Ray dashboard at {address} refused us: {str(exc).splitlines()[0]} Put the "
+            "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (see `ray get-auth-token`)"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(
             f"cannot reach the Ray dashboard at {address}: {exc} Is the head started with "

@@ -1,0 +1,227 @@
+"""Jobs: a real head with the dashboard (`ray start --head --include-dashboard=true`), real
+`ray job submit` and `rayfly distribute --submit`; the job's files checked on disk.
+
+The head is this module's own one-node cluster (the session's cluster has no dashboard); it is
+started in its own process group and that group alone is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayfly.origin import make_file
+from tests.conftest import free_port, sha256_file
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+class Head:
+    """A `ray start --head --block` process group with the dashboard on loopback."""
+
+    def __init__(self, root: Path) -> None:
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAYFLY_CACHE_DIR": str(root / "cache"),
+            "RAY_ADDRESS": "",
+            # on a loaded 2-core machine the agent may take long to come up: wait, don't crash
+            "RAY_agent_register_timeout_ms": "180000",
+        }
+        self.log = open(root / "ray-start.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--block",
+                "--include-dashboard=true",
+                f"--port={free_port()}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
+                "--num-cpus=2",
+                f"--object-store-memory={150 * MiB}",
+                f"--temp-dir={root / 'ray'}",
+                "--disable-usage-stats",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.dashboard + "/api/version", timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                break  # it answers (401: Ray's token authentication is on, as by default)
+            except OSError:
+                time.sleep(0.5)
+        while time.monotonic() < deadline:  # until the node's job agent has registered
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}")
+            out = run(["ray", "job", "submit", "--address", self.dashboard, "--", "true"], 60)
+            if out.returncode == 0:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"no dashboard taking jobs at {self.dashboard} after {timeout}s")
+
+    def stop(self) -> None:
+        pgid = self.proc.pid  # the session leader: its group is everything this head started
+        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.2)
+        self.proc.wait(10)
+        self.log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
+    for attempt in (1, 2):  # a head that crashed while starting on a busy machine: once more
+        h = Head(tmp_path_factory.mktemp("head"))
+        try:
+            h.wait_ready()
+            break
+        except RuntimeError:
+            h.stop()
+            if attempt == 2:
+                raise
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def job_status(head: Head, job_id: str) -> str:
+    """The job's status from Ray's JobSubmissionClient (in a process with token auth on)."""
+    code = (
+        "import sys; from ray.job_submission import JobSubmissionClient as C; "
+        "print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)"
+    )
+    out = run([sys.executable, "-c", code, head.dashboard, job_id], 60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def run(args: list[str], timeout: float = 300, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", **env_vars}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def rayfly(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The rayfly CLI without RAY_AUTH_MODE: it must find this machine's Ray token itself."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    return subprocess.run(
+        [sys.executable, "-m", "rayfly.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**env, "RAY_ADDRESS": ""},
+    )
+
+
+def report_in(output: str) -> dict:
+    start = output.index('{\n  "source"')
+    return json.JSONDecoder().raw_decode(output[start:])[0]
+
+
+def test_ray_job_submit_runs_jobs_distribute(head, origin, origin_root, tmp_path):
+    src = make_file(origin_root / "job.bin", 4 * MiB, seed=41)
+    excludes = json.dumps({"excludes": [".git", "bench/results"]})
+    dest = str(tmp_path / "{node_id}" / "job.bin")
+    submit = ["ray", "job", "submit", "--address", head.dashboard, "--working-dir", "."]
+    entry = ["python", "jobs/distribute.py", origin.url + "job.bin", "--dest", dest, "--json"]
+    out = run(
+        [*submit, "--runtime-env-json", excludes, "--", *entry],
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = report_in(out.stdout)
+    assert report["totals"]["nodes_ok"] == 1 and report["totals"]["nodes_failed"] == 0
+    (node,) = report["nodes"]
+    assert sha256_file(Path(node["path"])) == sha256_file(src)
+    assert Path(node["path"]).parent.parent == tmp_path
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", out.stdout).group(0)
+    assert job_status(head, job_id) == "SUCCEEDED"
+
+
+def test_rayfly_distribute_submit_follows_the_job(head, origin, origin_root, tmp_path):
+    src = make_file(origin_root / "submitted.bin", 3 * MiB, seed=42)
+    dest = str(tmp_path / "{node_id}.bin")
+    out = rayfly(
+        "distribute", origin.url + "submitted.bin", "--dest", dest, "--json",
+        "--submit", "--address", head.dashboard,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    job_id = out.stderr.split("submitted job ", 1)[1].split()[0]
+    assert job_status(head, job_id) == "SUCCEEDED"
+    report = report_in(out.stdout)  # the job's logs, followed to the end
+    (copy,) = list(tmp_path.iterdir())
+    assert copy.name == report["nodes"][0]["node_id"] + ".bin"
+    assert sha256_file(copy) == sha256_file(src) == report["nodes"][0]["sha256"]
+
+
+def test_failed_job_exits_non_zero_with_its_logs(head, origin, tmp_path):
+    out = rayfly(
+        "distribute", origin.url + "no-such-file.bin", "--dest", str(tmp_path / "x.bin"),
+        "--submit", "--address", head.dashboard,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "ended FAILED" in out.stderr
+    assert "no-such-file.bin" in out.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_submit_to_unreachable_dashboard_is_a_clear_error(tmp_path):
+    address = f"http://127.0.0.1:{free_port()}"
+    out = rayfly(
+        "distribute", "http://127.0.0.1:1/f.bin", "--dest", str(tmp_path / "f.bin"),
+        "--submit", "--address", address, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"cannot reach the Ray dashboard at {address}" in out.stderr
+
+
+def test_job_manifests_are_well_formed():
+    from ray.runtime_env import RuntimeEnv
+
+    env = yaml.safe_load((REPO / "jobs/runtime_env.yaml").read_text())
+    RuntimeEnv(**env)  # raises on unknown or malformed fields
+    job = yaml.safe_load((REPO / "jobs/rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert "jobs/distribute.py" in job["spec"]["entrypoint"]
+    RuntimeEnv(**yaml.safe_load(job["spec"]["runtimeEnvYAML"]))
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
