@@ -38,8 +38,8 @@ def _netns_inode(pid: str) -> int:
         return 0
 
 
-def process_ticks() -> dict[int, tuple[int, int]]:
-    """CPU ticks (user + system) and network-namespace inode of every process."""
+def process_ticks() -> dict[int, tuple[int, int, int, str]]:
+    """Per process: user ticks, system ticks, network-namespace inode and command name."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -48,8 +48,10 @@ def process_ticks() -> dict[int, tuple[int, int]]:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(pid)] = (int(fields[11]) + int(fields[12]), _netns_inode(pid))
+        head, tail = stat.rsplit(")", 1)
+        fields = tail.split()
+        comm = head.split("(", 1)[1]
+        out[int(pid)] = (int(fields[11]), int(fields[12]), _netns_inode(pid), comm)
     return out
 
 
@@ -63,6 +65,7 @@ class CpuSampler:
         self.interval = interval
         self.mine = mine
         self.samples: list[dict[str, float]] = []
+        self.by_process: dict[str, list[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._hz = os.sysconf("SC_CLK_TCK")
@@ -79,9 +82,14 @@ class CpuSampler:
             cur, procs, now = self._read(), process_ticks(), time.monotonic()
             total = max(1, cur[0] - prev[0])
             split = {"mine": 0, "other": 0}
-            for pid, (ticks, ns) in procs.items():
-                delta = ticks - prev_procs.get(pid, (0, 0))[0]
-                split["mine" if ns in self.mine else "other"] += max(0, delta)
+            for pid, (user, system, ns, comm) in procs.items():
+                before = prev_procs.get(pid, (0, 0, 0, ""))
+                du, ds = max(0, user - before[0]), max(0, system - before[1])
+                split["mine" if ns in self.mine else "other"] += du + ds
+                key = comm if ns in self.mine else "(outside the testbed)"
+                acc = self.by_process.setdefault(key, [0.0, 0.0])
+                acc[0] += du / self._hz
+                acc[1] += ds / self._hz
             span = (now - prev_t) * self._hz
             self.samples.append({
                 "t": time.time(),
@@ -182,6 +190,8 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     out["cpu"] = cpu.summary(out.get("t_start", 0.0), out.get("t_end", float("inf")))
     out["cpu_whole_driver"] = cpu.summary()
     out["cpu"].update(quiet)
+    top = sorted(cpu.by_process.items(), key=lambda kv: -sum(kv[1]))[:12]
+    out["cpu_seconds_by_process"] = {k: {"user": u, "system": sy} for k, (u, sy) in top}
     out["origin_wire_tx_bytes"] = wire1["tx"] - wire0["tx"]
     return out
 
@@ -226,6 +236,7 @@ def bench_hosts(
         rate_mbit=args.rate_mbit,
         origin_rate_mbit=args.origin_rate_mbit,
         latency_ms=args.latency_ms,
+        mtu=args.mtu,
         object_store_bytes=max(1 << 30, 2 * size + (256 << 20)),
         extra_env={
             "RAYFLY_CACHE_DIR": f"/tmp/{args.prefix}-tb/cache",
@@ -235,6 +246,10 @@ def bench_hosts(
     with Testbed(cfg) as tb:
         sha = make_payload(cfg.root / "origin" / "payload.bin", size)
         (cfg.root / "origin" / "warm.bin").write_bytes(os.urandom(1 << 20))
+        mine = {os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
+        with CpuSampler(mine) as idle:
+            time.sleep(5)
+        doc.setdefault("testbed_idle_cpu", {})[str(n)] = idle.summary()
         if "rayfly" in args.methods:
             run_method(tb, "rayfly", "warm.bin", args)  # creates the scheduler and peers
         for run in range(runs):
@@ -277,6 +292,7 @@ def main() -> None:
     parser.add_argument("--rate-mbit", type=float, default=200.0)
     parser.add_argument("--origin-rate-mbit", type=float)
     parser.add_argument("--latency-ms", type=float, default=25.0)
+    parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--runs", default="3", help="runs per N: one number, or one per N")
     parser.add_argument("--quiet-cores", type=float, default=0.4)
     parser.add_argument("--quiet-wait", type=float, default=120.0)

@@ -45,6 +45,7 @@ class TestbedConfig:
     rate_mbit: float = 200.0
     origin_rate_mbit: float | None = None
     latency_ms: float = 25.0
+    mtu: int = 1500
     workdir: Path | None = None
     ray: bool = True
     ray_port: int = 6379
@@ -260,7 +261,7 @@ class Testbed:
         for ns in cfg.namespaces():
             run(["ip", "netns", "add", ns])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", sw, "link", "add", "br0", "mtu", str(cfg.mtu), "type", "bridge"])
         run(["ip", "-n", sw, "link", "set", "br0", "up"])
         origin_rate = cfg.origin_rate_mbit or cfg.rate_mbit
         self._link(cfg.origin_ns, "origin", cfg.origin_ip, origin_rate)
@@ -270,7 +271,9 @@ class Testbed:
     def _link(self, ns: str, port: str, ip: str, rate_mbit: float) -> None:
         """A veth from ``ns``'s eth0 to switch port ``port``, shaped both ways to ``rate_mbit``."""
         sw = self.config.switch_ns
-        run(["ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", port, "netns", sw])
+        mtu = str(self.config.mtu)
+        run(["ip", "link", "add", "eth0", "mtu", mtu, "netns", ns, "type", "veth",
+             "peer", port, "mtu", mtu, "netns", sw])  # fmt: skip
         run(["ip", "-n", sw, "link", "set", port, "master", "br0"])
         run(["ip", "-n", sw, "link", "set", port, "up"])
         run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0"])
@@ -291,6 +294,10 @@ class Testbed:
         env = dict(os.environ)
         env.update(
             RAY_USAGE_STATS_ENABLED="0",
+            # Ray 2.60 turns token auth on for a head that finds ~/.ray/auth_token (which any
+            # local ray.init() on this machine creates) while joining raylets leave it off; say
+            # it explicitly so the testbed's nodes agree whatever the home directory holds.
+            RAY_AUTH_MODE="disabled",
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
             RAY_ADDRESS=self.config.ray_address,
             RAYFLY_TESTBED_ROOT=str(self.config.root),
