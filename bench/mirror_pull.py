@@ -158,25 +158,35 @@ def med(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def report(pulls: list[dict], many: list[dict], args) -> str:
+def ratio_median(rows: list[dict], key: str, base: str) -> float:
+    return statistics.median(r[key] / r[base] for r in rows)
+
+
+def report(pulls: list[dict], many: list[dict], args: dict) -> str:
     d, c, w = med(pulls, "direct_s"), med(pulls, "cold_s"), med(pulls, "warm_s")
+    image = pulls[0]["image_bytes"]
     lines = [
-        f"`ctr images pull` of a {pulls[0]['image_bytes'] / MiB:.1f} MiB image "
-        f"(4 uncompressed layers, largest {args.layer_mib} MiB), native snapshotter, "
-        f"{args.nodes}-node local Ray, medians of {len(pulls)} runs:",
+        f"`ctr images pull` of a {image / MiB:.1f} MiB image (4 uncompressed layers, largest "
+        f"{args['layer_mib']} MiB), native snapshotter, {args['nodes']}-node local Ray, "
+        f"{len(pulls)} runs; the three modes of a run pull side by side (same load):",
         "",
-        "| mode | median s | ratio to direct | upstream blob bytes / image |",
+        "| mode | median s | median of per-run ratios to direct | upstream blob bytes / image |",
         "| --- | ---: | ---: | ---: |",
         f"| direct from the registry | {d:.2f} | 1.00x | "
-        f"{med(pulls, 'direct_upstream_bytes') / pulls[0]['image_bytes']:.2f} |",
-        f"| through a cold mirror | {c:.2f} | {c / d:.2f}x | "
-        f"{med(pulls, 'cold_upstream_bytes') / pulls[0]['image_bytes']:.2f} |",
-        f"| through a warm (preheated) mirror | {w:.2f} | {w / d:.2f}x | "
-        f"{med(pulls, 'warm_upstream_blob_bytes') / pulls[0]['image_bytes']:.2f} |",
+        f"{med(pulls, 'direct_upstream_bytes') / image:.2f} |",
+        f"| through a cold mirror | {c:.2f} | {ratio_median(pulls, 'cold_s', 'direct_s'):.2f}x | "
+        f"{med(pulls, 'cold_upstream_bytes') / image:.2f} |",
+        f"| through a warm (preheated) mirror | {w:.2f} | "
+        f"{ratio_median(pulls, 'warm_s', 'direct_s'):.2f}x | "
+        f"{med(pulls, 'warm_upstream_blob_bytes') / image:.2f} |",
         "",
-        f"Preheat of the image to all {args.nodes} nodes: median {med(pulls, 'preheat_s'):.2f} s.",
+        "Per run (s): "
+        + "; ".join(f"{r['direct_s']:.2f} / {r['cold_s']:.2f} / {r['warm_s']:.2f}" for r in pulls)
+        + " (direct / cold / warm).",
+        f"Preheat of the image to all {args['nodes']} nodes: median "
+        f"{med(pulls, 'preheat_s'):.2f} s.",
         "",
-        f"{args.clients} concurrent clients GET one {args.layer_mib} MiB blob, medians of "
+        f"{args['clients']} concurrent clients GET one {args['layer_mib']} MiB blob, "
         f"{len(many)} runs:",
         "",
         "| path | median s | upstream bytes / blob |",
@@ -196,7 +206,12 @@ def main() -> None:
     parser.add_argument("--layer-mib", type=int, default=64)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--json", default=None, help="Write the raw figures here.")
+    parser.add_argument("--from-json", default=None, help="Only print the tables of a --json.")
     args = parser.parse_args()
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        print(report(doc["pulls"], doc["concurrent"], doc["args"]))
+        return
     work = Path(tempfile.mkdtemp(prefix="rayfly-mirror-bench-"))
     os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
     loop = LoopThread()
@@ -211,7 +226,7 @@ def main() -> None:
         mirrors = [e["url"] for e in endpoints]
         pulls = pull_modes(args, work, front, registry, mirrors, upstreams)
         many = concurrent_clients(args, front, registry, mirrors)
-        text = report(pulls, many, args)
+        text = report(pulls, many, vars(args))
         print("\n" + text)
         if args.json:
             Path(args.json).write_text(
