@@ -178,13 +178,17 @@ class PieceStore:
             entry.have.add(index)
         return digest
 
-    def read_piece(self, task_id: str, index: int) -> np.ndarray:
-        """Return the bytes of a verified piece as a uint8 array."""
+    def read_piece(self, task_id: str, index: int, into: np.ndarray | None = None) -> np.ndarray:
+        """Return the bytes of a verified piece as a uint8 array.
+
+        With ``into`` (a buffer at least a piece long, reused by the caller) no memory is
+        allocated and a view of ``into`` is returned.
+        """
         entry = self._require(task_id)
         if index not in entry.have:
             raise PieceUnavailable(f"piece {index} of task {task_id} is not held here")
         start, end = piece_bounds(entry.length, entry.piece_size, index)
-        buf = np.empty(end - start, dtype=np.uint8)
+        buf = np.empty(end - start, dtype=np.uint8) if into is None else into[: end - start]
         got = os.preadv(self._fd(task_id), [buf], start)
         if got != end - start:
             raise StorageError(f"short read of piece {index} of task {task_id}")
@@ -207,7 +211,6 @@ class PieceStore:
         with self._lock:
             fd = self._fds.pop(task_id, None)
             if fd is not None:
-                os.fsync(fd)
                 os.close(fd)
             os.chmod(d / "data", 0o444)
             entry.sha256, entry.complete = sha256, True

@@ -324,13 +324,14 @@ class Peer:
 
     async def _hash(self, task: TaskInfo) -> str:
         h = hashlib.sha256()
+        buf = np.empty(min(task.piece_size, task.length), dtype=np.uint8)
         for i, event in enumerate(self._events(task)):
             await event.wait()
-            await self._disk_io(self._hash_piece, h, task.task_id, i)
+            await self._disk_io(self._hash_piece, h, task.task_id, i, buf)
         return h.hexdigest()
 
-    def _hash_piece(self, h: Any, task_id: str, index: int) -> None:
-        h.update(self.store.read_piece(task_id, index))
+    def _hash_piece(self, h: Any, task_id: str, index: int, buf: np.ndarray) -> None:
+        h.update(self.store.read_piece(task_id, index, into=buf))
 
     async def _fetch_all(self, task: TaskInfo, slots: asyncio.Semaphore, out: TaskOutcome) -> None:
         """The fetch loop: ask for batches, run them with bounded concurrency, report."""
