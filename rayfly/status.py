@@ -37,14 +37,23 @@ def _probe(address: str) -> None:
         ) from None
 
 
+def _last_started() -> str:
+    """The address the last ``ray start`` on this machine wrote ('' if none or unknown)."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address(None) or ""
+    except (ImportError, AttributeError, OSError):
+        return ""
+
+
 def connect_existing(address: str | None = None) -> None:
     """Connect to a running cluster (``address``, else ``RAY_ADDRESS``, else ``auto``)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
-    if target != "auto":
-        _probe(target)
+    _probe(_last_started() if target == "auto" else target)
     try:
         ray.init(
             address=target,

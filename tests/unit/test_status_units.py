@@ -1,0 +1,138 @@
+"""Pure parts of the status/jobs/notebook layer, without Ray: plots, progress, job arguments,
+runtime_env files, status text, pin matching."""
+
+from __future__ import annotations
+
+import functools
+import io
+import shlex
+import sys
+
+import pytest
+
+from rayfly import plot, submit
+from rayfly.cli_status import load_runtime_env
+from rayfly.errors import InvalidInput, MissingDependency
+from rayfly.progress import ProgressBar
+from rayfly.report import NodeResult, Report
+from rayfly.status import format_status
+
+
+def sample_report() -> Report:
+    a = NodeResult("aaaa1111", "10.0.0.1", "a", "/d/a", bytes=30, ok=True)
+    a.timeline = [(100.0, 10, True), (101.0, 20, False)]
+    b = NodeResult("bbbb2222", "10.0.0.2", "b", "/d/b", bytes=30, ok=True)
+    b.timeline = [(100.5, 30, False)]
+    return Report("http://o/f", "/d/{node_id}", [a, b], 30, 2.0, ["t1"])
+
+
+def test_timeline_rows_count_from_the_first_piece():
+    rows = plot.timeline_rows(sample_report())
+    assert [(r["node_id"], r["time_s"], r["cumulative_bytes"]) for r in rows] == [
+        ("aaaa1111", 0.0, 10),
+        ("aaaa1111", 1.0, 30),
+        ("bbbb2222", 0.5, 30),
+    ]
+    table = sample_report().timeline_table()
+    assert table.num_rows == 3 and table.column_names == list(plot.TIMELINE_COLUMNS)
+
+
+def test_plot_draws_two_lines_per_node():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = sample_report().plot()
+    assert len(ax.get_lines()) == 4
+    assert ax.get_ylabel() == "MiB received"
+
+
+def test_plot_without_matplotlib_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(MissingDependency, match=r"pip install matplotlib"):
+        sample_report().plot()
+
+
+def test_to_pandas_without_pandas_names_the_alternative(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(MissingDependency, match=r"pip install pandas.*to_arrow"):
+        sample_report().to_pandas()
+
+
+def test_progress_bar_with_and_without_tqdm():
+    stream = io.StringIO()
+    with ProgressBar("x", stream=stream) as bar:
+        if bar._tqdm is not None:
+            bar._tqdm = None  # the fallback: one line per tenth
+        for done in (0, 5, 50, 100):
+            bar(done, 100, 0, 2)
+    assert stream.getvalue().splitlines() == [
+        "x: 0% of 100 bytes, nodes 0/2",
+        "x: 50% of 100 bytes, nodes 0/2",
+        "x: 100% of 100 bytes, nodes 0/2",
+    ]
+    tqdm = pytest.importorskip("tqdm")
+    out = io.StringIO()
+    with ProgressBar("y") as bar:
+        bar._tqdm = functools.partial(tqdm.tqdm, file=out)
+        bar(512, 1024, 1, 2)
+        assert bar._bar.n == 512 and bar._bar.total == 1024
+    assert "nodes 1/2" in out.getvalue()
+
+
+def test_job_entrypoint_round_trips_every_option():
+    args = submit.distribute_args(
+        "s3://b/p/",
+        "/data/{node_id}",
+        nodes="2",
+        piece_size=4 << 20,
+        storage_options=("endpoint_url=http://127.0.0.1:9000", "anon=true"),
+        tag="v 1",
+        pin=True,
+        as_json=True,
+    )
+    cmd = submit.entrypoint(args)
+    assert cmd.startswith("python -m rayfly.cli distribute ")
+    assert shlex.split(cmd)[4:] == args
+    assert args[-2:] == ["--pin", "--json"]
+    assert "--storage-option" in args and "--sha256" not in args
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [(None, "--submit needs the dashboard address"), ("ray://h:10001", "over http")],
+)
+def test_submit_address_must_be_the_dashboard(address, message):
+    with pytest.raises(InvalidInput, match=message):
+        submit.client(address)
+
+
+def test_runtime_env_file(tmp_path):
+    good = tmp_path / "env.yaml"
+    good.write_text("env_vars: {A: '1'}\nworking_dir: .\n")
+    assert load_runtime_env(str(good)) == {"env_vars": {"A": "1"}, "working_dir": "."}
+    assert load_runtime_env(None) == {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(InvalidInput, match="must hold a mapping"):
+        load_runtime_env(str(bad))
+    with pytest.raises(InvalidInput, match="cannot read it"):
+        load_runtime_env(str(tmp_path / "missing.yaml"))
+
+
+def test_status_text():
+    text = format_status(
+        {
+            "cluster": "10.0.0.1:6379",
+            "nodes_alive": 2,
+            "scheduler": False,
+            "tasks": [],
+            "peers": [{"node_id": "n1", "error": "no answer within 10.0s"}],
+            "mirrors": [{"node_id": "n2", "healthy": False, "error": "ActorDiedError"}],
+            "pins": [],
+        }
+    )
+    assert "rayfly has not run on this cluster yet" in text
+    assert "n1 unreachable: no answer" in text
+    assert "UNHEALTHY ActorDiedError" in text
