@@ -197,3 +197,37 @@ def test_cli_status_and_idempotent_start(mirrors, front_server):
     out = runner.invoke(main, args)
     assert out.exit_code == 0, out.output
     assert {e["url"] for e in json.loads(out.output)} == set(mirrors.values())
+
+
+def test_token_protected_upstream_pull_and_preheat(mirrors, front, registry, containerd_factory):
+    """Like Docker Hub: every request needs a Bearer token, even anonymous ones."""
+    image = fresh_image(registry, "rayfly/tokened", 41, [5 * MiB + 3, 7000])
+    front.state.require_token = True
+    ctd = containerd_factory("node-d")
+    ctd.use_mirror(front.host, list(mirrors.values())[1], front.url)
+    out = ctd.pull(f"{front.host}/{image.name}:v1")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert_once(front, image)
+    assert front.state.tokens, "the mirror ran the token flow"
+    other = fresh_image(registry, "rayfly/tokened2", 42, [3 * MiB + 1])
+    from click.testing import CliRunner
+
+    from rayfly.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "mirror",
+            "preheat",
+            f"{front.host}/{other.name}:v1",
+            "--insecure",
+            front.host,
+            "--upstream",
+            f"{front.host}={front.url}",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["totals"]["nodes_ok"] == CLUSTER_NODES
+    assert_once(front, other)
