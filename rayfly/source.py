@@ -24,6 +24,9 @@ from rayfly.task import SIGNATURE_PARAMS
 
 T = TypeVar("T")
 
+RETRY_ATTEMPTS = 4
+RETRY_BASE_S = 0.2
+
 # Options every fsspec filesystem accepts, beyond its own constructor's.
 _COMMON_OPTIONS = {
     "skip_instance_cache",
@@ -152,11 +155,18 @@ def _translate(exc: BaseException, url: str, attempts: int) -> SourceError:
     return SourceError(f"cannot read {shown}: {type(exc).__name__}: {exc}")
 
 
+def _retry_delay(exc: Exception, url: str, attempt: int, attempts: int, base: float) -> float:
+    """How long to wait before the next attempt; raises the translated error if none is due."""
+    if attempt == attempts or not _is_transient(_cause(exc)):
+        raise _translate(exc, url, attempt) from exc
+    return base * (2 ** (attempt - 1)) * (0.5 + random.random())
+
+
 def with_retries(
     fn: Callable[[], T],
     url: str,
-    attempts: int = 4,
-    base_delay: float = 0.2,
+    attempts: int = RETRY_ATTEMPTS,
+    base_delay: float = RETRY_BASE_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call ``fn``; retry transient origin errors with jittered exponential backoff."""
@@ -164,9 +174,7 @@ def with_retries(
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts or not _is_transient(_cause(exc)):
-                raise _translate(exc, url, attempt) from exc
-            sleep(base_delay * (2 ** (attempt - 1)) * (0.5 + random.random()))
+            sleep(_retry_delay(exc, url, attempt, attempts, base_delay))
     raise AssertionError("unreachable")
 
 
@@ -213,16 +221,59 @@ def list_files(url: str, options: dict[str, Any]) -> list[SourceFile]:
     return with_retries(run, url)
 
 
+def _check_length(data: bytes, url: str, start: int, end: int) -> bytes:
+    if len(data) != end - start:
+        raise SourceError(
+            f"origin returned {len(data)} bytes for range {start}-{end} of {redact_url(url)}"
+        )
+    return data
+
+
 def read_range(url: str, options: dict[str, Any], start: int, end: int) -> bytes:
     """Bytes ``[start, end)`` of the object at ``url``."""
 
     def run() -> bytes:
         fs, path = _fs(url, options)
-        data = fs.cat_file(path, start=start, end=end)
-        if len(data) != end - start:
-            raise SourceError(
-                f"origin returned {len(data)} bytes for range {start}-{end} of {redact_url(url)}"
-            )
-        return data
+        return _check_length(fs.cat_file(path, start=start, end=end), url, start, end)
 
     return with_retries(run, url)
+
+
+_ASYNC_FS: dict[tuple[int, str, str], Any] = {}
+
+
+async def _async_fs(url: str, options: dict[str, Any]) -> tuple[Any, str] | None:
+    """An asynchronous filesystem for ``url`` bound to the running loop, or None if the
+    protocol has no asynchronous implementation."""
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    cls = fsspec.get_filesystem_class(protocol)
+    if not issubclass(cls, fsspec.asyn.AsyncFileSystem):
+        return None
+    loop = asyncio.get_running_loop()
+    key = (id(loop), protocol, json.dumps(options, sort_keys=True, default=str))
+    fs = _ASYNC_FS.get(key)
+    if fs is None:
+        fs = cls(asynchronous=True, loop=loop, skip_instance_cache=True, **options)
+        if hasattr(fs, "set_session"):
+            await fs.set_session()
+        _ASYNC_FS[key] = fs
+    return fs, cls._strip_protocol(url)
+
+
+async def read_range_async(
+    url: str, options: dict[str, Any], start: int, end: int, executor: Any = None
+) -> bytes:
+    """:func:`read_range` on the running event loop: natively for asynchronous filesystems
+    (http, s3, gcs, ...), in ``executor`` for the others. Same retries, same errors."""
+    found = await _async_fs(url, options)
+    if found is None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, read_range, url, options, start, end)
+    fs, path = found
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            data = await fs._cat_file(path, start=start, end=end)
+            return _check_length(data, url, start, end)
+        except Exception as exc:
+            await asyncio.sleep(_retry_delay(exc, url, attempt, RETRY_ATTEMPTS, RETRY_BASE_S))
+    raise AssertionError("unreachable")

@@ -107,10 +107,6 @@ class Peer:
         self.uploads = 0
         self.pieces_served = 0
 
-    async def _origin_io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking origin read on its own pool, so slow origins never starve disk work."""
-        return await asyncio.get_running_loop().run_in_executor(self._origin_pool, fn, *args)
-
     async def _disk_io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking disk and hashing work on the disk pool."""
         return await asyncio.get_running_loop().run_in_executor(self._disk_pool, fn, *args)
@@ -393,8 +389,8 @@ class Peer:
                 data: Any = (
                     b""
                     if start == end
-                    else await self._origin_io(
-                        source.read_range, task.url, task.storage_options, start, end
+                    else await source.read_range_async(
+                        task.url, task.storage_options, start, end, self._origin_pool
                     )
                 )
             else:

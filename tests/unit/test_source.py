@@ -43,3 +43,19 @@ def test_list_directory_keeps_relative_paths(tmp_path):
     assert [(f.relpath, f.size) for f in files] == [("sub/y", 2), ("x", 1)]
     with pytest.raises(SourceNotFound):
         source.list_files(str(tmp_path / "missing"), {})
+
+
+def test_async_reads_match_sync_reads_and_errors(server):
+    import asyncio
+
+    url = server.url + "d/a.bin"
+
+    async def go():
+        data = await source.read_range_async(url, {}, 100, 300)
+        with pytest.raises(SourceNotFound):
+            await source.read_range_async(url + ".missing", {}, 0, 1)
+        local = await source.read_range_async(str(server.root / "d" / "a.bin"), {}, 100, 300)
+        return data, local
+
+    data, local = asyncio.run(go())
+    assert data == local == source.read_range(url, {}, 100, 300)
