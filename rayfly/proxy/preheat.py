@@ -43,7 +43,7 @@ from rayfly.proxy.upstream import (
     default_upstreams,
     load_docker_config,
 )
-from rayfly.report import Report
+from rayfly.report import NodeResult, Report
 from rayfly.task import TaskInfo
 
 T = TypeVar("T")
@@ -137,9 +137,20 @@ def preheat(
     plans = _run(_resolve(upstream, creds, ref, platform))
     connect(address)
     targets = placement.select_nodes(nodes, placement.alive_nodes())
+    t0 = time.time()
+    tasks, results = _fetch_everywhere(plans, targets, timeout)
+    total = sum(t.length for t in tasks)
+    return Report(
+        str(ref), "(node cache)", results, total, time.time() - t0, [t.task_id for t in tasks]
+    )
+
+
+def _fetch_everywhere(
+    plans: list[BlobPlan], targets: list[placement.NodeInfo], timeout: float | None
+) -> tuple[list[TaskInfo], list[NodeResult]]:
+    """Register every blob (task id = digest) and have each target's peer cache them all."""
     peer_config = from_env(PeerConfig)
     scheduler = placement.get_scheduler(from_env(SchedulerConfig))
-    t0 = time.time()
     specs = [blob_spec(p.url, p.headers, p.descriptor.digest) for p in plans]
     try:
         tasks: list[TaskInfo] = ray.get([scheduler.register.remote(s) for s in specs])
@@ -149,8 +160,4 @@ def preheat(
     request = FetchRequest(items, None, peer_config.concurrency)
     peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
     refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
-    results = api._collect(refs, scheduler, items, None, timeout)
-    total = sum(t.length for t in tasks)
-    return Report(
-        str(ref), "(node cache)", results, total, time.time() - t0, [t.task_id for t in tasks]
-    )
+    return tasks, api._collect(refs, scheduler, items, None, timeout)
