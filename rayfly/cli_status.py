@@ -136,7 +136,10 @@ def status(address: str | None, as_json: bool) -> None:
         data = cluster_status(address)
     except RayflyError as exc:
         fail(exc)
-    _echo_json(data) if as_json else click.echo(format_status(data))
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(format_status(data))
 
 
 @click.command()

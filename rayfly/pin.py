@@ -2,13 +2,13 @@
 
 ``rayfly distribute --pin`` distributes as usual, then records a *pin* with the ``Pinner``
 actor (named ``rayfly-pins``, detached, one per cluster). The pinner sweeps the cluster's alive
-nodes every ``pin_interval_s``; a node without the pinned content (a node that joined later, or one
-that failed before) gets its peer asked to fetch it, from the other peers' caches as usual.
-``rayfly unpin PIN`` stops that; what nodes already hold stays where it is.
+nodes every ``pin_interval_s``; a node without the pinned content (a node that joined later,
+or one that failed before) gets its peer asked to fetch it, from the other peers' caches as
+usual. ``rayfly unpin PIN`` stops that; what nodes already hold stays where it is.
 
 A pin's life: *active* (swept) -> removed by ``unpin``. Per node: *missing* -> *fetching* ->
-*done*, or *failed* (retried on the next sweep). Pins live in the actor's memory: they end
-with the cluster (or if the pinner actor is lost).
+*done*, or *failed* (tried again after a delay that doubles, up to 5 minutes). Pins live in
+the actor's memory: they end with the cluster (or if the pinner actor is lost).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class PinState:
     done: set[str] = field(default_factory=set)
     fetching: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    retry_at: dict[str, float] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         """The pin as plain data."""
@@ -126,6 +128,8 @@ class Pinner:
             for node in nodes:
                 if node.node_id in state.done or node.node_id in state.fetching:
                     continue
+                if state.retry_at.get(node.node_id, 0.0) > time.monotonic():
+                    continue
                 job = asyncio.ensure_future(self._fetch(state, node))
                 state.fetching[node.node_id] = job
                 started += 1
@@ -137,13 +141,21 @@ class Pinner:
             result = await peer.fetch.remote(state.pin.request)
             if result.ok:
                 state.done.add(node.node_id)
-                state.errors.pop(node.node_id, None)
+                for record in (state.errors, state.failures, state.retry_at):
+                    record.pop(node.node_id, None)
             else:
-                state.errors[node.node_id] = result.error or "failed"
-        except Exception as exc:  # a node that left, a peer that died: retried next sweep
-            state.errors[node.node_id] = f"{type(exc).__name__}: {exc}"
+                self._failed(state, node.node_id, result.error or "failed")
+        except Exception as exc:  # a node that left, a peer that died: retried later
+            self._failed(state, node.node_id, f"{type(exc).__name__}: {exc}")
         finally:
             state.fetching.pop(node.node_id, None)
+
+    def _failed(self, state: PinState, node_id: str, error: str) -> None:
+        """Record a failure; the node is tried again after a doubling delay (at most 5 min)."""
+        n = state.failures[node_id] = state.failures.get(node_id, 0) + 1
+        state.errors[node_id] = error
+        delay = min(300.0, self.config.pin_interval_s * 2 ** (n - 1))
+        state.retry_at[node_id] = time.monotonic() + delay
 
 
 def _matches(state: PinState, key: str) -> bool:
