@@ -124,6 +124,10 @@ def distribute(
     )
 
 
+def _failed(node: placement.NodeInfo, error: str) -> NodeResult:
+    return NodeResult(node.node_id, node.node_ip, node.hostname, "", error=error)
+
+
 def _collect(
     refs: dict[Any, placement.NodeInfo],
     scheduler: Any,
@@ -145,13 +149,7 @@ def _collect(
                 results[node.node_id] = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
                 scheduler.peer_lost.remote(node.node_id)
-                results[node.node_id] = NodeResult(
-                    node.node_id,
-                    node.node_ip,
-                    node.hostname,
-                    "",
-                    error=f"peer failed: {unwrap(exc)}",
-                )
+                results[node.node_id] = _failed(node, f"peer failed: {unwrap(exc)}")
         if progress is not None:
             done = ray.get(scheduler.progress.remote(task_ids))
             progress(
@@ -163,13 +161,7 @@ def _collect(
         if deadline is not None and time.monotonic() > deadline and pending:
             for ref in pending:
                 node = refs[ref]
-                results[node.node_id] = NodeResult(
-                    node.node_id,
-                    node.node_ip,
-                    node.hostname,
-                    "",
-                    error=f"timed out after {timeout}s",
-                )
+                results[node.node_id] = _failed(node, f"timed out after {timeout}s")
             break
     return [results[n.node_id] for n in refs.values()]
 
