@@ -231,3 +231,6 @@ def test_token_protected_upstream_pull_and_preheat(mirrors, front, registry, con
     doc = json.loads(result.output)
     assert doc["totals"]["nodes_ok"] == CLUSTER_NODES
     assert_once(front, other)
+    shown = CliRunner().invoke(main, ["status", "--json"]).output
+    shown += CliRunner().invoke(main, ["mirror", "status", "--json"]).output
+    assert all(token not in shown for token in front.state.tokens), "a token was shown"
