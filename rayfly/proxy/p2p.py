@@ -58,7 +58,7 @@ class _P2PHandle:
                 # The peer records a task a moment after prepare() returns: retry briefly.
                 if "not prepared" not in str(cause) or loop.time() > deadline:
                     raise cause from None
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.005)
 
     async def piece(self, index: int) -> memoryview:
         """Piece ``index``; the next READ_AHEAD pieces are requested while it is sent."""
