@@ -37,6 +37,47 @@ def blob_spec(url: str, headers: dict[str, str], digest: Digest) -> SourceSpec:
     return SourceSpec(url, options, task_id=digest.task_id, expected_sha256=digest.hex)
 
 
+class _SharedPieces:
+    """Piece requests of one blob, shared by every response streaming it from this proxy.
+
+    Twenty clients of one blob cost the peer one ``wait_piece`` per piece, not twenty. A piece's
+    reference is dropped once every open response has moved past it, so a large blob is never
+    pinned whole in the object store.
+    """
+
+    def __init__(self, peer: Any, task_id: str) -> None:
+        self._peer, self._task_id = peer, task_id
+        self._refs: dict[int, Any] = {}
+        self._positions: dict[int, int] = {}
+
+    def ref(self, index: int) -> Any:
+        """The (one) request for piece ``index``."""
+        if index not in self._refs:
+            self._refs[index] = self._peer.wait_piece.remote(self._task_id, index)
+        return self._refs[index]
+
+    def forget(self, index: int, ref: Any) -> None:
+        """Drop a failed request so that the next reader asks again."""
+        if self._refs.get(index) is ref:
+            del self._refs[index]
+
+    def advance(self, reader: int, index: int) -> None:
+        """``reader`` now needs pieces from ``index`` on; drop what nobody needs any more."""
+        self._positions[reader] = index
+        self._prune()
+
+    def leave(self, reader: int) -> bool:
+        """``reader`` is done; True when no reader is left."""
+        self._positions.pop(reader, None)
+        self._prune()
+        return not self._positions
+
+    def _prune(self) -> None:
+        low = min(self._positions.values(), default=1 << 62)
+        for index in [i for i in self._refs if i < low]:
+            del self._refs[index]
+
+
 class _P2PHandle:
     """Pieces of one blob from the node's peer, in order; ``verify`` waits for the whole."""
 
@@ -44,16 +85,18 @@ class _P2PHandle:
         self._owner, self._digest = owner, digest
         self.length, self.piece_size = length, piece_size
         self._n = max(1, -(-length // piece_size))
-        self._ahead: dict[int, Any] = {}
-        self._started = False
+        self._shared = owner.shared(digest.task_id)
+        self._shared.advance(id(self), 0)
 
-    async def _first_call(self, index: int) -> Any:
+    async def _get(self, index: int) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _PREPARE_GRACE_S
         while True:
+            ref = self._shared.ref(index)
             try:
-                return await self._owner.peer.wait_piece.remote(self._digest.task_id, index)
+                return await ref
             except RayTaskError as exc:
+                self._shared.forget(index, ref)
                 cause = _unwrap(exc)
                 # The peer records a task a moment after prepare() returns: retry briefly.
                 if "not prepared" not in str(cause) or loop.time() > deadline:
@@ -62,27 +105,17 @@ class _P2PHandle:
 
     async def piece(self, index: int) -> memoryview:
         """Piece ``index``; the next READ_AHEAD pieces are requested while it is sent."""
-        if not self._started:
-            array = await self._first_call(index)
-            self._started = True
-        else:
-            ref = self._ahead.pop(index, None)
-            if ref is None:
-                ref = self._owner.peer.wait_piece.remote(self._digest.task_id, index)
-            try:
-                array = await ref
-            except RayTaskError as exc:
-                raise _unwrap(exc) from None
+        self._shared.advance(id(self), index)
+        array = await self._get(index)
         for ahead in range(index + 1, min(self._n, index + 1 + READ_AHEAD)):
-            if ahead not in self._ahead:
-                self._ahead[ahead] = self._owner.peer.wait_piece.remote(self._digest.task_id, ahead)
+            self._shared.ref(ahead)
         want = min(self.piece_size, self.length - index * self.piece_size)
         if len(array) != want:
             raise UpstreamError(f"piece {index} of {self._digest} has {len(array)} bytes")
         return memoryview(array).cast("B")
 
     def close(self) -> None:
-        self._ahead.clear()
+        self._owner.release(self._digest.task_id, id(self))
 
     async def verify(self) -> None:
         try:
@@ -145,6 +178,7 @@ class P2PBlobs:
         self._root = Path(store_root) if store_root else None
         self._opening: dict[str, asyncio.Future[TaskInfo]] = {}
         self._counted: set[str] = set()
+        self._shared: dict[str, _SharedPieces] = {}
         self._counters = {"bytes_from_upstream": 0, "bytes_from_peers": 0, "blobs_fetched": 0}
 
     def _open_local(self, digest: Digest) -> _FileHandle | None:
@@ -206,6 +240,18 @@ class P2PBlobs:
             raise
         finally:
             del self._opening[key]
+
+    def shared(self, task_id: str) -> _SharedPieces:
+        """The piece requests of ``task_id`` shared by this proxy's open responses."""
+        if task_id not in self._shared:
+            self._shared[task_id] = _SharedPieces(self.peer, task_id)
+        return self._shared[task_id]
+
+    def release(self, task_id: str, reader: int) -> None:
+        """A response is done with ``task_id``; forget the shared requests with the last one."""
+        shared = self._shared.get(task_id)
+        if shared is not None and shared.leave(reader):
+            del self._shared[task_id]
 
     def count(self, digest: Digest, result: dict[str, Any]) -> None:
         """Add one completed download's byte figures to the counters (once per blob)."""
