@@ -163,6 +163,12 @@ def ratio_median(rows: list[dict], key: str, base: str) -> float:
 
 
 def report(pulls: list[dict], many: list[dict], args: dict) -> str:
+    parts = [pull_table(pulls, args)] if pulls else []
+    parts += [concurrent_table(many, args)] if many else []
+    return "\n\n".join(parts)
+
+
+def pull_table(pulls: list[dict], args: dict) -> str:
     d, c, w = med(pulls, "direct_s"), med(pulls, "cold_s"), med(pulls, "warm_s")
     image = pulls[0]["image_bytes"]
     lines = [
@@ -185,7 +191,12 @@ def report(pulls: list[dict], many: list[dict], args: dict) -> str:
         + " (direct / cold / warm).",
         f"Preheat of the image to all {args['nodes']} nodes: median "
         f"{med(pulls, 'preheat_s'):.2f} s.",
-        "",
+    ]
+    return "\n".join(lines)
+
+
+def concurrent_table(many: list[dict], args: dict) -> str:
+    lines = [
         f"{args['clients']} concurrent clients GET one {args['layer_mib']} MiB blob, "
         f"{len(many)} runs:",
         "",
@@ -206,6 +217,7 @@ def main() -> None:
     parser.add_argument("--layer-mib", type=int, default=64)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--json", default=None, help="Write the raw figures here.")
+    parser.add_argument("--only", choices=("pull", "concurrent"), default=None)
     parser.add_argument("--from-json", default=None, help="Only print the tables of a --json.")
     args = parser.parse_args()
     if args.from_json:
@@ -224,8 +236,12 @@ def main() -> None:
         upstreams = {front.host: Upstream(front.host, front.url, insecure=True)}
         endpoints = start_mirrors(MirrorSettings(upstreams, front.host), port=0)
         mirrors = [e["url"] for e in endpoints]
-        pulls = pull_modes(args, work, front, registry, mirrors, upstreams)
-        many = concurrent_clients(args, front, registry, mirrors)
+        pulls = (
+            []
+            if args.only == "concurrent"
+            else pull_modes(args, work, front, registry, mirrors, upstreams)
+        )
+        many = [] if args.only == "pull" else concurrent_clients(args, front, registry, mirrors)
         text = report(pulls, many, vars(args))
         print("\n" + text)
         if args.json:
