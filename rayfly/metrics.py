@@ -13,13 +13,17 @@ path ``/metrics``) with the prefix ``ray_``; counters get the suffix ``_total``.
 | rayfly_mirror_requests | counter | node_id, status | registry-mirror responses, by HTTP status |
 | rayfly_cache_bytes | gauge | node_id | bytes the node's piece store holds |
 
-Recording never raises: a metrics problem must not fail a transfer.
+Recording never raises: a metrics problem must not fail a transfer. Ray stops exporting a gauge
+that is not set again before its next report, so gauges are re-set every second by a daemon
+thread of the recording process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,7 +46,12 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     MIRROR_REQUESTS: ("counter", "Registry-mirror responses by status", ("node_id", "status")),
     CACHE_BYTES: ("gauge", "Bytes held by the node's piece store", ("node_id",)),
 }
+GAUGE_REFRESH_S = 1.0
+
 _made: dict[str, Any] = {}
+_gauges: dict[tuple[str, str], float] = {}
+_lock = threading.Lock()
+_refresher: threading.Thread | None = None
 
 
 def exported_name(name: str) -> str:
@@ -106,8 +115,28 @@ def piece_served(node_id: str) -> None:
 
 
 def cache_bytes(node_id: str, used: int) -> None:
-    """Set the bytes held by a node's piece store."""
+    """Set the bytes held by a node's piece store (kept exported until the next call)."""
+    _gauges[(CACHE_BYTES, node_id)] = float(used)
     _record(CACHE_BYTES, used, {"node_id": node_id})
+    _start_refresher()
+
+
+def _start_refresher() -> None:
+    """Re-set every gauge each :data:`GAUGE_REFRESH_S`: Ray drops a gauge series that has not
+    been set since its last report, so a value set once would vanish from the endpoint."""
+    global _refresher
+    with _lock:
+        if _refresher is not None:
+            return
+        _refresher = threading.Thread(target=_refresh, name="rayfly-metrics", daemon=True)
+        _refresher.start()
+
+
+def _refresh() -> None:
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        for (name, node_id), value in list(_gauges.items()):
+            _record(name, value, {"node_id": node_id})
 
 
 def mirror_request(node_id: str, status: int) -> None:

@@ -54,6 +54,9 @@ class Head:
                 f"--port={free_port()}",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
+                # ports other Ray nodes on this machine may hold by default (52365, 10001)
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
                 "--num-cpus=2",
                 f"--object-store-memory={150 * MiB}",
                 f"--temp-dir={root / 'ray'}",
