@@ -71,6 +71,10 @@ class BlobBackend(Protocol):
         """Open the blob; ``source()`` is awaited only when the bytes must come from upstream."""
         ...
 
+    async def local_path(self, digest: Digest) -> Path | None:
+        """A file holding the complete, verified blob on this node, to send as is; else None."""
+        ...
+
     def stats(self) -> dict[str, int]:
         """Counters: ``bytes_from_upstream``, ``bytes_from_peers``, ``blobs_fetched``."""
         ...
@@ -164,6 +168,11 @@ class LocalBlobs:
             return self._path(digest).stat().st_size
         except FileNotFoundError:
             return None
+
+    async def local_path(self, digest: Digest) -> Path | None:
+        """The complete blob file, if there."""
+        path = self._path(digest)
+        return path if path.is_file() else None
 
     async def open(self, digest: Digest, source: SourceFactory) -> BlobHandle:
         """A handle on the cached file, the running download, or a new download."""

@@ -191,6 +191,13 @@ class P2PBlobs:
             return None
         return _FileHandle(fd, int(meta["length"]), int(meta["piece_size"]))
 
+    async def local_path(self, digest: Digest) -> Path | None:
+        """The piece store's data file of the blob, if complete and verified on this node."""
+        if self._root is None or _read_meta(self._root, digest) is None:
+            return None
+        path = self._root / "tasks" / digest.task_id / "data"
+        return path if path.is_file() else None
+
     async def cached_length(self, digest: Digest) -> int | None:
         """The blob's length if complete and verified in this node's cache."""
         meta = _read_meta(self._root, digest) if self._root else None
