@@ -38,8 +38,16 @@ def _netns_inode(pid: str) -> int:
         return 0
 
 
-def process_ticks() -> dict[int, tuple[int, int, int, str]]:
-    """Per process: user ticks, system ticks, network-namespace inode and command name."""
+def _runqueue_wait_ns(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def process_ticks() -> dict[int, tuple[int, int, int, str, int]]:
+    """Per process: user ticks, system ticks, network-namespace inode, command name, and the
+    nanoseconds it has spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -51,7 +59,8 @@ def process_ticks() -> dict[int, tuple[int, int, int, str]]:
         head, tail = stat.rsplit(")", 1)
         fields = tail.split()
         comm = head.split("(", 1)[1]
-        out[int(pid)] = (int(fields[11]), int(fields[12]), _netns_inode(pid), comm)
+        ns = _netns_inode(pid)
+        out[int(pid)] = (int(fields[11]), int(fields[12]), ns, comm, _runqueue_wait_ns(pid))
     return out
 
 
@@ -82,8 +91,11 @@ class CpuSampler:
             cur, procs, now = self._read(), process_ticks(), time.monotonic()
             total = max(1, cur[0] - prev[0])
             split = {"mine": 0, "other": 0}
-            for pid, (user, system, ns, comm) in procs.items():
-                before = prev_procs.get(pid, (0, 0, 0, ""))
+            wait_ns = 0
+            for pid, (user, system, ns, comm, wait) in procs.items():
+                before = prev_procs.get(pid, (0, 0, 0, "", 0))
+                if ns in self.mine:
+                    wait_ns += max(0, wait - before[4])
                 du, ds = max(0, user - before[0]), max(0, system - before[1])
                 split["mine" if ns in self.mine else "other"] += du + ds
                 key = comm if ns in self.mine else "(outside the testbed)"
@@ -97,6 +109,7 @@ class CpuSampler:
                 "iowait": (cur[2] - prev[2]) / total,
                 "mine_cores": split["mine"] / span,
                 "other_cores": split["other"] / span,
+                "mine_runqueue_wait": wait_ns / 1e9 / (now - prev_t),
             })  # fmt: skip
             prev, prev_procs, prev_t = cur, procs, now
 
@@ -237,6 +250,7 @@ def bench_hosts(
         origin_rate_mbit=args.origin_rate_mbit,
         latency_ms=args.latency_ms,
         mtu=args.mtu,
+        nice=args.nice,
         object_store_bytes=max(1 << 30, 2 * size + (256 << 20)),
         extra_env={
             "RAYFLY_CACHE_DIR": f"/tmp/{args.prefix}-tb/cache",
@@ -292,7 +306,9 @@ def main() -> None:
     parser.add_argument("--rate-mbit", type=float, default=200.0)
     parser.add_argument("--origin-rate-mbit", type=float)
     parser.add_argument("--latency-ms", type=float, default=25.0)
+    parser.add_argument("--append", action="store_true", help="add to the runs already in --out")
     parser.add_argument("--mtu", type=int, default=1500)
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the testbed's processes")
     parser.add_argument("--runs", default="3", help="runs per N: one number, or one per N")
     parser.add_argument("--quiet-cores", type=float, default=0.4)
     parser.add_argument("--quiet-wait", type=float, default=120.0)
@@ -327,6 +343,11 @@ def main() -> None:
     runs = runs * len(hosts) if len(runs) == 1 else runs
     if len(runs) != len(hosts):
         parser.error("--runs takes one number or one per --hosts value")
+    if args.append and out.exists():
+        previous = json.loads(out.read_text())
+        doc["runs"] = previous["runs"]
+        doc["testbed_idle_cpu"] = previous.get("testbed_idle_cpu", {})
+        doc["command"] = previous["command"] + " ; " + doc["command"]
     for n, r in zip(hosts, runs, strict=True):
         bench_hosts(n, r, args, doc, out)
     doc["summary"] = summarize(doc)

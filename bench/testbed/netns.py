@@ -46,6 +46,7 @@ class TestbedConfig:
     origin_rate_mbit: float | None = None
     latency_ms: float = 25.0
     mtu: int = 1500
+    nice: int = 0
     workdir: Path | None = None
     ray: bool = True
     ray_port: int = 6379
@@ -302,12 +303,15 @@ class Testbed:
             RAY_ADDRESS=self.config.ray_address,
             RAYFLY_TESTBED_ROOT=str(self.config.root),
         )
+        if self.config.nice:
+            env["RAY_worker_niceness"] = "0"  # workers keep the testbed's niceness (Ray adds 15)
         env.update(self.config.extra_env)
         return env
 
     def argv_in(self, ns: str, argv: list[str]) -> list[str]:
-        """``argv`` wrapped to run inside namespace ``ns``."""
-        return ["ip", "netns", "exec", ns, *argv]
+        """``argv`` wrapped to run inside namespace ``ns`` (at the testbed's niceness)."""
+        nice = ["nice", "-n", str(self.config.nice)] if self.config.nice else []
+        return ["ip", "netns", "exec", ns, *nice, *argv]
 
     def run_in(
         self, ns: str, argv: list[str], timeout: float = COMMAND_TIMEOUT_S, check: bool = True
@@ -394,7 +398,12 @@ class Testbed:
         which a loaded 2-core machine can miss when many start at once; a failed start is
         cleaned out of its namespace and retried."""
         cfg = self.config
-        self.run_in(cfg.host_ns(0), self.ray_start_argv(0), timeout=180)
+        for attempt in range(3):
+            if not self._ray_start_group([0]):
+                break
+            kill_namespace_processes([cfg.host_ns(0)])
+            if attempt == 2:
+                raise RuntimeError("ray start failed in host 0; see logs/ray-start-h0.log")
         pending = list(range(1, cfg.hosts))
         for _attempt in range(3):
             failed = []
