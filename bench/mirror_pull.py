@@ -224,6 +224,7 @@ def main() -> None:
         doc = json.loads(Path(args.from_json).read_text())
         print(report(doc["pulls"], doc["concurrent"], doc["args"]))
         return
+    load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="rayfly-mirror-bench-"))
     os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
     loop = LoopThread()
@@ -244,10 +245,16 @@ def main() -> None:
         many = [] if args.only == "pull" else concurrent_clients(args, front, registry, mirrors)
         text = report(pulls, many, vars(args))
         print("\n" + text)
+        print(f"\nload average (1, 5, 15 min): start {load_start}, end {os.getloadavg()}")
         if args.json:
-            Path(args.json).write_text(
-                json.dumps({"pulls": pulls, "concurrent": many, "args": vars(args)}, indent=2)
-            )
+            doc = {
+                "pulls": pulls,
+                "concurrent": many,
+                "args": vars(args),
+                "loadavg_start": load_start,
+                "loadavg_end": os.getloadavg(),
+            }
+            Path(args.json).write_text(json.dumps(doc, indent=2))
     finally:
         stop_mirrors()
         ray.shutdown()
