@@ -71,6 +71,9 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "cpu_testbed_cores": _median(
                     [r.get("cpu", {}).get("mine_cores_mean", float("nan")) for r in good]
                 ),
+                "cpu_testbed_wait": _median(
+                    [r.get("cpu", {}).get("mine_runqueue_wait_mean", float("nan")) for r in good]
+                ),
                 "cpu_other_cores": _median(
                     [r.get("cpu", {}).get("other_cores_mean", float("nan")) for r in good]
                 ),
@@ -96,8 +99,9 @@ def markdown(doc: dict[str, Any]) -> str:
     """The results table for docs/BENCHMARKS.md."""
     lines = [
         "| N | method | S | B | runs ok | makespan (median) | p50 | makespan/(S/B) "
-        "| origin bytes/S | vs rayfly | CPU busy mean / p90 | cores: testbed / others |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| origin bytes/S | vs rayfly | CPU busy mean / p90 | cores: testbed / others "
+        "| testbed runqueue wait |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["summary"]:
         vs = ""
@@ -112,7 +116,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {row['makespan_over_ideal']:.2f} | {row['origin_bytes_over_s']:.2f} | {vs} "
             f"| {row['cpu_busy_mean']:.0%} / {row['cpu_busy_p90']:.0%} "
             f"| {row.get('cpu_testbed_cores', float('nan')):.2f} / "
-            f"{row.get('cpu_other_cores', float('nan')):.2f} |"
+            f"{row.get('cpu_other_cores', float('nan')):.2f} "
+            f"| {row.get('cpu_testbed_wait', float('nan')):.2f} |"
         )
     return "\n".join(lines)
 
@@ -146,7 +151,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ylabel="fraction of hosts",
         title=f"N={big}, S={runs[0]['size'] >> 20} MiB, B={runs[0]['rate_mbit']:g} Mbit/s",
     )
-    left.legend()
+    left.set_ylim(0, 1.05)
+    left.set_xlim(left=0)
+    left.legend(loc="lower right")
     for method in METHOD_LABEL:
         rows = [s for s in doc["summary"] if s["method"] == method and s["ok_runs"]]
         if rows:
@@ -158,7 +165,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             )
     right.axhline(ideal, color="grey", linestyle=":", label="S/B")
     right.set(xlabel="hosts N", ylabel="makespan, median (s)", title="makespan against N")
-    right.legend()
+    right.set_ylim(bottom=0)
+    right.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
