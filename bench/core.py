@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,7 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import psutil
 import ray
 
@@ -35,12 +38,27 @@ from rayfly.origin import OriginServer, make_file
 RESULTS = Path(__file__).parent / "results" / "core.jsonl"
 
 
-def plain_fsspec(url: str, dest: Path) -> float:
-    """Download ``url`` to ``dest`` with fsspec, as a user would without rayfly; seconds."""
+PLAIN = (
+    "import fsspec, sys; fs, p = fsspec.core.url_to_fs(sys.argv[1]); fs.get_file(p, sys.argv[2])"
+)
+
+
+def plain_fsspec(url: str, dest: Path) -> tuple[float, float]:
+    """Download ``url`` to ``dest`` with fsspec in a fresh process, as a user would without
+    rayfly; (seconds, CPU seconds of that process, its interpreter start included)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.get_file(path, str(dest))
-    return time.perf_counter() - t0
+    subprocess.run([sys.executable, "-c", PLAIN, url, str(dest)], check=True, timeout=600)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def rayfly_once(url: str, dest: str, **kwargs: Any) -> tuple[float, rayfly.Report]:
@@ -77,8 +95,6 @@ class RssSampler:
 
 def setup(nodes: int, work: Path, size: int) -> tuple[OriginServer, Any]:
     """A local cluster of ``nodes`` nodes, an origin serving a ``size``-byte file, warm peers."""
-    import os
-
     os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
     os.environ.setdefault("RAYFLY_CACHE_QUOTA", str(3 * size + (1 << 30)))
     cluster = start_local_cluster(nodes, object_store_memory=1 << 30)
@@ -87,6 +103,7 @@ def setup(nodes: int, work: Path, size: int) -> tuple[OriginServer, Any]:
     make_file(work / "origin" / "warm.bin", 1 << 20, seed=9)
     origin = OriginServer(work / "origin").start()
     rayfly_once(origin.url + "warm.bin", str(work / "warm" / "{node_id}"))
+    origin.reset()
     return origin, cluster
 
 
@@ -94,20 +111,38 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """rayfly on one node vs plain fsspec, alternating, medians."""
     origin, _ = setup(1, work, args.size)
     url = origin.url + "payload.bin"
+    peer = next(iter(placement.existing_peers().values()))
+    pid = ray.get(peer.info.remote())["pid"]
     times: dict[str, list[float]] = {"fsspec": [], "rayfly": []}
+    cpu: dict[str, list[float]] = {"fsspec": [], "rayfly": []}
+    ratios = []
     for i in range(args.runs):
-        for method in (("fsspec", "rayfly") if i % 2 == 0 else ("rayfly", "fsspec")):
+        for method in ("fsspec", "rayfly") if i % 2 == 0 else ("rayfly", "fsspec"):
             dest = work / "dest" / method
             dest.mkdir(parents=True, exist_ok=True)
             if method == "fsspec":
-                times[method].append(plain_fsspec(url, dest / "payload.bin"))
+                seconds, used = plain_fsspec(url, dest / "payload.bin")
             else:
-                times[method].append(rayfly_once(url, str(dest / "payload.bin"))[0])
+                c0 = cpu_seconds(pid)
+                seconds = rayfly_once(url, str(dest / "payload.bin"))[0]
+                used = cpu_seconds(pid) - c0
+            times[method].append(seconds)
+            cpu[method].append(used)
             shutil.rmtree(dest)
+        ratios.append(times["rayfly"][-1] / times["fsspec"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"bench": "single", "size": args.size, "runs": times, "median_s": med,
-            "ratio_rayfly_over_fsspec": med["rayfly"] / med["fsspec"],
-            "mb_per_s": {k: args.size / v / 1e6 for k, v in med.items()}}
+    return {
+        "bench": "single",
+        "size": args.size,
+        "runs": times,
+        "cpu_s": cpu,
+        "median_s": med,
+        "median_of_run_ratios": statistics.median(ratios),
+        "ratio_rayfly_over_fsspec": med["rayfly"] / med["fsspec"],
+        "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "load_avg_1m": os.getloadavg()[0],
+        "mb_per_s": {k: args.size / v / 1e6 for k, v in med.items()},
+    }
 
 
 def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -118,9 +153,15 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with RssSampler(pid) as rss:
         baseline = rss.peak
         seconds, _ = rayfly_once(origin.url + "payload.bin", str(work / "dest" / "p.bin"))
-    return {"bench": "memory", "size": args.size, "seconds": seconds,
-            "peer_rss_baseline_mib": baseline / 2**20, "peer_rss_peak_mib": rss.peak / 2**20,
-            "origin_bytes": origin.bytes_served}
+    return {
+        "bench": "memory",
+        "size": args.size,
+        "seconds": seconds,
+        "load_avg_1m": os.getloadavg()[0],
+        "peer_rss_baseline_mib": baseline / 2**20,
+        "peer_rss_peak_mib": rss.peak / 2**20,
+        "origin_bytes": origin.bytes_served,
+    }
 
 
 def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -133,7 +174,7 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     methods = ["rayfly", "plain", "ray"]
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for i in range(args.runs):
-        for method in methods[i % 3:] + methods[:i % 3]:
+        for method in methods[i % 3 :] + methods[: i % 3]:
             dest = work / "dest" / method
             origin.reset()
             t0 = time.perf_counter()
@@ -141,20 +182,32 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 rayfly_once(url, str(dest / "{node_id}" / "payload.bin"))
             else:
                 run_tasks(method, url, nodes, dest, "payload.bin")
-            runs[method].append({"makespan_s": time.perf_counter() - t0,
-                                 "origin_bytes": origin.bytes_served})
+            runs[method].append(
+                {"makespan_s": time.perf_counter() - t0, "origin_bytes": origin.bytes_served}
+            )
             shutil.rmtree(dest, ignore_errors=True)
-    summary = {m: {"makespan_s": statistics.median(r["makespan_s"] for r in v),
-                   "origin_bytes_over_size": statistics.median(r["origin_bytes"] for r in v)
-                   / args.size} for m, v in runs.items()}
-    return {"bench": "cluster", "nodes": args.nodes, "size": args.size, "runs": runs,
-            "median": summary}
+    summary = {
+        m: {
+            "makespan_s": statistics.median(r["makespan_s"] for r in v),
+            "origin_bytes_over_size": statistics.median(r["origin_bytes"] for r in v) / args.size,
+        }
+        for m, v in runs.items()
+    }
+    return {
+        "bench": "cluster",
+        "nodes": args.nodes,
+        "size": args.size,
+        "runs": runs,
+        "median": summary,
+        "load_avg_1m": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("which", choices=["single", "memory", "cluster"])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
     parser.add_argument("--runs", type=int, default=3)
