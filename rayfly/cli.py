@@ -61,12 +61,23 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @click.option(
     "--dest",
-    required=True,
+    default=None,
     help="Destination path on every node; may contain {node_id}, {node_ip}, {hostname}.",
 )
+@click.option(
+    "--image",
+    default=None,
+    metavar="REF",
+    help="Preheat: put this image's config and layers into every chosen node's cache "
+    "(instead of SOURCE --dest).",
+)
+@click.option(
+    "--platform", default=None, help="With --image: os/arch[/variant] of an index, or 'all'."
+)
+@click.option("--insecure", is_flag=True, help="With --image: plain http to the registry.")
 @click.option(
     "--address",
     default=None,
@@ -120,8 +131,11 @@ def main() -> None:
 @click.option("--working-dir", default=None, help="With --submit: ship this directory.")
 @click.option("--runtime-env", default=None, help="With --submit: a runtime_env YAML/JSON file.")
 def distribute(
-    source: str,
-    dest: str,
+    source: str | None,
+    dest: str | None,
+    image: str | None,
+    platform: str | None,
+    insecure: bool,
     address: str | None,
     local_nodes: int,
     nodes: str,
@@ -137,27 +151,38 @@ def distribute(
     working_dir: str | None,
     runtime_env: str | None,
 ) -> None:
-    """Fetch SOURCE (a file, directory or object-store prefix) once and put it on every node."""
+    """Fetch SOURCE (a file, directory or object-store prefix) once and put it on every node.
+
+    With --image REF instead, preheat a container image into every node's cache.
+    """
     params = click.get_current_context().params
+    if image and (source or dest):
+        _fail(click.UsageError("give either SOURCE --dest or --image, not both"))
+    if not image and not (source and dest):
+        _fail(click.UsageError("give SOURCE and --dest (or --image REF to preheat an image)"))
     if as_job:
         cli_status.submit_distribution(params)
     progress = Progress() if not as_json and sys.stderr.isatty() else None
     try:
         cli_status.check_pin(params)
         options = parse_storage_options(storage_options)
-        report = api.distribute(
-            source,
-            dest,
-            nodes=nodes,
-            piece_size=piece_size,
-            concurrency=concurrency,
-            sha256=sha256,
-            storage_options=options,
-            tag=tag,
-            address=address,
-            local_nodes=local_nodes,
-            progress=progress,
-            timeout=timeout,
+        report = (
+            _preheat(params)
+            if image
+            else api.distribute(
+                source,
+                dest,
+                nodes=nodes,
+                piece_size=piece_size,
+                concurrency=concurrency,
+                sha256=sha256,
+                storage_options=options,
+                tag=tag,
+                address=address,
+                local_nodes=local_nodes,
+                progress=progress,
+                timeout=timeout,
+            )
         )
     except RayflyError as exc:
         _fail(exc)
@@ -172,6 +197,19 @@ def distribute(
         except RayflyError as exc:
             _fail(exc)
     sys.exit(0 if report.ok else EXIT_FAILED_NODES)
+
+
+def _preheat(params: dict[str, Any]) -> Any:
+    from rayfly.proxy.preheat import preheat
+
+    return preheat(
+        params["image"],
+        platform=params["platform"],
+        nodes=params["nodes"],
+        insecure=params["insecure"],
+        address=params["address"],
+        timeout=params["timeout"],
+    )
 
 
 @main.command()

@@ -217,6 +217,7 @@ class Peer:
             and self.has_task(task.task_id)
         ):
             return running
+        self._events(task)  # wait_piece may be called as soon as prepare() returns
         job = asyncio.ensure_future(self._download(task, slots))
         self._downloads[task.task_id] = job
         return job
@@ -279,6 +280,8 @@ class Peer:
         tid = task.task_id
         entry = self.store.entry(tid)
         if entry is not None and entry.complete:
+            for event in self._events(task):
+                event.set()
             await self._sched().join.remote(
                 tid, self.node_id, self.node_ip, self.config.upload_slots, entry.digests
             )
@@ -428,6 +431,7 @@ class Peer:
             {
                 "task_id": e.task_id,
                 "length": e.length,
+                "piece_size": e.piece_size,
                 "complete": e.complete,
                 "sha256": e.sha256,
                 "source": source.redact_url(e.source),
