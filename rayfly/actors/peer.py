@@ -23,7 +23,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayTaskError,
+)
 
 from rayfly import dest as dest_paths
 from rayfly import metrics, source
@@ -407,11 +412,13 @@ class Peer:
             return Failed(a.piece, None, str(exc))
         except (asyncio.TimeoutError, GetTimeoutError):
             return Failed(a.piece, a.parent, "timed out")
+        except ActorUnavailableError as exc:
+            return Failed(a.piece, a.parent, f"parent unreachable: {exc}")
         except (RayActorError, _ParentGone) as exc:
             self._handles.pop(a.parent or "", None)
             return Failed(a.piece, a.parent, f"parent died: {exc}", parent_dead=True)
         except (RayTaskError, PieceCorrupt) as exc:
-            return Failed(a.piece, a.parent, f"{type(exc).__name__}: {exc}")
+            return Failed(a.piece, a.parent, f"{type(exc).__name__}: {exc}", parent_lacks=True)
         except (SourceError, OSError) as exc:
             raise _Fatal(exc) from exc
         seconds = time.time() - t0

@@ -78,12 +78,18 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    """A peer's report of a piece it could not get."""
+    """A peer's report of a piece it could not get.
+
+    ``parent_dead``: the parent's actor is gone, forget everything it held. ``parent_lacks``: the
+    parent answered that it does not hold the piece (or sent corrupt bytes), forget that piece
+    there. Neither (a timeout, a parent briefly unreachable): the parent keeps its pieces.
+    """
 
     piece: int
     parent: str | None
     reason: str
     parent_dead: bool = False
+    parent_lacks: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,7 @@ class SchedulerCore:
                     t.error = f"piece {f.piece} failed from the origin {n} times: {f.reason}"
             elif f.parent_dead:
                 self.peer_lost(f.parent)
-            else:
+            elif f.parent_lacks:
                 t.holders.get(f.piece, set()).discard(f.parent)
                 t.have.get(f.parent, set()).discard(f.piece)
         if done or failed:

@@ -87,3 +87,13 @@ def test_progress_counts_bytes_per_peer():
     c.join("t", "a", "ha", 4, have={0: "d", 1: "d"})
     assert c.progress(["t", "unknown"]) == {"a": 2 * MiB}
     assert c.status()[0]["state"] == "running"
+
+
+def test_timeouts_keep_the_holder_but_a_missing_piece_drops_it():
+    c, _ = core()
+    c.join("t", "a", "ha", 4, have={0: "d"})
+    c.join("t", "b", "hb", 4)
+    c.report("t", "b", [], [Failed(0, "a", "timed out")])
+    assert c.tasks["t"].holders[0] == {"a"}
+    c.report("t", "b", [], [Failed(0, "a", "PieceUnavailable", parent_lacks=True)])
+    assert c.tasks["t"].holders[0] == set()
