@@ -95,12 +95,16 @@ def _makespan(run: dict[str, Any]) -> float:
     return max(h["seconds"] for h in run["hosts"])
 
 
+def _num(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2f}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The results table for docs/BENCHMARKS.md."""
     lines = [
         "| N | method | S | B | runs ok | makespan (median) | p50 | makespan/(S/B) "
         "| origin bytes/S | vs rayfly | CPU busy mean / p90 | cores: testbed / others "
-        "| testbed runqueue wait |",
+        "| testbed run-queue wait (s/s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["summary"]:
@@ -117,7 +121,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {row['cpu_busy_mean']:.0%} / {row['cpu_busy_p90']:.0%} "
             f"| {row.get('cpu_testbed_cores', float('nan')):.2f} / "
             f"{row.get('cpu_other_cores', float('nan')):.2f} "
-            f"| {row.get('cpu_testbed_wait', float('nan')):.2f} |"
+            f"| {_num(row.get('cpu_testbed_wait', float('nan')))} |"
         )
     return "\n".join(lines)
 
