@@ -17,6 +17,7 @@ import aiohttp
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayfly import metrics
 from rayfly.actors import placement
 from rayfly.config import NAMESPACE, PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import ClusterError
@@ -67,7 +68,9 @@ class Proxy:
             info = await peer.info.remote()
             blobs = P2PBlobs(peer, scheduler, info.get("cache_dir"), self.settings.p2p_concurrency)
             self._mirror = Mirror(self.settings, clients, blobs)
-            self._runner, self.port = await start_server(self._mirror, self.host, self.port)
+            self._runner, self.port = await start_server(
+                self._mirror, self.host, self.port, [metrics.mirror_middleware(self.node_id)]
+            )
             self._started_at = time.time()
         return self.endpoint()
 

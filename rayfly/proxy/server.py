@@ -17,8 +17,9 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -154,9 +155,9 @@ class Mirror:
         return await self.blobs.open(digest, source)
 
 
-def build_app(mirror: Mirror) -> web.Application:
-    """The aiohttp application serving ``mirror``."""
-    app = web.Application()
+def build_app(mirror: Mirror, middlewares: Sequence[Any] = ()) -> web.Application:
+    """The aiohttp application serving ``mirror`` (``middlewares``: e.g. request metrics)."""
+    app = web.Application(middlewares=list(middlewares))
     app[MIRROR_KEY] = mirror
     app.router.add_route("*", "/v2", _root)
     app.router.add_route("*", "/v2/", _root)
@@ -362,11 +363,11 @@ def _host_of(url: str) -> str:
 
 
 async def start_server(
-    mirror: Mirror, host: str = "127.0.0.1", port: int = 65001
+    mirror: Mirror, host: str = "127.0.0.1", port: int = 65001, middlewares: Sequence[Any] = ()
 ) -> tuple[web.AppRunner, int]:
     """Serve ``mirror`` on ``host:port`` (``port=0`` picks a free port); returns the runner
     (``await runner.cleanup()`` stops it) and the bound port."""
-    runner = web.AppRunner(build_app(mirror), access_log=None)
+    runner = web.AppRunner(build_app(mirror, middlewares), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

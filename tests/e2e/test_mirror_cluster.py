@@ -244,3 +244,28 @@ def test_token_protected_upstream_pull_and_preheat(mirrors, front, registry, con
     shown = CliRunner().invoke(main, ["status", "--json"]).output
     shown += CliRunner().invoke(main, ["mirror", "status", "--json"]).output
     assert all(token not in shown for token in front.state.tokens), "a token was shown"
+
+
+def test_mirror_requests_counted_by_status(mirrors):
+    from rayfly import metrics
+
+    node_id, url = sorted(mirrors.items())[0]
+
+    def counts():
+        return [
+            metrics.scrape(metrics.MIRROR_REQUESTS, {"node_id": node_id, "status": s})
+            for s in ("200", "403")
+        ]
+
+    before = counts()
+    for _ in range(3):
+        assert requests.get(url + "/v2/", timeout=10).status_code == 200
+    denied = requests.get(url + "/v2/x/manifests/v1?ns=unconfigured.invalid", timeout=10)
+    assert denied.status_code == 403
+    deadline = time.monotonic() + 60
+    after = counts()
+    while (after[0] - before[0] < 3 or after[1] - before[1] < 1) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = counts()
+    assert after[0] - before[0] >= 3  # health probes of `mirror status` count too
+    assert after[1] - before[1] == 1
