@@ -147,8 +147,10 @@ def _collect(
             node = refs[ref]
             try:
                 results[node.node_id] = ray.get(ref)
-            except (RayActorError, RayTaskError) as exc:
-                scheduler.peer_lost.remote(node.node_id)
+            except RayActorError as exc:
+                scheduler.peer_lost.remote(node.node_id)  # checked there: forgotten if gone
+                results[node.node_id] = _failed(node, f"peer failed: {unwrap(exc)}")
+            except RayTaskError as exc:
                 results[node.node_id] = _failed(node, f"peer failed: {unwrap(exc)}")
         if progress is not None:
             done = ray.get(scheduler.progress.remote(task_ids))

@@ -76,3 +76,7 @@ class MissingDependency(RayflyError, ImportError):
 
 class JobFailed(RayflyError):
     """A job submitted to the cluster ended in a state other than SUCCEEDED."""
+
+
+class MetricsUnavailable(ClusterError):
+    """A node's Prometheus endpoint did not answer, so a metric cannot be summed."""

@@ -27,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rayfly.errors import MetricsUnavailable
+
 log = logging.getLogger(__name__)
 
 ORIGIN_BYTES = "rayfly_origin_bytes"
@@ -204,14 +206,28 @@ def _split_labels(body: str) -> list[str]:
     return parts
 
 
+def _fetch_text(url: str, timeout: float, attempts: int = 3) -> str:
+    import urllib.request
+
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.read().decode()
+        except OSError as exc:
+            if attempt == attempts - 1:
+                raise MetricsUnavailable(f"metrics endpoint {url} did not answer: {exc}") from exc
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def scrape(name: str, tags: dict[str, str] | None = None, timeout: float = 5.0) -> float:
     """Sum of metric ``name`` (rayfly name) over every alive node's Prometheus endpoint.
 
     Only samples whose labels include ``tags`` count. Reads ``http://127.0.0.1:<port>/metrics``
-    when the node runs on this machine, else the node's address.
+    when the node runs on this machine, else the node's address. An endpoint that does not
+    answer after a few tries raises :class:`MetricsUnavailable` (a sum without it would be wrong).
     """
     import socket
-    import urllib.request
 
     import ray
 
@@ -223,11 +239,7 @@ def scrape(name: str, tags: dict[str, str] | None = None, timeout: float = 5.0) 
             continue
         host = node["NodeManagerAddress"]
         host = "127.0.0.1" if host in local else host
-        try:
-            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
-                text = r.read().decode()
-        except OSError:
-            continue
+        text = _fetch_text(f"http://{host}:{port}/metrics", timeout)
         for labels, value in parse_prometheus(text, exported_name(name)):
             if all(labels.get(k) == v for k, v in (tags or {}).items()):
                 total += value

@@ -20,7 +20,8 @@ _CHUNK = 1 << 20
 
 
 class OriginServer:
-    """Serve ``root`` at ``http://host:port/``; ``bytes_served`` and ``requests`` count traffic.
+    """Serve ``root`` at ``http://host:port/``; ``bytes_served`` and ``requests`` count traffic,
+    ``log`` keeps ``(path, start, end, bytes sent)`` of every body served.
 
     ``rate`` (bytes/s per response) slows responses down; ``fail_paths`` maps a URL path to a
     number of requests to answer with 503 first.
@@ -33,6 +34,7 @@ class OriginServer:
         self.rate = rate
         self.bytes_served = 0
         self.requests: Counter[str] = Counter()
+        self.log: list[tuple[str, int, int, int]] = []
         self.fail_paths: dict[str, int] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
@@ -60,11 +62,18 @@ class OriginServer:
         with self._lock:
             self.bytes_served = 0
             self.requests.clear()
+            self.log.clear()
 
-    def _count(self, path: str, nbytes: int) -> None:
+    def served(self, path: str) -> int:
+        """Body bytes served for URL path ``path`` (``/name``) since the last reset."""
+        with self._lock:
+            return sum(sent for p, _, _, sent in self.log if p == path)
+
+    def _count(self, path: str, start: int, end: int, nbytes: int) -> None:
         with self._lock:
             self.bytes_served += nbytes
             self.requests[path] += 1
+            self.log.append((path, start, end, nbytes))
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -142,7 +151,7 @@ class OriginServer:
                         sent += len(chunk)
                         if server.rate:
                             time.sleep(max(0.0, sent / server.rate - (time.monotonic() - t0)))
-                server._count(rel, sent)
+                server._count(rel, start, end, sent)
 
         return Handler
 

@@ -144,7 +144,7 @@ def plan_batch(
         if len(out) >= want:
             break
         holders = [load[p] for p in view.holders.get(piece, ()) if p in load and p != peer_id]
-        if not view.holders.get(piece):
+        if not holders:  # nobody alive holds it
             if piece in view.origin_inflight or origin_budget <= 0:
                 continue
             origin_budget -= 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -47,6 +48,7 @@ from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Peer:
         self._disk_pool = ThreadPoolExecutor(8, thread_name_prefix="rayfly-disk")
         self.uploads = 0
         self.pieces_served = 0
+        self._incarnation = ray.get_runtime_context().get_actor_id() or ""
 
     async def _disk_io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking disk and hashing work on the disk pool."""
@@ -132,6 +135,20 @@ class Peer:
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
         }
+
+    def incarnation(self) -> str:
+        """This actor's id: a restarted peer on the same node is a different incarnation."""
+        return self._incarnation
+
+    async def _join(self, task: TaskInfo, have: dict[int, str]) -> None:
+        await self._sched().join.remote(
+            task.task_id,
+            self.node_id,
+            self.node_ip,
+            self.config.upload_slots,
+            have,
+            self._incarnation,
+        )
 
     def _sched(self) -> Any:
         if self._scheduler is None:
@@ -287,9 +304,7 @@ class Peer:
         if entry is not None and entry.complete:
             for event in self._events(task):
                 event.set()
-            await self._sched().join.remote(
-                tid, self.node_id, self.node_ip, self.config.upload_slots, entry.digests
-            )
+            await self._join(task, entry.digests)
             return TaskOutcome(entry.sha256 or "", entry.length, cached=True)
         out = TaskOutcome("", task.length)
         t0 = time.time()
@@ -300,9 +315,7 @@ class Peer:
             events = self._events(task)
             for i in entry.have:
                 events[i].set()
-            await self._sched().join.remote(
-                tid, self.node_id, self.node_ip, self.config.upload_slots, dict(entry.digests)
-            )
+            await self._join(task, dict(entry.digests))
             hasher = asyncio.ensure_future(self._hash(task))
             try:
                 await self._fetch_all(task, slots, out)
@@ -354,18 +367,20 @@ class Peer:
                     done, failed = [], []
                     if batch.error:
                         raise SourceError(batch.error)
+                    if batch.rejoin:
+                        await self._join(task, dict(entry.digests))
                     for _ in range(want - len(batch.assignments)):
                         slots.release()
                     for a in batch.assignments:
                         inflight[asyncio.ensure_future(self._piece(task, a, out))] = a.piece
                 if inflight:
                     finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                    for fut in finished:
-                        inflight.pop(fut)
-                        slots.release()
-                        result = fut.result()
-                        metrics.piece_result(self.node_id, result)
-                        (done if isinstance(result, Done) else failed).append(result)
+                    self._settle(finished, inflight, slots, done, failed)
+            if inflight:
+                # every piece is stored, but the last ones' coroutines may not have returned
+                # yet: wait for them, or their Done would never reach the scheduler
+                finished, _ = await asyncio.wait(inflight)
+                self._settle(finished, inflight, slots, done, failed)
             if done or failed:
                 await self._sched().exchange.remote(
                     task.task_id, self.node_id, done, failed, 0, False
@@ -377,6 +392,29 @@ class Peer:
                 fut.cancel()
                 slots.release()
 
+    def _settle(
+        self,
+        finished: set[asyncio.Future[Done | Failed]],
+        inflight: dict[asyncio.Future[Done | Failed], int],
+        slots: asyncio.Semaphore,
+        done: list[Done],
+        failed: list[Failed],
+    ) -> None:
+        """Move finished piece futures out of ``inflight`` into the next report."""
+        for fut in finished:
+            inflight.pop(fut)
+            slots.release()
+            result = fut.result()
+            metrics.piece_result(self.node_id, result)
+            if isinstance(result, Failed):
+                log.warning(
+                    "piece %d from %s failed: %s",
+                    result.piece,
+                    result.parent or "the origin",
+                    result.reason,
+                )
+            (done if isinstance(result, Done) else failed).append(result)
+
     @staticmethod
     async def _take_slots(slots: asyncio.Semaphore, inflight: int) -> int:
         want = 0
@@ -387,6 +425,25 @@ class Peer:
             await slots.acquire()
             want += 1
         return want
+
+    async def _from_parent(self, task: TaskInfo, parent: str, index: int) -> np.ndarray:
+        """Piece ``index`` from ``parent``'s peer as a Ray object.
+
+        A cached handle may point at an actor that died and was replaced on the same node: on an
+        actor error the handle is looked up again once, so only a parent that is really gone is
+        reported dead.
+        """
+        for attempt in range(2):
+            ref = self._parent(parent).read_piece.remote(task.task_id, index)
+            try:
+                return await asyncio.wait_for(ref, self.config.piece_timeout_s)
+            except ActorUnavailableError:
+                raise
+            except RayActorError:
+                self._handles.pop(parent, None)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _piece(self, task: TaskInfo, a: Any, out: TaskOutcome) -> Done | Failed:
         """Fetch, verify and store one piece; a failure becomes a :class:`Failed` report."""
@@ -402,8 +459,7 @@ class Peer:
                     )
                 )
             else:
-                ref = self._parent(a.parent).read_piece.remote(task.task_id, a.piece)
-                data = await asyncio.wait_for(ref, self.config.piece_timeout_s)
+                data = await self._from_parent(task, a.parent, a.piece)
             digest = await self._disk_io(
                 self.store.write_piece, task.task_id, a.piece, data, a.digest
             )

@@ -20,22 +20,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rayfly import source
-from rayfly.config import SchedulerConfig
+from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import RayflyError, TaskNotFound
 from rayfly.scheduling import Assignment, PeerLoad, TaskView, origin_share, plan_batch
 from rayfly.task import SourceSpec, TaskInfo, default_piece_size
 
 MAX_ORIGIN_FAILURES = 3
+PEER_CHECK_TIMEOUT_S = 10.0
 
 
 @dataclass
 class Lease:
-    """A piece handed to a peer, from ``parent`` (None: the origin), valid until ``deadline``."""
+    """A piece handed to a peer, from ``parent`` (None: the origin), valid until ``deadline``.
+
+    ``incarnation`` is the parent actor's id when the lease was made: a report that this parent
+    died only counts while the same actor still stands for its node.
+    """
 
     parent: str | None
     deadline: float
+    incarnation: str = ""
 
 
 @dataclass
@@ -57,10 +64,11 @@ class TaskState:
 
 @dataclass
 class PeerState:
-    """The scheduler's record of one peer: where it is and how busy its uploads are."""
+    """The scheduler's record of one peer: where it is, which actor it is, how busy it is."""
 
     host: str
     slots: int
+    incarnation: str = ""
     uploads: int = 0
     throughput: float = 0.0
 
@@ -94,10 +102,15 @@ class Failed:
 
 @dataclass(frozen=True)
 class Batch:
-    """The scheduler's answer to a peer: new assignments, or the task's failure."""
+    """The scheduler's answer to a peer: new assignments, or the task's failure.
+
+    ``rejoin``: the scheduler does not know this peer in this task (it was taken for dead, or the
+    scheduler restarted); the peer joins again with what it holds and asks again.
+    """
 
     assignments: list[Assignment]
     error: str | None = None
+    rejoin: bool = False
 
 
 class SchedulerCore:
@@ -127,11 +140,24 @@ class SchedulerCore:
         return state
 
     def join(
-        self, task_id: str, peer_id: str, host: str, slots: int, have: dict[int, str] | None = None
+        self,
+        task_id: str,
+        peer_id: str,
+        host: str,
+        slots: int,
+        have: dict[int, str] | None = None,
+        incarnation: str = "",
     ) -> None:
-        """A peer joins a task, possibly holding pieces already (from its cache)."""
+        """A peer joins a task, possibly holding pieces already (from its cache).
+
+        A new ``incarnation`` for a known peer id is a restarted actor on the same node: what the
+        old actor held or was fetching is forgotten first.
+        """
         t = self._task(task_id)
-        self.peers.setdefault(peer_id, PeerState(host, slots))
+        known = self.peers.get(peer_id)
+        if known is not None and known.incarnation != incarnation:
+            self.peer_lost(peer_id)
+        self.peers.setdefault(peer_id, PeerState(host, slots, incarnation))
         self.peers[peer_id].host, self.peers[peer_id].slots = host, slots
         t.have.setdefault(peer_id, set())
         t.leases.setdefault(peer_id, {})
@@ -158,20 +184,22 @@ class SchedulerCore:
     def report(self, task_id: str, peer_id: str, done: list[Done], failed: list[Failed]) -> None:
         """Apply a peer's batch of finished and failed pieces."""
         t = self._task(task_id)
+        known = self.knows(task_id, peer_id)  # a forgotten peer declares its pieces on rejoin
         for d in done:
             self._release(t, peer_id, d.piece)
             if d.parent in self.peers and d.seconds > 0:
                 p = self.peers[d.parent]
                 p.throughput = 0.7 * p.throughput + 0.3 * d.nbytes / d.seconds
-            self._hold(t, peer_id, d.piece, d.digest)
+            if known:
+                self._hold(t, peer_id, d.piece, d.digest)
         for f in failed:
-            self._release(t, peer_id, f.piece)
+            lease = self._release(t, peer_id, f.piece)
             if f.parent is None:
                 n = t.origin_failures[f.piece] = t.origin_failures.get(f.piece, 0) + 1
                 if n >= MAX_ORIGIN_FAILURES:
                     t.error = f"piece {f.piece} failed from the origin {n} times: {f.reason}"
-            elif f.parent_dead:
-                self.peer_lost(f.parent)
+            elif f.parent_dead and lease is not None and lease.parent == f.parent:
+                self.peer_lost(f.parent, lease.incarnation)
             elif f.parent_lacks:
                 t.holders.get(f.piece, set()).discard(f.parent)
                 t.have.get(f.parent, set()).discard(f.piece)
@@ -186,11 +214,18 @@ class SchedulerCore:
                 for piece in [p for p, lease in leases.items() if lease.deadline < now]:
                     self._release(t, peer_id, piece)
 
+    def knows(self, task_id: str, peer_id: str) -> bool:
+        """True when ``peer_id`` is a live member of the task (it joined and was not lost)."""
+        t = self.tasks.get(task_id)
+        return t is not None and peer_id in self.peers and peer_id in t.have
+
     def plan(self, task_id: str, peer_id: str, want: int) -> Batch:
         """Hand ``peer_id`` up to ``want`` new pieces, leasing them."""
         t = self._task(task_id)
         if t.error:
             return Batch([], t.error)
+        if not self.knows(task_id, peer_id):
+            return Batch([], rejoin=True)
         me = self.peers[peer_id]
         view = TaskView(
             t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
@@ -219,11 +254,13 @@ class SchedulerCore:
         )
         deadline = self.clock() + self.config.lease_timeout_s
         for a in batch:
-            leases[a.piece] = Lease(a.parent, deadline)
             if a.parent is None:
+                leases[a.piece] = Lease(None, deadline)
                 t.origin_inflight.add(a.piece)
             else:
-                self.peers[a.parent].uploads += 1
+                parent = self.peers[a.parent]
+                leases[a.piece] = Lease(a.parent, deadline, parent.incarnation)
+                parent.uploads += 1
         return Batch(batch)
 
     def finish(self, task_id: str, peer_id: str, error: str | None, fatal: bool = False) -> None:
@@ -243,8 +280,15 @@ class SchedulerCore:
             t.error = error
         self._notify()
 
-    def peer_lost(self, peer_id: str) -> None:
-        """Forget a dead peer: its pieces, its leases, its uploads."""
+    def peer_lost(self, peer_id: str, incarnation: str | None = None) -> None:
+        """Forget a dead peer: its pieces, its leases, its uploads.
+
+        With ``incarnation``, only if that actor still stands for the peer id (a report about an
+        actor that was since replaced by a new one on the same node changes nothing).
+        """
+        known = self.peers.get(peer_id)
+        if incarnation is not None and known is not None and known.incarnation != incarnation:
+            return
         for t in self.tasks.values():
             for piece in t.have.pop(peer_id, set()):
                 t.holders.get(piece, set()).discard(peer_id)
@@ -334,10 +378,16 @@ class Scheduler:
         return await asyncio.to_thread(source.list_files, url, options)
 
     def join(
-        self, task_id: str, peer_id: str, host: str, slots: int, have: dict[int, str] | None = None
+        self,
+        task_id: str,
+        peer_id: str,
+        host: str,
+        slots: int,
+        have: dict[int, str] | None = None,
+        incarnation: str = "",
     ) -> None:
         """See :meth:`SchedulerCore.join`."""
-        self.core.join(task_id, peer_id, host, slots, have)
+        self.core.join(task_id, peer_id, host, slots, have, incarnation)
 
     async def exchange(
         self,
@@ -355,7 +405,7 @@ class Scheduler:
         self.core.report(task_id, peer_id, done, failed)
         self.core.expire_leases()
         batch = self.core.plan(task_id, peer_id, want) if want > 0 else Batch([])
-        if wait and not batch.assignments and not batch.error:
+        if wait and not batch.assignments and not batch.error and not batch.rejoin:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.core.changed.wait(), self.core.config.long_poll_s)
             batch = self.core.plan(task_id, peer_id, want)
@@ -365,9 +415,37 @@ class Scheduler:
         """See :meth:`SchedulerCore.finish`."""
         self.core.finish(task_id, peer_id, error, fatal)
 
-    def peer_lost(self, peer_id: str) -> None:
-        """See :meth:`SchedulerCore.peer_lost`."""
-        self.core.peer_lost(peer_id)
+    async def peer_lost(self, peer_id: str) -> bool:
+        """A client saw ``peer_id``'s actor fail: forget it if it is really gone.
+
+        The peer's actor is asked who it is; the peer is forgotten only when no actor answers for
+        the node, or a different actor than the one that joined does. Returns True if forgotten.
+        """
+        known = self.core.peers.get(peer_id)
+        if known is None:
+            return False
+        try:
+            answer = await self._incarnation_of(peer_id)
+        except (asyncio.TimeoutError, ActorUnavailableError):
+            return False  # alive but busy or briefly unreachable: lease expiry covers it
+        if answer == known.incarnation:
+            return False
+        self.core.peer_lost(peer_id, known.incarnation)
+        return True
+
+    @staticmethod
+    async def _incarnation_of(peer_id: str) -> str | None:
+        """The actor id now answering for ``peer_id``; None when no actor is there."""
+        try:
+            handle = ray.get_actor(PEER_PREFIX + peer_id, namespace=NAMESPACE)
+        except ValueError:
+            return None
+        try:
+            return await asyncio.wait_for(handle.incarnation.remote(), PEER_CHECK_TIMEOUT_S)
+        except ActorUnavailableError:
+            raise
+        except RayActorError:
+            return None
 
     def progress(self, task_ids: list[str]) -> dict[str, int]:
         """See :meth:`SchedulerCore.progress`."""

@@ -45,7 +45,7 @@ def test_later_request_is_served_from_caches(ray_cluster, origin, origin_root, t
     second = rayfly.distribute(url + "?X-Amz-Signature=other", str(tmp_path / "b" / "{node_id}"))
     assert first.ok and second.ok
     assert first.task_ids == second.task_ids
-    assert origin.bytes_served == 6 * MiB
+    assert origin.served("/again.bin") == 6 * MiB, origin.log
     assert second.origin_bytes == 0
 
 
@@ -130,3 +130,24 @@ def test_killed_parent_does_not_fail_the_others(ray_cluster, origin, origin_root
     assert {sha256_file(n.path) for n in others} == {sha256_file(src)}
     dead = next(n for n in report.nodes if n.node_id == victim)
     assert not dead.ok and dead.error
+
+
+def test_a_replaced_peer_serves_its_node_again(ray_cluster, origin, origin_root, tmp_path):
+    """W holds a handle to V's actor; V's actor is killed and a new one takes its node. W must
+    fetch from the new actor, not take the whole node for dead and go back to the origin."""
+    v, w = (n.node_id for n in placement.alive_nodes()[:2])
+    make_file(origin_root / "before.bin", 8 * MiB, seed=5)
+    for node in (v, w):  # W gets every piece of before.bin from V: W now caches V's handle
+        r = rayfly.distribute(
+            origin.url + "before.bin", str(tmp_path / "1-{node_id}"), nodes=[node]
+        )
+        assert r.ok, str(r)
+    assert origin.served("/before.bin") == 8 * MiB, origin.log
+    ray.kill(ray.get_actor(PEER_PREFIX + v, namespace=NAMESPACE), no_restart=True)
+    src = make_file(origin_root / "after.bin", 8 * MiB, seed=6)
+    for node in (v, w):
+        r = rayfly.distribute(origin.url + "after.bin", str(tmp_path / "2-{node_id}"), nodes=[node])
+        assert r.ok, str(r)
+    assert r.nodes[0].bytes_from_peers == 8 * MiB, str(r)
+    assert origin.served("/after.bin") == 8 * MiB, origin.log
+    assert sha256_file(tmp_path / f"2-{w}") == sha256_file(src)

@@ -28,11 +28,24 @@ def wait_for(name, want, tags=None, timeout=60.0):
     return value
 
 
+def settled(name, quiet_s=3.0, timeout=60.0):
+    """Metric ``name`` once it stopped changing for ``quiet_s`` (earlier tests' counts flushed:
+    Ray exports a process's metrics about once per second, conftest's report interval)."""
+    deadline = time.monotonic() + timeout
+    value, since = metrics.scrape(name), time.monotonic()
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = metrics.scrape(name)
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
 def test_transfer_counters_read_back_from_prometheus(ray_cluster, origin, origin_root, tmp_path):
     size = 8 * MiB
     make_file(origin_root / "metered.bin", size, seed=11)
     before = {
-        n: metrics.scrape(n)
+        n: settled(n)
         for n in (metrics.ORIGIN_BYTES, metrics.PEER_BYTES, metrics.PIECES_SERVED)
     }
     report = rayfly.distribute(

@@ -9,8 +9,9 @@ MiB = 1 << 20
 
 def core(clock=None, parallelism=8):
     now = clock or [0.0]
-    c = SchedulerCore(SchedulerConfig(origin_parallelism=parallelism, lease_timeout_s=10),
-                      clock=lambda: now[0])
+    c = SchedulerCore(
+        SchedulerConfig(origin_parallelism=parallelism, lease_timeout_s=10), clock=lambda: now[0]
+    )
     c.add_task(TaskInfo("t", "http://o/x", 8 * MiB, MiB), "rarest-first")
     return c, now
 
@@ -61,11 +62,10 @@ def test_expired_lease_is_handed_out_again():
 
 def test_dead_parent_is_forgotten_and_its_pieces_come_from_origin_again():
     c, _ = core()
-    c.join("t", "a", "ha", 4)
+    c.join("t", "a", "ha", 4, have={i: "d" for i in range(8)})
     c.join("t", "b", "hb", 4)
-    first = c.plan("t", "a", 8).assignments
-    c.report("t", "a", [Done(x.piece, "d", None, MiB, 0.1) for x in first], [])
     batch = c.plan("t", "b", 1).assignments
+    assert batch[0].parent == "a"
     c.report("t", "b", [], [Failed(batch[0].piece, "a", "died", parent_dead=True)])
     assert "a" not in c.peers
     again = c.plan("t", "b", 8).assignments
@@ -97,3 +97,31 @@ def test_timeouts_keep_the_holder_but_a_missing_piece_drops_it():
     assert c.tasks["t"].holders[0] == {"a"}
     c.report("t", "b", [], [Failed(0, "a", "PieceUnavailable", parent_lacks=True)])
     assert c.tasks["t"].holders[0] == set()
+
+
+def test_report_about_a_replaced_parent_keeps_the_new_actor():
+    """A child's stale handle to a killed actor must not wipe the node's new actor."""
+    c, _ = core()
+    c.join("t", "a", "ha", 4, have={i: "d" for i in range(8)}, incarnation="a1")
+    c.join("t", "b", "hb", 4, incarnation="b1")
+    (lease,) = c.plan("t", "b", 1).assignments
+    assert lease.parent == "a"
+    c.join("t", "a", "ha", 4, have={0: "d"}, incarnation="a2")  # restarted: holds piece 0 only
+    assert c.tasks["t"].have["a"] == {0}
+    c.report("t", "b", [], [Failed(lease.piece, "a", "died", parent_dead=True)])
+    assert c.peers["a"].incarnation == "a2"
+    assert c.knows("t", "a") and c.tasks["t"].holders[0] == {"a"}
+    c.peer_lost("a", incarnation="a1")  # a client's late word about the old actor
+    assert c.knows("t", "a")
+    c.peer_lost("a", incarnation="a2")
+    assert not c.knows("t", "a")
+
+
+def test_a_forgotten_peer_is_told_to_join_again():
+    c, _ = core()
+    c.join("t", "a", "ha", 4, incarnation="a1")
+    c.peer_lost("a")
+    batch = c.plan("t", "a", 4)
+    assert batch.rejoin and batch.assignments == [] and batch.error is None
+    c.join("t", "a", "ha", 4, incarnation="a1")
+    assert len(c.plan("t", "a", 4).assignments) == 4

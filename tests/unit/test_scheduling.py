@@ -81,9 +81,9 @@ def test_parent_choice_prefers_same_host_then_least_loaded():
     assert choose_parent([PeerLoad("x", "h", 4, 4)], "h1", rng) is None
 
 
-def test_dead_holders_are_not_parents():
+def test_dead_holders_are_not_parents_the_origin_is():
     v = view(1, {0: {"gone"}})
-    assert plan_batch(v, "me", "h", set(), set(), {}, want=1) == []
+    assert plan_batch(v, "me", "h", set(), set(), {}, want=1) == [Assignment(0, None)]
 
 
 def test_unknown_policy_fails_at_construction():
