@@ -61,6 +61,17 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
+def settle(dest: Path, report: rayfly.Report | None = None) -> None:
+    """Leave nothing of a run behind, as each method would on a fresh machine: remove its files
+    (and rayfly's cache entries), and write back dirty pages so the next run does not pay for
+    this one's writeback (page-cache writes cost 2-5 CPU-s/GiB on these VMs)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    if report is not None:
+        peers = placement.existing_peers().values()
+        ray.get([p.cache_remove.remote(t) for p in peers for t in report.task_ids])
+    os.sync()
+
+
 def rayfly_once(url: str, dest: str, **kwargs: Any) -> tuple[float, rayfly.Report]:
     """One distribution as a new task (a fresh tag); seconds from call to return."""
     t0 = time.perf_counter()
@@ -120,15 +131,16 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for method in ("fsspec", "rayfly") if i % 2 == 0 else ("rayfly", "fsspec"):
             dest = work / "dest" / method
             dest.mkdir(parents=True, exist_ok=True)
+            report = None
             if method == "fsspec":
                 seconds, used = plain_fsspec(url, dest / "payload.bin")
             else:
                 c0 = cpu_seconds(pid)
-                seconds = rayfly_once(url, str(dest / "payload.bin"))[0]
+                seconds, report = rayfly_once(url, str(dest / "payload.bin"))
                 used = cpu_seconds(pid) - c0
             times[method].append(seconds)
             cpu[method].append(used)
-            shutil.rmtree(dest)
+            settle(dest, report)
         ratios.append(times["rayfly"][-1] / times["fsspec"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
@@ -177,15 +189,16 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for method in methods[i % 3 :] + methods[: i % 3]:
             dest = work / "dest" / method
             origin.reset()
+            report = None
             t0 = time.perf_counter()
             if method == "rayfly":
-                rayfly_once(url, str(dest / "{node_id}" / "payload.bin"))
+                report = rayfly_once(url, str(dest / "{node_id}" / "payload.bin"))[1]
             else:
                 run_tasks(method, url, nodes, dest, "payload.bin")
             runs[method].append(
                 {"makespan_s": time.perf_counter() - t0, "origin_bytes": origin.bytes_served}
             )
-            shutil.rmtree(dest, ignore_errors=True)
+            settle(dest, report)
     summary = {
         m: {
             "makespan_s": statistics.median(r["makespan_s"] for r in v),

@@ -8,8 +8,8 @@
 time are simulated by a discrete-event loop: a piece takes ``piece_size / rate`` where the rate
 is the link rate shared by the parent's uploads in flight and the receiver's downloads in flight
 (the origin's rate shared by its reads).  A peer that is handed nothing while it has nothing in
-flight long-polls: it is woken by the next change (every waiter, as the actor's event does) or
-after ``long_poll_s``.
+flight long-polls: it is woken by a report (as many waiters as the scheduler wakes,
+:func:`rayfly.scheduling.wake_count`) or after ``long_poll_s``.
 
 Only the CPU time spent inside the scheduler's methods is measured (``time.thread_time``, so
 that other work on a shared machine does not count): the figures are the scheduler's own cost,
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rayfly.actors.scheduler import Done, SchedulerCore
 from rayfly.config import SchedulerConfig
+from rayfly.scheduling import wake_count
 from rayfly.task import TaskInfo, default_piece_size
 
 RPC_LATENCY_S = 0.0005
@@ -58,6 +59,7 @@ class SimConfig:
     origin_parallelism: int = 8
     long_poll_s: float = 0.5
     wake_limit: int | None = None
+    wake_per_piece: int = SchedulerConfig.wake_per_piece
     max_cpu_s: float = 120.0
     seed: int = 0
 
@@ -100,6 +102,7 @@ class Simulation:
             origin_parallelism=config.origin_parallelism,
             lease_timeout_s=1e9,
             long_poll_s=config.long_poll_s,
+            wake_per_piece=config.wake_per_piece,
         )
         self.core = SchedulerCore(sched_cfg, clock=lambda: self.now)
         self.core.add_task(self.task, "rarest-first")
@@ -161,13 +164,16 @@ class Simulation:
             peer.waiting = True
             self._push(self.now + self.cfg.long_poll_s, "poll", peer.peer_id, None)
         if done:
-            self._wake_waiters()
+            self._wake_waiters(len(done))
 
-    def _wake_waiters(self) -> None:
-        """A change wakes every long-polling peer (the actor's ``changed`` event), or at most
-        ``wake_limit`` of them (a what-if: the cost without the thundering herd)."""
+    def _wake_waiters(self, done: int) -> None:
+        """A report of ``done`` pieces wakes as many long-polling peers as the scheduler does
+        (:func:`rayfly.scheduling.wake_count`), or ``wake_limit`` of them (a what-if; 0 wakes
+        every waiter, as the scheduler did before it bounded its wakeups)."""
         waiting = self.waiting_order()
-        if self.cfg.wake_limit is not None:
+        if self.cfg.wake_limit is None:
+            waiting = waiting[: wake_count(done, 0, self.cfg.wake_per_piece)]
+        elif self.cfg.wake_limit > 0:
             waiting = waiting[: self.cfg.wake_limit]
         for p in waiting:
             p.waiting = False
@@ -189,8 +195,8 @@ class Simulation:
             peer.finished_at = self.now
             self._timed(self.core.report, self.task.task_id, peer.peer_id, peer.done, [])
             self._timed(self.core.finish, self.task.task_id, peer.peer_id, None)
+            self._wake_waiters(len(peer.done))
             peer.done = []
-            self._wake_waiters()
         else:
             self._push(self.now + RPC_LATENCY_S, "exchange", peer.peer_id, None)
 
@@ -303,7 +309,7 @@ def main() -> None:
         "--wake-limit",
         type=int,
         default=None,
-        help="what-if: wake at most this many long-polling peers per change",
+        help="what-if: wake this many long-polling peers per report (0: all of them)",
     )
     parser.add_argument("--profile-calls", type=int, default=300)
     parser.add_argument("--out", default="bench/results/scheduler_sim.json")

@@ -77,6 +77,7 @@ class SchedulerConfig:
     lease_timeout_s: float = 60.0
     long_poll_s: float = 0.5
     policy: str = "rarest-first"
+    wake_per_piece: int = 8
 
 
 def _coerce(raw: str, kind: type) -> Any:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from rayfly.errors import InvalidInput
 
 MAX_CANDIDATES = 32
+SCAN_LIMIT = 4 * MAX_CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,43 @@ def choose_parent(candidates: Sequence[PeerLoad], host: str, rng: random.Random)
     )
 
 
+def wake_count(done: int, failed: int, per_piece: int) -> int:
+    """How many long-polling peers a report wakes: a verified piece gives its holder
+    ``per_piece`` upload slots to hand out, a failed piece one piece to hand out again.
+
+    Waking every waiter on every change makes a 10,000-peer task answer thousands of empty
+    exchanges per piece; the rest still ask again after the long-poll time.
+    """
+    return done * per_piece + failed
+
+
 def origin_share(origin_parallelism: int, peers: int) -> int:
     """How many origin reads one peer may have in flight: the budget split over the peers,
     so that first reads spread over the nodes and each node starts uploading early."""
     return max(1, -(-origin_parallelism // max(1, peers)))
+
+
+def _candidates(
+    holders: Iterable[str], me: str, load_of: Callable[[str], PeerLoad | None]
+) -> tuple[list[PeerLoad], bool]:
+    """Up to :data:`SCAN_LIMIT` holders with a free slot, and whether any live holder exists.
+
+    The scan stops early, so a piece held by ten thousand peers costs a few dozen lookups.
+    """
+    free: list[PeerLoad] = []
+    alive = False
+    for p in holders:
+        if p == me:
+            continue
+        load = load_of(p)
+        if load is None:
+            continue
+        alive = True
+        if load.free > 0:
+            free.append(load)
+            if len(free) >= SCAN_LIMIT:
+                break
+    return free, alive
 
 
 def plan_batch(
@@ -128,14 +162,18 @@ def plan_batch(
 ) -> list[Assignment]:
     """Up to ``want`` assignments for ``peer_id``, which holds ``have`` and is fetching ``busy``.
 
-    ``loads`` describes every live peer; a parent's load grows with each assignment made here,
-    so one batch never oversubscribes a parent. ``origin_quota`` caps this peer's new origin
-    reads (see :func:`origin_share`).
+    ``loads`` describes every live peer (only holders of the pieces considered are looked up);
+    a parent's load grows with each assignment made here, so one batch never oversubscribes a
+    parent. ``origin_quota`` caps this peer's new origin reads (see :func:`origin_share`).
     """
     rng = rng or random.Random(peer_salt(peer_id))
     order_fn = piece_policy(order)
     missing = [i for i in range(view.n_pieces) if i not in have and i not in busy]
-    load = dict(loads)
+    bumped: dict[str, PeerLoad] = {}
+
+    def load_of(p: str) -> PeerLoad | None:
+        return bumped.get(p) or loads.get(p)
+
     origin_budget = view.origin_parallelism - len(view.origin_inflight)
     if origin_quota is not None:
         origin_budget = min(origin_budget, origin_quota)
@@ -143,17 +181,17 @@ def plan_batch(
     for piece in order_fn(missing, view, peer_salt(peer_id)):
         if len(out) >= want:
             break
-        holders = [load[p] for p in view.holders.get(piece, ()) if p in load and p != peer_id]
-        if not holders:  # nobody alive holds it
+        free, alive = _candidates(view.holders.get(piece, ()), peer_id, load_of)
+        if not alive:  # nobody alive holds it: the origin, once at a time
             if piece in view.origin_inflight or origin_budget <= 0:
                 continue
             origin_budget -= 1
             out.append(Assignment(piece, None))
             continue
-        parent = choose_parent(holders, host, rng)
+        parent = choose_parent(free, host, rng)
         if parent is None:
             continue
-        load[parent.peer_id] = PeerLoad(
+        bumped[parent.peer_id] = PeerLoad(
             parent.peer_id, parent.host, parent.uploads + 1, parent.slots, parent.throughput
         )
         out.append(Assignment(piece, parent.peer_id, view.digests.get(piece)))

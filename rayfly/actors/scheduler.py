@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +27,20 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from rayfly import source
 from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import RayflyError, TaskNotFound
-from rayfly.scheduling import Assignment, PeerLoad, TaskView, origin_share, plan_batch
+from rayfly.scheduling import (
+    Assignment,
+    PeerLoad,
+    TaskView,
+    origin_share,
+    plan_batch,
+    wake_count,
+)
 from rayfly.task import SourceSpec, TaskInfo, default_piece_size
 
 MAX_ORIGIN_FAILURES = 3
+EXPIRY_PERIOD_S = 1.0
+ACTIVE_PERIOD_S = 1.0
+WAITERS_PRUNE_AT = 4096
 PEER_CHECK_TIMEOUT_S = 10.0
 
 
@@ -60,6 +72,8 @@ class TaskState:
     finished: dict[str, str | None] = field(default_factory=dict)
     error: str | None = None
     created: float = 0.0
+    active: int = 0
+    active_at: float = -math.inf
 
 
 @dataclass
@@ -71,6 +85,23 @@ class PeerState:
     incarnation: str = ""
     uploads: int = 0
     throughput: float = 0.0
+
+
+class _PeerLoads(Mapping[str, PeerLoad]):
+    """The scheduler's peers as the policy sees them, built only for the peers looked up."""
+
+    def __init__(self, peers: dict[str, PeerState]) -> None:
+        self._peers = peers
+
+    def __getitem__(self, peer_id: str) -> PeerLoad:
+        p = self._peers[peer_id]
+        return PeerLoad(peer_id, p.host, p.uploads, p.slots, p.throughput)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._peers)
+
+    def __len__(self) -> int:
+        return len(self._peers)
 
 
 @dataclass(frozen=True)
@@ -121,11 +152,26 @@ class SchedulerCore:
         self.clock = clock
         self.tasks: dict[str, TaskState] = {}
         self.peers: dict[str, PeerState] = {}
-        self.changed = asyncio.Event()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._expired_at = -math.inf
 
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+    def _notify(self, wake: int | None = None) -> None:
+        """Wake ``wake`` long-polling peers, the longest waiting first (None: all of them)."""
+        woken = 0
+        while self._waiters and (wake is None or woken < wake):
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                woken += 1
+
+    async def wait_change(self, timeout: float) -> None:
+        """Long-poll: return when a change wakes this waiter, or after ``timeout``."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+        if len(self._waiters) > WAITERS_PRUNE_AT:
+            self._waiters = deque(f for f in self._waiters if not f.done())
 
     def _task(self, task_id: str) -> TaskState:
         try:
@@ -164,7 +210,7 @@ class SchedulerCore:
         t.finished.pop(peer_id, None)
         for piece, digest in (have or {}).items():
             self._hold(t, peer_id, piece, digest)
-        self._notify()
+        self._notify(wake_count(len(have or {}), 0, self.config.wake_per_piece))
 
     def _hold(self, t: TaskState, peer_id: str, piece: int, digest: str) -> None:
         t.have.setdefault(peer_id, set()).add(piece)
@@ -204,11 +250,17 @@ class SchedulerCore:
                 t.holders.get(f.piece, set()).discard(f.parent)
                 t.have.get(f.parent, set()).discard(f.piece)
         if done or failed:
-            self._notify()
+            self._notify(wake_count(len(done), len(failed), self.config.wake_per_piece))
 
     def expire_leases(self) -> None:
-        """Release every lease past its deadline, so its piece is handed out again."""
+        """Release every lease past its deadline, so its piece is handed out again.
+
+        Leases last tens of seconds, so the scan runs at most every :data:`EXPIRY_PERIOD_S`.
+        """
         now = self.clock()
+        if now - self._expired_at < EXPIRY_PERIOD_S:
+            return
+        self._expired_at = now
         for t in self.tasks.values():
             for peer_id, leases in t.leases.items():
                 for piece in [p for p, lease in leases.items() if lease.deadline < now]:
@@ -230,23 +282,16 @@ class SchedulerCore:
         view = TaskView(
             t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
         )
-        loads = {
-            pid: PeerLoad(pid, p.host, p.uploads, p.slots, p.throughput)
-            for pid, p in self.peers.items()
-        }
         leases = t.leases.setdefault(peer_id, {})
-        active = sum(
-            1 for p, h in t.have.items() if len(h) < t.info.n_pieces and p not in t.finished
-        )
         mine = sum(1 for lease in leases.values() if lease.parent is None)
-        quota = origin_share(self.config.origin_parallelism, active) - mine
+        quota = origin_share(self.config.origin_parallelism, self._active(t)) - mine
         batch = plan_batch(
             view,
             peer_id,
             me.host,
             t.have.get(peer_id, set()),
             set(leases),
-            loads,
+            _PeerLoads(self.peers),
             want,
             t.order,
             random.Random(),
@@ -263,6 +308,16 @@ class SchedulerCore:
                 parent.uploads += 1
         return Batch(batch)
 
+    def _active(self, t: TaskState) -> int:
+        """Peers still fetching ``t``, counted at most every :data:`ACTIVE_PERIOD_S` (it only
+        splits the origin budget, and counting is O(peers))."""
+        now = self.clock()
+        if now - t.active_at >= ACTIVE_PERIOD_S:
+            n = t.info.n_pieces
+            t.active = sum(1 for p, h in t.have.items() if len(h) < n and p not in t.finished)
+            t.active_at = now
+        return t.active
+
     def finish(self, task_id: str, peer_id: str, error: str | None, fatal: bool = False) -> None:
         """A peer is done with a task (``error`` None: every piece verified).
 
@@ -278,7 +333,8 @@ class SchedulerCore:
                 t.holders.get(piece, set()).discard(peer_id)
         if fatal:
             t.error = error
-        self._notify()
+        if error:  # its pieces may have to come from elsewhere; a fatal error reaches everyone
+            self._notify()
 
     def peer_lost(self, peer_id: str, incarnation: str | None = None) -> None:
         """Forget a dead peer: its pieces, its leases, its uploads.
@@ -406,8 +462,7 @@ class Scheduler:
         self.core.expire_leases()
         batch = self.core.plan(task_id, peer_id, want) if want > 0 else Batch([])
         if wait and not batch.assignments and not batch.error and not batch.rejoin:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.core.changed.wait(), self.core.config.long_poll_s)
+            await self.core.wait_change(self.core.config.long_poll_s)
             batch = self.core.plan(task_id, peer_id, want)
         return batch
 

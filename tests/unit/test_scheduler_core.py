@@ -125,3 +125,24 @@ def test_a_forgotten_peer_is_told_to_join_again():
     assert batch.rejoin and batch.assignments == [] and batch.error is None
     c.join("t", "a", "ha", 4, incarnation="a1")
     assert len(c.plan("t", "a", 4).assignments) == 4
+
+
+def test_a_verified_piece_wakes_a_bounded_number_of_long_pollers():
+    import asyncio
+
+    async def run():
+        c, _ = core()
+        c.config = SchedulerConfig(wake_per_piece=3)
+        for p in "abcdefghij":
+            c.join("t", p, p, 4)
+        waits = [asyncio.ensure_future(c.wait_change(5.0)) for _ in range(10)]
+        await asyncio.sleep(0)
+        (x, *_) = c.plan("t", "a", 1).assignments
+        c.report("t", "a", [Done(x.piece, "d", None, MiB, 0.1)], [])
+        await asyncio.sleep(0.05)
+        woken = sum(w.done() for w in waits)
+        c.finish("t", "a", "gone")  # a rare event wakes everyone
+        await asyncio.sleep(0.05)
+        return woken, sum(w.done() for w in waits)
+
+    assert asyncio.run(run()) == (3, 10)

@@ -12,6 +12,7 @@ from rayfly.scheduling import (
     piece_policy,
     plan_batch,
     rarest_first,
+    wake_count,
 )
 
 
@@ -90,3 +91,22 @@ def test_unknown_policy_fails_at_construction():
     with pytest.raises(InvalidInput, match="unknown piece policy"):
         piece_policy("fastest")
     assert piece_policy("sequential")([3, 1, 2], view(4), 0) == [1, 2, 3]
+
+
+def test_wake_count_follows_what_a_report_frees():
+    assert wake_count(0, 0, 8) == 0
+    assert wake_count(2, 1, 8) == 17
+
+
+def test_a_piece_held_by_thousands_scans_only_a_few():
+    holders = {f"p{i}" for i in range(10_000)}
+    looked: list[str] = []
+
+    class Loads(dict):
+        def get(self, key, default=None):
+            looked.append(key)
+            return PeerLoad(key, "h", 0, 4)
+
+    (a,) = plan_batch(view(1, {0: holders}), "me", "h", set(), set(), Loads(), want=1)
+    assert a.parent in holders
+    assert len(looked) <= 128
