@@ -62,11 +62,18 @@ class Proxy:
             creds = load_docker_config(self.docker_config) if self.docker_config else {}
             self._session = aiohttp.ClientSession()
             node = placement.NodeInfo(self.node_id, self.node_ip, "")
-            peer = placement.get_or_create_peer(node, from_env(PeerConfig))
+            peer_config = from_env(PeerConfig)
+            peer = placement.get_or_create_peer(node, peer_config)
             scheduler = placement.get_scheduler(from_env(SchedulerConfig))
             clients = make_clients(self.settings, self._session, creds)
             info = await peer.info.remote()
-            blobs = P2PBlobs(peer, scheduler, info.get("cache_dir"), self.settings.p2p_concurrency)
+            blobs = P2PBlobs(
+                peer,
+                scheduler,
+                info.get("cache_dir"),
+                self.settings.p2p_concurrency,
+                get_peer=lambda: placement.get_or_create_peer(node, peer_config),
+            )
             self._mirror = Mirror(self.settings, clients, blobs)
             self._runner, self.port = await start_server(
                 self._mirror, self.host, self.port, [metrics.mirror_middleware(self.node_id)]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from rayfly.errors import RayflyError
 from rayfly.proxy.blobs import BlobHandle, SourceFactory
@@ -45,15 +46,15 @@ class _SharedPieces:
     pinned whole in the object store.
     """
 
-    def __init__(self, peer: Any, task_id: str) -> None:
-        self._peer, self._task_id = peer, task_id
+    def __init__(self, owner: P2PBlobs, task_id: str) -> None:
+        self._owner, self._task_id = owner, task_id
         self._refs: dict[int, Any] = {}
         self._positions: dict[int, int] = {}
 
     def ref(self, index: int) -> Any:
         """The (one) request for piece ``index``."""
         if index not in self._refs:
-            self._refs[index] = self._peer.wait_piece.remote(self._task_id, index)
+            self._refs[index] = self._owner.peer.wait_piece.remote(self._task_id, index)
         return self._refs[index]
 
     def forget(self, index: int, ref: Any) -> None:
@@ -95,6 +96,11 @@ class _P2PHandle:
             ref = self._shared.ref(index)
             try:
                 return await ref
+            except RayActorError:
+                # the node's peer died; a new one must download the blob again, so restart it
+                self._shared.forget(index, ref)
+                await self._owner.reconnect()
+                raise
             except RayTaskError as exc:
                 self._shared.forget(index, ref)
                 cause = _unwrap(exc)
@@ -119,7 +125,7 @@ class _P2PHandle:
 
     async def verify(self) -> None:
         try:
-            result = await self._owner.peer.wait_complete.remote(self._digest.task_id)
+            result = await self._owner.call("wait_complete", self._digest.task_id)
         except RayTaskError as exc:
             raise _unwrap(exc) from None
         if result.get("sha256") != self._digest.hex:
@@ -172,14 +178,34 @@ class P2PBlobs:
         scheduler: Any,
         store_root: str | Path | None = None,
         concurrency: int | None = None,
+        get_peer: Callable[[], Any] | None = None,
     ) -> None:
         self.peer, self.scheduler = peer, scheduler
+        self._get_peer = get_peer
         self.concurrency = concurrency
         self._root = Path(store_root) if store_root else None
         self._opening: dict[str, asyncio.Future[TaskInfo]] = {}
         self._counted: set[str] = set()
         self._shared: dict[str, _SharedPieces] = {}
         self._counters = {"bytes_from_upstream": 0, "bytes_from_peers": 0, "blobs_fetched": 0}
+
+    async def reconnect(self) -> None:
+        """Look the node's peer up again (created anew if it died): with ``get_peer`` the
+        mirror heals itself after its peer actor dies, instead of failing every request."""
+        if self._get_peer is not None:
+            self.peer = await asyncio.to_thread(self._get_peer)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """``method`` of the node's peer; on a dead peer, reconnect and try once more."""
+        try:
+            return await getattr(self.peer, method).remote(*args)
+        except ActorUnavailableError:
+            raise
+        except RayActorError:
+            if self._get_peer is None:
+                raise
+            await self.reconnect()
+            return await getattr(self.peer, method).remote(*args)
 
     def _open_local(self, digest: Digest) -> _FileHandle | None:
         meta = _read_meta(self._root, digest) if self._root else None
@@ -203,10 +229,10 @@ class P2PBlobs:
         meta = _read_meta(self._root, digest) if self._root else None
         if meta is not None:
             return int(meta["length"])
-        if not await self.peer.has_task.remote(digest.task_id):
+        if not await self.call("has_task", digest.task_id):
             return None
         try:
-            result = await self.peer.wait_complete.remote(digest.task_id)
+            result = await self.call("wait_complete", digest.task_id)
         except RayTaskError:
             return None
         return int(result["bytes"])
@@ -220,7 +246,7 @@ class P2PBlobs:
         if length is not None:
             return _P2PHandle(self, digest, length, default_piece_size(length))
         info = await self._register(digest, source)
-        await self.peer.prepare.remote(info, self.concurrency)
+        await self.call("prepare", info, self.concurrency)
         return _P2PHandle(self, digest, info.length, info.piece_size)
 
     async def _register(self, digest: Digest, source: SourceFactory) -> TaskInfo:
@@ -251,7 +277,7 @@ class P2PBlobs:
     def shared(self, task_id: str) -> _SharedPieces:
         """The piece requests of ``task_id`` shared by this proxy's open responses."""
         if task_id not in self._shared:
-            self._shared[task_id] = _SharedPieces(self.peer, task_id)
+            self._shared[task_id] = _SharedPieces(self, task_id)
         return self._shared[task_id]
 
     def release(self, task_id: str, reader: int) -> None:

@@ -165,6 +165,25 @@ def test_corrupt_upstream_in_p2p_nothing_cached(mirrors, front, registry):
     assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
 
 
+def test_mirror_heals_after_its_peer_dies(mirrors, front, registry):
+    """The node's peer actor dies: the mirror on that node looks it up again (a new one is
+    created) instead of failing every later request; the blob is still right and P2P."""
+    from rayfly.config import NAMESPACE, PEER_PREFIX
+
+    image = fresh_image(registry, "rayfly/heal", 41, [6 * MiB + 5])
+    digest = image.layer_digests[0]
+    node_ids = list(mirrors)
+    first = requests.get(blob_url(mirrors[node_ids[0]], image, digest), timeout=60)
+    assert "sha256:" + hashlib.sha256(first.content).hexdigest() == digest
+    victim = node_ids[1]
+    ray.kill(ray.get_actor(PEER_PREFIX + victim, namespace=NAMESPACE), no_restart=True)
+    body = requests.get(blob_url(mirrors[victim], image, digest), timeout=60).content
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])  # once, from peers
+    peer = ray.get_actor(PEER_PREFIX + victim, namespace=NAMESPACE)
+    assert ray.get(peer.has_task.remote(digest.replace(":", "-")))
+
+
 def test_range_and_head_from_p2p_cache(mirrors, front, test_image):
     digest = test_image.layer_digests[0]
     data = test_image.blobs[digest]
