@@ -18,6 +18,7 @@ import random
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
+from typing import Protocol
 
 from rayfly.errors import InvalidInput
 
@@ -25,20 +26,35 @@ MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
 
 
+class Load(Protocol):
+    """What the policy needs to know of a possible parent (the scheduler's own peer records
+    satisfy it, so no copy is made per lookup)."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def uploads(self) -> int: ...
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def throughput(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class PeerLoad:
-    """What the policy needs to know of a possible parent."""
+    """A possible parent as a value: tests, and the loads a batch adds to a parent."""
 
     peer_id: str
     host: str
     uploads: int
     slots: int
     throughput: float = 0.0
-
-    @property
-    def free(self) -> int:
-        """Upload slots not in use."""
-        return self.slots - self.uploads
 
 
 @dataclass(frozen=True)
@@ -93,13 +109,13 @@ def peer_salt(peer_id: str) -> int:
     return zlib.crc32(peer_id.encode())
 
 
-def choose_parent(candidates: Sequence[PeerLoad], host: str, rng: random.Random) -> PeerLoad | None:
+def choose_parent(candidates: Sequence[Load], host: str, rng: random.Random) -> Load | None:
     """The best holder with a free upload slot, or None when every holder is busy.
 
     Score: same host first, then the smallest share of slots in use, then the best recent
     throughput; at most :data:`MAX_CANDIDATES` holders (a random sample) are considered.
     """
-    free = [c for c in candidates if c.free > 0]
+    free = [c for c in candidates if c.uploads < c.slots]
     if len(free) > MAX_CANDIDATES:
         free = rng.sample(free, MAX_CANDIDATES)
     if not free:
@@ -126,13 +142,13 @@ def origin_share(origin_parallelism: int, peers: int) -> int:
 
 
 def _candidates(
-    holders: Iterable[str], me: str, load_of: Callable[[str], PeerLoad | None]
-) -> tuple[list[PeerLoad], bool]:
+    holders: Iterable[str], me: str, load_of: Callable[[str], Load | None]
+) -> tuple[list[Load], bool]:
     """Up to :data:`SCAN_LIMIT` holders with a free slot, and whether any live holder exists.
 
     The scan stops early, so a piece held by ten thousand peers costs a few dozen lookups.
     """
-    free: list[PeerLoad] = []
+    free: list[Load] = []
     alive = False
     for p in holders:
         if p == me:
@@ -141,7 +157,7 @@ def _candidates(
         if load is None:
             continue
         alive = True
-        if load.free > 0:
+        if load.uploads < load.slots:
             free.append(load)
             if len(free) >= SCAN_LIMIT:
                 break
@@ -154,7 +170,7 @@ def plan_batch(
     host: str,
     have: Set[int],
     busy: Set[int],
-    loads: Mapping[str, PeerLoad],
+    loads: Mapping[str, Load],
     want: int,
     order: str = "rarest-first",
     rng: random.Random | None = None,
@@ -168,15 +184,18 @@ def plan_batch(
     """
     rng = rng or random.Random(peer_salt(peer_id))
     order_fn = piece_policy(order)
-    missing = [i for i in range(view.n_pieces) if i not in have and i not in busy]
-    bumped: dict[str, PeerLoad] = {}
+    bumped: dict[str, Load] = {}
 
-    def load_of(p: str) -> PeerLoad | None:
+    def load_of(p: str) -> Load | None:
         return bumped.get(p) or loads.get(p)
 
     origin_budget = view.origin_parallelism - len(view.origin_inflight)
     if origin_quota is not None:
         origin_budget = min(origin_budget, origin_quota)
+    if origin_budget > 0:
+        missing = [i for i in range(view.n_pieces) if i not in have and i not in busy]
+    else:  # only pieces someone holds can be handed out
+        missing = [i for i, h in view.holders.items() if h and i not in have and i not in busy]
     out: list[Assignment] = []
     for piece in order_fn(missing, view, peer_salt(peer_id)):
         if len(out) >= want:

@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,6 @@ from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import RayflyError, TaskNotFound
 from rayfly.scheduling import (
     Assignment,
-    PeerLoad,
     TaskView,
     origin_share,
     plan_batch,
@@ -80,28 +79,12 @@ class TaskState:
 class PeerState:
     """The scheduler's record of one peer: where it is, which actor it is, how busy it is."""
 
+    peer_id: str
     host: str
     slots: int
     incarnation: str = ""
     uploads: int = 0
     throughput: float = 0.0
-
-
-class _PeerLoads(Mapping[str, PeerLoad]):
-    """The scheduler's peers as the policy sees them, built only for the peers looked up."""
-
-    def __init__(self, peers: dict[str, PeerState]) -> None:
-        self._peers = peers
-
-    def __getitem__(self, peer_id: str) -> PeerLoad:
-        p = self._peers[peer_id]
-        return PeerLoad(peer_id, p.host, p.uploads, p.slots, p.throughput)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._peers)
-
-    def __len__(self) -> int:
-        return len(self._peers)
 
 
 @dataclass(frozen=True)
@@ -153,6 +136,7 @@ class SchedulerCore:
         self.tasks: dict[str, TaskState] = {}
         self.peers: dict[str, PeerState] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._rng = random.Random()
         self._expired_at = -math.inf
 
     def _notify(self, wake: int | None = None) -> None:
@@ -203,7 +187,7 @@ class SchedulerCore:
         known = self.peers.get(peer_id)
         if known is not None and known.incarnation != incarnation:
             self.peer_lost(peer_id)
-        self.peers.setdefault(peer_id, PeerState(host, slots, incarnation))
+        self.peers.setdefault(peer_id, PeerState(peer_id, host, slots, incarnation))
         self.peers[peer_id].host, self.peers[peer_id].slots = host, slots
         t.have.setdefault(peer_id, set())
         t.leases.setdefault(peer_id, {})
@@ -291,10 +275,10 @@ class SchedulerCore:
             me.host,
             t.have.get(peer_id, set()),
             set(leases),
-            _PeerLoads(self.peers),
+            self.peers,
             want,
             t.order,
-            random.Random(),
+            self._rng,
             max(0, quota),
         )
         deadline = self.clock() + self.config.lease_timeout_s
