@@ -31,6 +31,7 @@ import random
 import sys
 import time
 import tracemalloc
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class Simulation:
         self.core.add_task(self.task, "rarest-first")
         self.peers = {f"p{i:05d}": PeerSim(f"p{i:05d}") for i in range(config.peers)}
         self.events: list[tuple[float, int, str, str, Any]] = []
+        self.queue: deque[str] = deque()  # long-polling peers, in the order they started
         self.seq = 0
         self.stats = Stats()
         for pid in self.peers:
@@ -162,28 +164,29 @@ class Simulation:
             self._push(self.now + secs, "piece", peer.peer_id, (a.piece, a.parent, size, secs))
         if not batch.assignments and peer.inflight == 0:
             peer.waiting = True
+            self.queue.append(peer.peer_id)
             self._push(self.now + self.cfg.long_poll_s, "poll", peer.peer_id, None)
         if done:
             self._wake_waiters(len(done))
 
     def _wake_waiters(self, done: int) -> None:
         """A report of ``done`` pieces wakes as many long-polling peers as the scheduler does
-        (:func:`rayfly.scheduling.wake_count`), or ``wake_limit`` of them (a what-if; 0 wakes
-        every waiter, as the scheduler did before it bounded its wakeups)."""
-        waiting = self.waiting_order()
-        if self.cfg.wake_limit is None:
-            waiting = waiting[: wake_count(done, 0, self.cfg.wake_per_piece)]
-        elif self.cfg.wake_limit > 0:
-            waiting = waiting[: self.cfg.wake_limit]
-        for p in waiting:
-            p.waiting = False
-            self._push(self.now + RPC_LATENCY_S, "exchange", p.peer_id, None)
-
-    def waiting_order(self) -> list[PeerSim]:
-        """Long-polling peers, in a random order."""
-        waiting = [p for p in self.peers.values() if p.waiting]
-        self.rng.shuffle(waiting)
-        return waiting
+        (:func:`rayfly.scheduling.wake_count`), longest waiting first as the scheduler does, or
+        ``wake_limit`` of them (a what-if; 0 wakes every waiter, as the scheduler did before it
+        bounded its wakeups)."""
+        if self.cfg.wake_limit == 0:
+            limit = len(self.queue)
+        elif self.cfg.wake_limit is not None:
+            limit = self.cfg.wake_limit
+        else:
+            limit = wake_count(done, 0, self.cfg.wake_per_piece)
+        woken = 0
+        while self.queue and woken < limit:
+            p = self.peers[self.queue.popleft()]
+            if p.waiting:  # entries of peers that asked again meanwhile are stale
+                p.waiting = False
+                woken += 1
+                self._push(self.now + RPC_LATENCY_S, "exchange", p.peer_id, None)
 
     def piece_done(self, peer: PeerSim, data: tuple[int, str | None, int, float]) -> None:
         """A transfer ended: report it (with the next exchange), finish when complete."""
