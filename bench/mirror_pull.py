@@ -174,7 +174,13 @@ def pull_table(pulls: list[dict], args: dict) -> str:
     lines = [
         f"`ctr images pull` of a {image / MiB:.1f} MiB image (4 uncompressed layers, largest "
         f"{args['layer_mib']} MiB), native snapshotter, {args['nodes']}-node local Ray, "
-        f"{len(pulls)} runs; the three modes of a run pull side by side (same load):",
+        f"{len(pulls)} runs, upstream "
+        + (
+            f"capped at {args['upstream_mbps']:g} MB/s"
+            if args.get("upstream_mbps")
+            else "at loopback speed"
+        )
+        + "; the three modes of a run pull side by side (same load):",
         "",
         "| mode | median s | median of per-run ratios to direct | upstream blob bytes / image |",
         "| --- | ---: | ---: | ---: |",
@@ -219,6 +225,13 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="Write the raw figures here.")
     parser.add_argument("--only", choices=("pull", "concurrent"), default=None)
     parser.add_argument("--from-json", default=None, help="Only print the tables of a --json.")
+    parser.add_argument(
+        "--upstream-mbps",
+        type=float,
+        default=0.0,
+        help="Cap the registry's bodies at this many MB/s in total, as a registry reached over "
+        "a WAN link would be (0: loopback speed).",
+    )
     args = parser.parse_args()
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
@@ -231,6 +244,7 @@ def main() -> None:
     (work / "registry").mkdir()
     registry = RegistryProcess(work / "registry")
     front = CountingFront(registry.url, loop)
+    front.state.rate = args.upstream_mbps * 1e6
     cluster = start_local_cluster(args.nodes, object_store_memory=400 << 20)
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     try:

@@ -246,6 +246,7 @@ class FrontState:
     credentials: tuple[str, str] | None = None
     tokens: set[str] = field(default_factory=set)
     corrupt: set[str] = field(default_factory=set)
+    rate: float = 0.0  # bytes/s of all bodies together (0: unlimited): a registry far away
 
     def reset(self) -> None:
         self.blob_gets.clear()
@@ -265,6 +266,7 @@ class CountingFront:
     def __init__(self, registry_url: str, loop: LoopThread) -> None:
         self.target = registry_url
         self.state = FrontState()
+        self._free_at = 0.0
         self._loop = loop
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -360,6 +362,15 @@ class CountingFront:
                 if flip:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     flip = False
+                await self._pace(len(chunk))
                 await resp.write(chunk)
             await resp.write_eof()
             return resp
+
+    async def _pace(self, nbytes: int) -> None:
+        """Hold a chunk until the shared link of ``state.rate`` bytes/s has room for it."""
+        if not self.state.rate:
+            return
+        now = asyncio.get_running_loop().time()
+        self._free_at = max(now, self._free_at) + nbytes / self.state.rate
+        await asyncio.sleep(self._free_at - now)
