@@ -129,3 +129,29 @@ def test_prometheus_text_parsing():
         ({"Component": "core_worker", "node_id": "a,b"}, 42.0)
     ]
     assert metrics.parse_prometheus(text, "ray_rayfly_cache_bytes") == [({}, 7.0)]
+
+
+def test_a_corrupt_piece_is_refetched_and_counted_by_reason(
+    ray_cluster, origin, origin_root, tmp_path, session_dir
+):
+    """V's cached copy rots on disk; W, fetching from V, detects the bad piece (xxh3), the piece
+    comes again from the origin, W's file is right, and the failure shows on the endpoint as
+    rayfly_piece_failures{reason="corrupt"}."""
+    from rayfly.actors import placement
+    from tests.conftest import sha256_file
+
+    v, w = (n.node_id for n in placement.alive_nodes()[2:4])
+    src = make_file(origin_root / "rot.bin", 8 * MiB, seed=13)
+    first = rayfly.distribute(origin.url + "rot.bin", str(tmp_path / "v.bin"), nodes=[v])
+    assert first.ok, str(first)
+    data = session_dir / "cache" / v / "tasks" / first.task_ids[0] / "data"
+    with open(data, "r+b") as fh:  # read-only for users; root can still damage it
+        fh.write(b"\xff" * 64)
+    tags = {"node_id": w, "reason": "corrupt"}
+    settled(metrics.PIECE_FAILURES)  # earlier tests' failures have reached the endpoint
+    before = metrics.scrape(metrics.PIECE_FAILURES, tags)
+    second = rayfly.distribute(origin.url + "rot.bin", str(tmp_path / "w.bin"), nodes=[w])
+    assert second.ok, str(second)
+    assert sha256_file(tmp_path / "w.bin") == sha256_file(src)
+    assert second.nodes[0].bytes_from_origin >= MiB, str(second)  # the rotten piece, again
+    assert wait_for(metrics.PIECE_FAILURES, before + 1, tags) >= before + 1
