@@ -178,11 +178,15 @@ class PieceStore:
             entry.have.add(index)
         return digest
 
-    def read_piece(self, task_id: str, index: int, into: np.ndarray | None = None) -> np.ndarray:
+    def read_piece(
+        self, task_id: str, index: int, into: np.ndarray | None = None, verify: bool = False
+    ) -> np.ndarray:
         """Return the bytes of a verified piece as a uint8 array.
 
         With ``into`` (a buffer at least a piece long, reused by the caller) no memory is
-        allocated and a view of ``into`` is returned.
+        allocated and a view of ``into`` is returned. With ``verify`` the bytes are checked
+        against the digest recorded when the piece was written (:class:`PieceCorrupt` if the
+        file changed since: a disk error, or someone writing into the cache).
         """
         entry = self._require(task_id)
         if index not in entry.have:
@@ -192,6 +196,8 @@ class PieceStore:
         got = os.preadv(self._fd(task_id), [buf], start)
         if got != end - start:
             raise StorageError(f"short read of piece {index} of task {task_id}")
+        if verify and piece_digest(buf) != entry.digests.get(index):
+            raise PieceCorrupt(f"piece {index} of task {task_id} changed on disk at {self.root}")
         entry.last_used = self._clock()
         return buf
 

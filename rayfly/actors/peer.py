@@ -173,12 +173,26 @@ class Peer:
         """A verified piece for another peer; raises PieceUnavailable if not held."""
         self.uploads += 1
         try:
-            data = await self._disk_io(self.store.read_piece, task_id, index)
+            data = await self._disk_io(self.store.read_piece, task_id, index, None, True)
             self.pieces_served += 1
             metrics.piece_served(self.node_id)
             return data
+        except PieceCorrupt:
+            await self._evict_corrupt(task_id)
+            raise
         finally:
             self.uploads -= 1
+
+    async def _evict_corrupt(self, task_id: str) -> None:
+        """A complete cached task whose bytes changed on disk: drop it here and tell the
+        scheduler, so that no other peer is sent here for it (it is fetched anew if asked)."""
+        log.warning("task %s: the cached copy on node %s is corrupt", task_id, self.node_id)
+        if not self.has_task(task_id):
+            return  # still downloading: the download's own checks decide
+        self.store.discard(task_id)
+        self._downloads.pop(task_id, None)
+        with contextlib.suppress(Exception):
+            await self._sched().finish.remote(task_id, self.node_id, "cached copy corrupt")
 
     async def wait_piece(self, task_id: str, index: int) -> np.ndarray:
         """Wait until piece ``index`` of a prepared task is verified here, and return it."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+import ray
 
 import rayfly
 from rayfly import metrics
@@ -45,8 +47,7 @@ def test_transfer_counters_read_back_from_prometheus(ray_cluster, origin, origin
     size = 8 * MiB
     make_file(origin_root / "metered.bin", size, seed=11)
     before = {
-        n: settled(n)
-        for n in (metrics.ORIGIN_BYTES, metrics.PEER_BYTES, metrics.PIECES_SERVED)
+        n: settled(n) for n in (metrics.ORIGIN_BYTES, metrics.PEER_BYTES, metrics.PIECES_SERVED)
     }
     report = rayfly.distribute(
         origin.url + "metered.bin", str(tmp_path / "{node_id}.bin"), piece_size=MiB
@@ -134,9 +135,9 @@ def test_prometheus_text_parsing():
 def test_a_corrupt_piece_is_refetched_and_counted_by_reason(
     ray_cluster, origin, origin_root, tmp_path, session_dir
 ):
-    """V's cached copy rots on disk; W, fetching from V, detects the bad piece (xxh3), the piece
-    comes again from the origin, W's file is right, and the failure shows on the endpoint as
-    rayfly_piece_failures{reason="corrupt"}."""
+    """V's cached copy rots on disk. V checks what it serves, refuses the bad piece and evicts
+    its copy; W gets the piece from the origin instead, W's file is right, and the failure shows
+    on the endpoint as rayfly_piece_failures{reason="corrupt"}."""
     from rayfly.actors import placement
     from tests.conftest import sha256_file
 
@@ -145,7 +146,8 @@ def test_a_corrupt_piece_is_refetched_and_counted_by_reason(
     first = rayfly.distribute(origin.url + "rot.bin", str(tmp_path / "v.bin"), nodes=[v])
     assert first.ok, str(first)
     data = session_dir / "cache" / v / "tasks" / first.task_ids[0] / "data"
-    with open(data, "r+b") as fh:  # read-only for users; root can still damage it
+    os.chmod(data, 0o644)  # the cache file is read-only: damage it anyway
+    with open(data, "r+b") as fh:
         fh.write(b"\xff" * 64)
     tags = {"node_id": w, "reason": "corrupt"}
     settled(metrics.PIECE_FAILURES)  # earlier tests' failures have reached the endpoint
@@ -155,3 +157,5 @@ def test_a_corrupt_piece_is_refetched_and_counted_by_reason(
     assert sha256_file(tmp_path / "w.bin") == sha256_file(src)
     assert second.nodes[0].bytes_from_origin >= MiB, str(second)  # the rotten piece, again
     assert wait_for(metrics.PIECE_FAILURES, before + 1, tags) >= before + 1
+    peer = placement.get_or_create_peer(next(n for n in placement.alive_nodes() if n.node_id == v))
+    assert not ray.get(peer.has_task.remote(first.task_ids[0]))  # V evicted the rotten copy

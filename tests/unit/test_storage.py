@@ -98,3 +98,18 @@ def test_pieces_accept_numpy_views(tmp_path):
     store.begin("t", 4096, 4096)
     store.write_piece("t", 0, arr)
     assert bytes(store.read_piece("t", 0)) == arr.tobytes()
+
+
+def test_a_piece_changed_on_disk_is_caught_when_read_with_verify(tmp_path):
+    store = PieceStore(tmp_path, quota=1 << 20)
+    data = os.urandom(8192)
+    fill(store, "t1", data, 4096)
+    store.complete("t1", "whatever")
+    os.chmod(store.data_path("t1"), 0o644)  # the cache file is read-only: damage it anyway
+    with open(store.data_path("t1"), "r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"\x00" * 16)
+    assert bytes(store.read_piece("t1", 0, verify=True)) == data[:4096]
+    assert bytes(store.read_piece("t1", 1)) != data[4096:]  # unchecked reads do not notice
+    with pytest.raises(PieceCorrupt, match="changed on disk"):
+        store.read_piece("t1", 1, verify=True)
