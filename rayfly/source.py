@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ class SourceFile:
     url: str
     relpath: str
     size: int
+
+
+_USERINFO = re.compile(r"://[^/@\s'\"]+@")
+_PARAM = re.compile(r"(^|[?&\s'\"(;,])([A-Za-z0-9_.-]+)=([^&\s'\"#)]*)")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, say) with URL passwords and signature values hidden:
+    libraries put the URL they were given into their messages, signature and all."""
+    text = _USERINFO.sub("://REDACTED@", text)
+    return _PARAM.sub(
+        lambda m: f"{m[1]}{m[2]}=REDACTED" if SIGNATURE_PARAMS.match(m[2]) else m[0], text
+    )
 
 
 def redact_url(url: str) -> str:
@@ -148,17 +162,18 @@ def _translate(exc: BaseException, url: str, attempts: int) -> SourceError:
     exc = _cause(exc)
     if isinstance(exc, FileNotFoundError):
         return SourceNotFound(f"not found at the origin: {shown}")
+    detail = redact_text(f"{type(exc).__name__}: {exc}")
     if _is_transient(exc):
-        return OriginUnreachable(
-            f"cannot read {shown} after {attempts} attempts: {type(exc).__name__}: {exc}"
-        )
-    return SourceError(f"cannot read {shown}: {type(exc).__name__}: {exc}")
+        return OriginUnreachable(f"cannot read {shown} after {attempts} attempts: {detail}")
+    return SourceError(f"cannot read {shown}: {detail}")
 
 
 def _retry_delay(exc: Exception, url: str, attempt: int, attempts: int, base: float) -> float:
     """How long to wait before the next attempt; raises the translated error if none is due."""
     if attempt == attempts or not _is_transient(_cause(exc)):
-        raise _translate(exc, url, attempt) from exc
+        # not chained: the original's message (and so any traceback Ray prints or ships to
+        # the driver) carries the URL as given, signature included; ours is redacted
+        raise _translate(exc, url, attempt) from None
     return base * (2 ** (attempt - 1)) * (0.5 + random.random())
 
 

@@ -308,7 +308,7 @@ class Peer:
         except RayflyError as exc:
             result.error = str(exc)
         except Exception as exc:
-            result.error = f"{type(exc).__name__}: {exc}"
+            result.error = source.redact_text(f"{type(exc).__name__}: {exc}")
         result.seconds = time.time() - t0
         return result
 

@@ -59,3 +59,37 @@ def test_async_reads_match_sync_reads_and_errors(server):
 
     data, local = asyncio.run(go())
     assert data == local == source.read_range(url, {}, 100, 300)
+
+
+def test_errors_never_show_signatures_or_passwords(server):
+    import asyncio
+
+    server.fail_paths["/d/a.bin"] = 100  # always 503
+    secret = "topsecret123"
+    url = server.url + f"d/a.bin?X-Amz-Signature={secret}&X-Amz-Credential=AKIAEXAMPLE&v=1"
+    with pytest.raises(OriginUnreachable) as sync_err:
+        source.read_range(url, {}, 0, 16)
+
+    async def go():
+        with pytest.raises(OriginUnreachable) as err:
+            await source.read_range_async(url, {}, 0, 16)
+        return err
+
+    async_err = asyncio.run(go())
+    for err in (sync_err, async_err):
+        text = str(err.value)
+        assert "503" in text and "a.bin" in text
+        assert secret not in text and "AKIAEXAMPLE" not in text, text
+    assert source.redact_text(f"see http://bob:hunter2@h/x?sig={secret} and sig={secret}") == (
+        "see http://REDACTED@h/x?sig=REDACTED and sig=REDACTED"
+    )
+
+
+def test_origin_errors_do_not_chain_the_unredacted_original(server):
+    import traceback
+
+    server.fail_paths["/d/a.bin"] = 100
+    signed = server.url + "d/a.bin?X-Amz-Signature=s3cr3t"
+    with pytest.raises(OriginUnreachable) as err:
+        source.read_range(signed, {}, 0, 16)
+    assert "s3cr3t" not in "".join(traceback.format_exception(err.value))
