@@ -191,8 +191,7 @@ class Peer:
             return  # still downloading: the download's own checks decide
         self.store.discard(task_id)
         self._downloads.pop(task_id, None)
-        with contextlib.suppress(Exception):
-            await self._sched().finish.remote(task_id, self.node_id, "cached copy corrupt")
+        await self._forget([task_id], "cached copy corrupt")
 
     async def wait_piece(self, task_id: str, index: int) -> np.ndarray:
         """Wait until piece ``index`` of a prepared task is verified here, and return it."""
@@ -517,8 +516,9 @@ class Peer:
             for e in self.store.entries()
         ]
 
-    def cache_remove(self, task_id: str) -> bool:
-        """Remove one task from this node's cache (refused while it downloads)."""
+    async def cache_remove(self, task_id: str) -> bool:
+        """Remove one task from this node's cache (refused while it downloads); the scheduler
+        is told, so that no peer is sent here for its pieces any more."""
         running = self._downloads.get(task_id)
         if running is not None and not running.done():
             raise RayflyError(f"task {task_id} is downloading on node {self.node_id}")
@@ -526,10 +526,23 @@ class Peer:
         self.store.discard(task_id)
         self._downloads.pop(task_id, None)
         metrics.cache_bytes(self.node_id, self.store.used_bytes())
+        if existed:
+            await self._forget([task_id], "removed from the cache")
         return existed
 
-    def cache_gc(self, keep_bytes: int | None = None) -> list[str]:
-        """Evict least-recently-used complete tasks down to ``keep_bytes`` (default: quota)."""
+    async def cache_gc(self, keep_bytes: int | None = None) -> list[str]:
+        """Evict least-recently-used complete tasks down to ``keep_bytes`` (default: quota),
+        and tell the scheduler which."""
         removed = self.store.gc(keep_bytes)
+        for task_id in removed:
+            self._downloads.pop(task_id, None)
         metrics.cache_bytes(self.node_id, self.store.used_bytes())
+        await self._forget(removed, "evicted from the cache")
         return removed
+
+    async def _forget(self, task_ids: list[str], why: str) -> None:
+        """Tell the scheduler this node no longer holds ``task_ids`` (best effort: a scheduler
+        that does not know a task has nothing to forget)."""
+        for task_id in task_ids:
+            with contextlib.suppress(Exception):
+                await self._sched().finish.remote(task_id, self.node_id, why)

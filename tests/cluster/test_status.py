@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 import rayfly
 from rayfly import status
+from rayfly.actors import placement
 from rayfly.origin import make_file
 from tests.conftest import CLUSTER_NODES, free_port
 
@@ -70,12 +72,15 @@ def test_cache_ls_rm_gc(ray_cluster, distributed, session_dir):
     assert Path(distributed.nodes[0].path).exists()  # the destination stays
     left = {r["node_id"] for r in status.cache_ls() if r["task_id"] == tid}
     assert left == {n.node_id for n in distributed.nodes[1:]}
+    scheduler = placement.get_scheduler()
+    assert victim not in ray.get(scheduler.progress.remote([tid]))  # no peer is sent there
 
     other = distributed.nodes[1].node_id
     out = cli("cache", "gc", "--keep", "0", "--node", other, "--address", ray_cluster.address)
     assert out.returncode == 0, out.stderr
     assert tid in out.stdout
     assert not [r for r in status.cache_ls(other) if r.get("complete")]
+    assert other not in ray.get(scheduler.progress.remote([tid]))
 
     out = cli("cache", "ls", "--json", "--address", ray_cluster.address)
     assert out.returncode == 0, out.stderr
