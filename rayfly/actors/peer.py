@@ -190,8 +190,7 @@ class Peer:
         if not self.has_task(task_id):
             return  # still downloading: the download's own checks decide
         self.store.discard(task_id)
-        self._downloads.pop(task_id, None)
-        await self._forget([task_id], "cached copy corrupt")
+        await self._removed([task_id], "cached copy corrupt")
 
     async def wait_piece(self, task_id: str, index: int) -> np.ndarray:
         """Wait until piece ``index`` of a prepared task is verified here, and return it."""
@@ -524,25 +523,23 @@ class Peer:
             raise RayflyError(f"task {task_id} is downloading on node {self.node_id}")
         existed = self.store.entry(task_id) is not None
         self.store.discard(task_id)
-        self._downloads.pop(task_id, None)
-        metrics.cache_bytes(self.node_id, self.store.used_bytes())
-        if existed:
-            await self._forget([task_id], "removed from the cache")
+        await self._removed([task_id] if existed else [], "removed from the cache")
         return existed
 
     async def cache_gc(self, keep_bytes: int | None = None) -> list[str]:
         """Evict least-recently-used complete tasks down to ``keep_bytes`` (default: quota),
         and tell the scheduler which."""
         removed = self.store.gc(keep_bytes)
-        for task_id in removed:
-            self._downloads.pop(task_id, None)
-        metrics.cache_bytes(self.node_id, self.store.used_bytes())
-        await self._forget(removed, "evicted from the cache")
+        await self._removed(removed, "evicted from the cache")
         return removed
 
-    async def _forget(self, task_ids: list[str], why: str) -> None:
-        """Tell the scheduler this node no longer holds ``task_ids`` (best effort: a scheduler
-        that does not know a task has nothing to forget)."""
+    async def _removed(self, task_ids: list[str], why: str) -> None:
+        """``task_ids`` left the store: drop their finished downloads, update the cache gauge,
+        and tell the scheduler this node no longer holds them (best effort: a scheduler that
+        does not know a task has nothing to forget)."""
+        for task_id in task_ids:
+            self._downloads.pop(task_id, None)
+        metrics.cache_bytes(self.node_id, self.store.used_bytes())
         for task_id in task_ids:
             with contextlib.suppress(Exception):
                 await self._sched().finish.remote(task_id, self.node_id, why)

@@ -158,10 +158,15 @@ class _FileHandle:
             self._fd = -1
 
 
+def _task_dir(root: Path, digest: Digest) -> Path:
+    """Where the piece store keeps the blob's task (``data`` and ``meta.json``)."""
+    return root / "tasks" / digest.task_id
+
+
 def _read_meta(root: Path, digest: Digest) -> dict[str, Any] | None:
     """The store's record of a complete task for ``digest``, if its sha256 matches."""
     try:
-        meta = json.loads((root / "tasks" / digest.task_id / "meta.json").read_text())
+        meta = json.loads((_task_dir(root, digest) / "meta.json").read_text())
     except (OSError, ValueError):
         return None
     if not meta.get("complete") or meta.get("sha256") != digest.hex:
@@ -212,7 +217,7 @@ class P2PBlobs:
         if meta is None or self._root is None:
             return None
         try:
-            fd = os.open(self._root / "tasks" / digest.task_id / "data", os.O_RDONLY)
+            fd = os.open(_task_dir(self._root, digest) / "data", os.O_RDONLY)
         except OSError:
             return None
         return _FileHandle(fd, int(meta["length"]), int(meta["piece_size"]))
@@ -221,7 +226,7 @@ class P2PBlobs:
         """The piece store's data file of the blob, if complete and verified on this node."""
         if self._root is None or _read_meta(self._root, digest) is None:
             return None
-        path = self._root / "tasks" / digest.task_id / "data"
+        path = _task_dir(self._root, digest) / "data"
         return path if path.is_file() else None
 
     async def cached_length(self, digest: Digest) -> int | None:

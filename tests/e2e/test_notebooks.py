@@ -66,11 +66,16 @@ def kernel_env(ray_cluster, monkeypatch, tmp_path):
     return monkeypatch
 
 
+def use_s3(env, endpoint):
+    """Point the quickstart at the session's moto S3 server."""
+    env.setenv("RAYFLY_NB_S3_ENDPOINT", endpoint)
+    env.setenv("AWS_ACCESS_KEY_ID", "testing")
+    env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    env.setenv("AWS_DEFAULT_REGION", "us-west-2")
+
+
 def test_quickstart(kernel_env, s3_endpoint, tmp_path):
-    kernel_env.setenv("RAYFLY_NB_S3_ENDPOINT", s3_endpoint)
-    kernel_env.setenv("AWS_ACCESS_KEY_ID", "testing")
-    kernel_env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    kernel_env.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    use_s3(kernel_env, s3_endpoint)
     nb, text = execute("quickstart.ipynb", tmp_path)
     assert f"NODES {CLUSTER_NODES}" in text
     assert "SOURCE s3://rayfly-quickstart/events/" in text
@@ -91,10 +96,7 @@ def test_quickstart_without_matplotlib(kernel_env, s3_endpoint, tmp_path):
     )
     kernel_env.setenv("PYTHONPATH", str(hide))
     kernel_env.delenv("MPLBACKEND")
-    kernel_env.setenv("RAYFLY_NB_S3_ENDPOINT", s3_endpoint)
-    kernel_env.setenv("AWS_ACCESS_KEY_ID", "testing")
-    kernel_env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    kernel_env.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    use_s3(kernel_env, s3_endpoint)
     nb, text = execute("quickstart.ipynb", tmp_path)
     assert f"ROWS_PER_NODE [150000] nodes {CLUSTER_NODES}" in text
     assert "NO_PLOT:" in text and "pip install matplotlib" in text
