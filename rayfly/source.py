@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
+import fsspec.asyn
 from fsspec.core import url_to_fs
 
 from rayfly.errors import InvalidStorageOption, OriginUnreachable, SourceError, SourceNotFound

@@ -1,0 +1,105 @@
+"""An extra Ray worker node that a test can kill like a host: ``ray start --address ... --block``
+in its own process group, optionally in a private mount namespace.
+
+SIGKILL of the group takes the raylet, its object store and every worker (and so every actor)
+on it at once, as a host failure does; killing an actor does not show that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+
+
+class RayNode:
+    """A worker node joined to the cluster at ``address``.
+
+    ``env`` is the node's own environment (its raylet's, which its workers inherit), e.g.
+    ``RAYFLY_CACHE_DIR``. With ``private_mounts`` the node runs under ``unshare -m
+    --propagation private``: mounts made afterwards outside it are invisible to it, as another
+    host's filesystem is.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        private_mounts: bool = False,
+        object_store_memory: int = 100 * MiB,
+        num_cpus: int = 1,
+    ) -> None:
+        self.address = address
+        self.tag = f"rayfly-test-node-{uuid.uuid4().hex[:8]}"
+        self.node_id = ""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_dir / f"{self.tag}.log", "w")  # noqa: SIM115
+        cmd = [
+            shutil.which("ray") or "ray",
+            "start",
+            f"--address={address}",
+            "--block",
+            f"--num-cpus={num_cpus}",
+            f"--object-store-memory={object_store_memory}",
+            f'--resources={{"{self.tag}": 1}}',
+            "--disable-usage-stats",
+        ]
+        if private_mounts:
+            cmd = ["unshare", "-m", "--propagation", "private", *cmd]
+        full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "", **(env or {})}
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=full_env
+        )
+
+    def wait_alive(self, timeout: float = 120) -> str:
+        """Wait until the node is alive in the cluster; returns its Ray node id."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}; see {self.log.name}")
+            for n in ray.nodes():
+                if n.get("Alive") and self.tag in n.get("Resources", {}):
+                    self.node_id = n["NodeID"]
+                    return self.node_id
+            time.sleep(0.5)
+        raise TimeoutError(f"node {self.tag} did not join within {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group (raylet, object store, workers)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.log.close()
+
+    def wait_dead(self, timeout: float = 60) -> None:
+        """Wait until the cluster has noticed the node is gone."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(n["NodeID"] == self.node_id and n.get("Alive") for n in ray.nodes()):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"node {self.node_id} still alive {timeout}s after it was killed")
+
+
+def start_node(address: str, log_dir: Path, **kwargs: Any) -> RayNode:
+    """Start a worker node and wait for it to join; see :class:`RayNode`."""
+    node = RayNode(address, log_dir, **kwargs)
+    try:
+        node.wait_alive()
+    except BaseException:
+        node.kill()
+        raise
+    return node
