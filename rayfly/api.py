@@ -19,6 +19,7 @@ from rayfly.config import PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.report import NodeResult, Report
 from rayfly.task import SourceSpec, TaskInfo
+from rayfly.version import identity
 
 ProgressFn = Callable[[int, int, int, int], None]
 """Called as ``progress(bytes_done, bytes_total, nodes_done, nodes_total)``."""
@@ -61,7 +62,12 @@ def plan(
     piece_size: int | None,
     scheduler: Any,
 ) -> list[FetchItem]:
-    """Resolve the source into tasks (one per file) registered with the scheduler."""
+    """Resolve the source into tasks (one per file) registered with the scheduler.
+
+    Each file's version comes with the listing and is part of its task id: a changed object is
+    a new task. A file whose origin gives no validator is a new task on every call, unless the
+    content is pinned by ``sha256`` or ``tag``.
+    """
     files = ray.get(scheduler.resolve.remote(source_url, options))
     single = len(files) == 1 and files[0].url.rstrip("/") == source_url.rstrip("/")
     if sha256 and not single:
@@ -69,7 +75,11 @@ def plan(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
     refs = [
-        scheduler.register.remote(SourceSpec(f.url, options, tag, None, sha256), piece_size)
+        scheduler.register.remote(
+            SourceSpec(f.url, options, tag, None, sha256, identity(f.version, tag, sha256)),
+            piece_size,
+            listed=f,
+        )
         for f in files
     ]
     tasks: list[TaskInfo] = ray.get(refs)
@@ -121,7 +131,22 @@ def distribute(
         total,
         time.time() - t0,
         [i.task.task_id for i in items],
+        unvalidated_warnings(items),
     )
+
+
+def unvalidated_warnings(items: list[FetchItem]) -> list[str]:
+    """What to tell the user about files whose origin gives no validator."""
+    bare = [i.task for i in items if not i.task.version.validated]
+    if not bare:
+        return []
+    names = ", ".join(source.redact_url(t.url) for t in bare[:3])
+    more = f" (+{len(bare) - 3} more)" if len(bare) > 3 else ""
+    return [
+        f"the origin gives no validator (ETag, Last-Modified, version) for {names}{more}: "
+        "a cached copy is reused only when --sha256 or --tag pins the content, so without "
+        "them every call fetches it from the origin again"
+    ]
 
 
 def _failed(node: placement.NodeInfo, error: str) -> NodeResult:

@@ -191,6 +191,8 @@ def distribute(
         if progress is not None:
             progress.close()
     click.echo(report.to_json() if as_json else str(report))
+    for warning in report.warnings:
+        click.echo(f"rayfly: warning: {warning}", err=True)
     if pin:
         try:
             cli_status.pin_distribution(params, [n.node_id for n in report.nodes if n.ok])

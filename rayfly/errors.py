@@ -35,6 +35,16 @@ class OriginUnreachable(SourceError, ConnectionError):
     """The origin could not be reached after the configured retries."""
 
 
+class OriginChanged(SourceError):
+    """The object changed at the origin after it was listed (its validators no longer match):
+    fatal for the task on every node; running the distribution again fetches the new version."""
+
+
+class RangeIgnored(SourceError):
+    """The origin answered a ranged read with the whole object: the task falls back to one
+    sequential stream read."""
+
+
 class IntegrityError(RayflyError):
     """Bytes did not match the digest they were supposed to have."""
 

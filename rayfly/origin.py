@@ -1,11 +1,14 @@
 """A small HTTP origin on loopback that serves a directory with Range support and counts bytes.
 
 Used by ``rayfly demo``, the tests and the benchmarks, so that "the origin served each byte once"
-is measured where the bytes leave, not inferred.
+is measured where the bytes leave, not inferred. It sends ``ETag`` (from inode, mtime and size)
+and ``Last-Modified``, honours ``If-Match`` / ``If-Unmodified-Since`` (412), and can replace a
+file after a number of reads (:meth:`OriginServer.swap_after`), for "changed mid-transfer" tests.
 """
 
 from __future__ import annotations
 
+import email.utils
 import os
 import re
 import threading
@@ -13,6 +16,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -36,6 +40,7 @@ class OriginServer:
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, int, int, int]] = []
         self.fail_paths: dict[str, int] = {}
+        self._swaps: dict[str, tuple[int, bytes]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
@@ -69,11 +74,28 @@ class OriginServer:
         with self._lock:
             return sum(sent for p, _, _, sent in self.log if p == path)
 
+    def swap_after(self, path: str, reads: int, content: bytes) -> None:
+        """Replace the file at URL ``path`` with ``content`` (a new inode, so a new ETag) once
+        ``reads`` more bodies of it have been served."""
+        with self._lock:
+            self._swaps[path] = (reads, content)
+
     def _count(self, path: str, start: int, end: int, nbytes: int) -> None:
         with self._lock:
             self.bytes_served += nbytes
             self.requests[path] += 1
             self.log.append((path, start, end, nbytes))
+            left, content = self._swaps.get(path, (0, b""))
+            if left <= 0:
+                return
+            if left > 1:
+                self._swaps[path] = (left - 1, content)
+                return
+            del self._swaps[path]
+        target = self.root / unquote(path).lstrip("/")
+        tmp = target.with_name(target.name + ".swap")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -110,7 +132,15 @@ class OriginServer:
                 path = self._file()
                 if path is None:
                     return self._error(404)
-                size = path.stat().st_size
+                with open(path, "rb") as fh:
+                    self._answer(fh, rel, body)
+
+            def _answer(self, fh: BinaryIO, rel: str, body: bool) -> None:
+                st = os.fstat(fh.fileno())
+                size = st.st_size
+                etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"'
+                if not _conditions_hold(self.headers, etag, st.st_mtime):
+                    return self._error(412)
                 start, end = 0, size
                 m = _RANGE.match(self.headers.get("Range", ""))
                 if m and (m.group(1) or m.group(2)):
@@ -129,31 +159,46 @@ class OriginServer:
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
                 self.send_header("Content-Length", str(end - start))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
                 if body:
-                    self._send(path, start, end, rel)
+                    self._send(fh, start, end, rel)
 
-            def _send(self, path: Path, start: int, end: int, rel: str) -> None:
+            def _send(self, fh: BinaryIO, start: int, end: int, rel: str) -> None:
                 sent = 0
                 t0 = time.monotonic()
-                with open(path, "rb") as fh:
-                    fh.seek(start)
-                    while sent < end - start:
-                        chunk = fh.read(min(_CHUNK, end - start - sent))
-                        if not chunk:
-                            break
-                        try:
-                            self.wfile.write(chunk)
-                        except OSError:
-                            break
-                        sent += len(chunk)
-                        if server.rate:
-                            time.sleep(max(0.0, sent / server.rate - (time.monotonic() - t0)))
+                fh.seek(start)
+                while sent < end - start:
+                    chunk = fh.read(min(_CHUNK, end - start - sent))
+                    if not chunk:
+                        break
+                    try:
+                        self.wfile.write(chunk)
+                    except OSError:
+                        break
+                    sent += len(chunk)
+                    if server.rate:
+                        time.sleep(max(0.0, sent / server.rate - (time.monotonic() - t0)))
                 server._count(rel, start, end, sent)
 
         return Handler
+
+
+def _conditions_hold(headers: Any, etag: str, mtime: float) -> bool:
+    """``If-Match`` / ``If-Unmodified-Since`` of a request, against the file's validators."""
+    match = headers.get("If-Match")
+    if match is not None:
+        return match.strip() == "*" or etag in [t.strip() for t in match.split(",")]
+    since = headers.get("If-Unmodified-Since")
+    if since is not None:
+        try:
+            return int(mtime) <= email.utils.parsedate_to_datetime(since).timestamp()
+        except (TypeError, ValueError):
+            return True
+    return True
 
 
 def make_file(path: str | Path, size: int, seed: int = 0) -> Path:

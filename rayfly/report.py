@@ -92,7 +92,11 @@ def summarize_node(node: NodeResult, single: bool) -> NodeResult:
 
 @dataclass
 class Report:
-    """The outcome of one ``distribute`` call across every chosen node."""
+    """The outcome of one ``distribute`` call across every chosen node.
+
+    ``warnings``: what the user should know although nothing failed (an origin that gives no
+    validator, so nothing cached can be trusted for it).
+    """
 
     source: str
     dest: str
@@ -100,6 +104,7 @@ class Report:
     source_bytes: int
     makespan_s: float
     task_ids: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def origin_bytes(self) -> int:
@@ -143,6 +148,7 @@ class Report:
             "source": self.source,
             "dest": self.dest,
             "task_ids": self.task_ids,
+            "warnings": self.warnings,
             "nodes": nodes,
             "totals": self.totals(),
         }

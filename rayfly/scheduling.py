@@ -10,6 +10,8 @@ Rules:
   origin parallelism; a piece someone is already reading from the origin is waited for.
 - A parent is chosen among the piece's holders with a free upload slot: the same host first,
   then the lowest load, then the best recent throughput.
+- An origin that ignores ``Range`` is read by one peer at a time, in one sequential stream
+  (:func:`takes_stream`); the others get its pieces from peers as they arrive.
 """
 
 from __future__ import annotations
@@ -59,11 +61,16 @@ class PeerLoad:
 
 @dataclass(frozen=True)
 class Assignment:
-    """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None."""
+    """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None.
+
+    ``stream``: read the whole object from the origin in one sequential stream (it ignores
+    ``Range``), storing and reporting each piece as it arrives.
+    """
 
     piece: int
     parent: str | None
     digest: str | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,13 @@ def wake_count(done: int, failed: int, per_piece: int) -> int:
     exchanges per piece; the rest still ask again after the long-poll time.
     """
     return done * per_piece + failed
+
+
+def takes_stream(streamer: str | None, lapsed: bool, peer_id: str, lacks: bool) -> bool:
+    """Whether ``peer_id`` becomes the one peer streaming an origin that ignores ``Range``:
+    it still lacks pieces, and nobody streams (or the streamer stopped reporting: ``lapsed``).
+    A peer that streams already never gets a second stream."""
+    return lacks and streamer != peer_id and (streamer is None or lapsed)
 
 
 def origin_share(origin_parallelism: int, peers: int) -> int:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -21,8 +22,15 @@ import fsspec
 import fsspec.asyn
 from fsspec.core import url_to_fs
 
-from rayfly.errors import InvalidStorageOption, OriginUnreachable, SourceError, SourceNotFound
+from rayfly import source_http, source_s3
+from rayfly.errors import (
+    InvalidStorageOption,
+    OriginUnreachable,
+    SourceError,
+    SourceNotFound,
+)
 from rayfly.task import SIGNATURE_PARAMS
+from rayfly.version import Version, from_info, from_stat
 
 T = TypeVar("T")
 
@@ -44,11 +52,14 @@ _HTTP_REQUEST_OPTIONS = {"headers", "auth", "timeout", "ssl", "proxy", "cookies"
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file found at the origin: its URL, its path relative to the source, its size."""
+    """One file found at the origin: its URL, its path relative to the source, its size, its
+    version (validators, as listed), and whether the origin serves byte ranges."""
 
     url: str
     relpath: str
     size: int
+    version: Version = field(default_factory=Version)
+    ranges: bool = True
 
 
 _USERINFO = re.compile(r"://[^/@\s'\"]+@")
@@ -159,6 +170,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _translate(exc: BaseException, url: str, attempts: int) -> SourceError:
+    if isinstance(exc, SourceError):
+        return exc
     shown = redact_url(url)
     exc = _cause(exc)
     if isinstance(exc, FileNotFoundError):
@@ -198,30 +211,57 @@ def _fs(url: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, s
     return url_to_fs(url, **options)
 
 
-def stat(url: str, options: dict[str, Any]) -> int:
-    """The size in bytes of the object at ``url``."""
+def _protocol(url: str) -> str:
+    return fsspec.core.split_protocol(url)[0] or "file"
 
-    def run() -> int:
-        fs, path = _fs(url, options)
-        info = fs.info(path)
-        if info.get("type") == "directory":
-            raise IsADirectoryError(path)
-        size = info.get("size")
-        if size is None:
-            raise SourceError(f"the origin did not say how large {redact_url(url)} is")
-        return int(size)
 
-    return with_retries(run, url)
+def _file(fs: Any, url: str, path: str, rel: str, info: dict[str, Any]) -> SourceFile:
+    """A listed file with its version: local files are stat'ed (a syscall, no origin request)."""
+    if "file" in fs.protocol:
+        st = os.stat(path)
+        return SourceFile(url, rel, st.st_size, from_stat(st))
+    if info.get("size") is None:
+        raise SourceError(f"the origin did not say how large {redact_url(url)} is")
+    size = int(info["size"])
+    return SourceFile(url, rel, size, from_info(info, size), info.get("partial", True) is not False)
+
+
+def _http_file(fs: Any, url: str, path: str) -> SourceFile:
+    """An HTTP object from one HEAD (fsspec's ``info`` drops ``Accept-Ranges``)."""
+    rel = path.rstrip("/").rsplit("/", 1)[-1]
+    found = fsspec.asyn.sync(fs.loop, source_http.head, fs, path)
+    if found is None:  # no HEAD, or no size in it: fsspec's GET-based info
+        return _file(fs, url, path, rel, fs.info(path))
+    size, version, ranges = found
+    return SourceFile(url, rel, size, version, ranges)
+
+
+def _stat(url: str, options: dict[str, Any]) -> SourceFile:
+    fs, path = _fs(url, options)
+    if _protocol(url) in ("http", "https"):
+        return _http_file(fs, url, path)
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        raise IsADirectoryError(path)
+    return _file(fs, url, path, path.rstrip("/").rsplit("/", 1)[-1], info)
+
+
+def stat_file(url: str, options: dict[str, Any]) -> SourceFile:
+    """The object at ``url``: size, version, whether it serves ranges (one request)."""
+    return with_retries(lambda: _stat(url, options), url)
 
 
 def list_files(url: str, options: dict[str, Any]) -> list[SourceFile]:
-    """Every file at ``url``: the file itself, or every file under a directory or prefix."""
+    """Every file at ``url`` with its version: the file itself, or every file under a directory
+    or prefix (the versions come with the listing, no request per file)."""
 
     def run() -> list[SourceFile]:
         fs, path = _fs(url, options)
+        if _protocol(url) in ("http", "https"):
+            return [_http_file(fs, url, path)]
         info = fs.info(path)
         if info.get("type") != "directory":
-            return [SourceFile(url, path.rstrip("/").rsplit("/", 1)[-1], int(info["size"]))]
+            return [_file(fs, url, path, path.rstrip("/").rsplit("/", 1)[-1], info)]
         root = path.rstrip("/")
         found = fs.find(root, detail=True)
         files = []
@@ -229,7 +269,7 @@ def list_files(url: str, options: dict[str, Any]) -> list[SourceFile]:
             if meta.get("type") == "directory":
                 continue
             rel = p[len(root) :].lstrip("/") if p.startswith(root) else p.rsplit("/", 1)[-1]
-            files.append(SourceFile(fs.unstrip_protocol(p), rel, int(meta["size"])))
+            files.append(_file(fs, fs.unstrip_protocol(p), p, rel, meta))
         if not files:
             raise FileNotFoundError(f"{path} holds no files")
         return files
@@ -245,12 +285,33 @@ def _check_length(data: bytes, url: str, start: int, end: int) -> bytes:
     return data
 
 
-def read_range(url: str, options: dict[str, Any], start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of the object at ``url``."""
+def _check_local(path: str, url: str, version: Version) -> None:
+    """Raise :class:`OriginChanged` if a local file is no longer the listed version."""
+    if not version.mtime_ns:
+        return
+    st = os.stat(path)
+    now = (st.st_mtime_ns, st.st_size, st.st_ino)
+    if now != (version.mtime_ns, version.size, version.inode):
+        raise source_http.changed(
+            redact_url(url), f"{version.describe()}, now mtime-ns={now[0]} size={now[1]}"
+        )
+
+
+def read_range(
+    url: str, options: dict[str, Any], start: int, end: int, version: Version | None = None
+) -> bytes:
+    """Bytes ``[start, end)`` of the object at ``url``; a local file is stat'ed around the read
+    and must still be ``version`` (:class:`OriginChanged` otherwise)."""
+    version = version or Version()
 
     def run() -> bytes:
         fs, path = _fs(url, options)
-        return _check_length(fs.cat_file(path, start=start, end=end), url, start, end)
+        if "file" in fs.protocol:
+            _check_local(path, url, version)
+        data = fs.cat_file(path, start=start, end=end)
+        if "file" in fs.protocol:
+            _check_local(path, url, version)
+        return _check_length(data, url, start, end)
 
     return with_retries(run, url)
 
@@ -276,20 +337,63 @@ async def _async_fs(url: str, options: dict[str, Any]) -> tuple[Any, str] | None
     return fs, cls._strip_protocol(url)
 
 
+async def _read_async(fs: Any, path: str, url: str, start: int, end: int, v: Version) -> bytes:
+    protocol = _protocol(url)
+    if protocol in ("http", "https"):
+        return await source_http.read_range(fs, path, redact_url(url), start, end, v)
+    if protocol in ("s3", "s3a") and (v.strong_etag or v.version_id):
+        return await source_s3.read_range(fs, path, redact_url(url), start, end, v)
+    return await fs._cat_file(path, start=start, end=end)
+
+
 async def read_range_async(
-    url: str, options: dict[str, Any], start: int, end: int, executor: Any = None
+    url: str,
+    options: dict[str, Any],
+    start: int,
+    end: int,
+    executor: Any = None,
+    version: Version | None = None,
 ) -> bytes:
     """:func:`read_range` on the running event loop: natively for asynchronous filesystems
-    (http, s3, gcs, ...), in ``executor`` for the others. Same retries, same errors."""
+    (http, s3, gcs, ...), in ``executor`` for the others. Same retries, same errors.
+
+    Reads are conditional on ``version`` where the protocol allows (HTTP ``If-Match`` /
+    ``If-Unmodified-Since`` and a check of the answer's validators, S3 ``IfMatch`` and
+    ``VersionId``, a re-stat for local files): a changed object raises :class:`OriginChanged`.
+    An HTTP origin that answers a ranged read with the whole object raises
+    :class:`~rayfly.errors.RangeIgnored`.
+    """
+    version = version or Version()
     found = await _async_fs(url, options)
     if found is None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, read_range, url, options, start, end)
+        return await loop.run_in_executor(executor, read_range, url, options, start, end, version)
     fs, path = found
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
-            data = await fs._cat_file(path, start=start, end=end)
+            data = await _read_async(fs, path, url, start, end, version)
             return _check_length(data, url, start, end)
         except Exception as exc:
             await asyncio.sleep(_retry_delay(exc, url, attempt, RETRY_ATTEMPTS, RETRY_BASE_S))
     raise AssertionError("unreachable")
+
+
+async def stream_pieces(
+    url: str, options: dict[str, Any], version: Version, length: int, piece_size: int
+) -> AsyncIterator[tuple[int, bytes]]:
+    """The object read once, front to back, as ``(index, piece)`` (for HTTP origins that
+    ignore ``Range``); conditional on ``version`` like :func:`read_range_async`. Not retried:
+    a broken stream is restarted by the scheduler (from the start: the origin cannot skip)."""
+    found = await _async_fs(url, options)
+    if found is None or _protocol(url) not in ("http", "https"):
+        raise SourceError(f"only HTTP origins are streamed, not {redact_url(url)}")
+    fs, path = found
+    try:
+        async for index, piece in source_http.stream(
+            fs, path, redact_url(url), version, length, piece_size
+        ):
+            yield index, piece
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, url, 1) from None

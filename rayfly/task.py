@@ -1,8 +1,9 @@
 """Task ids, URL normalisation, and the piece layout of a task.
 
-A *task* is one object at the origin (one file, one blob). Its id is a hash of the normalised URL
-(signature query parameters dropped), the byte range and a user tag, so the same object behind two
-signed URLs is one task, as in Dragonfly. OCI blobs use their digest instead.
+A *task* is one version of one object at the origin (one file, one blob). Its id is a hash of the
+normalised URL (signature query parameters dropped), the byte range, a user tag and the object's
+version (its validators, see :mod:`rayfly.version`), so the same object behind two signed URLs is
+one task, as in Dragonfly, and a changed object is a new task. OCI blobs use their digest instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rayfly.errors import InvalidInput
+from rayfly.version import Version
 
 MIN_PIECE = 4 << 20
 MAX_PIECE = 64 << 20
@@ -37,17 +39,22 @@ class SourceSpec:
     tag: str = ""
     task_id: str | None = None
     expected_sha256: str | None = None
+    version: Version = field(default_factory=Version)
 
     def resolved_task_id(self) -> str:
-        """The explicit task id if one was given, else the hash of URL and tag."""
+        """The explicit task id if one was given, else the hash of URL, tag and version."""
         if self.task_id is not None:
             return validate_task_id(self.task_id)
-        return task_id_for(self.url, self.tag)
+        return task_id_for(self.url, self.tag, version=self.version.key)
 
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A task as the scheduler fixed it: where it comes from and how it is cut into pieces."""
+    """A task as the scheduler fixed it: where it comes from and how it is cut into pieces.
+
+    ``version``: the validators origin reads are conditional on (empty: unconditional).
+    ``ranges``: False when the origin ignores ``Range``: one peer streams the whole object.
+    """
 
     task_id: str
     url: str
@@ -55,6 +62,8 @@ class TaskInfo:
     piece_size: int
     storage_options: dict[str, Any] = field(default_factory=dict)
     expected_sha256: str | None = None
+    version: Version = field(default_factory=Version)
+    ranges: bool = True
 
     @property
     def n_pieces(self) -> int:
@@ -85,10 +94,14 @@ def normalize_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), netloc, parts.path, urlencode(sorted(query)), ""))
 
 
-def task_id_for(url: str, tag: str = "", byte_range: tuple[int, int] | None = None) -> str:
-    """Hash of the normalised URL, the range and the tag: the same object is the same task."""
+def task_id_for(
+    url: str, tag: str = "", byte_range: tuple[int, int] | None = None, *, version: str = ""
+) -> str:
+    """Hash of the normalised URL, the range, the tag and the object's version key: the same
+    version of the same object is the same task, a changed object a new one."""
     rng = "" if byte_range is None else f"{byte_range[0]}-{byte_range[1]}"
-    key = "\n".join((normalize_url(url), rng, tag))
+    parts = (normalize_url(url), rng, tag) + ((version,) if version else ())
+    key = "\n".join(parts)
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 

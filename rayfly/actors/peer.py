@@ -40,6 +40,7 @@ from rayfly.errors import (
     IntegrityError,
     OriginUnreachable,
     PieceCorrupt,
+    RangeIgnored,
     RayflyError,
     SourceError,
 )
@@ -459,6 +460,8 @@ class Peer:
 
     async def _piece(self, task: TaskInfo, a: Any, out: TaskOutcome) -> Done | Failed:
         """Fetch, verify and store one piece; a failure becomes a :class:`Failed` report."""
+        if a.stream:
+            return await self._stream(task, out)
         start, end = task.piece_range(a.piece)
         t0 = time.time()
         try:
@@ -467,7 +470,7 @@ class Peer:
                     b""
                     if start == end
                     else await source.read_range_async(
-                        task.url, task.storage_options, start, end, self._origin_pool
+                        task.url, task.storage_options, start, end, self._origin_pool, task.version
                     )
                 )
             else:
@@ -478,6 +481,8 @@ class Peer:
             del data
         except OriginUnreachable as exc:
             return Failed(a.piece, None, str(exc))
+        except RangeIgnored as exc:
+            return Failed(a.piece, None, str(exc), range_ignored=True)
         except (asyncio.TimeoutError, GetTimeoutError):
             return Failed(a.piece, a.parent, "timed out")
         except ActorUnavailableError as exc:
@@ -498,6 +503,38 @@ class Peer:
             out.bytes_from_peers += nbytes
         out.timeline.append((time.time(), nbytes, a.parent is None))
         return Done(a.piece, digest, a.parent, nbytes, seconds)
+
+    async def _stream(self, task: TaskInfo, out: TaskOutcome) -> Done | Failed:
+        """Read an origin that ignores ``Range`` in one stream (this peer is the task's one
+        streamer): store, signal and report each piece as it arrives, so that the other peers
+        fetch it from here at once; pieces held already are skipped. Returns the last report."""
+        entry = self.store.entry(task.task_id)
+        assert entry is not None
+        last: Done | None = None
+        t0 = time.time()
+        try:
+            async for index, data in source.stream_pieces(
+                task.url, task.storage_options, task.version, task.length, task.piece_size
+            ):
+                out.bytes_from_origin += len(data)
+                if index not in entry.have:
+                    digest = await self._disk_io(
+                        self.store.write_piece, task.task_id, index, data, None
+                    )
+                    self._events(task)[index].set()
+                    out.timeline.append((time.time(), len(data), True))
+                    if last is not None:
+                        await self._sched().exchange.remote(
+                            task.task_id, self.node_id, [last], [], 0, False
+                        )
+                    last = Done(index, digest, None, len(data), time.time() - t0)
+                t0 = time.time()
+        except OriginUnreachable as exc:
+            missing = min(set(range(task.n_pieces)) - entry.have, default=0)
+            return Failed(missing, None, str(exc))
+        except (SourceError, OSError) as exc:
+            raise _Fatal(exc) from exc
+        return last or Failed(0, None, "the origin's stream brought no missing piece")
 
     # --- cache management ---------------------------------------------------------------------
     def cache_entries(self) -> list[dict[str, Any]]:

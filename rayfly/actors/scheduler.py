@@ -1,7 +1,8 @@
 """The Scheduler actor: Dragonfly's supernode, one per cluster.
 
-It stats the origin once per task, fixes the piece layout, keeps which peer holds which piece and
-hands out work in batches. It never touches piece bytes. Its methods run one at a time on the
+It registers each task once (size and version as the client's listing found them), fixes the
+piece layout, keeps which peer holds which piece and hands out work in batches. It never
+touches piece bytes. Its methods run one at a time on the
 actor's event loop (they only yield at ``await``), so the state below has a single writer.
 
 Per task, a piece goes through: *missing* -> *leased* (a peer fetches it, from the origin or a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -32,9 +34,11 @@ from rayfly.scheduling import (
     TaskView,
     origin_share,
     plan_batch,
+    takes_stream,
     wake_count,
 )
 from rayfly.task import SourceSpec, TaskInfo, default_piece_size
+from rayfly.version import identity
 
 MAX_ORIGIN_FAILURES = 3
 EXPIRY_PERIOD_S = 1.0
@@ -58,7 +62,11 @@ class Lease:
 
 @dataclass
 class TaskState:
-    """The scheduler's record of one task."""
+    """The scheduler's record of one task.
+
+    ``stream``: the origin ignores ``Range``; ``streamer`` is the one peer reading it front to
+    back, until ``stream_deadline`` (renewed by each of its reports).
+    """
 
     info: TaskInfo
     order: str = "rarest-first"
@@ -73,6 +81,9 @@ class TaskState:
     created: float = 0.0
     active: int = 0
     active_at: float = -math.inf
+    stream: bool = False
+    streamer: str | None = None
+    stream_deadline: float = 0.0
 
 
 @dataclass
@@ -105,6 +116,8 @@ class Failed:
     ``parent_dead``: the parent's actor is gone, forget everything it held. ``parent_lacks``: the
     parent answered that it does not hold the piece (or sent corrupt bytes), forget that piece
     there. Neither (a timeout, a parent briefly unreachable): the parent keeps its pieces.
+    ``range_ignored``: the origin answered a ranged read with the whole object: the task
+    switches to one sequential stream.
     """
 
     piece: int
@@ -112,6 +125,7 @@ class Failed:
     reason: str
     parent_dead: bool = False
     parent_lacks: bool = False
+    range_ignored: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,7 +179,7 @@ class SchedulerCore:
 
     def add_task(self, info: TaskInfo, order: str) -> TaskState:
         """Record a new task (replacing a failed one of the same id)."""
-        state = TaskState(info, order=order, created=time.time())
+        state = TaskState(info, order=order, created=time.time(), stream=not info.ranges)
         self.tasks[info.task_id] = state
         return state
 
@@ -215,6 +229,8 @@ class SchedulerCore:
         """Apply a peer's batch of finished and failed pieces."""
         t = self._task(task_id)
         known = self.knows(task_id, peer_id)  # a forgotten peer declares its pieces on rejoin
+        if t.streamer == peer_id:
+            t.stream_deadline = self.clock() + self.config.lease_timeout_s
         for d in done:
             self._release(t, peer_id, d.piece)
             if d.parent in self.peers and d.seconds > 0:
@@ -224,7 +240,11 @@ class SchedulerCore:
                 self._hold(t, peer_id, d.piece, d.digest)
         for f in failed:
             lease = self._release(t, peer_id, f.piece)
-            if f.parent is None:
+            if f.range_ignored:
+                t.stream = True
+            elif f.parent is None:
+                if t.streamer == peer_id:
+                    t.streamer = None
                 n = t.origin_failures[f.piece] = t.origin_failures.get(f.piece, 0) + 1
                 if n >= MAX_ORIGIN_FAILURES:
                     t.error = f"piece {f.piece} failed from the origin {n} times: {f.reason}"
@@ -249,6 +269,8 @@ class SchedulerCore:
             for peer_id, leases in t.leases.items():
                 for piece in [p for p, lease in leases.items() if lease.deadline < now]:
                     self._release(t, peer_id, piece)
+            if t.streamer is not None and t.stream_deadline < now:
+                t.streamer = None
 
     def knows(self, task_id: str, peer_id: str) -> bool:
         """True when ``peer_id`` is a live member of the task (it joined and was not lost)."""
@@ -262,6 +284,8 @@ class SchedulerCore:
             return Batch([], t.error)
         if not self.knows(task_id, peer_id):
             return Batch([], rejoin=True)
+        if t.stream and (streamed := self._plan_stream(t, peer_id)) is not None:
+            return streamed
         me = self.peers[peer_id]
         view = TaskView(
             t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
@@ -269,6 +293,8 @@ class SchedulerCore:
         leases = t.leases.setdefault(peer_id, {})
         mine = sum(1 for lease in leases.values() if lease.parent is None)
         quota = origin_share(self.config.origin_parallelism, self._active(t)) - mine
+        if t.stream:
+            quota = 0  # the origin is read by the streamer only
         batch = plan_batch(
             view,
             peer_id,
@@ -292,6 +318,17 @@ class SchedulerCore:
                 parent.uploads += 1
         return Batch(batch)
 
+    def _plan_stream(self, t: TaskState, peer_id: str) -> Batch | None:
+        """For an origin that ignores ``Range``: the stream for ``peer_id`` if it takes it over,
+        nothing more for the streamer, None for the others (they get held pieces only)."""
+        now = self.clock()
+        lacks = len(t.have.get(peer_id, ())) < t.info.n_pieces
+        if takes_stream(t.streamer, t.stream_deadline < now, peer_id, lacks):
+            t.streamer = peer_id
+            t.stream_deadline = now + self.config.lease_timeout_s
+            return Batch([Assignment(0, None, stream=True)])
+        return Batch([]) if t.streamer == peer_id else None
+
     def _active(self, t: TaskState) -> int:
         """Peers still fetching ``t``, counted at most every :data:`ACTIVE_PERIOD_S` (it only
         splits the origin budget, and counting is O(peers))."""
@@ -310,6 +347,8 @@ class SchedulerCore:
         """
         t = self._task(task_id)
         t.finished[peer_id] = error
+        if t.streamer == peer_id:
+            t.streamer = None
         for piece in list(t.leases.get(peer_id, {})):
             self._release(t, peer_id, piece)
         if error:
@@ -335,6 +374,8 @@ class SchedulerCore:
             for piece in list(t.leases.get(peer_id, {})):
                 self._release(t, peer_id, piece)
             t.leases.pop(peer_id, None)
+            if t.streamer == peer_id:
+                t.streamer = None
         self.peers.pop(peer_id, None)
         self._notify()
 
@@ -379,39 +420,47 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig):
         self.core = SchedulerCore(config)
-        self._pending: dict[str, asyncio.Future[TaskInfo]] = {}
 
     async def register(
-        self, spec: SourceSpec, piece_size: int | None = None, order: str = "rarest-first"
+        self,
+        spec: SourceSpec,
+        piece_size: int | None = None,
+        order: str = "rarest-first",
+        listed: source.SourceFile | None = None,
     ) -> TaskInfo:
-        """The task for ``spec``: stat the origin once; concurrent calls share one stat."""
+        """The task for ``spec``; concurrent and later calls for the same task share one.
+
+        ``listed``: the file as the client's listing found it (size, version, ranges): no
+        request to the origin here. Without it the origin is stat'ed once, and, unless ``spec``
+        names its task id, the version found is folded into the id (:func:`version.identity`).
+        """
+        if spec.task_id is not None and (known := self._registered(spec.resolved_task_id())):
+            return known
+        if listed is None:
+            listed = await asyncio.to_thread(source.stat_file, spec.url, spec.storage_options)
+            if spec.task_id is None:
+                version = identity(listed.version, spec.tag, spec.expected_sha256)
+                spec = dataclasses.replace(spec, version=version)
         task_id = spec.resolved_task_id()
+        if (known := self._registered(task_id)) is not None:
+            return known  # no await since the check: the actor's one thread makes it single-flight
+        info = TaskInfo(
+            task_id,
+            spec.url,
+            listed.size,
+            piece_size or default_piece_size(listed.size),
+            spec.storage_options,
+            spec.expected_sha256,
+            spec.version,
+            listed.ranges,
+        )
+        self.core.add_task(info, order)
+        return info
+
+    def _registered(self, task_id: str) -> TaskInfo | None:
+        """The task ``task_id`` if it is registered and has not failed."""
         state = self.core.tasks.get(task_id)
-        if state is not None and not state.error:
-            return state.info
-        if task_id in self._pending:
-            return await asyncio.shield(self._pending[task_id])
-        fut: asyncio.Future[TaskInfo] = asyncio.get_running_loop().create_future()
-        self._pending[task_id] = fut
-        try:
-            length = await asyncio.to_thread(source.stat, spec.url, spec.storage_options)
-            info = TaskInfo(
-                task_id,
-                spec.url,
-                length,
-                piece_size or default_piece_size(length),
-                spec.storage_options,
-                spec.expected_sha256,
-            )
-            self.core.add_task(info, order)
-            fut.set_result(info)
-            return info
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: other waiters re-raise it themselves
-            raise
-        finally:
-            del self._pending[task_id]
+        return state.info if state is not None and not state.error else None
 
     async def resolve(self, url: str, options: dict[str, Any]) -> list[source.SourceFile]:
         """Every file at ``url`` (one file, or all under a directory or prefix)."""

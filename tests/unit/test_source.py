@@ -18,7 +18,7 @@ def server(tmp_path):
 
 def test_stat_and_ranges(server):
     url = server.url + "d/a.bin"
-    assert source.stat(url, {}) == 10240
+    assert source.stat_file(url, {}).size == 10240
     assert source.read_range(url, {}, 256, 512) == bytes(range(256))
     assert server.bytes_served == 256
 
@@ -30,7 +30,7 @@ def test_transient_errors_are_retried(server):
 
 def test_missing_and_unreachable(server):
     with pytest.raises(SourceNotFound, match="not found at the origin: http"):
-        source.stat(server.url + "nope", {})
+        source.stat_file(server.url + "nope", {})
     with pytest.raises(OriginUnreachable, match="after 4 attempts"):
         source.read_range("http://127.0.0.1:1/x", {}, 0, 1)
 
