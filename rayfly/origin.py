@@ -28,7 +28,8 @@ class OriginServer:
     ``log`` keeps ``(path, start, end, bytes sent)`` of every body served.
 
     ``rate`` (bytes/s per response) slows responses down; ``fail_paths`` maps a URL path to a
-    number of requests to answer with 503 first.
+    number of requests to answer with 503 first; ``validators = False`` sends no ``ETag`` and no
+    ``Last-Modified`` (an origin that gives no validator).
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class OriginServer:
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, int, int, int]] = []
         self.fail_paths: dict[str, int] = {}
+        self.validators = True
         self._swaps: dict[str, tuple[int, bytes]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
@@ -159,8 +161,10 @@ class OriginServer:
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", etag)
-                self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
+                if server.validators:
+                    self.send_header("ETag", etag)
+                    lm = email.utils.formatdate(st.st_mtime, usegmt=True)
+                    self.send_header("Last-Modified", lm)
                 self.send_header("Content-Length", str(end - start))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()

@@ -142,11 +142,11 @@ def wake_count(done: int, failed: int, per_piece: int) -> int:
     return done * per_piece + failed
 
 
-def takes_stream(streamer: str | None, lapsed: bool, peer_id: str, lacks: bool) -> bool:
+def takes_stream(streamer: str | None, lapsed: bool, peer_id: str, unheld: bool) -> bool:
     """Whether ``peer_id`` becomes the one peer streaming an origin that ignores ``Range``:
-    it still lacks pieces, and nobody streams (or the streamer stopped reporting: ``lapsed``).
-    A peer that streams already never gets a second stream."""
-    return lacks and streamer != peer_id and (streamer is None or lapsed)
+    some piece is held by no live peer (``unheld``), and nobody streams (or the streamer stopped
+    reporting: ``lapsed``). A peer that streams already never gets a second stream."""
+    return unheld and streamer != peer_id and (streamer is None or lapsed)
 
 
 def origin_share(origin_parallelism: int, peers: int) -> int:

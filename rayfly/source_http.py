@@ -22,8 +22,8 @@ STREAM_CHUNK = 1 << 20
 def changed(shown: str, detail: str) -> OriginChanged:
     """The error for an object that no longer matches its listed version."""
     return OriginChanged(
-        f"{shown} changed at the origin during the distribution ({detail}); "
-        "run it again to get the new version"
+        f"{shown} changed at the origin during the distribution; "
+        f"run it again to get the new version ({detail})"
     )
 
 

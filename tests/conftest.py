@@ -80,6 +80,7 @@ def origin(origin_server: object) -> object:
     """The session's HTTP origin with counters zeroed for this test."""
     origin_server.reset()  # type: ignore[attr-defined]
     origin_server.rate = None  # type: ignore[attr-defined]
+    origin_server.validators = True  # type: ignore[attr-defined]
     return origin_server
 
 

@@ -322,8 +322,8 @@ class SchedulerCore:
         """For an origin that ignores ``Range``: the stream for ``peer_id`` if it takes it over,
         nothing more for the streamer, None for the others (they get held pieces only)."""
         now = self.clock()
-        lacks = len(t.have.get(peer_id, ())) < t.info.n_pieces
-        if takes_stream(t.streamer, t.stream_deadline < now, peer_id, lacks):
+        unheld = any(not t.holders.get(i) for i in range(t.info.n_pieces))
+        if takes_stream(t.streamer, t.stream_deadline < now, peer_id, unheld):
             t.streamer = peer_id
             t.stream_deadline = now + self.config.lease_timeout_s
             return Batch([Assignment(0, None, stream=True)])

@@ -18,11 +18,11 @@ def core(ranges=False):
 
 
 def test_takes_stream_policy():
-    assert takes_stream(None, False, "a", lacks=True)
-    assert not takes_stream(None, False, "a", lacks=False)
-    assert not takes_stream("b", False, "a", lacks=True)
-    assert takes_stream("b", True, "a", lacks=True)  # the streamer stopped reporting
-    assert not takes_stream("a", True, "a", lacks=True)  # never a second stream
+    assert takes_stream(None, False, "a", unheld=True)
+    assert not takes_stream(None, False, "a", unheld=False)
+    assert not takes_stream("b", False, "a", unheld=True)
+    assert takes_stream("b", True, "a", unheld=True)  # the streamer stopped reporting
+    assert not takes_stream("a", True, "a", unheld=True)  # never a second stream
 
 
 def test_one_peer_streams_the_others_fetch_from_it_as_pieces_arrive():
@@ -35,6 +35,15 @@ def test_one_peer_streams_the_others_fetch_from_it_as_pieces_arrive():
     got = c.plan("t", "b", 8).assignments
     assert sorted(x.piece for x in got) == [0, 1]
     assert all(x.parent == "a" and not x.stream for x in got)
+
+
+def test_once_every_piece_is_held_nobody_streams_again():
+    c, _ = core()
+    assert c.plan("t", "a", 1).assignments[0].stream
+    c.report("t", "a", [Done(i, f"d{i}", None, MiB, 0.1) for i in range(8)], [])
+    c.finish("t", "a", None)
+    got = c.plan("t", "b", 8).assignments
+    assert len(got) == 4 and all(x.parent == "a" for x in got)  # a's four upload slots
 
 
 def test_a_dead_or_failed_streamer_hands_the_stream_to_another_peer():
