@@ -126,3 +126,21 @@ def test_an_origin_that_ignores_range_is_detected_and_streamed(plain_server):
     assert [i for i, _ in pieces] == [0, 1, 2, 3]
     assert [len(p) for _, p in pieces] == [5000, 5000, 5000, 1384]
     assert b"".join(p for _, p in pieces) == bytes(range(256)) * 64
+
+
+def test_s3_reads_are_pinned_to_the_listed_etag(s3_options):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.mkdirs("rayfly-unit-versions", exist_ok=True)
+    fs.pipe("rayfly-unit-versions/o.bin", b"1" * 1000)
+    (listed,) = source.list_files("s3://rayfly-unit-versions/", s3_options)
+    assert listed.version.etag and listed.version.key.endswith("size=1000")
+
+    async def read():
+        return await source.read_range_async(listed.url, s3_options, 0, 10, version=listed.version)
+
+    assert asyncio.run(read()) == b"1" * 10
+    fs.pipe("rayfly-unit-versions/o.bin", b"2" * 1000)  # overwritten, same size
+    with pytest.raises(OriginChanged, match="changed at the origin during the distribution"):
+        asyncio.run(read())
