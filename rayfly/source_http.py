@@ -15,7 +15,7 @@ from rayfly.errors import OriginChanged, RangeIgnored
 from rayfly.task import piece_count
 from rayfly.version import Version, from_info
 
-_NO_HEAD = {405, 501}
+_IDENTITY = {"Accept-Encoding": "identity"}  # the bytes as stored, and their validators
 STREAM_CHUNK = 1 << 20
 
 
@@ -34,15 +34,16 @@ def _request_kwargs(fs: Any, extra: dict[str, str]) -> dict[str, Any]:
 
 
 async def head(fs: Any, url: str) -> tuple[int, Version, bool] | None:
-    """``(size, version, accepts ranges)`` from one HEAD; None if the server refuses HEAD or
-    gives no size (the caller falls back to fsspec's own ``info``)."""
+    """``(size, version, accepts ranges)`` from one HEAD; None if the server refuses HEAD (a
+    URL signed for GET only, a 405) or gives no size: the caller falls back to fsspec's own
+    ``info``, which tries a GET."""
     session = await fs.set_session()
-    kw = _request_kwargs(fs, {"Accept-Encoding": "identity"})
+    kw = _request_kwargs(fs, _IDENTITY)
     kw.pop("allow_redirects", None)
     async with session.head(fs.encode_url(url), allow_redirects=True, **kw) as r:
         if r.status == 404:
             raise FileNotFoundError(url)
-        if r.status in _NO_HEAD:
+        if 400 <= r.status < 500 or r.status == 501:
             return None
         r.raise_for_status()
         length = r.headers.get("Content-Length")
@@ -72,7 +73,7 @@ def check_response(r: Any, shown: str, version: Version) -> None:
     r.raise_for_status()
     for name, listed in (("ETag", version.etag), ("Last-Modified", version.last_modified)):
         now = r.headers.get(name)
-        if listed and now and now != listed:
+        if listed and now and now.removeprefix("W/") != listed.removeprefix("W/"):
             raise changed(shown, f"{name} was {listed}, now {now}")
     total = r.headers.get("Content-Range", "").rpartition("/")[2]
     if version.size >= 0 and total.isdigit() and int(total) != version.size:
@@ -85,7 +86,8 @@ async def read_range(
     """Bytes ``[start, end)``, conditional on ``version``; :class:`RangeIgnored` (before the
     body is read) when the server answers with the whole object instead."""
     session = await fs.set_session()
-    kw = _request_kwargs(fs, {**conditions(version), "Range": f"bytes={start}-{end - 1}"})
+    ranged = {**_IDENTITY, **conditions(version), "Range": f"bytes={start}-{end - 1}"}
+    kw = _request_kwargs(fs, ranged)
     async with session.get(fs.encode_url(url), **kw) as r:
         check_response(r, shown, version)
         whole = int(r.headers.get("Content-Length", -1))
@@ -112,7 +114,8 @@ async def stream(
     n = piece_count(length, piece_size)
     sizes = [min(piece_size, length - i * piece_size) for i in range(n)]
     session = await fs.set_session()
-    async with session.get(fs.encode_url(url), **_request_kwargs(fs, conditions(version))) as r:
+    kw = _request_kwargs(fs, {**_IDENTITY, **conditions(version)})
+    async with session.get(fs.encode_url(url), **kw) as r:
         check_response(r, shown, version)
         sent = r.headers.get("Content-Length")
         if sent is not None and int(sent) != length:
