@@ -144,3 +144,33 @@ def test_s3_reads_are_pinned_to_the_listed_etag(s3_options):
     fs.pipe("rayfly-unit-versions/o.bin", b"2" * 1000)  # overwritten, same size
     with pytest.raises(OriginChanged, match="changed at the origin during the distribution"):
         asyncio.run(read())
+
+
+class _GetOnly(http.server.BaseHTTPRequestHandler):
+    """A URL signed for GET only: HEAD is refused (403), as S3 presigned URLs do."""
+
+    def log_message(self, *args: object) -> None:
+        return
+
+    def do_HEAD(self) -> None:
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.send_header("ETag", '"g1"')
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+
+def test_a_listing_falls_back_to_get_when_head_is_refused():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GetOnly)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        (listed,) = source.list_files(f"http://127.0.0.1:{httpd.server_address[1]}/x", {})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert listed.size == 5 and listed.version.etag == '"g1"'
