@@ -113,6 +113,25 @@ def test_an_overwritten_s3_object_is_distributed_anew(ray_cluster, s3_options, t
     assert second.origin_bytes == 3 * MiB and second.task_ids != first.task_ids
 
 
+def test_in_a_prefix_only_the_changed_file_is_fetched_again(ray_cluster, s3_options, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.mkdirs("rayfly-versions", exist_ok=True)
+    fs.pipe("rayfly-versions/ds/a.bin", b"a" * MiB)
+    fs.pipe("rayfly-versions/ds/b.bin", b"b" * (2 * MiB))
+    url = "s3://rayfly-versions/ds/"
+    first = rayfly.distribute(url, str(tmp_path / "1" / "{node_id}"), storage_options=s3_options)
+    assert first.ok and first.origin_bytes == 3 * MiB, str(first)
+    fs.pipe("rayfly-versions/ds/b.bin", b"B" * (2 * MiB))
+    second = rayfly.distribute(url, str(tmp_path / "2" / "{node_id}"), storage_options=s3_options)
+    assert second.ok, str(second)
+    assert second.origin_bytes == 2 * MiB  # a.bin unchanged: from the caches
+    for node in second.nodes:
+        assert (Path(node.path) / "a.bin").read_bytes() == fs.cat("rayfly-versions/ds/a.bin")
+        assert (Path(node.path) / "b.bin").read_bytes() == fs.cat("rayfly-versions/ds/b.bin")
+
+
 def test_no_validator_means_no_cache_reuse_unless_pinned(
     ray_cluster, origin, origin_root, tmp_path
 ):
