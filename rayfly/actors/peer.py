@@ -523,7 +523,8 @@ class Peer:
                     )
                     self._events(task)[index].set()
                     out.timeline.append((time.time(), len(data), True))
-                    if last is not None:
+                    if last is not None:  # the last one is reported by the fetch loop
+                        metrics.piece_result(self.node_id, last)
                         await self._sched().exchange.remote(
                             task.task_id, self.node_id, [last], [], 0, False
                         )
