@@ -17,6 +17,11 @@ import click
 
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.proxy import runtimes
+from rayfly.proxy.containerd_config import (
+    DEFAULT_CONFIG_TOML,
+    installed_containerd_major,
+    with_config_path,
+)
 from rayfly.proxy.oci import DOCKER_HUB, RegistryError
 from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream, default_upstreams, parse_upstream
@@ -228,35 +233,64 @@ def config() -> None:
 @click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
 @click.option("--server", default=None, help="Fallback upstream (default https://REGISTRY).")
 @click.option("--no-fallback", is_flag=True, help="Fail rather than go upstream directly.")
-@click.option("--print", "print_only", is_flag=True, help="Print hosts.toml, write nothing.")
+@click.option(
+    "--config-toml",
+    default=None,
+    metavar="FILE",
+    help="containerd's config.toml to point at HOSTS_DIR (config_path). Default: "
+    f"{DEFAULT_CONFIG_TOML} when HOSTS_DIR is the default, else not touched.",
+)
+@click.option("--no-config-toml", is_flag=True, help="Write hosts.toml only.")
+@click.option(
+    "--containerd-version",
+    "major",
+    type=click.IntRange(1, None),
+    default=None,
+    help="containerd major version for a new config.toml (default: ask `containerd`).",
+)
+@click.option("--print", "print_only", is_flag=True, help="Print the files, write nothing.")
 def containerd(
     registry: str,
     hosts_dir: str,
     mirror_url: str,
     server: str | None,
     no_fallback: bool,
+    config_toml: str | None,
+    no_config_toml: bool,
+    major: int | None,
     print_only: bool,
 ) -> None:
-    """Write HOSTS_DIR/REGISTRY/hosts.toml (an existing file is kept as .rayfly-orig)."""
+    """Write HOSTS_DIR/REGISTRY/hosts.toml and set config_path in containerd's config.toml
+    (containerd 1.x and 2.x; existing files are kept as .rayfly-orig)."""
+    if config_toml is None and hosts_dir == runtimes.DEFAULT_HOSTS_DIR:
+        config_toml = DEFAULT_CONFIG_TOML
     try:
+        hosts = runtimes.containerd_hosts_toml(registry, mirror_url, server, not no_fallback)
+        merged = None
+        if config_toml and not no_config_toml:
+            path = Path(config_toml)
+            existing = path.read_text() if path.exists() else None
+            major = major if major is not None else installed_containerd_major()
+            merged = with_config_path(existing, hosts_dir, major)
         if print_only:
-            click.echo(
-                runtimes.containerd_hosts_toml(registry, mirror_url, server, not no_fallback),
-                nl=False,
-            )
+            click.echo(hosts, nl=False)
+            if merged is not None:
+                click.echo(f"\n# {config_toml}\n{merged}", nl=False)
             return
-        path = runtimes.write_containerd_hosts(
+        written = runtimes.write_containerd_hosts(
             registry, hosts_dir, mirror_url, server, not no_fallback
         )
-    except (RayflyError, RegistryError) as exc:
+        click.echo(f"wrote {written}")
+        if merged is not None:
+            runtimes.write_keeping_original(Path(config_toml), merged)
+            click.echo(f"wrote {config_toml} (restart containerd to apply it)")
+    except (RayflyError, RegistryError, OSError) as exc:
         _fail(exc)
-        return
-    click.echo(f"wrote {path}")
 
 
-def _registries(registry: str, mirror_url: str, write: str | None) -> None:
+def _registries(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     try:
-        text = runtimes.registries_conf_entry(registry, mirror_url)
+        text = runtimes.registries_conf(list(registries), mirror_url)
         if write:
             runtimes.write_keeping_original(Path(write), text)
             click.echo(f"wrote {write}")
@@ -272,21 +306,35 @@ _REG_HELP = (
 
 
 @config.command()
-@click.option("--registry", default=DOCKER_HUB, show_default=True)
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    default=[DOCKER_HUB],
+    show_default=True,
+    help="A registry whose pulls go through the mirror (repeatable).",
+)
 @click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
 @click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
-def crio(registry: str, mirror_url: str, write: str | None) -> None:
+def crio(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     """Print (or write) a registries.conf mirror entry for CRI-O."""
-    _registries(registry, mirror_url, write)
+    _registries(registries, mirror_url, write)
 
 
 @config.command()
-@click.option("--registry", default=DOCKER_HUB, show_default=True)
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    default=[DOCKER_HUB],
+    show_default=True,
+    help="A registry whose pulls go through the mirror (repeatable).",
+)
 @click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
 @click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
-def podman(registry: str, mirror_url: str, write: str | None) -> None:
+def podman(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     """Print (or write) a registries.conf mirror entry for podman."""
-    _registries(registry, mirror_url, write)
+    _registries(registries, mirror_url, write)
 
 
 @config.command()

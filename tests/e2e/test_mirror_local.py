@@ -335,3 +335,37 @@ def test_containerd_pulls_through_mirror(mirror, front, test_image, containerd_f
     for digest in test_image.blob_digests:
         assert front.state.bytes_by_digest[digest] == len(test_image.blobs[digest]), digest
     assert mirror.mirror.stats.blob_requests >= len(test_image.blob_digests)
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
+def test_registries_conf_routes_by_registry_without_ns(tmp_path, front, loop_thread, test_image):
+    """CRI-O and podman send no ns: with the registries.conf that `rayfly mirror config crio`
+    writes, a pull of FRONT/name goes to the mirror as /v2/FRONT/name/... and reaches the
+    FRONT upstream although the mirror's default upstream is another registry."""
+    from rayfly.proxy.runtimes import registries_conf
+
+    running = start_local_mirror(
+        loop_thread,
+        tmp_path / "cache",
+        {front.host: front.url, "other.invalid:5000": "http://127.0.0.1:9"},
+        default="other.invalid:5000",
+    )
+    try:
+        conf = tmp_path / "registries.conf"
+        conf.write_text(registries_conf([front.host], running.url))
+        ref = f"docker://{front.host}/{test_image.name}:v1"
+        skopeo = ["skopeo", "--registries-conf", str(conf), "copy", "--src-tls-verify=false"]
+        out = subprocess.run(
+            [*skopeo, ref, f"dir:{tmp_path / 'dir'}"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert out.returncode == 0, out.stderr
+        for digest in test_image.blob_digests:
+            blob = tmp_path / "dir" / digest.split(":")[1]
+            assert blob.read_bytes() == test_image.blobs[digest]
+        assert running.mirror.stats.blob_requests >= len(test_image.blob_digests)
+        assert running.mirror.stats.errors == 0
+    finally:
+        running.stop()
