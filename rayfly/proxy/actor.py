@@ -136,6 +136,21 @@ def get_or_create_proxy(
     ).remote(node.node_id, settings, host, port, docker_config)
 
 
+def ports_for(
+    nodes: list[placement.NodeInfo], port: int, first: str | None = None
+) -> dict[str, int]:
+    """The port each node's mirror binds: ``port`` for the first node on each address, and a
+    free one (0) for the others, since several simulated nodes on one machine cannot share a
+    port. ``first`` (the caller's node) gets ``port`` on its address when it is among them."""
+    ordered = sorted(nodes, key=lambda n: (n.node_id != first, n.node_id))
+    taken: set[str] = set()
+    out: dict[str, int] = {}
+    for n in ordered:
+        out[n.node_id] = 0 if port and n.node_ip in taken else port
+        taken.add(n.node_ip)
+    return out
+
+
 def start_mirrors(
     settings: MirrorSettings,
     nodes: list[placement.NodeInfo] | None = None,
@@ -144,9 +159,16 @@ def start_mirrors(
     docker_config: str | None = None,
     timeout_s: float = 60.0,
 ) -> list[dict[str, Any]]:
-    """Start a mirror on every node (all alive nodes by default); returns their endpoints."""
+    """Start a mirror on every node (all alive nodes by default); returns their endpoints.
+
+    Nodes that share an address (simulated nodes on one machine) cannot share ``port``: the
+    caller's node, else the first, gets it, and the others a free port (see :func:`ports_for`).
+    """
     targets = nodes if nodes is not None else placement.alive_nodes()
-    actors = [get_or_create_proxy(n, settings, host, port, docker_config) for n in targets]
+    ports = ports_for(targets, port, ray.get_runtime_context().get_node_id())
+    actors = [
+        get_or_create_proxy(n, settings, host, ports[n.node_id], docker_config) for n in targets
+    ]
     try:
         return ray.get([a.start.remote() for a in actors], timeout=timeout_s)
     except ray.exceptions.RayTaskError as exc:

@@ -86,3 +86,17 @@ def test_registries_conf_one_location_per_registry():
     }
     with pytest.raises(InvalidInput):
         runtimes.registries_conf([])
+
+
+def test_mirror_ports_on_shared_addresses():
+    from rayfly.actors.placement import NodeInfo
+    from rayfly.proxy.actor import ports_for
+
+    nodes = [
+        NodeInfo("b", "10.0.0.1", ""),
+        NodeInfo("a", "10.0.0.1", ""),
+        NodeInfo("c", "10.0.0.2", ""),
+    ]
+    assert ports_for(nodes, 65001) == {"a": 65001, "b": 0, "c": 65001}
+    assert ports_for(nodes, 65001, first="b") == {"b": 65001, "a": 0, "c": 65001}
+    assert ports_for(nodes, 0) == {"a": 0, "b": 0, "c": 0}
