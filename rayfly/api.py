@@ -81,6 +81,7 @@ def distribute(
     dest: str,
     *,
     nodes: str | int | list[str] | None = "all",
+    exclude_head: bool = False,
     piece_size: int | None = None,
     concurrency: int | None = None,
     sha256: str | None = None,
@@ -93,7 +94,10 @@ def distribute(
 ) -> Report:
     """Put the file or prefix at ``source_url`` on every chosen node, at ``dest``.
 
-    ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``. Each byte is read from
+    ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``. ``nodes`` is a
+    selector or a list of selectors that intersect (see :mod:`rayfly.nodes`: ``"all"``, ``4``,
+    ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids); ``exclude_head`` leaves the
+    head node out. Each byte is read from
     the origin once; pieces travel between nodes. Returns a :class:`Report`; raises
     :class:`RayflyError` for bad input or a source that cannot be read at all (then nothing is
     written anywhere). Per-node failures are in the report, not raised.
@@ -101,7 +105,7 @@ def distribute(
     options = dict(storage_options or {})
     _validate(source_url, dest, sha256, piece_size, concurrency, options)
     connect(address, local_nodes)
-    targets = placement.select_nodes(nodes, placement.alive_nodes())
+    targets = placement.select_nodes(nodes, placement.alive_nodes(), exclude_head)
     peer_config = from_env(PeerConfig)
     scheduler = placement.get_scheduler(from_env(SchedulerConfig))
     t0 = time.time()

@@ -18,6 +18,10 @@ from rayfly.source import parse_storage_options
 
 EXIT_FAILED_NODES = 1
 EXIT_BAD_INPUT = 2
+NODES_HELP = (
+    "Which nodes (repeatable; several intersect): 'all', a count N, a share P% (rounded up), "
+    "label:KEY=VALUE, resource:NAME, or comma-separated node ids (unique prefixes)."
+)
 
 
 class Progress:
@@ -92,10 +96,12 @@ def main() -> None:
 )
 @click.option(
     "--nodes",
-    default="all",
+    multiple=True,
+    default=["all"],
     show_default=True,
-    help="'all', a count N, or comma-separated node ids (unique prefixes).",
+    help=NODES_HELP,
 )
+@click.option("--exclude-head", is_flag=True, help="Leave the head node out.")
 @click.option(
     "--piece-size",
     default=None,
@@ -138,7 +144,8 @@ def distribute(
     insecure: bool,
     address: str | None,
     local_nodes: int,
-    nodes: str,
+    nodes: tuple[str, ...],
+    exclude_head: bool,
     piece_size: int | None,
     concurrency: int | None,
     sha256: str | None,
@@ -172,7 +179,8 @@ def distribute(
             else api.distribute(
                 source,
                 dest,
-                nodes=nodes,
+                nodes=list(nodes),
+                exclude_head=exclude_head,
                 piece_size=piece_size,
                 concurrency=concurrency,
                 sha256=sha256,
@@ -205,7 +213,8 @@ def _preheat(params: dict[str, Any]) -> Any:
     return preheat(
         params["image"],
         platform=params["platform"],
-        nodes=params["nodes"],
+        nodes=list(params["nodes"]),
+        exclude_head=params["exclude_head"],
         insecure=params["insecure"],
         address=params["address"],
         timeout=params["timeout"],

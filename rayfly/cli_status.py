@@ -69,7 +69,8 @@ def submit_distribution(params: dict[str, Any]) -> NoReturn:
         args = submit.distribute_args(
             params["source"],
             params["dest"],
-            nodes=params["nodes"],
+            nodes=list(params["nodes"]),
+            exclude_head=params["exclude_head"],
             piece_size=params["piece_size"],
             concurrency=params["concurrency"],
             sha256=params["sha256"],
@@ -96,7 +97,7 @@ def check_pin(params: dict[str, Any]) -> None:
     """Refuse ``--pin`` where it cannot work (before any transfer starts)."""
     if not params["pin"]:
         return
-    if str(params["nodes"]) != "all":
+    if list(params["nodes"]) != ["all"] or params["exclude_head"]:
         raise InvalidInput("--pin keeps content on every node, joining ones too: drop --nodes")
     if not (params["address"] or os.environ.get("RAY_ADDRESS")):
         raise InvalidInput(

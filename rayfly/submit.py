@@ -27,7 +27,8 @@ def distribute_args(
     source: str,
     dest: str,
     *,
-    nodes: str = "all",
+    nodes: str | list[str] = "all",
+    exclude_head: bool = False,
     piece_size: int | None = None,
     concurrency: int | None = None,
     sha256: str | None = None,
@@ -38,7 +39,11 @@ def distribute_args(
     as_json: bool = False,
 ) -> list[str]:
     """The ``rayfly distribute`` arguments (no cluster address: the job uses its own)."""
-    args = [source, "--dest", dest, "--nodes", str(nodes)]
+    args = [source, "--dest", dest]
+    for selector in [nodes] if isinstance(nodes, str) else nodes:
+        args += ["--nodes", str(selector)]
+    if exclude_head:
+        args.append("--exclude-head")
     optional = {
         "--piece-size": piece_size,
         "--concurrency": concurrency,

@@ -27,6 +27,10 @@ from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream, default_upstreams, parse_upstream
 
 EXIT_BAD_INPUT = 2
+NODES_HELP = (
+    "Which nodes (repeatable; several intersect): 'all', N, P%, label:KEY=VALUE, "
+    "resource:NAME, or node ids."
+)
 
 
 def _fail(exc: BaseException) -> None:
@@ -95,7 +99,8 @@ def mirror() -> None:
     help="HEAD upstream with the client's credentials before serving cached content.",
 )
 @click.option("--docker-config", default=None, help="A Docker config.json with credentials.")
-@click.option("--nodes", default="all", show_default=True, help="'all', N, or node ids.")
+@click.option("--nodes", multiple=True, default=["all"], show_default=True, help=NODES_HELP)
+@click.option("--exclude-head", is_flag=True, help="Leave the head node out.")
 @click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
 @click.option("--json", "as_json", is_flag=True)
 def start(
@@ -107,7 +112,8 @@ def start(
     tag_ttl: float,
     verify_access: bool,
     docker_config: str | None,
-    nodes: str,
+    nodes: tuple[str, ...],
+    exclude_head: bool,
     address: str | None,
     as_json: bool,
 ) -> None:
@@ -118,7 +124,7 @@ def start(
     try:
         settings = build_settings(upstreams, default_upstream, insecure, tag_ttl, verify_access)
         _connect(address)
-        targets = placement.select_nodes(nodes, placement.alive_nodes())
+        targets = placement.select_nodes(list(nodes), placement.alive_nodes(), exclude_head)
         endpoints = start_mirrors(settings, targets, host, port, docker_config)
     except (RayflyError, RegistryError) as exc:
         _fail(exc)
@@ -182,7 +188,8 @@ def _status_line(r: dict[str, Any]) -> str:
 @mirror.command()
 @click.argument("image")
 @click.option("--platform", default="all", show_default=True, help="os/arch[/variant], or all.")
-@click.option("--nodes", default="all", show_default=True, help="'all', N, or node ids.")
+@click.option("--nodes", multiple=True, default=["all"], show_default=True, help=NODES_HELP)
+@click.option("--exclude-head", is_flag=True, help="Leave the head node out.")
 @click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL")
 @click.option("--insecure", multiple=True, metavar="NAME", help="Allow plain http to NAME.")
 @click.option("--docker-config", default=None, help="A Docker config.json with credentials.")
@@ -192,7 +199,8 @@ def _status_line(r: dict[str, Any]) -> str:
 def preheat(
     image: str,
     platform: str,
-    nodes: str,
+    nodes: tuple[str, ...],
+    exclude_head: bool,
     upstreams: tuple[str, ...],
     insecure: tuple[str, ...],
     docker_config: str | None,
@@ -209,7 +217,8 @@ def preheat(
         report = run_preheat(
             image,
             platform=platform,
-            nodes=nodes,
+            nodes=list(nodes),
+            exclude_head=exclude_head,
             upstreams=settings.upstreams,
             insecure=bool(insecure),
             docker_config=docker_config,
