@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +118,18 @@ def start(
     address: str | None,
     as_json: bool,
 ) -> None:
-    """Start a mirror on every chosen node (idempotent)."""
-    from rayfly.actors import placement
-    from rayfly.proxy.actor import start_mirrors
+    """Start a mirror on every chosen node, and keep one there, on nodes that join later too,
+    until `rayfly mirror stop` (running it again replaces the settings)."""
+    import ray
+
+    from rayfly.proxy.keeper import MirrorSpec, keep_mirrors
 
     try:
         settings = build_settings(upstreams, default_upstream, insecure, tag_ttl, verify_access)
         _connect(address)
-        targets = placement.select_nodes(list(nodes), placement.alive_nodes(), exclude_head)
-        endpoints = start_mirrors(settings, targets, host, port, docker_config)
+        here = ray.get_runtime_context().get_node_id()
+        spec = MirrorSpec(settings, host, port, docker_config, list(nodes), exclude_head, here)
+        endpoints = keep_mirrors(spec)
     except (RayflyError, RegistryError) as exc:
         _fail(exc)
         return
@@ -139,7 +143,7 @@ def start(
 @mirror.command()
 @click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
 def stop(address: str | None) -> None:
-    """Stop every node's mirror."""
+    """Stop every node's mirror (and stop keeping mirrors on joining nodes)."""
     from rayfly.proxy.actor import stop_mirrors
 
     try:
@@ -176,7 +180,9 @@ def status(address: str | None, as_json: bool) -> None:
 
 def _status_line(r: dict[str, Any]) -> str:
     if not r.get("healthy"):
-        return f"{r['node_id'][:12]}  UNHEALTHY  {r.get('error', '')}"
+        last = r.get("last_answer")
+        seen = f"last answered {time.time() - last:.0f}s ago" if last else "never answered"
+        return f"{r['node_id'][:12]}  UNHEALTHY  {r.get('error', '')}  ({seen})"
     return (
         f"{r['node_id'][:12]}  {r['url']:<24}  requests {r.get('requests', 0):>6}  "
         f"served {r.get('bytes_served', 0) / 1e6:9.1f} MB  "

@@ -98,5 +98,5 @@ def test_mirror_ports_on_shared_addresses():
         NodeInfo("c", "10.0.0.2", ""),
     ]
     assert ports_for(nodes, 65001) == {"a": 65001, "b": 0, "c": 65001}
-    assert ports_for(nodes, 65001, first="b") == {"b": 65001, "a": 0, "c": 65001}
+    assert ports_for(nodes, 65001, {"b"}) == {"b": 65001, "a": 0, "c": 65001}
     assert ports_for(nodes, 0) == {"a": 0, "b": 0, "c": 0}
