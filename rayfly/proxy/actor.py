@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Collection
-from dataclasses import asdict
 from typing import Any
 
 import aiohttp
@@ -103,10 +102,6 @@ class Proxy:
             "uptime_s": round(time.time() - self._started_at, 1) if self._started_at else 0,
             **counters,
         }
-
-    def settings_dict(self) -> dict[str, Any]:
-        """The settings this proxy runs with (no credentials: those stay in the file)."""
-        return asdict(self.settings)
 
     async def stop(self) -> None:
         """Stop serving and close upstream connections."""

@@ -23,7 +23,7 @@ from rayfly.proxy.containerd_config import (
     installed_containerd_major,
     with_config_path,
 )
-from rayfly.proxy.oci import DOCKER_HUB, RegistryError
+from rayfly.proxy.oci import DOCKER_HUB
 from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream, default_upstreams, parse_upstream
 
@@ -130,7 +130,7 @@ def start(
         here = ray.get_runtime_context().get_node_id()
         spec = MirrorSpec(settings, host, port, docker_config, list(nodes), exclude_head, here)
         endpoints = keep_mirrors(spec)
-    except (RayflyError, RegistryError) as exc:
+    except RayflyError as exc:
         _fail(exc)
         return
     if as_json:
@@ -230,7 +230,7 @@ def preheat(
             docker_config=docker_config,
             timeout=timeout,
         )
-    except (RayflyError, RegistryError) as exc:
+    except RayflyError as exc:
         _fail(exc)
         return
     click.echo(report.to_json() if as_json else str(report))
@@ -299,7 +299,7 @@ def containerd(
         if merged is not None:
             runtimes.write_keeping_original(Path(config_toml), merged)
             click.echo(f"wrote {config_toml} (restart containerd to apply it)")
-    except (RayflyError, RegistryError, OSError) as exc:
+    except (RayflyError, OSError) as exc:
         _fail(exc)
 
 
@@ -311,7 +311,7 @@ def _registries(registries: tuple[str, ...], mirror_url: str, write: str | None)
             click.echo(f"wrote {write}")
         else:
             click.echo(text, nl=False)
-    except (RayflyError, RegistryError) as exc:
+    except RayflyError as exc:
         _fail(exc)
 
 
@@ -365,5 +365,5 @@ def docker(daemon_json: str, mirror_url: str, write: bool) -> None:
         path = Path(daemon_json)
         existing = path.read_text() if path.exists() else None
         click.echo(runtimes.docker_daemon_json(existing, mirror_url), nl=False)
-    except (RayflyError, RegistryError, OSError) as exc:
+    except (RayflyError, OSError) as exc:
         _fail(exc)

@@ -14,8 +14,8 @@ from rayfly.cli import main
 from rayfly.config import NAMESPACE
 from rayfly.proxy.actor import mirror_status, proxy_name
 from rayfly.proxy.keeper import get_keeper
-from tests.proxy.registry import build_image, push_image
 from tests.support.raynode import start_node
+from tests.support.registry import build_image, push_image
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]

@@ -6,7 +6,6 @@ skopeo. Counts are read at the front, i.e. at the upstream.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import http.client
 import json
@@ -14,14 +13,13 @@ import logging
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
 from rayfly.proxy.upstream import Credentials
-from tests.proxy.mirror import start_local_mirror
+from tests.support.mirror import concurrent_sha256s, start_local_mirror
 
 pytestmark = pytest.mark.e2e
 
@@ -286,16 +284,7 @@ def test_verify_access_mode_checks_upstream_before_serving_cache(
 
 def test_twenty_concurrent_clients_one_upstream_fetch(mirror, front, test_image):
     digest = test_image.layer_digests[0]
-    url = _blob_url(mirror, test_image, digest)
-    barrier = threading.Barrier(20)
-
-    def one(_: int) -> str:
-        barrier.wait()
-        return hashlib.sha256(requests.get(url, timeout=120).content).hexdigest()
-
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        digests = set(pool.map(one, range(20)))
-    assert digests == {digest.split(":")[1]}
+    assert concurrent_sha256s(_blob_url(mirror, test_image, digest)) == {digest.split(":")[1]}
     assert front.state.bytes_by_digest[digest] == len(test_image.blobs[digest])
 
 

@@ -14,7 +14,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import CLUSTER_NODES, free_port
-from tests.proxy.registry import build_image, push_image
+from tests.support.registry import build_image, push_image
 
 MiB = 1 << 20
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
