@@ -135,9 +135,12 @@ def start(
         return
     if as_json:
         click.echo(json.dumps(endpoints, indent=2))
-        return
     for e in endpoints:
-        click.echo(f"{e['node_id'][:12]}  {e['node_ip']:<15}  {e['url']}")
+        if not e.get("url"):
+            click.echo(f"rayfly: mirror on {e['node_id'][:12]}: {e['keeper_error']}", err=True)
+        elif not as_json:
+            click.echo(f"{e['node_id'][:12]}  {e['node_ip']:<15}  {e['url']}")
+    sys.exit(0 if all(e.get("url") for e in endpoints) else 1)
 
 
 @mirror.command()

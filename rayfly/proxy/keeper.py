@@ -66,6 +66,7 @@ class MirrorKeeper:
         self.spec = spec
         self.config = config
         self.nodes: dict[str, NodeMirror] = {}
+        self._starting: dict[str, asyncio.Future[None]] = {}
         self.sweeps = 0
         self._loop = asyncio.ensure_future(self._run())
 
@@ -82,6 +83,7 @@ class MirrorKeeper:
         chosen = placement.select_nodes(self.spec.nodes, alive, self.spec.exclude_head)
         for gone in set(self.nodes) - {n.node_id for n in alive}:
             del self.nodes[gone]
+            self._starting.pop(gone, None)
         ports = self._ports(chosen)
         results = await asyncio.gather(*(self._ensure(n, ports[n.node_id]) for n in chosen))
         return sum(results)
@@ -93,23 +95,44 @@ class MirrorKeeper:
         return ports_for(chosen, self.spec.port, preferred | {self.spec.first_node})
 
     async def _ensure(self, node: placement.NodeInfo, port: int) -> bool:
+        """Check one node's mirror; start it in the background if it is not serving. A proxy
+        that is slow to answer (its worker still starting on a busy node) is left alone; one
+        whose actor died is replaced, since its name is free again."""
         record = self.nodes.setdefault(node.node_id, NodeMirror())
+        starting = self._starting.get(node.node_id)
+        if starting is not None and not starting.done():
+            return False
         spec = self.spec
         proxy = get_or_create_proxy(node, spec.settings, spec.host, port, spec.docker_config)
         try:
             status = await asyncio.wait_for(proxy.status.remote(), ANSWER_TIMEOUT_S)
-            if status.get("healthy"):
-                record.endpoint, record.error = _endpoint(status), None
-                record.last_answer = time.time()
-                return False
-            record.endpoint = await asyncio.wait_for(proxy.start.remote(), 60)
-            record.last_answer, record.error = time.time(), None
-            return True
-        except Exception as exc:  # a dead or hung proxy: drop it, a new one comes next sweep
-            record.error = f"{type(exc).__name__}: {exc}"[:300]
-            with contextlib.suppress(Exception):
-                ray.kill(proxy)
+        except asyncio.TimeoutError:
+            record.error = f"no answer within {ANSWER_TIMEOUT_S:.0f}s"
             return False
+        except Exception as exc:
+            record.error = f"{type(exc).__name__}: {exc}"[:300]
+            return False
+        if status.get("healthy"):
+            record.endpoint, record.error = _endpoint(status), None
+            record.last_answer = time.time()
+            return False
+        self._starting[node.node_id] = asyncio.ensure_future(self._start(proxy, record))
+        return True
+
+    @staticmethod
+    async def _start(proxy: Any, record: NodeMirror) -> None:
+        try:
+            record.endpoint = await proxy.start.remote()
+            record.last_answer, record.error = time.time(), None
+        except Exception as exc:  # tried again at the next sweep
+            record.error = f"{type(exc).__name__}: {exc}"[:300]
+
+    async def wait_started(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Wait for the mirrors being started (at most ``timeout_s``); rows of those serving."""
+        pending = [t for t in self._starting.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+        return self.rows()
 
     def rows(self) -> list[dict[str, Any]]:
         """Each kept node's endpoint, when its mirror last answered, and its last error."""
@@ -136,7 +159,8 @@ def get_keeper() -> Any:
 
 
 def keep_mirrors(spec: MirrorSpec) -> list[dict[str, Any]]:
-    """Start (or replace) the keeper for ``spec``, run its first sweep, return the endpoints."""
+    """Start (or replace) the keeper for ``spec``, run its first sweep and wait for the mirrors
+    it starts; returns a row per chosen node (``url``, or ``keeper_error`` when it failed)."""
     stop_keeper()
     head = next((n for n in placement.alive_nodes() if n.is_head), None)
     options: dict[str, Any] = {}
@@ -146,7 +170,7 @@ def keep_mirrors(spec: MirrorSpec) -> list[dict[str, Any]]:
         name=KEEPER_NAME, namespace=NAMESPACE, lifetime="detached", **options
     ).remote(spec, from_env(KeeperConfig))
     ray.get(keeper.sweep.remote(), timeout=120)
-    return [r for r in ray.get(keeper.rows.remote()) if r.get("url")]
+    return ray.get(keeper.wait_started.remote(120), timeout=150)
 
 
 def stop_keeper() -> bool:
