@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayfly.actors import placement
 from rayfly.cli import main
+from rayfly.config import SchedulerConfig, from_env
 from rayfly.origin import make_file
 from tests.conftest import sha256_file
 from tests.support.raynode import RayNode, start_node
@@ -49,7 +50,11 @@ def sees(node_id: str, path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def hidden(ray_cluster, session_dir: Path) -> Iterator[RayNode]:
-    """A worker node in its own mount namespace, removed (and seen dead) at teardown."""
+    """A worker node in its own mount namespace, removed (and seen dead) at teardown.
+
+    The scheduler (a detached actor placed on any node) is made first, so that it does not
+    land on this node and die with it."""
+    ray.get(placement.get_scheduler(from_env(SchedulerConfig)).ping.remote())
     node = start_node(ray_cluster.address, session_dir / "nodes", private_mounts=True)
     yield node
     node.kill()
@@ -61,8 +66,9 @@ def tmpfs(where: Path, pid: int | None = None) -> None:
     """Mount a small tmpfs at ``where`` (inside ``pid``'s mount namespace if given)."""
     enter = ["nsenter", "-t", str(pid), "-m"] if pid else []
     where.mkdir(parents=True, exist_ok=True)
-    subprocess.run([*enter, "mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)],
-                   check=True)
+    subprocess.run(
+        [*enter, "mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)], check=True
+    )
 
 
 @pytest.fixture
@@ -87,52 +93,66 @@ def test_driver_local_file_reaches_a_node_that_cannot_see_it(hidden, driver_tmpf
     src = make_file(driver_tmpfs / "data.bin", 24 * MiB, seed=81)
     assert not sees(hidden.node_id, src) and sees(here(), src)
     out = tmp_path / "out"
-    result = run(str(src), "--dest", str(out / "{node_id}" / "data.bin"),
-                 "--nodes", f"{here()},{hidden.node_id}", "--json")
+    # the driver's node is no destination: it reads the file and seeds it, nobody else may
+    result = run(
+        str(src), "--dest", str(out / "{node_id}" / "data.bin"), "--nodes", hidden.node_id, "--json"
+    )
     nodes = nodes_of(result)
     want = sha256_file(src)
-    for node_id in (here(), hidden.node_id):
-        assert nodes[node_id]["ok"] and nodes[node_id]["sha256"] == want
-        assert sha256_file(out / node_id / "data.bin") == want
-    assert nodes[here()]["bytes_from_origin"] == src.stat().st_size
+    assert list(nodes) == [hidden.node_id] and nodes[hidden.node_id]["sha256"] == want
+    assert sha256_file(out / hidden.node_id / "data.bin") == want
     assert nodes[hidden.node_id]["bytes_from_origin"] == 0
     assert nodes[hidden.node_id]["bytes_from_peers"] == src.stat().st_size
+    (task_id,) = json.loads(result.output)["task_ids"]
+    seed = placement.existing_peers()[here()]
+    assert ray.get(seed.has_task.remote(task_id))
+    assert tree(out) == [out / hidden.node_id, out / hidden.node_id / "data.bin"]
 
 
 def test_driver_local_directory_keeps_relative_paths(hidden, driver_tmpfs, tmp_path):
     root = driver_tmpfs / "ckpt"
-    files = {"model.bin": make_file(root / "model.bin", 9 * MiB, seed=82),
-             "sub/opt state.bin": make_file(root / "sub" / "opt state.bin", 5 * MiB, seed=83)}
+    files = {
+        "model.bin": make_file(root / "model.bin", 9 * MiB, seed=82),
+        "sub/opt state.bin": make_file(root / "sub" / "opt state.bin", 5 * MiB, seed=83),
+    }
     out = tmp_path / "out"
-    result = run(f"file://{root}/", "--dest", str(out / "{node_id}"),
-                 "--nodes", f"{here()},{hidden.node_id}", "--json")
+    result = run(
+        f"file://{root}/", "--dest", str(out / "{node_id}"), "--nodes", hidden.node_id, "--json"
+    )
     nodes = nodes_of(result)
     assert nodes[hidden.node_id]["bytes_from_peers"] == 14 * MiB
     for rel, src in files.items():
         assert sha256_file(out / hidden.node_id / rel) == sha256_file(src)
-        assert sha256_file(out / here() / rel) == sha256_file(src)
 
 
 def test_file_only_on_one_worker_named_with_source_node(hidden, tmp_path):
     staged = make_file(tmp_path / "staged.bin", 12 * MiB, seed=84)
     where = tmp_path / "worker-only"
     tmpfs(where, hidden.proc.pid)
-    subprocess.run(["nsenter", "-t", str(hidden.proc.pid), "-m", "cp", str(staged),
-                    str(where / "ckpt.bin")], check=True)
+    subprocess.run(
+        ["nsenter", "-t", str(hidden.proc.pid), "-m", "cp", str(staged), str(where / "ckpt.bin")],
+        check=True,
+    )
     src = where / "ckpt.bin"
     assert sees(hidden.node_id, src) and not src.exists()
-    targets = [n.node_id for n in placement.alive_nodes() if n.node_id != hidden.node_id][:2]
+    other = next(n.node_id for n in placement.alive_nodes() if n.node_id != hidden.node_id)
     out = tmp_path / "out"
-    # the source node is no destination: it takes part as a seed only
-    result = run(str(src), "--dest", str(out / "{node_id}.bin"), "--source-node",
-                 hidden.node_id[:10], "--nodes", ",".join(targets), "--json")
+    result = run(
+        str(src),
+        "--dest",
+        str(out / "{node_id}.bin"),
+        "--source-node",
+        hidden.node_id[:10],
+        "--nodes",
+        f"{other},{hidden.node_id}",
+        "--json",
+    )
     nodes = nodes_of(result)
-    assert set(nodes) == set(targets)
-    for node_id in targets:
-        assert nodes[node_id]["bytes_from_origin"] == 0
-        assert nodes[node_id]["bytes_from_peers"] == staged.stat().st_size
+    size = staged.stat().st_size
+    assert nodes[hidden.node_id]["bytes_from_origin"] == size
+    assert nodes[other]["bytes_from_origin"] == 0 and nodes[other]["bytes_from_peers"] == size
+    for node_id in (other, hidden.node_id):
         assert sha256_file(out / f"{node_id}.bin") == sha256_file(staged)
-    assert tree(out) == sorted(out / f"{n}.bin" for n in targets)
 
 
 def test_a_path_that_exists_nowhere_names_the_node_looked_on(hidden, driver_tmpfs, tmp_path):
@@ -140,8 +160,9 @@ def test_a_path_that_exists_nowhere_names_the_node_looked_on(hidden, driver_tmpf
     assert missing.exit_code == 2
     assert "not found" in missing.output and here() in missing.output
     src = make_file(driver_tmpfs / "only-here.bin", MiB, seed=85)
-    elsewhere = run(str(src), "--dest", str(tmp_path / "o" / "{node_id}"),
-                    "--source-node", hidden.node_id[:12])
+    elsewhere = run(
+        str(src), "--dest", str(tmp_path / "o" / "{node_id}"), "--source-node", hidden.node_id[:12]
+    )
     assert elsewhere.exit_code == 2
     assert f"looked on node {hidden.node_id}" in elsewhere.output
     assert tree(tmp_path / "o") == []
@@ -184,13 +205,31 @@ def test_http_names_are_decoded(ray_cluster, origin, origin_root, tmp_path):
 def test_a_local_file_is_the_first_thing_a_fresh_cluster_does(tmp_path):
     """`rayfly distribute ./data.bin` on a fresh embedded cluster (no earlier import helps)."""
     src = make_file(tmp_path / "data.bin", 6 * MiB, seed=89)
-    env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_ADDRESS": "",
-           "RAYFLY_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "RAY_ADDRESS": "",
+        "RAYFLY_CACHE_DIR": str(tmp_path / "cache"),
+    }
     (tmp_path / "home").mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "rayfly.cli", "distribute", "./data.bin",
-         "--dest", "out/{node_id}/data.bin", "--local-nodes", "2", "--json"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "rayfly.cli",
+            "distribute",
+            "./data.bin",
+            "--dest",
+            "out/{node_id}/data.bin",
+            "--local-nodes",
+            "2",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     copies = sorted((tmp_path / "out").glob("*/data.bin"))
