@@ -55,7 +55,13 @@ def hidden(ray_cluster, session_dir: Path) -> Iterator[RayNode]:
     The scheduler (a detached actor placed on any node) is made first, so that it does not
     land on this node and die with it."""
     ray.get(placement.get_scheduler(from_env(SchedulerConfig)).ping.remote())
-    node = start_node(ray_cluster.address, session_dir / "nodes", private_mounts=True)
+    for attempt in range(3):  # `ray start` gives up after 30 s on a loaded machine
+        try:
+            node = start_node(ray_cluster.address, session_dir / "nodes", private_mounts=True)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     yield node
     node.kill()
     node.wait_dead()
