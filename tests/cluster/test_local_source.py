@@ -111,7 +111,8 @@ def test_driver_local_file_reaches_a_node_that_cannot_see_it(hidden, driver_tmpf
     assert nodes[hidden.node_id]["bytes_from_peers"] == src.stat().st_size
     (task_id,) = json.loads(result.output)["task_ids"]
     seed = placement.existing_peers()[here()]
-    assert ray.get(seed.has_task.remote(task_id))
+    seeded = ray.get(seed.wait_complete.remote(task_id))  # read there, once, and only there
+    assert seeded["sha256"] == want and seeded["bytes_from_origin"] == src.stat().st_size
     assert tree(out) == [out / hidden.node_id, out / hidden.node_id / "data.bin"]
 
 
