@@ -357,13 +357,17 @@ class Peer:
         it too, into its cache (a no-op there when under way or done), so it serves the pieces."""
         if task.source_node is None or task.source_node == self.node_id:
             return
-        try:
-            await self._parent(task.source_node).prepare.remote(task)
-        except (RayActorError, _ParentGone) as exc:
-            raise RayflyError(
-                f"{source.redact_url(task.url)} is on node {task.source_node} only, and no peer "
-                f"answers there: {exc}"
-            ) from None
+        for attempt in range(2):  # a cached handle may name an actor since replaced
+            try:
+                await self._parent(task.source_node).prepare.remote(task)
+                return
+            except (RayActorError, _ParentGone) as exc:
+                self._handles.pop(task.source_node, None)
+                if attempt:
+                    raise RayflyError(
+                        f"{source.redact_url(task.url)} is on node {task.source_node} only, "
+                        f"and no peer answers there: {exc}"
+                    ) from None
 
     async def list_source(self, url: str, options: dict[str, Any]) -> list[source.SourceFile]:
         """Every file at a node-local ``url`` as this node sees it (one file, or every file
