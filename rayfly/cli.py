@@ -114,6 +114,13 @@ def main() -> None:
     type=click.IntRange(1, 256),
     help="Pieces in flight per node (default 8).",
 )
+@click.option(
+    "--source-node",
+    default=None,
+    metavar="NODE",
+    help="The node a local SOURCE path is on (default: this process's node): a node id "
+    "prefix, IP or hostname; 'any' when every node sees the same file (NFS, Lustre).",
+)
 @click.option("--sha256", default=None, help="Expected sha256 of the file; a mismatch fails.")
 @click.option(
     "--storage-option",
@@ -148,6 +155,7 @@ def distribute(
     exclude_head: bool,
     piece_size: int | None,
     concurrency: int | None,
+    source_node: str | None,
     sha256: str | None,
     storage_options: tuple[str, ...],
     tag: str,
@@ -190,6 +198,7 @@ def distribute(
                 local_nodes=local_nodes,
                 progress=progress,
                 timeout=timeout,
+                source_node=source_node,
             )
         )
     except RayflyError as exc:

@@ -77,6 +77,7 @@ def submit_distribution(params: dict[str, Any]) -> NoReturn:
             storage_options=params["storage_options"],
             tag=params["tag"],
             timeout=params["timeout"],
+            source_node=params["source_node"],
             pin=params["pin"],
             as_json=params["as_json"],
         )
@@ -120,6 +121,7 @@ def pin_distribution(params: dict[str, Any], nodes_done: list[str]) -> dict[str,
         sha256=params["sha256"],
         piece_size=params["piece_size"],
         concurrency=params["concurrency"],
+        source_node=params["source_node"],
     )
     click.echo(f"rayfly: pinned as {row['pin_id']} (rayfly unpin {row['pin_id']})", err=True)
     return row

@@ -125,3 +125,32 @@ def _describe(nodes: list[NodeInfo]) -> str:
     labels = sorted({f"{k}={v}" for n in nodes for k, v in n.labels.items() if "ray.io/" not in k})
     text = f"alive nodes: {ids}"
     return text + (f"; labels: {', '.join(labels)}" if labels else "")
+
+
+def _label(node: NodeInfo) -> str:
+    return f"{node.node_id[:12]} ({node.node_ip}, {node.hostname})"
+
+
+def match_node(spec: str, nodes: list[NodeInfo], flag: str = "--source-node") -> NodeInfo:
+    """The one node ``spec`` names: a node id prefix, an IP address or a hostname.
+
+    Raises :class:`NodeNotFound` naming the matches when several nodes match (simulated nodes
+    of one machine share IP and hostname: use an id prefix), or the alive nodes when none does.
+    """
+    wanted = spec.strip()
+    matches = [
+        n
+        for n in nodes
+        if wanted and (n.node_id.startswith(wanted) or wanted in (n.node_ip, n.hostname))
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        listed = ", ".join(map(_label, matches))
+        raise NodeNotFound(
+            f"{flag} {spec!r} matches {len(matches)} nodes: {listed}; give a node id prefix"
+        )
+    alive = ", ".join(map(_label, nodes)) or "none"
+    raise NodeNotFound(
+        f"{flag} {spec!r} is not an alive node (id prefix, IP or hostname); alive nodes: {alive}"
+    )

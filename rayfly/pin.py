@@ -186,8 +186,11 @@ def pin(
     sha256: str | None = None,
     piece_size: int | None = None,
     concurrency: int | None = None,
+    source_node: str | None = None,
 ) -> dict[str, Any]:
-    """Pin a distribution (call after ``distribute`` on a connected cluster); returns the pin."""
+    """Pin a distribution (call after ``distribute`` on a connected cluster); returns the pin.
+
+    ``source_node`` is as for :func:`rayfly.api.distribute` (a local path's node)."""
     from rayfly import api
 
     if not dest:
@@ -196,7 +199,7 @@ def pin(
     peer_config = from_env(PeerConfig)
     scheduler = placement.get_scheduler(from_env(SchedulerConfig))
     try:
-        items = api.plan(source_url, options, tag, sha256, piece_size, scheduler)
+        items = api.plan(source_url, options, tag, sha256, piece_size, scheduler, source_node)
     except RayTaskError as exc:
         raise api.unwrap(exc) from None
     request = FetchRequest(items, dest, concurrency or peer_config.concurrency)

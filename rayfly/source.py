@@ -21,7 +21,14 @@ import fsspec
 import fsspec.asyn
 from fsspec.core import url_to_fs
 
-from rayfly.errors import InvalidStorageOption, OriginUnreachable, SourceError, SourceNotFound
+from rayfly.dest import decode_relpath
+from rayfly.errors import (
+    InvalidStorageOption,
+    OriginUnreachable,
+    RayflyError,
+    SourceError,
+    SourceNotFound,
+)
 from rayfly.task import SIGNATURE_PARAMS
 
 T = TypeVar("T")
@@ -158,7 +165,9 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _translate(exc: BaseException, url: str, attempts: int) -> SourceError:
+def _translate(exc: BaseException, url: str, attempts: int) -> RayflyError:
+    if isinstance(exc, RayflyError):  # ours already (an empty directory, an unsafe name)
+        return exc
     shown = redact_url(url)
     exc = _cause(exc)
     if isinstance(exc, FileNotFoundError):
@@ -229,9 +238,10 @@ def list_files(url: str, options: dict[str, Any]) -> list[SourceFile]:
             if meta.get("type") == "directory":
                 continue
             rel = p[len(root) :].lstrip("/") if p.startswith(root) else p.rsplit("/", 1)[-1]
+            rel = decode_relpath(rel, url)
             files.append(SourceFile(fs.unstrip_protocol(p), rel, int(meta["size"])))
         if not files:
-            raise FileNotFoundError(f"{path} holds no files")
+            raise SourceNotFound(f"{redact_url(url)} is an empty directory: it holds no files")
         return files
 
     return with_retries(run, url)

@@ -37,6 +37,7 @@ def distribute_args(
     timeout: float | None = None,
     pin: bool = False,
     as_json: bool = False,
+    source_node: str | None = None,
 ) -> list[str]:
     """The ``rayfly distribute`` arguments (no cluster address: the job uses its own)."""
     args = [source, "--dest", dest]
@@ -50,6 +51,7 @@ def distribute_args(
         "--sha256": sha256,
         "--tag": tag or None,
         "--timeout": timeout,
+        "--source-node": source_node,
     }
     for flag, value in optional.items():
         if value is not None:

@@ -37,12 +37,13 @@ class SourceSpec:
     tag: str = ""
     task_id: str | None = None
     expected_sha256: str | None = None
+    source_node: str | None = None
 
     def resolved_task_id(self) -> str:
-        """The explicit task id if one was given, else the hash of URL and tag."""
+        """The explicit task id if one was given, else the hash of URL, tag and source node."""
         if self.task_id is not None:
             return validate_task_id(self.task_id)
-        return task_id_for(self.url, self.tag)
+        return task_id_for(self.url, self.tag, node=self.source_node)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class TaskInfo:
     piece_size: int
     storage_options: dict[str, Any] = field(default_factory=dict)
     expected_sha256: str | None = None
+    source_node: str | None = None  # a node-local file: only this node reads the origin
 
     @property
     def n_pieces(self) -> int:
@@ -85,10 +87,17 @@ def normalize_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), netloc, parts.path, urlencode(sorted(query)), ""))
 
 
-def task_id_for(url: str, tag: str = "", byte_range: tuple[int, int] | None = None) -> str:
-    """Hash of the normalised URL, the range and the tag: the same object is the same task."""
+def task_id_for(
+    url: str, tag: str = "", byte_range: tuple[int, int] | None = None, *, node: str | None = None
+) -> str:
+    """Hash of the normalised URL, the range and the tag: the same object is the same task.
+
+    ``node`` is the node a node-local file is on: ``/data/x`` on node A is not ``/data/x`` on B.
+    """
     rng = "" if byte_range is None else f"{byte_range[0]}-{byte_range[1]}"
     key = "\n".join((normalize_url(url), rng, tag))
+    if node is not None:
+        key += f"\nnode={node}"
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 

@@ -287,8 +287,8 @@ class Peer:
         self, item: FetchItem, rendered: str | None, slots: asyncio.Semaphore
     ) -> FileResult:
         task = item.task
-        name = item.relpath or task.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-        result = FileResult(item.relpath or name, "", task.length, None, 0.0, 0, 0, False)
+        label = item.relpath or task.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        result = FileResult(label, "", task.length, None, 0.0, 0, 0, False)
         t0 = time.time()
         try:
             job = self._start(task, slots)
@@ -299,7 +299,7 @@ class Peer:
                 result.bytes_from_origin = out.bytes_from_origin
                 result.bytes_from_peers = out.bytes_from_peers
             if rendered is not None:
-                target = dest_paths.target_path(rendered, item.relpath, name)
+                target = dest_paths.target_path(rendered, item.relpath, task.url)
                 result.path = str(target)
                 await self._disk_io(self.store.publish, task.task_id, target)
             result.ok = True
@@ -321,6 +321,7 @@ class Peer:
         out = TaskOutcome("", task.length)
         t0 = time.time()
         try:
+            await self._ask_seed(task)
             entry = await self._disk_io(
                 self.store.begin, tid, task.length, task.piece_size, task.url
             )
@@ -350,6 +351,31 @@ class Peer:
             raise
         out.seconds = time.time() - t0
         return out
+
+    async def _ask_seed(self, task: TaskInfo) -> None:
+        """A node-local file is read on its source node only: make sure that node's peer fetches
+        it too, into its cache (a no-op there when under way or done), so it serves the pieces."""
+        if task.source_node is None or task.source_node == self.node_id:
+            return
+        for attempt in range(2):  # a cached handle may name an actor since replaced
+            try:
+                await self._parent(task.source_node).prepare.remote(task)
+                return
+            except (RayActorError, _ParentGone) as exc:
+                self._handles.pop(task.source_node, None)
+                if attempt:
+                    raise RayflyError(
+                        f"{source.redact_url(task.url)} is on node {task.source_node} only, "
+                        f"and no peer answers there: {exc}"
+                    ) from None
+
+    async def list_source(self, url: str, options: dict[str, Any]) -> list[source.SourceFile]:
+        """Every file at a node-local ``url`` as this node sees it (one file, or every file
+        under a directory): a local path is listed and stat'ed on its own node only."""
+        try:
+            return await asyncio.to_thread(source.list_files, url, options)
+        except SourceError as exc:
+            raise type(exc)(f"{exc} (looked on node {self.node_id}, {self.hostname})") from None
 
     async def _hash(self, task: TaskInfo) -> str:
         h = hashlib.sha256()

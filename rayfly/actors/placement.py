@@ -10,7 +10,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayfly.actors.peer import Peer
 from rayfly.actors.scheduler import Scheduler
 from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig, SchedulerConfig
-from rayfly.nodes import NodeInfo, select_nodes
+from rayfly.nodes import NodeInfo, match_node, select_nodes
 
 
 def alive_nodes() -> list[NodeInfo]:
@@ -64,4 +64,11 @@ def existing_peers() -> dict[str, Any]:
     return out
 
 
-__all__ = ["NodeInfo", "alive_nodes", "existing_peers", "get_or_create_peer", "select_nodes"]
+__all__ = [
+    "NodeInfo",
+    "alive_nodes",
+    "existing_peers",
+    "get_or_create_peer",
+    "match_node",
+    "select_nodes",
+]

@@ -26,11 +26,11 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rayfly import source
 from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
-from rayfly.errors import RayflyError, TaskNotFound
+from rayfly.errors import InvalidInput, RayflyError, TaskNotFound
 from rayfly.scheduling import (
     Assignment,
     TaskView,
-    origin_share,
+    origin_quota,
     plan_batch,
     wake_count,
 )
@@ -268,7 +268,8 @@ class SchedulerCore:
         )
         leases = t.leases.setdefault(peer_id, {})
         mine = sum(1 for lease in leases.values() if lease.parent is None)
-        quota = origin_share(self.config.origin_parallelism, self._active(t)) - mine
+        parallelism = self.config.origin_parallelism
+        quota = origin_quota(parallelism, self._active(t), t.info.source_node, peer_id) - mine
         batch = plan_batch(
             view,
             peer_id,
@@ -315,6 +316,7 @@ class SchedulerCore:
         if error:
             for piece in t.have.pop(peer_id, set()):
                 t.holders.get(piece, set()).discard(peer_id)
+            self._check_source(t, peer_id, f"failed ({error})")
         if fatal:
             t.error = error
         if error:  # its pieces may have to come from elsewhere; a fatal error reaches everyone
@@ -335,8 +337,21 @@ class SchedulerCore:
             for piece in list(t.leases.get(peer_id, {})):
                 self._release(t, peer_id, piece)
             t.leases.pop(peer_id, None)
+            self._check_source(t, peer_id, "is gone")
         self.peers.pop(peer_id, None)
         self._notify()
+
+    @staticmethod
+    def _check_source(t: TaskState, peer_id: str, what: str) -> None:
+        """Fail a node-local task whose source node ``peer_id`` dropped out while some piece is
+        held nowhere else: only that node can read the origin, so the others would wait forever."""
+        if t.info.source_node != peer_id or t.error:
+            return
+        if any(not t.holders.get(i) for i in range(t.info.n_pieces)):
+            t.error = (
+                f"{source.redact_url(t.info.url)} is only on node {peer_id}, whose peer {what} "
+                "before every piece left it"
+            )
 
     def progress(self, task_ids: list[str]) -> dict[str, int]:
         """Bytes each peer holds across ``task_ids``."""
@@ -382,9 +397,17 @@ class Scheduler:
         self._pending: dict[str, asyncio.Future[TaskInfo]] = {}
 
     async def register(
-        self, spec: SourceSpec, piece_size: int | None = None, order: str = "rarest-first"
+        self,
+        spec: SourceSpec,
+        piece_size: int | None = None,
+        order: str = "rarest-first",
+        listed: source.SourceFile | None = None,
     ) -> TaskInfo:
-        """The task for ``spec``: stat the origin once; concurrent calls share one stat."""
+        """The task for ``spec``: stat the origin once; concurrent calls share one stat.
+
+        With ``listed`` (the file as the listing found it) its size is taken from there and no
+        stat happens; a node-local file (``spec.source_node``) must come listed by its node.
+        """
         task_id = spec.resolved_task_id()
         state = self.core.tasks.get(task_id)
         if state is not None and not state.error:
@@ -394,7 +417,12 @@ class Scheduler:
         fut: asyncio.Future[TaskInfo] = asyncio.get_running_loop().create_future()
         self._pending[task_id] = fut
         try:
-            length = await asyncio.to_thread(source.stat, spec.url, spec.storage_options)
+            if listed is not None:
+                length = listed.size
+            elif spec.source_node is not None:
+                raise InvalidInput(f"{spec.url} is node-local: register it with its listing")
+            else:
+                length = await asyncio.to_thread(source.stat, spec.url, spec.storage_options)
             info = TaskInfo(
                 task_id,
                 spec.url,
@@ -402,6 +430,7 @@ class Scheduler:
                 piece_size or default_piece_size(length),
                 spec.storage_options,
                 spec.expected_sha256,
+                spec.source_node,
             )
             self.core.add_task(info, order)
             fut.set_result(info)
