@@ -20,6 +20,7 @@ from rayfly.actors.peer import FetchItem, FetchRequest
 from rayfly.cluster import connect
 from rayfly.config import PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput, RayflyError
+from rayfly.filters import FileFilter
 from rayfly.report import NodeResult, Report
 from rayfly.task import SourceSpec, TaskInfo
 
@@ -134,14 +135,17 @@ def plan(
     piece_size: int | None,
     scheduler: Any,
     source_node: str | None = None,
+    files_filter: FileFilter | None = None,
 ) -> list[FetchItem]:
     """Resolve the source into tasks (one per file) registered with the scheduler.
 
     A local path is listed by the peer of its node (see :func:`locate`), and its tasks are
-    read from the origin there only.
+    read from the origin there only. ``files_filter`` keeps the files of a prefix it takes.
     """
     origin = locate(source_url, source_node, placement.alive_nodes(), this_node())
     files = _list(origin, options, scheduler)
+    if files_filter is not None:
+        files = files_filter.apply(files, source.redact_url(source_url))
     single = len(files) == 1 and files[0].url.rstrip("/") == origin.url.rstrip("/")
     if sha256 and not single:
         raise InvalidInput(
@@ -180,6 +184,9 @@ def distribute(
     progress: ProgressFn | None = None,
     timeout: float | None = None,
     source_node: str | None = None,
+    include: tuple[str, ...] | list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (),
+    max_files: int | None = None,
 ) -> Report:
     """Put the file or prefix at ``source_url`` on every chosen node, at ``dest``.
 
@@ -191,17 +198,21 @@ def distribute(
     another node (id prefix, IP or hostname), or ``"any"`` for a filesystem every node shares.
     Returns a :class:`Report`; raises :class:`RayflyError` for bad input or a source that cannot
     be read at all (then nothing is written anywhere). Per-node failures are in the report, not
-    raised.
+    raised. ``include``/``exclude`` (globs on the path relative to the prefix) and ``max_files``
+    choose the files of a prefix (see :mod:`rayfly.filters`).
     """
     options = dict(storage_options or {})
     _validate(source_url, dest, sha256, piece_size, concurrency, options)
+    files_filter = FileFilter(tuple(include), tuple(exclude), max_files).check()
     connect(address, local_nodes)
     targets = placement.select_nodes(nodes, placement.alive_nodes(), exclude_head)
     peer_config = from_env(PeerConfig)
     scheduler = placement.get_scheduler(from_env(SchedulerConfig))
     t0 = time.time()
     try:
-        items = plan(source_url, options, tag, sha256, piece_size, scheduler, source_node)
+        items = plan(
+            source_url, options, tag, sha256, piece_size, scheduler, source_node, files_filter
+        )
         _check_name(items, dest)
     except RayTaskError as exc:
         raise unwrap(exc) from None

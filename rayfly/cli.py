@@ -121,6 +121,20 @@ def main() -> None:
     help="The node a local SOURCE path is on (default: this process's node): a node id "
     "prefix, IP or hostname; 'any' when every node sees the same file (NFS, Lustre).",
 )
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Of a prefix, take only files whose path relative to it matches (repeatable), "
+    "e.g. '*.safetensors'.",
+)
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out matching files.")
+@click.option(
+    "--max-files",
+    default=None,
+    type=int,
+    help="Refuse a prefix holding more files than this (after --include/--exclude).",
+)
 @click.option("--sha256", default=None, help="Expected sha256 of the file; a mismatch fails.")
 @click.option(
     "--storage-option",
@@ -156,6 +170,9 @@ def distribute(
     piece_size: int | None,
     concurrency: int | None,
     source_node: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    max_files: int | None,
     sha256: str | None,
     storage_options: tuple[str, ...],
     tag: str,
@@ -199,6 +216,9 @@ def distribute(
                 progress=progress,
                 timeout=timeout,
                 source_node=source_node,
+                include=include,
+                exclude=exclude,
+                max_files=max_files,
             )
         )
     except RayflyError as exc:

@@ -14,6 +14,7 @@ import click
 
 from rayfly.config import parse_size
 from rayfly.errors import InvalidInput, JobFailed, RayflyError
+from rayfly.filters import FileFilter
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -78,6 +79,9 @@ def submit_distribution(params: dict[str, Any]) -> NoReturn:
             tag=params["tag"],
             timeout=params["timeout"],
             source_node=params["source_node"],
+            include=params["include"],
+            exclude=params["exclude"],
+            max_files=params["max_files"],
             pin=params["pin"],
             as_json=params["as_json"],
         )
@@ -122,6 +126,7 @@ def pin_distribution(params: dict[str, Any], nodes_done: list[str]) -> dict[str,
         piece_size=params["piece_size"],
         concurrency=params["concurrency"],
         source_node=params["source_node"],
+        files_filter=FileFilter(params["include"], params["exclude"], params["max_files"]),
     )
     click.echo(f"rayfly: pinned as {row['pin_id']} (rayfly unpin {row['pin_id']})", err=True)
     return row

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from rayfly.errors import InvalidInput, SourceNotFound
@@ -20,6 +21,24 @@ class _HasRelpath(Protocol):
 
 
 F = TypeVar("F", bound=_HasRelpath)
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    """``--include`` / ``--exclude`` patterns and the ``--max-files`` limit of one call."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    max_files: int | None = None
+
+    def check(self) -> FileFilter:
+        """Raise :class:`InvalidInput` for a bad pattern or limit; returns self."""
+        check_patterns(self.include, self.exclude, self.max_files)
+        return self
+
+    def apply(self, files: list[F], source: str) -> list[F]:
+        """See :func:`select_files`."""
+        return select_files(files, source, self.include, self.exclude, self.max_files)
 
 
 def check_patterns(include: Sequence[str], exclude: Sequence[str], max_files: int | None) -> None:

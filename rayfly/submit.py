@@ -38,6 +38,9 @@ def distribute_args(
     pin: bool = False,
     as_json: bool = False,
     source_node: str | None = None,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    max_files: int | None = None,
 ) -> list[str]:
     """The ``rayfly distribute`` arguments (no cluster address: the job uses its own)."""
     args = [source, "--dest", dest]
@@ -52,12 +55,16 @@ def distribute_args(
         "--tag": tag or None,
         "--timeout": timeout,
         "--source-node": source_node,
+        "--max-files": max_files,
     }
     for flag, value in optional.items():
         if value is not None:
             args += [flag, str(value)]
     for option in storage_options:
         args += ["--storage-option", option]
+    for flag, patterns in (("--include", include), ("--exclude", exclude)):
+        for pattern in patterns:
+            args += [flag, pattern]
     return args + (["--pin"] if pin else []) + (["--json"] if as_json else [])
 
 
