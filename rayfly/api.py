@@ -15,7 +15,7 @@ from rayfly import source
 from rayfly.actors import placement
 from rayfly.actors.peer import FetchItem, FetchRequest
 from rayfly.cluster import connect
-from rayfly.config import PeerConfig, SchedulerConfig, from_env
+from rayfly.config import PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.report import NodeResult, Report
 from rayfly.task import SourceSpec, TaskInfo
@@ -84,6 +84,7 @@ def distribute(
     exclude_head: bool = False,
     piece_size: int | None = None,
     concurrency: int | None = None,
+    limit_rate: str | float | None = None,
     sha256: str | None = None,
     storage_options: dict[str, Any] | None = None,
     tag: str = "",
@@ -97,12 +98,14 @@ def distribute(
     ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``. ``nodes`` is a
     selector or a list of selectors that intersect (see :mod:`rayfly.nodes`: ``"all"``, ``4``,
     ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids); ``exclude_head`` leaves the
-    head node out. Each byte is read from
-    the origin once; pieces travel between nodes. Returns a :class:`Report`; raises
-    :class:`RayflyError` for bad input or a source that cannot be read at all (then nothing is
-    written anywhere). Per-node failures are in the report, not raised.
+    head node out. ``limit_rate`` (bytes/s, or ``"100MiB"``) caps each node's download rate for
+    this call; a node's own ``RAYFLY_DOWNLOAD_RATE`` applies as well (the lower one wins).
+    Each byte is read from the origin once; pieces travel between nodes. Returns a
+    :class:`Report`; raises :class:`RayflyError` for bad input or a source that cannot be read
+    at all (then nothing is written anywhere). Per-node failures are in the report, not raised.
     """
     options = dict(storage_options or {})
+    rate = parse_rate(limit_rate)
     _validate(source_url, dest, sha256, piece_size, concurrency, options)
     connect(address, local_nodes)
     targets = placement.select_nodes(nodes, placement.alive_nodes(), exclude_head)
@@ -113,7 +116,7 @@ def distribute(
         items = plan(source_url, options, tag, sha256, piece_size, scheduler)
     except RayTaskError as exc:
         raise unwrap(exc) from None
-    request = FetchRequest(items, dest, concurrency or peer_config.concurrency)
+    request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
     peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
     refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
     results = _collect(refs, scheduler, items, progress, timeout)

@@ -114,6 +114,13 @@ def main() -> None:
     type=click.IntRange(1, 256),
     help="Pieces in flight per node (default 8).",
 )
+@click.option(
+    "--limit-rate",
+    default=None,
+    metavar="RATE",
+    help="Per-node download rate for this distribution, e.g. 100MiB (per second); a node's "
+    "RAYFLY_DOWNLOAD_RATE applies too, the lower wins.",
+)
 @click.option("--sha256", default=None, help="Expected sha256 of the file; a mismatch fails.")
 @click.option(
     "--storage-option",
@@ -148,6 +155,7 @@ def distribute(
     exclude_head: bool,
     piece_size: int | None,
     concurrency: int | None,
+    limit_rate: str | None,
     sha256: str | None,
     storage_options: tuple[str, ...],
     tag: str,
@@ -183,6 +191,7 @@ def distribute(
                 exclude_head=exclude_head,
                 piece_size=piece_size,
                 concurrency=concurrency,
+                limit_rate=limit_rate,
                 sha256=sha256,
                 storage_options=options,
                 tag=tag,

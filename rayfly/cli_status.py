@@ -73,6 +73,7 @@ def submit_distribution(params: dict[str, Any]) -> NoReturn:
             exclude_head=params["exclude_head"],
             piece_size=params["piece_size"],
             concurrency=params["concurrency"],
+            limit_rate=params["limit_rate"],
             sha256=params["sha256"],
             storage_options=params["storage_options"],
             tag=params["tag"],
