@@ -142,15 +142,21 @@ def _rate(value: Any) -> str:
     return f"{value / (1 << 20):.1f}MiB/s" if value else "unlimited"
 
 
+def _duration(seconds: Any, none: str) -> str:
+    if not seconds:
+        return none
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def _limits(limits: dict[str, Any], gc: dict[str, Any]) -> str:
-    ttl = gc.get("ttl_s")
-    period = gc.get("interval_s")
     return (
         f"download {_rate(limits.get('download_rate'))} upload {_rate(limits.get('upload_rate'))} "
-        f"origin {_rate(limits.get('origin_rate'))}; cache ttl "
-        f"{f'{ttl / 86400:g}d' if ttl else 'off'} watermarks "
-        f"{gc.get('low_watermark', 0):.0%}-{gc.get('high_watermark', 0):.0%} gc every "
-        f"{f'{period:g}s' if period else 'never'}"
+        f"origin {_rate(limits.get('origin_rate'))}; cache ttl {_duration(gc.get('ttl_s'), 'off')} "
+        f"watermarks {gc.get('low_watermark', 0):.0%}-{gc.get('high_watermark', 0):.0%} "
+        f"gc every {_duration(gc.get('interval_s'), 'never')}"
     )
 
 
