@@ -108,3 +108,50 @@ def test_cache_gc_dry_run_says_why(ray_cluster, origin, origin_root, tmp_path):
         "would evict" in out.output and tid in out.output and "over the cache quota" in out.output
     )
     assert any(r["task_id"] == tid for r in status.cache_ls(node))
+
+
+@pytest.fixture
+def slow_uploader(ray_cluster, tmp_path):
+    node = start_node(ray_cluster.address, tmp_path / "logs", env={"RAYFLY_UPLOAD_RATE": "2MiB"})
+    yield node
+    node.kill()
+    node.wait_dead()
+
+
+def test_eviction_while_serving(slow_uploader, origin, origin_root, tmp_path):
+    """A parent whose entry is evicted while it serves it: the children finish from elsewhere
+    (the origin, each other), every byte verified; a limited node still serves what it holds."""
+    import threading
+
+    src = make_file(origin_root / "evicted.bin", 16 * MiB, seed=44)
+    url = origin.url + "evicted.bin"
+    seed = slow_uploader.node_id
+    first = rayfly.distribute(url, str(tmp_path / "seed.bin"), nodes=seed, piece_size=MiB)
+    assert first.ok, first
+    tid = first.task_ids[0]
+    others = [n.node_id for n in placement.alive_nodes() if n.node_id != seed][:2]
+    origin.reset()
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        result["report"] = rayfly.distribute(
+            url, str(tmp_path / "{node_id}.bin"), nodes=",".join(others), piece_size=MiB
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    scheduler = placement.get_scheduler()
+    while time.monotonic() < deadline:  # until the children are fetching from the seed
+        if any(ray.get(scheduler.progress.remote([tid])).get(n, 0) for n in others):
+            break
+        time.sleep(0.2)
+    assert status.cache_rm(tid, seed[:12]) == [seed]
+    worker.join(120)
+    report = result["report"]
+    assert report.ok, report
+    for n in others:
+        assert sha256_file(tmp_path / f"{n}.bin") == sha256_file(src)
+    assert origin.served("/evicted.bin") <= 16 * MiB  # what the seed did not serve, once
+    seed_peer = placement.existing_peers()[seed]
+    assert ray.get(seed_peer.info.remote())["pieces_served"] > 0  # it did serve, limited
