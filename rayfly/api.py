@@ -18,7 +18,7 @@ from rayfly import source
 from rayfly.actors import placement
 from rayfly.actors.peer import FetchItem, FetchRequest
 from rayfly.cluster import connect
-from rayfly.config import PeerConfig, SchedulerConfig, from_env
+from rayfly.config import PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.filters import FileFilter
 from rayfly.report import NodeResult, Report
@@ -176,6 +176,7 @@ def distribute(
     exclude_head: bool = False,
     piece_size: int | None = None,
     concurrency: int | None = None,
+    limit_rate: str | float | None = None,
     sha256: str | None = None,
     storage_options: dict[str, Any] | None = None,
     tag: str = "",
@@ -190,18 +191,24 @@ def distribute(
 ) -> Report:
     """Put the file or prefix at ``source_url`` on every chosen node, at ``dest``.
 
-    ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``. Each byte is read from
-    the origin once; pieces travel between nodes. ``nodes`` is a selector or a list of selectors
-    that intersect (see :mod:`rayfly.nodes`: ``"all"``, ``4``, ``"50%"``, ``"label:zone=a"``,
-    ``"resource:GPU"``, node ids); ``exclude_head`` leaves the head node out. A local path (or
-    ``file://`` URL) is the file on this process's node, read there only; ``source_node`` names
-    another node (id prefix, IP or hostname), or ``"any"`` for a filesystem every node shares.
-    Returns a :class:`Report`; raises :class:`RayflyError` for bad input or a source that cannot
-    be read at all (then nothing is written anywhere). Per-node failures are in the report, not
-    raised. ``include``/``exclude`` (globs on the path relative to the prefix) and ``max_files``
-    choose the files of a prefix (see :mod:`rayfly.filters`).
+    Each byte is read from the origin once; pieces travel between nodes. Returns a
+    :class:`Report`; raises :class:`RayflyError` for bad input or a source that cannot be read
+    at all (then nothing is written anywhere). Per-node failures are in the report, not raised.
+
+    - ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``.
+    - ``nodes``: a selector or a list of selectors that intersect (:mod:`rayfly.nodes`:
+      ``"all"``, ``4``, ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids);
+      ``exclude_head`` leaves the head node out.
+    - A local path (or ``file://`` URL) is the file on this process's node, read there only;
+      ``source_node`` names another node (id prefix, IP or hostname), or ``"any"`` for a
+      filesystem every node shares.
+    - ``include``/``exclude`` (globs on the path relative to the prefix) and ``max_files``
+      choose the files of a prefix (:mod:`rayfly.filters`).
+    - ``limit_rate`` (bytes/s, or ``"100MiB"``) caps each node's download rate for this call;
+      a node's own ``RAYFLY_DOWNLOAD_RATE`` applies as well (the lower one wins).
     """
     options = dict(storage_options or {})
+    rate = parse_rate(limit_rate)
     _validate(source_url, dest, sha256, piece_size, concurrency, options)
     files_filter = FileFilter(tuple(include), tuple(exclude), max_files).check()
     connect(address, local_nodes)
@@ -216,7 +223,7 @@ def distribute(
         _check_name(items, dest)
     except RayTaskError as exc:
         raise unwrap(exc) from None
-    request = FetchRequest(items, dest, concurrency or peer_config.concurrency)
+    request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
     peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
     refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
     results = _collect(refs, scheduler, items, progress, timeout)

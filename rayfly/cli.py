@@ -135,6 +135,13 @@ def main() -> None:
     type=int,
     help="Refuse a prefix holding more files than this (after --include/--exclude).",
 )
+@click.option(
+    "--limit-rate",
+    default=None,
+    metavar="RATE",
+    help="Per-node download rate for this distribution, e.g. 100MiB (per second); a node's "
+    "RAYFLY_DOWNLOAD_RATE applies too, the lower wins.",
+)
 @click.option("--sha256", default=None, help="Expected sha256 of the file; a mismatch fails.")
 @click.option(
     "--storage-option",
@@ -173,6 +180,7 @@ def distribute(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     max_files: int | None,
+    limit_rate: str | None,
     sha256: str | None,
     storage_options: tuple[str, ...],
     tag: str,
@@ -208,6 +216,7 @@ def distribute(
                 exclude_head=exclude_head,
                 piece_size=piece_size,
                 concurrency=concurrency,
+                limit_rate=limit_rate,
                 sha256=sha256,
                 storage_options=options,
                 tag=tag,

@@ -31,6 +31,7 @@ def distribute_args(
     exclude_head: bool = False,
     piece_size: int | None = None,
     concurrency: int | None = None,
+    limit_rate: str | None = None,
     sha256: str | None = None,
     storage_options: tuple[str, ...] = (),
     tag: str = "",
@@ -51,6 +52,7 @@ def distribute_args(
     optional = {
         "--piece-size": piece_size,
         "--concurrency": concurrency,
+        "--limit-rate": limit_rate,
         "--sha256": sha256,
         "--tag": tag or None,
         "--timeout": timeout,
