@@ -37,8 +37,8 @@ from rayfly.proxy.actor import start_mirrors, stop_mirrors
 from rayfly.proxy.preheat import preheat
 from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream
-from tests.proxy.containerd import Containerd
-from tests.proxy.registry import (
+from tests.support.containerd import Containerd
+from tests.support.registry import (
     CountingFront,
     LoopThread,
     RegistryProcess,

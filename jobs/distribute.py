@@ -4,8 +4,9 @@
         python jobs/distribute.py s3://bucket/dataset/ --dest /data/dataset --json
 
 The arguments are those of ``rayfly distribute`` (see ``rayfly distribute --help``). Inside a
-job, ``RAY_ADDRESS`` names the job's own cluster, so no ``--address`` is needed. The job exits
-0 when every node holds a verified copy, 1 when some node failed, 2 on bad input.
+job, ``RAY_ADDRESS`` names the job's own cluster, so no ``--address`` is needed; a local path is
+the file on the node that runs the job's driver (``--source-node`` names another node). The job
+exits 0 when every node holds a verified copy, 1 when some node failed, 2 on bad input.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -15,8 +18,9 @@ from rayfly import source
 from rayfly.actors import placement
 from rayfly.actors.peer import FetchItem, FetchRequest
 from rayfly.cluster import connect
-from rayfly.config import PeerConfig, SchedulerConfig, from_env
+from rayfly.config import PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
+from rayfly.filters import FileFilter
 from rayfly.report import NodeResult, Report
 from rayfly.task import SourceSpec, TaskInfo
 from rayfly.version import identity
@@ -25,6 +29,8 @@ ProgressFn = Callable[[int, int, int, int], None]
 """Called as ``progress(bytes_done, bytes_total, nodes_done, nodes_total)``."""
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+LOCAL_PROTOCOLS = (None, "file", "local")
+ANY_NODE = "any"
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -54,6 +60,74 @@ def _validate(
     source.check_storage_options(source_url, options)
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a source is read: its URL, and the node it is on (None: any node may read it)."""
+
+    url: str
+    node: placement.NodeInfo | None = None
+
+
+def is_local(url: str) -> bool:
+    """True for a path or ``file://`` URL: a file on some node's own filesystem."""
+    return fsspec.core.split_protocol(url)[0] in LOCAL_PROTOCOLS
+
+
+def _local_url(url: str, here: bool) -> str:
+    """The canonical ``file://`` URL of a local path; a relative path (or ``~``) is resolved
+    here, so it is refused when the file is on another node."""
+    raw = fsspec.core.split_protocol(url)[1]
+    if not here and not os.path.isabs(raw):
+        raise InvalidInput(
+            f"{url}: a path on another node must be absolute (this process's working "
+            "directory means nothing there)"
+        )
+    return "file://" + os.path.normpath(os.path.abspath(os.path.expanduser(raw)))
+
+
+def locate(
+    url: str, source_node: str | None, nodes: list[placement.NodeInfo], here: str | None
+) -> Origin:
+    """Which node reads the source ``url``, given ``--source-node`` (None: this node; ``any``:
+    every node sees the same file) and ``here``, the node this process runs on (None for a
+    Ray Client outside the cluster). Only local paths are tied to a node."""
+    if not is_local(url):
+        if source_node not in (None, ANY_NODE):
+            raise InvalidInput(
+                f"--source-node names the node of a local path; {source.redact_url(url)} "
+                "is read from its origin by any node"
+            )
+        return Origin(url)
+    if source_node == ANY_NODE:
+        return Origin(_local_url(url, here is not None))
+    if source_node is not None:
+        node = placement.match_node(source_node, nodes)
+    elif here is None:
+        raise InvalidInput(
+            f"{url} is a local path, but this client is outside the cluster (Ray Client): "
+            "name the node it is on with --source-node NODE (id prefix, IP or hostname), or "
+            "--source-node any if every node sees it (a shared filesystem)"
+        )
+    else:
+        node = placement.match_node(here, nodes, "this process's node")
+    return Origin(_local_url(url, node.node_id == here), node)
+
+
+def this_node() -> str | None:
+    """The node this process runs on; None for a Ray Client (``ray://``) outside the cluster."""
+    if ray.util.client.ray.is_connected():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
+def _list(origin: Origin, options: dict[str, Any], scheduler: Any) -> list[source.SourceFile]:
+    """List the source where it is: on its own node's peer for a node-local path."""
+    if origin.node is None:
+        return ray.get(scheduler.resolve.remote(origin.url, options))
+    peer = placement.get_or_create_peer(origin.node, from_env(PeerConfig))
+    return ray.get(peer.list_source.remote(origin.url, options))
+
+
 def plan(
     source_url: str,
     options: dict[str, Any],
@@ -61,24 +135,41 @@ def plan(
     sha256: str | None,
     piece_size: int | None,
     scheduler: Any,
+    source_node: str | None = None,
+    files_filter: FileFilter | None = None,
 ) -> list[FetchItem]:
     """Resolve the source into tasks (one per file) registered with the scheduler.
 
+    A local path is listed by the peer of its node (see :func:`locate`), and its tasks are
+    read from the origin there only. ``files_filter`` keeps the files of a prefix it takes.
     Each file's version comes with the listing and is part of its task id: a changed object is
     a new task. A file whose origin gives no validator is a new task on every call, unless the
     content is pinned by ``sha256`` or ``tag``.
     """
-    files = ray.get(scheduler.resolve.remote(source_url, options))
-    single = len(files) == 1 and files[0].url.rstrip("/") == source_url.rstrip("/")
+    origin = locate(source_url, source_node, placement.alive_nodes(), this_node())
+    files = _list(origin, options, scheduler)
+    if files_filter is not None:
+        files = files_filter.apply(files, source.redact_url(source_url))
+    single = len(files) == 1 and files[0].url.rstrip("/") == origin.url.rstrip("/")
     if sha256 and not single:
         raise InvalidInput(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
+    node_id = origin.node.node_id if origin.node else None
     refs = [
         scheduler.register.remote(
-            SourceSpec(f.url, options, tag, None, sha256, identity(f.version, tag, sha256)),
+            SourceSpec(
+                f.url,
+                options,
+                tag,
+                None,
+                sha256,
+                version=identity(f.version, tag, sha256),
+                source_node=node_id,
+            ),
             piece_size,
-            listed=f,
+            "rarest-first",
+            f,
         )
         for f in files
     ]
@@ -86,13 +177,21 @@ def plan(
     return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
 
 
+def _check_name(items: list[FetchItem], dest: str) -> None:
+    """A single file put into a directory (``--dest DIR/``) needs a safe name from its URL."""
+    if len(items) == 1 and items[0].relpath is None and dest.endswith("/"):
+        dest_paths.url_name(items[0].task.url)
+
+
 def distribute(
     source_url: str,
     dest: str,
     *,
     nodes: str | int | list[str] | None = "all",
+    exclude_head: bool = False,
     piece_size: int | None = None,
     concurrency: int | None = None,
+    limit_rate: str | float | None = None,
     sha256: str | None = None,
     storage_options: dict[str, Any] | None = None,
     tag: str = "",
@@ -100,26 +199,46 @@ def distribute(
     local_nodes: int = 1,
     progress: ProgressFn | None = None,
     timeout: float | None = None,
+    source_node: str | None = None,
+    include: tuple[str, ...] | list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (),
+    max_files: int | None = None,
 ) -> Report:
     """Put the file or prefix at ``source_url`` on every chosen node, at ``dest``.
 
-    ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``. Each byte is read from
-    the origin once; pieces travel between nodes. Returns a :class:`Report`; raises
-    :class:`RayflyError` for bad input or a source that cannot be read at all (then nothing is
-    written anywhere). Per-node failures are in the report, not raised.
+    Each byte is read from the origin once; pieces travel between nodes. Returns a
+    :class:`Report`; raises :class:`RayflyError` for bad input or a source that cannot be read
+    at all (then nothing is written anywhere). Per-node failures are in the report, not raised.
+
+    - ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``.
+    - ``nodes``: a selector or a list of selectors that intersect (:mod:`rayfly.nodes`:
+      ``"all"``, ``4``, ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids);
+      ``exclude_head`` leaves the head node out.
+    - A local path (or ``file://`` URL) is the file on this process's node, read there only;
+      ``source_node`` names another node (id prefix, IP or hostname), or ``"any"`` for a
+      filesystem every node shares.
+    - ``include``/``exclude`` (globs on the path relative to the prefix) and ``max_files``
+      choose the files of a prefix (:mod:`rayfly.filters`).
+    - ``limit_rate`` (bytes/s, or ``"100MiB"``) caps each node's download rate for this call;
+      a node's own ``RAYFLY_DOWNLOAD_RATE`` applies as well (the lower one wins).
     """
     options = dict(storage_options or {})
+    rate = parse_rate(limit_rate)
     _validate(source_url, dest, sha256, piece_size, concurrency, options)
+    files_filter = FileFilter(tuple(include), tuple(exclude), max_files).check()
     connect(address, local_nodes)
-    targets = placement.select_nodes(nodes, placement.alive_nodes())
+    targets = placement.select_nodes(nodes, placement.alive_nodes(), exclude_head)
     peer_config = from_env(PeerConfig)
     scheduler = placement.get_scheduler(from_env(SchedulerConfig))
     t0 = time.time()
     try:
-        items = plan(source_url, options, tag, sha256, piece_size, scheduler)
+        items = plan(
+            source_url, options, tag, sha256, piece_size, scheduler, source_node, files_filter
+        )
+        _check_name(items, dest)
     except RayTaskError as exc:
         raise unwrap(exc) from None
-    request = FetchRequest(items, dest, concurrency or peer_config.concurrency)
+    request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
     peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
     refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
     results = _collect(refs, scheduler, items, progress, timeout)

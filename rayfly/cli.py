@@ -18,6 +18,10 @@ from rayfly.source import parse_storage_options
 
 EXIT_FAILED_NODES = 1
 EXIT_BAD_INPUT = 2
+NODES_HELP = (
+    "Which nodes (repeatable; several intersect): 'all', a count N, a share P% (rounded up), "
+    "label:KEY=VALUE, resource:NAME, or comma-separated node ids (unique prefixes)."
+)
 
 
 class Progress:
@@ -92,10 +96,12 @@ def main() -> None:
 )
 @click.option(
     "--nodes",
-    default="all",
+    multiple=True,
+    default=["all"],
     show_default=True,
-    help="'all', a count N, or comma-separated node ids (unique prefixes).",
+    help=NODES_HELP,
 )
+@click.option("--exclude-head", is_flag=True, help="Leave the head node out.")
 @click.option(
     "--piece-size",
     default=None,
@@ -107,6 +113,34 @@ def main() -> None:
     default=None,
     type=click.IntRange(1, 256),
     help="Pieces in flight per node (default 8).",
+)
+@click.option(
+    "--source-node",
+    default=None,
+    metavar="NODE",
+    help="The node a local SOURCE path is on (default: this process's node): a node id "
+    "prefix, IP or hostname; 'any' when every node sees the same file (NFS, Lustre).",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Of a prefix, take only files whose path relative to it matches (repeatable), "
+    "e.g. '*.safetensors'.",
+)
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out matching files.")
+@click.option(
+    "--max-files",
+    default=None,
+    type=int,
+    help="Refuse a prefix holding more files than this (after --include/--exclude).",
+)
+@click.option(
+    "--limit-rate",
+    default=None,
+    metavar="RATE",
+    help="Per-node download rate for this distribution, e.g. 100MiB (per second); a node's "
+    "RAYFLY_DOWNLOAD_RATE applies too, the lower wins.",
 )
 @click.option("--sha256", default=None, help="Expected sha256 of the file; a mismatch fails.")
 @click.option(
@@ -138,9 +172,15 @@ def distribute(
     insecure: bool,
     address: str | None,
     local_nodes: int,
-    nodes: str,
+    nodes: tuple[str, ...],
+    exclude_head: bool,
     piece_size: int | None,
     concurrency: int | None,
+    source_node: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    max_files: int | None,
+    limit_rate: str | None,
     sha256: str | None,
     storage_options: tuple[str, ...],
     tag: str,
@@ -172,9 +212,11 @@ def distribute(
             else api.distribute(
                 source,
                 dest,
-                nodes=nodes,
+                nodes=list(nodes),
+                exclude_head=exclude_head,
                 piece_size=piece_size,
                 concurrency=concurrency,
+                limit_rate=limit_rate,
                 sha256=sha256,
                 storage_options=options,
                 tag=tag,
@@ -182,6 +224,10 @@ def distribute(
                 local_nodes=local_nodes,
                 progress=progress,
                 timeout=timeout,
+                source_node=source_node,
+                include=include,
+                exclude=exclude,
+                max_files=max_files,
             )
         )
     except RayflyError as exc:
@@ -207,7 +253,8 @@ def _preheat(params: dict[str, Any]) -> Any:
     return preheat(
         params["image"],
         platform=params["platform"],
-        nodes=params["nodes"],
+        nodes=list(params["nodes"]),
+        exclude_head=params["exclude_head"],
         insecure=params["insecure"],
         address=params["address"],
         timeout=params["timeout"],

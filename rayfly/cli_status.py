@@ -14,6 +14,7 @@ import click
 
 from rayfly.config import parse_size
 from rayfly.errors import InvalidInput, JobFailed, RayflyError
+from rayfly.filters import FileFilter
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -69,13 +70,19 @@ def submit_distribution(params: dict[str, Any]) -> NoReturn:
         args = submit.distribute_args(
             params["source"],
             params["dest"],
-            nodes=params["nodes"],
+            nodes=list(params["nodes"]),
+            exclude_head=params["exclude_head"],
             piece_size=params["piece_size"],
             concurrency=params["concurrency"],
+            limit_rate=params["limit_rate"],
             sha256=params["sha256"],
             storage_options=params["storage_options"],
             tag=params["tag"],
             timeout=params["timeout"],
+            source_node=params["source_node"],
+            include=params["include"],
+            exclude=params["exclude"],
+            max_files=params["max_files"],
             pin=params["pin"],
             as_json=params["as_json"],
         )
@@ -96,7 +103,7 @@ def check_pin(params: dict[str, Any]) -> None:
     """Refuse ``--pin`` where it cannot work (before any transfer starts)."""
     if not params["pin"]:
         return
-    if str(params["nodes"]) != "all":
+    if list(params["nodes"]) != ["all"] or params["exclude_head"]:
         raise InvalidInput("--pin keeps content on every node, joining ones too: drop --nodes")
     if not (params["address"] or os.environ.get("RAY_ADDRESS")):
         raise InvalidInput(
@@ -119,6 +126,8 @@ def pin_distribution(params: dict[str, Any], nodes_done: list[str]) -> dict[str,
         sha256=params["sha256"],
         piece_size=params["piece_size"],
         concurrency=params["concurrency"],
+        source_node=params["source_node"],
+        files_filter=FileFilter(params["include"], params["exclude"], params["max_files"]),
     )
     click.echo(f"rayfly: pinned as {row['pin_id']} (rayfly unpin {row['pin_id']})", err=True)
     return row
@@ -220,20 +229,27 @@ def _keep(_ctx: Any, _param: Any, value: str | None) -> int | None:
     "--keep",
     default=None,
     callback=_keep,
-    help="Evict least-recently-used tasks until at most this much is used, e.g. 10GiB "
-    "(default: the cache quota).",
+    help="Also evict least-recently-used tasks until at most this much is used, e.g. 10GiB.",
 )
-def cache_gc(address: str | None, nodes: str | None, keep: int | None) -> None:
-    """Evict least-recently-used complete tasks from the nodes' caches."""
+@click.option("--dry-run", is_flag=True, help="Say what would be evicted and why; evict nothing.")
+def cache_gc(address: str | None, nodes: str | None, keep: int | None, dry_run: bool) -> None:
+    """Evict what each node's cache policy says must go (TTL, quota, disk watermarks)."""
     from rayfly import status as st
 
     try:
         st.connect_existing(address)
-        evicted = st.cache_gc(keep, nodes)
+        plans = st.cache_gc(keep, nodes, dry_run)
     except RayflyError as exc:
         fail(exc)
-    for node_id, tasks in evicted.items():
-        click.echo(f"{node_id[:12]}  evicted {len(tasks)}: " + " ".join(tasks))
+    verb = "would evict" if dry_run else "evicted"
+    for node_id, plan in plans.items():
+        evictions = plan["evictions"]
+        freed = sum(e["frees"] for e in evictions)
+        click.echo(f"{node_id[:12]}  {verb} {len(evictions)} task(s), {freed} bytes of disk")
+        for e in evictions:
+            click.echo(f"  {e['task_id']}  {e['reason']}  frees {e['frees']} bytes")
+        if plan.get("note"):
+            click.echo(f"  note: {plan['note']}")
 
 
 COMMANDS = (status, unpin, cache)

@@ -54,6 +54,58 @@ def parse_size(text: str | int) -> int:
     return int(value * _UNITS[unit])
 
 
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_OFF = {"off", "none", "never", "unlimited", "0"}
+
+
+def parse_duration(text: str | float) -> float | None:
+    """Parse ``"7d"``, ``"15m"``, ``"30s"``, ``"1.5h"`` or seconds into seconds; ``"off"`` (or
+    ``0``) is None: no limit."""
+    if isinstance(text, int | float):
+        return float(text) or None
+    raw = text.strip().lower()
+    if raw in _OFF:
+        return None
+    unit = raw[-1] if raw and raw[-1].isalpha() else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if unit not in _DURATION_UNITS or value <= 0:
+        raise InvalidInput(f"invalid duration {text!r}: use e.g. 30s, 15m, 1h, 7d, or off")
+    return value * _DURATION_UNITS[unit]
+
+
+def parse_percent(text: str | float) -> float:
+    """Parse ``"80%"`` or ``0.8`` into a fraction between 0 and 1."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise InvalidInput(f"invalid share {text!r}: use a percentage, e.g. 80%")
+    return value
+
+
+def parse_rate(text: str | float | None) -> float | None:
+    """Parse a byte rate, ``"100MiB"`` or ``"100MiB/s"`` (binary units), into bytes/s; ``"0"``,
+    ``"unlimited"`` or None mean no limit (None)."""
+    if text is None:
+        return None
+    if isinstance(text, int | float):
+        return float(text) or None
+    raw = text.strip().lower().removesuffix("/s")
+    if raw in _OFF or raw == "":
+        return None
+    try:
+        return float(parse_size(raw)) or None
+    except InvalidInput:
+        raise InvalidInput(
+            f"invalid rate {text!r}: use bytes per second with a unit, e.g. 100MiB (or unlimited)"
+        ) from None
+
+
 def _default_cache_dir() -> str:
     return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rayfly")
 
@@ -80,6 +132,23 @@ class SchedulerConfig:
     wake_per_piece: int = 8
 
 
+@dataclass(frozen=True)
+class NodeConfig:
+    """Settings a node reads from its own environment (its raylet's, which Ray's workers on the
+    node inherit), not from the client: rates in bytes/s (None: unlimited) for pieces fetched,
+    pieces served and origin reads; the cache's TTL, disk watermarks and GC period."""
+
+    download_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
+    upload_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
+    origin_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
+    cache_ttl: float | None = dataclasses.field(
+        default=7 * 86400.0, metadata={"parse": parse_duration}
+    )
+    cache_high_watermark: float = dataclasses.field(default=0.80, metadata={"parse": parse_percent})
+    cache_low_watermark: float = dataclasses.field(default=0.60, metadata={"parse": parse_percent})
+    gc_interval: float | None = dataclasses.field(default=900.0, metadata={"parse": parse_duration})
+
+
 def _coerce(raw: str, kind: type) -> Any:
     if kind is bool:
         return raw.strip().lower() in {"1", "true", "yes", "on"}
@@ -97,8 +166,9 @@ def from_env(cls: type[T], environ: dict[str, str] | None = None, **overrides: A
         name = f"RAYFLY_{f.name.upper()}"
         if name in env:
             kind = types.get(str(f.type), str)
+            parse = f.metadata.get("parse")
             try:
-                values[f.name] = _coerce(env[name], kind)
+                values[f.name] = parse(env[name]) if parse else _coerce(env[name], kind)
             except (ValueError, InvalidInput) as exc:
                 raise InvalidInput(f"environment variable {name}={env[name]!r}: {exc}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -27,6 +27,7 @@ from rayfly.actors import placement
 from rayfly.actors.peer import FetchRequest
 from rayfly.config import NAMESPACE, PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput, TaskNotFound
+from rayfly.filters import FileFilter
 
 PINNER_NAME = "rayfly-pins"
 
@@ -186,8 +187,12 @@ def pin(
     sha256: str | None = None,
     piece_size: int | None = None,
     concurrency: int | None = None,
+    source_node: str | None = None,
+    files_filter: FileFilter | None = None,
 ) -> dict[str, Any]:
-    """Pin a distribution (call after ``distribute`` on a connected cluster); returns the pin."""
+    """Pin a distribution (call after ``distribute`` on a connected cluster); returns the pin.
+
+    ``source_node`` is as for :func:`rayfly.api.distribute` (a local path's node)."""
     from rayfly import api
 
     if not dest:
@@ -196,7 +201,9 @@ def pin(
     peer_config = from_env(PeerConfig)
     scheduler = placement.get_scheduler(from_env(SchedulerConfig))
     try:
-        items = api.plan(source_url, options, tag, sha256, piece_size, scheduler)
+        items = api.plan(
+            source_url, options, tag, sha256, piece_size, scheduler, source_node, files_filter
+        )
     except RayTaskError as exc:
         raise api.unwrap(exc) from None
     request = FetchRequest(items, dest, concurrency or peer_config.concurrency)

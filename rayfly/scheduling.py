@@ -8,6 +8,7 @@ Rules:
   peers asking at the same time start at different places and spread the load.
 - A piece nobody holds is read from the origin by exactly one peer at a time, within the task's
   origin parallelism; a piece someone is already reading from the origin is waited for.
+- A node-local file (a task with a source node) is read from the origin by that node's peer only.
 - A parent is chosen among the piece's holders with a free upload slot: the same host first,
   then the lowest load, then the best recent throughput.
 - An origin that ignores ``Range`` is read by one peer at a time, in one sequential stream
@@ -153,6 +154,18 @@ def origin_share(origin_parallelism: int, peers: int) -> int:
     """How many origin reads one peer may have in flight: the budget split over the peers,
     so that first reads spread over the nodes and each node starts uploading early."""
     return max(1, -(-origin_parallelism // max(1, peers)))
+
+
+def origin_quota(origin_parallelism: int, peers: int, source_node: str | None, peer_id: str) -> int:
+    """How many origin reads ``peer_id`` may have in flight for a task.
+
+    Anyone may read an origin every node sees (``source_node`` None): the budget is split over
+    the peers (:func:`origin_share`). A node-local file is read by its node alone, with the whole
+    budget; every other peer gets its pieces from peers.
+    """
+    if source_node is None:
+        return origin_share(origin_parallelism, peers)
+    return origin_parallelism if peer_id == source_node else 0
 
 
 def _candidates(

@@ -23,9 +23,11 @@ import fsspec.asyn
 from fsspec.core import url_to_fs
 
 from rayfly import source_http, source_s3
+from rayfly.dest import decode_relpath
 from rayfly.errors import (
     InvalidStorageOption,
     OriginUnreachable,
+    RayflyError,
     SourceError,
     SourceNotFound,
 )
@@ -169,8 +171,8 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _translate(exc: BaseException, url: str, attempts: int) -> SourceError:
-    if isinstance(exc, SourceError):
+def _translate(exc: BaseException, url: str, attempts: int) -> RayflyError:
+    if isinstance(exc, RayflyError):  # ours already (an empty directory, an unsafe name)
         return exc
     shown = redact_url(url)
     exc = _cause(exc)
@@ -269,9 +271,10 @@ def list_files(url: str, options: dict[str, Any]) -> list[SourceFile]:
             if meta.get("type") == "directory":
                 continue
             rel = p[len(root) :].lstrip("/") if p.startswith(root) else p.rsplit("/", 1)[-1]
+            rel = decode_relpath(rel, url)
             files.append(_file(fs, fs.unstrip_protocol(p), p, rel, meta))
         if not files:
-            raise FileNotFoundError(f"{path} holds no files")
+            raise SourceNotFound(f"{redact_url(url)} is an empty directory: it holds no files")
         return files
 
     return with_retries(run, url)

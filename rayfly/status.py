@@ -138,6 +138,28 @@ def _mib(n: Any) -> str:
     return f"{n / (1 << 20):.1f}MiB" if isinstance(n, int | float) else "?"
 
 
+def _rate(value: Any) -> str:
+    return f"{value / (1 << 20):.1f}MiB/s" if value else "unlimited"
+
+
+def _duration(seconds: Any, none: str) -> str:
+    if not seconds:
+        return none
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _limits(limits: dict[str, Any], gc: dict[str, Any]) -> str:
+    return (
+        f"download {_rate(limits.get('download_rate'))} upload {_rate(limits.get('upload_rate'))} "
+        f"origin {_rate(limits.get('origin_rate'))}; cache ttl {_duration(gc.get('ttl_s'), 'off')} "
+        f"watermarks {gc.get('low_watermark', 0):.0%}-{gc.get('high_watermark', 0):.0%} "
+        f"gc every {_duration(gc.get('interval_s'), 'never')}"
+    )
+
+
 def format_status(status: dict[str, Any]) -> str:
     """``cluster_status()`` as text tables."""
     lines = [f"cluster {status['cluster']}: {status['nodes_alive']} node(s) alive"]
@@ -161,6 +183,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"uploads={p['uploads']} downloads={p.get('downloads_inflight', 0)} "
             f"served={p['pieces_served']}"
         )
+        lines.append(f"  {'':12} {_limits(p.get('limits', {}), p.get('gc', {}))}")
     lines.append(f"mirrors ({len(status['mirrors'])}):")
     for m in status["mirrors"]:
         health = "healthy" if m.get("healthy") else f"UNHEALTHY {m.get('error', '')}"
@@ -228,7 +251,14 @@ def _resolve_task_id(task_id: str, peers: dict[str, Any]) -> str:
     return matches[0]
 
 
-def cache_gc(keep_bytes: int | None = None, nodes: str | None = None) -> dict[str, list[str]]:
-    """Evict least-recently-used tasks down to ``keep_bytes`` per node (default: the quota)."""
-    out = _gather({n: p.cache_gc.remote(keep_bytes) for n, p in _peers(nodes).items()})
-    return {n: (v if isinstance(v, list) else []) for n, v in sorted(out.items())}
+def cache_gc(
+    keep_bytes: int | None = None, nodes: str | None = None, dry_run: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Run each chosen node's cache GC (TTL, quota or ``keep_bytes``, disk watermarks); per node
+    the evictions made (or, with ``dry_run``, that would be) with their reasons."""
+    out = _gather({n: p.cache_gc.remote(keep_bytes, dry_run) for n, p in _peers(nodes).items()})
+    empty: dict[str, Any] = {"evictions": [], "note": None}
+    return {
+        n: (v if isinstance(v, dict) and "evictions" in v else empty)
+        for n, v in sorted(out.items())
+    }

@@ -28,6 +28,7 @@ import numpy as np
 import xxhash
 
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
+from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, plan_gc
 from rayfly.task import piece_bounds, piece_count, validate_task_id
 
 
@@ -57,15 +58,27 @@ class TaskEntry:
 
 
 class PieceStore:
-    """Node-local storage of task pieces with a byte quota and least-recently-used eviction."""
+    """Node-local storage of task pieces that cleans itself (:mod:`rayfly.eviction`): a TTL for
+    unused entries, a byte quota and disk watermarks, least-recently-used first.
 
-    def __init__(self, root: str | Path, quota: int, clock: Callable[[], float] = time.time):
+    Evictions made on the store's own initiative (to make room for a new task) are queued for
+    the owner to report (:meth:`take_evictions`).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        quota: int,
+        clock: Callable[[], float] = time.time,
+        policy: GcPolicy | None = None,
+    ):
         self.root = Path(root)
-        self.quota = quota
+        self.policy = policy or GcPolicy(quota)
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, TaskEntry] = {}
         self._fds: dict[str, int] = {}
+        self._evicted: list[Eviction] = []
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -109,17 +122,20 @@ class PieceStore:
             self._entries[task_id] = entry
             return entry
 
+    @property
+    def quota(self) -> int:
+        """The cache's byte quota."""
+        return self.policy.quota
+
     def _make_room(self, length: int) -> None:
         if length > self.quota:
             raise CacheFull(
                 f"a {length}-byte task exceeds the cache quota of {self.quota} bytes; "
                 "raise RAYFLY_CACHE_QUOTA"
             )
-        victims = sorted(
-            (e for e in self._entries.values() if e.complete), key=lambda e: e.last_used
-        )
-        while self._used() + length > self.quota and victims:
-            self._remove(victims.pop(0).task_id)
+        plan = self._plan(self.policy, need=length)
+        self._apply(plan)
+        self._evicted += plan.evictions
         if self._used() + length > self.quota:
             raise CacheFull(
                 f"cache at {self.root} is full with tasks in progress; "
@@ -128,6 +144,39 @@ class PieceStore:
 
     def _used(self) -> int:
         return sum(e.length for e in self._entries.values())
+
+    def _candidates(self) -> list[Candidate]:
+        """Complete entries, with the disk bytes removing each one would free (none when its
+        data file has other links: published destinations share the inode)."""
+        out = []
+        for e in self._entries.values():
+            if not e.complete:
+                continue
+            try:
+                st = os.stat(self.data_path(e.task_id))
+                frees = st.st_blocks * 512 if st.st_nlink == 1 else 0
+            except OSError:
+                frees = 0
+            out.append(Candidate(e.task_id, e.length, e.last_used, frees))
+        return out
+
+    def disk(self) -> Disk:
+        """The cache filesystem's size and use."""
+        st = os.statvfs(self.root)
+        return Disk(st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bavail) * st.f_frsize)
+
+    def _plan(self, policy: GcPolicy, need: int = 0) -> GcPlan:
+        return plan_gc(self._candidates(), policy, self._clock(), self._used(), self.disk(), need)
+
+    def _apply(self, plan: GcPlan) -> None:
+        for e in plan.evictions:
+            self._remove(e.task_id)
+
+    def take_evictions(self) -> list[Eviction]:
+        """Evictions the store made on its own since the last call (to report them)."""
+        with self._lock:
+            out, self._evicted = self._evicted, []
+        return out
 
     def _remove(self, task_id: str) -> None:
         fd = self._fds.pop(task_id, None)
@@ -193,12 +242,20 @@ class PieceStore:
             raise PieceUnavailable(f"piece {index} of task {task_id} is not held here")
         start, end = piece_bounds(entry.length, entry.piece_size, index)
         buf = np.empty(end - start, dtype=np.uint8) if into is None else into[: end - start]
-        got = os.preadv(self._fd(task_id), [buf], start)
+        try:  # an fd of its own: an eviction meanwhile unlinks the file, the read still works
+            fd = os.open(self.data_path(task_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise PieceUnavailable(f"task {task_id} was evicted from {self.root}") from None
+        try:
+            got = os.preadv(fd, [buf], start)
+        finally:
+            os.close(fd)
         if got != end - start:
             raise StorageError(f"short read of piece {index} of task {task_id}")
         if verify and piece_digest(buf) != entry.digests.get(index):
             raise PieceCorrupt(f"piece {index} of task {task_id} changed on disk at {self.root}")
-        entry.last_used = self._clock()
+        with self._lock:
+            entry.last_used = self._clock()
         return buf
 
     def _require(self, task_id: str) -> TaskEntry:
@@ -267,18 +324,18 @@ class PieceStore:
         with self._lock:
             return self._used()
 
-    def gc(self, keep_bytes: int | None = None) -> list[str]:
-        """Evict least-recently-used complete tasks until at most ``keep_bytes`` are used."""
-        target = self.quota if keep_bytes is None else keep_bytes
-        removed = []
+    def gc(self, keep_bytes: int | None = None, dry_run: bool = False) -> GcPlan:
+        """Evict what the policy says must go (TTL, quota, watermarks); with ``keep_bytes``, also
+        least-recently-used complete tasks until at most that many bytes are kept. With
+        ``dry_run`` nothing is removed: the plan says what would be, and why."""
+        policy = self.policy
+        if keep_bytes is not None:
+            policy = GcPolicy(keep_bytes, policy.ttl_s, policy.high, policy.low)
         with self._lock:
-            for e in sorted(self._entries.values(), key=lambda e: e.last_used):
-                if self._used() <= target:
-                    break
-                if e.complete:
-                    self._remove(e.task_id)
-                    removed.append(e.task_id)
-        return removed
+            plan = self._plan(policy)
+            if not dry_run:
+                self._apply(plan)
+        return plan
 
     def close(self) -> None:
         """Close open files."""

@@ -27,30 +27,46 @@ def distribute_args(
     source: str,
     dest: str,
     *,
-    nodes: str = "all",
+    nodes: str | list[str] = "all",
+    exclude_head: bool = False,
     piece_size: int | None = None,
     concurrency: int | None = None,
+    limit_rate: str | None = None,
     sha256: str | None = None,
     storage_options: tuple[str, ...] = (),
     tag: str = "",
     timeout: float | None = None,
     pin: bool = False,
     as_json: bool = False,
+    source_node: str | None = None,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    max_files: int | None = None,
 ) -> list[str]:
     """The ``rayfly distribute`` arguments (no cluster address: the job uses its own)."""
-    args = [source, "--dest", dest, "--nodes", str(nodes)]
+    args = [source, "--dest", dest]
+    for selector in [nodes] if isinstance(nodes, str) else nodes:
+        args += ["--nodes", str(selector)]
+    if exclude_head:
+        args.append("--exclude-head")
     optional = {
         "--piece-size": piece_size,
         "--concurrency": concurrency,
+        "--limit-rate": limit_rate,
         "--sha256": sha256,
         "--tag": tag or None,
         "--timeout": timeout,
+        "--source-node": source_node,
+        "--max-files": max_files,
     }
     for flag, value in optional.items():
         if value is not None:
             args += [flag, str(value)]
     for option in storage_options:
         args += ["--storage-option", option]
+    for flag, patterns in (("--include", include), ("--exclude", exclude)):
+        for pattern in patterns:
+            args += [flag, pattern]
     return args + (["--pin"] if pin else []) + (["--json"] if as_json else [])
 
 

@@ -40,12 +40,14 @@ class SourceSpec:
     task_id: str | None = None
     expected_sha256: str | None = None
     version: Version = field(default_factory=Version)
+    source_node: str | None = None
 
     def resolved_task_id(self) -> str:
-        """The explicit task id if one was given, else the hash of URL, tag and version."""
+        """The explicit task id if one was given, else the hash of URL, tag, version and
+        source node."""
         if self.task_id is not None:
             return validate_task_id(self.task_id)
-        return task_id_for(self.url, self.tag, version=self.version.key)
+        return task_id_for(self.url, self.tag, version=self.version.key, node=self.source_node)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class TaskInfo:
     expected_sha256: str | None = None
     version: Version = field(default_factory=Version)
     ranges: bool = True
+    source_node: str | None = None  # a node-local file: only this node reads the origin
 
     @property
     def n_pieces(self) -> int:
@@ -95,13 +98,23 @@ def normalize_url(url: str) -> str:
 
 
 def task_id_for(
-    url: str, tag: str = "", byte_range: tuple[int, int] | None = None, *, version: str = ""
+    url: str,
+    tag: str = "",
+    byte_range: tuple[int, int] | None = None,
+    *,
+    version: str = "",
+    node: str | None = None,
 ) -> str:
     """Hash of the normalised URL, the range, the tag and the object's version key: the same
-    version of the same object is the same task, a changed object a new one."""
+    version of the same object is the same task, a changed object a new one.
+
+    ``node`` is the node a node-local file is on: ``/data/x`` on node A is not ``/data/x`` on B.
+    """
     rng = "" if byte_range is None else f"{byte_range[0]}-{byte_range[1]}"
     parts = (normalize_url(url), rng, tag) + ((version,) if version else ())
     key = "\n".join(parts)
+    if node is not None:
+        key += f"\nnode={node}"
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 

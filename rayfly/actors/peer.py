@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +34,7 @@ from ray.exceptions import (
 from rayfly import dest as dest_paths
 from rayfly import metrics, source
 from rayfly.actors.scheduler import Batch, Done, Failed
-from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig
+from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, NodeConfig, PeerConfig, from_env
 from rayfly.errors import (
     DigestMismatch,
     IntegrityError,
@@ -44,9 +44,11 @@ from rayfly.errors import (
     RayflyError,
     SourceError,
 )
+from rayfly.eviction import GcPolicy
+from rayfly.ratelimit import TokenBucket, take_all
 from rayfly.report import FileResult, NodeResult, summarize_node
 from rayfly.storage import PieceStore
-from rayfly.task import TaskInfo
+from rayfly.task import TaskInfo, piece_bounds
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class FetchRequest:
     dest: str | None
     concurrency: int = 8
     files_in_parallel: int = 4
+    limit_rate: float | None = None
 
 
 @dataclass
@@ -105,7 +108,17 @@ class Peer:
         self.hostname = socket.gethostname()
         self.config = config
         root = Path(os.path.expanduser(config.cache_dir)) / node_id
-        self.store = PieceStore(root, config.cache_quota)
+        self.node = from_env(NodeConfig)  # this node's own environment, not the client's
+        node = self.node
+        policy = GcPolicy(
+            config.cache_quota, node.cache_ttl, node.cache_high_watermark, node.cache_low_watermark
+        )
+        self.store = PieceStore(root, config.cache_quota, policy=policy)
+        self._download_limit = TokenBucket(node.download_rate)
+        self._upload_limit = TokenBucket(node.upload_rate)
+        self._origin_limit = TokenBucket(node.origin_rate)
+        self._call_limits: dict[str, TokenBucket] = {}
+        self._gc_loop = asyncio.ensure_future(self._collect_garbage())
         self._downloads: dict[str, asyncio.Task[TaskOutcome]] = {}
         self._ready: dict[str, list[asyncio.Event]] = {}
         self._handles: dict[str, Any] = {}
@@ -131,6 +144,17 @@ class Peer:
             "cache_dir": str(self.store.root),
             "cache_used": self.store.used_bytes(),
             "cache_quota": self.store.quota,
+            "limits": {
+                "download_rate": self.node.download_rate,
+                "upload_rate": self.node.upload_rate,
+                "origin_rate": self.node.origin_rate,
+            },
+            "gc": {
+                "ttl_s": self.store.policy.ttl_s,
+                "high_watermark": self.store.policy.high,
+                "low_watermark": self.store.policy.low,
+                "interval_s": self.node.gc_interval,
+            },
             "downloads": len(self._downloads),
             "downloads_inflight": sum(not d.done() for d in self._downloads.values()),
             "uploads": self.uploads,
@@ -174,6 +198,10 @@ class Peer:
         """A verified piece for another peer; raises PieceUnavailable if not held."""
         self.uploads += 1
         try:
+            entry = self.store.entry(task_id)
+            if entry is not None and self._upload_limit.rate:
+                start, end = piece_bounds(entry.length, entry.piece_size, index)
+                await self._upload_limit.take(end - start)
             data = await self._disk_io(self.store.read_piece, task_id, index, None, True)
             self.pieces_served += 1
             metrics.piece_served(self.node_id)
@@ -241,7 +269,9 @@ class Peer:
             "bytes_from_peers": out.bytes_from_peers,
         }
 
-    def _start(self, task: TaskInfo, slots: asyncio.Semaphore) -> asyncio.Task[TaskOutcome]:
+    def _start(
+        self, task: TaskInfo, slots: asyncio.Semaphore, limit: TokenBucket | None = None
+    ) -> asyncio.Task[TaskOutcome]:
         running = self._downloads.get(task.task_id)
         if running is not None and not running.done():
             return running
@@ -253,6 +283,10 @@ class Peer:
         ):
             return running
         self._events(task)  # wait_piece may be called as soon as prepare() returns
+        if limit is not None and limit.rate:
+            self._call_limits[task.task_id] = limit
+        else:
+            self._call_limits.pop(task.task_id, None)
         job = asyncio.ensure_future(self._download(task, slots))
         self._downloads[task.task_id] = job
         return job
@@ -268,10 +302,12 @@ class Peer:
         node = NodeResult(self.node_id, self.node_ip, self.hostname, rendered)
         slots = asyncio.Semaphore(max(1, request.concurrency))
         gate = asyncio.Semaphore(max(1, request.files_in_parallel))
+        limit = TokenBucket(request.limit_rate)  # this call's rate, for every task it starts
 
         async def one(item: FetchItem) -> FileResult:
             async with gate:
-                return await self._fetch_one(item, rendered if request.dest else None, slots)
+                target = rendered if request.dest else None
+                return await self._fetch_one(item, target, slots, limit)
 
         node.files = list(await asyncio.gather(*(one(i) for i in request.items)))
         for item, f in zip(request.items, node.files, strict=True):
@@ -285,14 +321,18 @@ class Peer:
         )
 
     async def _fetch_one(
-        self, item: FetchItem, rendered: str | None, slots: asyncio.Semaphore
+        self,
+        item: FetchItem,
+        rendered: str | None,
+        slots: asyncio.Semaphore,
+        limit: TokenBucket | None = None,
     ) -> FileResult:
         task = item.task
-        name = item.relpath or task.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-        result = FileResult(item.relpath or name, "", task.length, None, 0.0, 0, 0, False)
+        label = item.relpath or task.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        result = FileResult(label, "", task.length, None, 0.0, 0, 0, False)
         t0 = time.time()
         try:
-            job = self._start(task, slots)
+            job = self._start(task, slots, limit)
             earlier = job.done()
             out = await asyncio.shield(job)
             result.sha256, result.cached = out.sha256, out.cached or earlier
@@ -300,7 +340,7 @@ class Peer:
                 result.bytes_from_origin = out.bytes_from_origin
                 result.bytes_from_peers = out.bytes_from_peers
             if rendered is not None:
-                target = dest_paths.target_path(rendered, item.relpath, name)
+                target = dest_paths.target_path(rendered, item.relpath, task.url)
                 result.path = str(target)
                 await self._disk_io(self.store.publish, task.task_id, target)
             result.ok = True
@@ -322,9 +362,11 @@ class Peer:
         out = TaskOutcome("", task.length)
         t0 = time.time()
         try:
+            await self._ask_seed(task)
             entry = await self._disk_io(
                 self.store.begin, tid, task.length, task.piece_size, task.url
             )
+            await self._report_evictions()
             events = self._events(task)
             for i in entry.have:
                 events[i].set()
@@ -351,6 +393,31 @@ class Peer:
             raise
         out.seconds = time.time() - t0
         return out
+
+    async def _ask_seed(self, task: TaskInfo) -> None:
+        """A node-local file is read on its source node only: make sure that node's peer fetches
+        it too, into its cache (a no-op there when under way or done), so it serves the pieces."""
+        if task.source_node is None or task.source_node == self.node_id:
+            return
+        for attempt in range(2):  # a cached handle may name an actor since replaced
+            try:
+                await self._parent(task.source_node).prepare.remote(task)
+                return
+            except (RayActorError, _ParentGone) as exc:
+                self._handles.pop(task.source_node, None)
+                if attempt:
+                    raise RayflyError(
+                        f"{source.redact_url(task.url)} is on node {task.source_node} only, "
+                        f"and no peer answers there: {exc}"
+                    ) from None
+
+    async def list_source(self, url: str, options: dict[str, Any]) -> list[source.SourceFile]:
+        """Every file at a node-local ``url`` as this node sees it (one file, or every file
+        under a directory): a local path is listed and stat'ed on its own node only."""
+        try:
+            return await asyncio.to_thread(source.list_files, url, options)
+        except SourceError as exc:
+            raise type(exc)(f"{exc} (looked on node {self.node_id}, {self.hostname})") from None
 
     async def _hash(self, task: TaskInfo) -> str:
         h = hashlib.sha256()
@@ -464,6 +531,7 @@ class Peer:
             return await self._stream(task, out)
         start, end = task.piece_range(a.piece)
         t0 = time.time()
+        await self._take_rate(task, a.parent is None, end - start)
         try:
             if a.parent is None:
                 data: Any = (
@@ -504,6 +572,13 @@ class Peer:
         out.timeline.append((time.time(), nbytes, a.parent is None))
         return Done(a.piece, digest, a.parent, nbytes, seconds)
 
+    async def _take_rate(self, task: TaskInfo, from_origin: bool, nbytes: int) -> None:
+        """Wait until the node's and the call's rate limits allow ``nbytes`` more."""
+        buckets = [self._download_limit, self._call_limits.get(task.task_id)]
+        if from_origin:
+            buckets.append(self._origin_limit)
+        await take_all([b for b in buckets if b is not None], nbytes)
+
     async def _stream(self, task: TaskInfo, out: TaskOutcome) -> Done | Failed:
         """Read an origin that ignores ``Range`` in one stream (this peer is the task's one
         streamer): store, signal and report each piece as it arrives, so that the other peers
@@ -517,6 +592,7 @@ class Peer:
                 task.url, task.storage_options, task.version, task.length, task.piece_size
             ):
                 out.bytes_from_origin += len(data)
+                await self._take_rate(task, True, len(data))  # slows the stream down
                 if index not in entry.have:
                     digest = await self._disk_io(
                         self.store.write_piece, task.task_id, index, data, None
@@ -564,12 +640,36 @@ class Peer:
         await self._removed([task_id] if existed else [], "removed from the cache")
         return existed
 
-    async def cache_gc(self, keep_bytes: int | None = None) -> list[str]:
-        """Evict least-recently-used complete tasks down to ``keep_bytes`` (default: quota),
-        and tell the scheduler which."""
-        removed = self.store.gc(keep_bytes)
-        await self._removed(removed, "evicted from the cache")
-        return removed
+    async def cache_gc(
+        self, keep_bytes: int | None = None, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Evict what the cache's policy says must go (TTL, quota, disk watermarks; with
+        ``keep_bytes`` down to that many bytes) and tell the scheduler which. With ``dry_run``
+        nothing goes: the answer says what would, and why."""
+        plan = await self._disk_io(self.store.gc, keep_bytes, dry_run)
+        if not dry_run:
+            for e in plan.evictions:
+                log.info("evicted task %s from the cache: %s", e.task_id, e.reason)
+            await self._removed(plan.task_ids, "evicted from the cache")
+        evictions = [asdict(e) for e in plan.evictions]
+        return {"evictions": evictions, "note": plan.note, "dry_run": dry_run}
+
+    async def _report_evictions(self) -> None:
+        """Tell the scheduler of evictions the store made by itself (room for a new task)."""
+        evicted = self.store.take_evictions()
+        for e in evicted:
+            log.info("evicted task %s from the cache: %s", e.task_id, e.reason)
+        if evicted:
+            await self._removed([e.task_id for e in evicted], "evicted from the cache")
+
+    async def _collect_garbage(self) -> None:
+        """The periodic GC (every ``RAYFLY_GC_INTERVAL``, default 15 min; off: never)."""
+        while self.node.gc_interval:
+            await asyncio.sleep(self.node.gc_interval)
+            try:
+                await self.cache_gc()
+            except Exception:
+                log.exception("periodic cache GC on node %s failed", self.node_id)
 
     async def _removed(self, task_ids: list[str], why: str) -> None:
         """``task_ids`` left the store: drop their finished downloads, update the cache gauge,

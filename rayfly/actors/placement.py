@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -11,47 +10,23 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayfly.actors.peer import Peer
 from rayfly.actors.scheduler import Scheduler
 from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig, SchedulerConfig
-from rayfly.errors import InvalidInput, NodeNotFound
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """An alive Ray node."""
-
-    node_id: str
-    node_ip: str
-    hostname: str
+from rayfly.nodes import NodeInfo, match_node, select_nodes
 
 
 def alive_nodes() -> list[NodeInfo]:
     """Every alive node of the connected cluster, in a stable order."""
     nodes = [
-        NodeInfo(n["NodeID"], n.get("NodeManagerAddress", ""), n.get("NodeManagerHostname", ""))
+        NodeInfo(
+            n["NodeID"],
+            n.get("NodeManagerAddress", ""),
+            n.get("NodeManagerHostname", ""),
+            dict(n.get("Labels") or {}),
+            dict(n.get("Resources") or {}),
+        )
         for n in ray.nodes()
         if n.get("Alive")
     ]
     return sorted(nodes, key=lambda n: n.node_id)
-
-
-def select_nodes(spec: str | int | list[str] | None, nodes: list[NodeInfo]) -> list[NodeInfo]:
-    """Pick nodes: ``"all"``/None, a count ``N`` (the first N), or node ids (unique prefixes ok)."""
-    if spec is None or spec == "all":
-        return nodes
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        n = int(spec)
-        if not 1 <= n <= len(nodes):
-            raise InvalidInput(f"--nodes {n}: the cluster has {len(nodes)} alive node(s)")
-        return nodes[:n]
-    wanted = spec.split(",") if isinstance(spec, str) else list(spec)
-    chosen = []
-    for w in (x.strip() for x in wanted if x.strip()):
-        matches = [n for n in nodes if n.node_id.startswith(w)]
-        if len(matches) != 1:
-            alive = ", ".join(n.node_id[:12] for n in nodes)
-            what = "is not an alive node" if not matches else "matches several nodes"
-            raise NodeNotFound(f"--nodes: {w!r} {what}; alive nodes: {alive}")
-        chosen.append(matches[0])
-    return chosen
 
 
 def get_scheduler(config: SchedulerConfig | None = None) -> Any:
@@ -87,3 +62,13 @@ def existing_peers() -> dict[str, Any]:
         except ValueError:
             continue
     return out
+
+
+__all__ = [
+    "NodeInfo",
+    "alive_nodes",
+    "existing_peers",
+    "get_or_create_peer",
+    "match_node",
+    "select_nodes",
+]

@@ -28,11 +28,11 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rayfly import source
 from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
-from rayfly.errors import RayflyError, TaskNotFound
+from rayfly.errors import InvalidInput, RayflyError, TaskNotFound
 from rayfly.scheduling import (
     Assignment,
     TaskView,
-    origin_share,
+    origin_quota,
     plan_batch,
     takes_stream,
     wake_count,
@@ -292,7 +292,8 @@ class SchedulerCore:
         )
         leases = t.leases.setdefault(peer_id, {})
         mine = sum(1 for lease in leases.values() if lease.parent is None)
-        quota = origin_share(self.config.origin_parallelism, self._active(t)) - mine
+        parallelism = self.config.origin_parallelism
+        quota = origin_quota(parallelism, self._active(t), t.info.source_node, peer_id) - mine
         if t.stream:
             quota = 0  # the origin is read by the streamer only
         batch = plan_batch(
@@ -354,6 +355,7 @@ class SchedulerCore:
         if error:
             for piece in t.have.pop(peer_id, set()):
                 t.holders.get(piece, set()).discard(peer_id)
+            self._check_source(t, peer_id, f"failed ({error})")
         if fatal:
             t.error = error
         if error:  # its pieces may have to come from elsewhere; a fatal error reaches everyone
@@ -376,8 +378,21 @@ class SchedulerCore:
             t.leases.pop(peer_id, None)
             if t.streamer == peer_id:
                 t.streamer = None
+            self._check_source(t, peer_id, "is gone")
         self.peers.pop(peer_id, None)
         self._notify()
+
+    @staticmethod
+    def _check_source(t: TaskState, peer_id: str, what: str) -> None:
+        """Fail a node-local task whose source node ``peer_id`` dropped out while some piece is
+        held nowhere else: only that node can read the origin, so the others would wait forever."""
+        if t.info.source_node != peer_id or t.error:
+            return
+        if any(not t.holders.get(i) for i in range(t.info.n_pieces)):
+            t.error = (
+                f"{source.redact_url(t.info.url)} is only on node {peer_id}, whose peer {what} "
+                "before every piece left it"
+            )
 
     def progress(self, task_ids: list[str]) -> dict[str, int]:
         """Bytes each peer holds across ``task_ids``."""
@@ -432,11 +447,14 @@ class Scheduler:
 
         ``listed``: the file as the client's listing found it (size, version, ranges): no
         request to the origin here. Without it the origin is stat'ed once, and, unless ``spec``
-        names its task id, the version found is folded into the id (:func:`version.identity`).
+        names its task id, the version found is folded into the id (:func:`version.identity`);
+        a node-local file (``spec.source_node``) must come listed by its node.
         """
         if spec.task_id is not None and (known := self._registered(spec.resolved_task_id())):
             return known
         if listed is None:
+            if spec.source_node is not None:
+                raise InvalidInput(f"{spec.url} is node-local: register it with its listing")
             listed = await asyncio.to_thread(source.stat_file, spec.url, spec.storage_options)
             if spec.task_id is None:
                 version = identity(listed.version, spec.tag, spec.expected_sha256)
@@ -453,6 +471,7 @@ class Scheduler:
             spec.expected_sha256,
             spec.version,
             listed.ranges,
+            spec.source_node,
         )
         self.core.add_task(info, order)
         return info

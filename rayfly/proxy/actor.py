@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
@@ -103,10 +103,6 @@ class Proxy:
             **counters,
         }
 
-    def settings_dict(self) -> dict[str, Any]:
-        """The settings this proxy runs with (no credentials: those stay in the file)."""
-        return asdict(self.settings)
-
     async def stop(self) -> None:
         """Stop serving and close upstream connections."""
         if self._runner is not None:
@@ -136,6 +132,21 @@ def get_or_create_proxy(
     ).remote(node.node_id, settings, host, port, docker_config)
 
 
+def ports_for(
+    nodes: list[placement.NodeInfo], port: int, preferred: Collection[str] = ()
+) -> dict[str, int]:
+    """The port each node's mirror binds: ``port`` for the first node on each address, and a
+    free one (0) for the others, since several simulated nodes on one machine cannot share a
+    port. ``preferred`` nodes (the caller's, those already serving) come first."""
+    ordered = sorted(nodes, key=lambda n: (n.node_id not in preferred, n.node_id))
+    taken: set[str] = set()
+    out: dict[str, int] = {}
+    for n in ordered:
+        out[n.node_id] = 0 if port and n.node_ip in taken else port
+        taken.add(n.node_ip)
+    return out
+
+
 def start_mirrors(
     settings: MirrorSettings,
     nodes: list[placement.NodeInfo] | None = None,
@@ -144,9 +155,16 @@ def start_mirrors(
     docker_config: str | None = None,
     timeout_s: float = 60.0,
 ) -> list[dict[str, Any]]:
-    """Start a mirror on every node (all alive nodes by default); returns their endpoints."""
+    """Start a mirror on every node (all alive nodes by default); returns their endpoints.
+
+    Nodes that share an address (simulated nodes on one machine) cannot share ``port``: the
+    caller's node, else the first, gets it, and the others a free port (see :func:`ports_for`).
+    """
     targets = nodes if nodes is not None else placement.alive_nodes()
-    actors = [get_or_create_proxy(n, settings, host, port, docker_config) for n in targets]
+    ports = ports_for(targets, port, {ray.get_runtime_context().get_node_id()})
+    actors = [
+        get_or_create_proxy(n, settings, host, ports[n.node_id], docker_config) for n in targets
+    ]
     try:
         return ray.get([a.start.remote() for a in actors], timeout=timeout_s)
     except ray.exceptions.RayTaskError as exc:
@@ -163,7 +181,12 @@ def existing_proxies() -> dict[str, Any]:
 
 
 def mirror_status(timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """Each node's mirror status; a proxy that does not answer in time is reported unhealthy."""
+    """Each node's mirror status; a proxy that does not answer in time is reported unhealthy.
+
+    ``last_answer`` is when the node's mirror last answered (now, or the keeper's record)."""
+    from rayfly.proxy.keeper import kept_rows
+
+    kept = kept_rows()
     proxies = existing_proxies()
     refs = {node_id: actor.status.remote() for node_id, actor in proxies.items()}
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
@@ -171,18 +194,23 @@ def mirror_status(timeout_s: float = 5.0) -> list[dict[str, Any]]:
     for node_id, ref in refs.items():
         if ref in ready:
             try:
-                out.append(ray.get(ref))
+                out.append({**ray.get(ref), "last_answer": time.time()})
                 continue
             except ray.exceptions.RayError as exc:
                 error = type(exc).__name__
         else:
             error = f"no answer within {timeout_s}s"
-        out.append({"node_id": node_id, "healthy": False, "error": error})
+        last = kept.get(node_id, {}).get("last_answer") or None
+        out.append({"node_id": node_id, "healthy": False, "error": error, "last_answer": last})
     return out
 
 
 def stop_mirrors(timeout_s: float = 10.0) -> int:
-    """Stop and remove every node's proxy actor; returns how many there were."""
+    """Stop keeping mirrors (:mod:`rayfly.proxy.keeper`), then stop and remove every node's
+    proxy actor; returns how many there were."""
+    from rayfly.proxy.keeper import stop_keeper
+
+    stop_keeper()
     proxies = existing_proxies()
     with contextlib.suppress(ray.exceptions.RayError):
         ray.get([a.stop.remote() for a in proxies.values()], timeout=timeout_s)

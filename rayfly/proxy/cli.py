@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,20 @@ import click
 
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.proxy import runtimes
-from rayfly.proxy.oci import DOCKER_HUB, RegistryError
+from rayfly.proxy.containerd_config import (
+    DEFAULT_CONFIG_TOML,
+    installed_containerd_major,
+    with_config_path,
+)
+from rayfly.proxy.oci import DOCKER_HUB
 from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream, default_upstreams, parse_upstream
 
 EXIT_BAD_INPUT = 2
+NODES_HELP = (
+    "Which nodes (repeatable; several intersect): 'all', N, P%, label:KEY=VALUE, "
+    "resource:NAME, or node ids."
+)
 
 
 def _fail(exc: BaseException) -> None:
@@ -90,7 +100,8 @@ def mirror() -> None:
     help="HEAD upstream with the client's credentials before serving cached content.",
 )
 @click.option("--docker-config", default=None, help="A Docker config.json with credentials.")
-@click.option("--nodes", default="all", show_default=True, help="'all', N, or node ids.")
+@click.option("--nodes", multiple=True, default=["all"], show_default=True, help=NODES_HELP)
+@click.option("--exclude-head", is_flag=True, help="Leave the head node out.")
 @click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
 @click.option("--json", "as_json", is_flag=True)
 def start(
@@ -102,33 +113,40 @@ def start(
     tag_ttl: float,
     verify_access: bool,
     docker_config: str | None,
-    nodes: str,
+    nodes: tuple[str, ...],
+    exclude_head: bool,
     address: str | None,
     as_json: bool,
 ) -> None:
-    """Start a mirror on every chosen node (idempotent)."""
-    from rayfly.actors import placement
-    from rayfly.proxy.actor import start_mirrors
+    """Start a mirror on every chosen node, and keep one there, on nodes that join later too,
+    until `rayfly mirror stop` (running it again replaces the settings)."""
+    import ray
+
+    from rayfly.proxy.keeper import MirrorSpec, keep_mirrors
 
     try:
         settings = build_settings(upstreams, default_upstream, insecure, tag_ttl, verify_access)
         _connect(address)
-        targets = placement.select_nodes(nodes, placement.alive_nodes())
-        endpoints = start_mirrors(settings, targets, host, port, docker_config)
-    except (RayflyError, RegistryError) as exc:
+        here = ray.get_runtime_context().get_node_id()
+        spec = MirrorSpec(settings, host, port, docker_config, list(nodes), exclude_head, here)
+        endpoints = keep_mirrors(spec)
+    except RayflyError as exc:
         _fail(exc)
         return
     if as_json:
         click.echo(json.dumps(endpoints, indent=2))
-        return
     for e in endpoints:
-        click.echo(f"{e['node_id'][:12]}  {e['node_ip']:<15}  {e['url']}")
+        if not e.get("url"):
+            click.echo(f"rayfly: mirror on {e['node_id'][:12]}: {e['keeper_error']}", err=True)
+        elif not as_json:
+            click.echo(f"{e['node_id'][:12]}  {e['node_ip']:<15}  {e['url']}")
+    sys.exit(0 if all(e.get("url") for e in endpoints) else 1)
 
 
 @mirror.command()
 @click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
 def stop(address: str | None) -> None:
-    """Stop every node's mirror."""
+    """Stop every node's mirror (and stop keeping mirrors on joining nodes)."""
     from rayfly.proxy.actor import stop_mirrors
 
     try:
@@ -165,7 +183,9 @@ def status(address: str | None, as_json: bool) -> None:
 
 def _status_line(r: dict[str, Any]) -> str:
     if not r.get("healthy"):
-        return f"{r['node_id'][:12]}  UNHEALTHY  {r.get('error', '')}"
+        last = r.get("last_answer")
+        seen = f"last answered {time.time() - last:.0f}s ago" if last else "never answered"
+        return f"{r['node_id'][:12]}  UNHEALTHY  {r.get('error', '')}  ({seen})"
     return (
         f"{r['node_id'][:12]}  {r['url']:<24}  requests {r.get('requests', 0):>6}  "
         f"served {r.get('bytes_served', 0) / 1e6:9.1f} MB  "
@@ -177,7 +197,8 @@ def _status_line(r: dict[str, Any]) -> str:
 @mirror.command()
 @click.argument("image")
 @click.option("--platform", default="all", show_default=True, help="os/arch[/variant], or all.")
-@click.option("--nodes", default="all", show_default=True, help="'all', N, or node ids.")
+@click.option("--nodes", multiple=True, default=["all"], show_default=True, help=NODES_HELP)
+@click.option("--exclude-head", is_flag=True, help="Leave the head node out.")
 @click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL")
 @click.option("--insecure", multiple=True, metavar="NAME", help="Allow plain http to NAME.")
 @click.option("--docker-config", default=None, help="A Docker config.json with credentials.")
@@ -187,7 +208,8 @@ def _status_line(r: dict[str, Any]) -> str:
 def preheat(
     image: str,
     platform: str,
-    nodes: str,
+    nodes: tuple[str, ...],
+    exclude_head: bool,
     upstreams: tuple[str, ...],
     insecure: tuple[str, ...],
     docker_config: str | None,
@@ -204,13 +226,14 @@ def preheat(
         report = run_preheat(
             image,
             platform=platform,
-            nodes=nodes,
+            nodes=list(nodes),
+            exclude_head=exclude_head,
             upstreams=settings.upstreams,
             insecure=bool(insecure),
             docker_config=docker_config,
             timeout=timeout,
         )
-    except (RayflyError, RegistryError) as exc:
+    except RayflyError as exc:
         _fail(exc)
         return
     click.echo(report.to_json() if as_json else str(report))
@@ -228,41 +251,70 @@ def config() -> None:
 @click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
 @click.option("--server", default=None, help="Fallback upstream (default https://REGISTRY).")
 @click.option("--no-fallback", is_flag=True, help="Fail rather than go upstream directly.")
-@click.option("--print", "print_only", is_flag=True, help="Print hosts.toml, write nothing.")
+@click.option(
+    "--config-toml",
+    default=None,
+    metavar="FILE",
+    help="containerd's config.toml to point at HOSTS_DIR (config_path). Default: "
+    f"{DEFAULT_CONFIG_TOML} when HOSTS_DIR is the default, else not touched.",
+)
+@click.option("--no-config-toml", is_flag=True, help="Write hosts.toml only.")
+@click.option(
+    "--containerd-version",
+    "major",
+    type=click.IntRange(1, None),
+    default=None,
+    help="containerd major version for a new config.toml (default: ask `containerd`).",
+)
+@click.option("--print", "print_only", is_flag=True, help="Print the files, write nothing.")
 def containerd(
     registry: str,
     hosts_dir: str,
     mirror_url: str,
     server: str | None,
     no_fallback: bool,
+    config_toml: str | None,
+    no_config_toml: bool,
+    major: int | None,
     print_only: bool,
 ) -> None:
-    """Write HOSTS_DIR/REGISTRY/hosts.toml (an existing file is kept as .rayfly-orig)."""
+    """Write HOSTS_DIR/REGISTRY/hosts.toml and set config_path in containerd's config.toml
+    (containerd 1.x and 2.x; existing files are kept as .rayfly-orig)."""
+    if config_toml is None and hosts_dir == runtimes.DEFAULT_HOSTS_DIR:
+        config_toml = DEFAULT_CONFIG_TOML
     try:
+        hosts = runtimes.containerd_hosts_toml(registry, mirror_url, server, not no_fallback)
+        merged = None
+        if config_toml and not no_config_toml:
+            path = Path(config_toml)
+            existing = path.read_text() if path.exists() else None
+            major = major if major is not None else installed_containerd_major()
+            merged = with_config_path(existing, hosts_dir, major)
         if print_only:
-            click.echo(
-                runtimes.containerd_hosts_toml(registry, mirror_url, server, not no_fallback),
-                nl=False,
-            )
+            click.echo(hosts, nl=False)
+            if merged is not None:
+                click.echo(f"\n# {config_toml}\n{merged}", nl=False)
             return
-        path = runtimes.write_containerd_hosts(
+        written = runtimes.write_containerd_hosts(
             registry, hosts_dir, mirror_url, server, not no_fallback
         )
-    except (RayflyError, RegistryError) as exc:
+        click.echo(f"wrote {written}")
+        if merged is not None:
+            runtimes.write_keeping_original(Path(config_toml), merged)
+            click.echo(f"wrote {config_toml} (restart containerd to apply it)")
+    except (RayflyError, OSError) as exc:
         _fail(exc)
-        return
-    click.echo(f"wrote {path}")
 
 
-def _registries(registry: str, mirror_url: str, write: str | None) -> None:
+def _registries(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     try:
-        text = runtimes.registries_conf_entry(registry, mirror_url)
+        text = runtimes.registries_conf(list(registries), mirror_url)
         if write:
             runtimes.write_keeping_original(Path(write), text)
             click.echo(f"wrote {write}")
         else:
             click.echo(text, nl=False)
-    except (RayflyError, RegistryError) as exc:
+    except RayflyError as exc:
         _fail(exc)
 
 
@@ -272,21 +324,35 @@ _REG_HELP = (
 
 
 @config.command()
-@click.option("--registry", default=DOCKER_HUB, show_default=True)
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    default=[DOCKER_HUB],
+    show_default=True,
+    help="A registry whose pulls go through the mirror (repeatable).",
+)
 @click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
 @click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
-def crio(registry: str, mirror_url: str, write: str | None) -> None:
+def crio(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     """Print (or write) a registries.conf mirror entry for CRI-O."""
-    _registries(registry, mirror_url, write)
+    _registries(registries, mirror_url, write)
 
 
 @config.command()
-@click.option("--registry", default=DOCKER_HUB, show_default=True)
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    default=[DOCKER_HUB],
+    show_default=True,
+    help="A registry whose pulls go through the mirror (repeatable).",
+)
 @click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
 @click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
-def podman(registry: str, mirror_url: str, write: str | None) -> None:
+def podman(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     """Print (or write) a registries.conf mirror entry for podman."""
-    _registries(registry, mirror_url, write)
+    _registries(registries, mirror_url, write)
 
 
 @config.command()
@@ -302,5 +368,5 @@ def docker(daemon_json: str, mirror_url: str, write: bool) -> None:
         path = Path(daemon_json)
         existing = path.read_text() if path.exists() else None
         click.echo(runtimes.docker_daemon_json(existing, mirror_url), nl=False)
-    except (RayflyError, RegistryError, OSError) as exc:
+    except (RayflyError, OSError) as exc:
         _fail(exc)

@@ -37,8 +37,6 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT_MANIFESTS = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
@@ -80,12 +78,6 @@ class NameInvalid(RegistryError):
     """A repository name breaks the spec's grammar (``..``, upper case, too long, ...)."""
 
     code, status = "NAME_INVALID", 400
-
-
-class NameUnknown(RegistryError):
-    """The repository is not known to the upstream registry."""
-
-    code, status = "NAME_UNKNOWN", 404
 
 
 class DigestInvalid(RegistryError):

@@ -120,6 +120,7 @@ def preheat(
     *,
     platform: str | None = None,
     nodes: str | int | list[str] | None = "all",
+    exclude_head: bool = False,
     upstreams: dict[str, Upstream] | None = None,
     insecure: bool = False,
     docker_config: str | None = None,
@@ -136,7 +137,7 @@ def preheat(
     creds = load_docker_config(docker_config).get(ref.registry) if docker_config else None
     plans = _run(_resolve(upstream, creds, ref, platform))
     connect(address)
-    targets = placement.select_nodes(nodes, placement.alive_nodes())
+    targets = placement.select_nodes(nodes, placement.alive_nodes(), exclude_head)
     t0 = time.time()
     tasks, results = _fetch_everywhere(plans, targets, timeout)
     total = sum(t.length for t in tasks)

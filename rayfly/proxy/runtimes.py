@@ -2,8 +2,9 @@
 
 - containerd: ``<hosts-dir>/<registry>/hosts.toml`` (CRI and ``ctr --hosts-dir``); containerd
   adds ``?ns=<registry>`` to every request it sends to a mirror, which selects the upstream.
-- CRI-O / podman: a ``[[registry]]`` entry with a ``[[registry.mirror]]`` in ``registries.conf``.
-  These engines send no ``ns``: the mirror serves them from its default upstream.
+- CRI-O / podman: a ``[[registry]]`` entry per registry with a ``[[registry.mirror]]`` at
+  ``<mirror>/<registry>`` in ``registries.conf``. These engines send no ``ns``: the registry's
+  host as the first path component selects the upstream.
 - Docker: ``registry-mirrors`` in ``daemon.json`` (Docker Hub only, by Docker's design).
 
 Writers never lose an operator's file: an existing one is kept aside once as
@@ -70,9 +71,12 @@ def write_containerd_hosts(
 def registries_conf_entry(
     registry: str = DOCKER_HUB, mirror: str = DEFAULT_MIRROR, insecure: bool | None = None
 ) -> str:
-    """A ``registries.conf`` (v2) entry for CRI-O and podman: ``registry`` mirrored at ``mirror``.
+    """A ``registries.conf`` (v2) entry for CRI-O and podman: ``registry`` mirrored at
+    ``<mirror>/<registry>``.
 
-    CRI-O and podman send no ``ns``: the mirror serves them from its default upstream.
+    CRI-O and podman send no ``ns``; the registry's host as the first path component tells the
+    mirror which upstream a pull is for, so one mirror serves several registries. A port is
+    written after ``__`` (``127.0.0.1__5000``): image references allow no ``:`` in a path.
     """
     registry, mirror = validate_registry(registry), _check_mirror(mirror)
     host = mirror.split("://", 1)[1]
@@ -82,9 +86,19 @@ def registries_conf_entry(
         f'prefix = "{registry}"\n'
         f'location = "{registry}"\n\n'
         "[[registry.mirror]]\n"
-        f'location = "{host}"\n'
+        f'location = "{host}/{registry.replace(":", "__")}"\n'
         f"insecure = {'true' if plain else 'false'}\n"
     )
+
+
+def registries_conf(
+    registries: list[str], mirror: str = DEFAULT_MIRROR, insecure: bool | None = None
+) -> str:
+    """A ``registries.conf`` drop-in with one entry per registry (see
+    :func:`registries_conf_entry`)."""
+    if not registries:
+        raise InvalidInput("name at least one registry to mirror")
+    return "\n".join(registries_conf_entry(r, mirror, insecure) for r in dict.fromkeys(registries))
 
 
 def docker_daemon_json(existing: str | None = None, mirror: str = DEFAULT_MIRROR) -> str:

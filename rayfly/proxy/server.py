@@ -5,8 +5,11 @@ Routes: ``GET /v2/``; ``GET``/``HEAD /v2/<name>/manifests/<tag|digest>``;
 ``UNSUPPORTED``. The path is parsed from the raw request line and every name, tag and digest is
 validated before anything else happens: no upstream request, no file.
 
-Which upstream: ``?ns=<registry>`` (containerd adds it), else the default upstream. Only
-configured upstreams are contacted. Blobs come from a :class:`~rayfly.proxy.blobs.BlobBackend`
+Which upstream: ``?ns=<registry>`` (containerd adds it); else a first name component that is a
+configured upstream's host, its port after ``__`` (CRI-O and podman, whose mirror location is
+``<mirror>/<registry>``, ask for ``/v2/<registry>/<name>/...``; a ``:`` is not allowed in a
+repository path); else the default upstream. Only configured upstreams are
+contacted. Blobs come from a :class:`~rayfly.proxy.blobs.BlobBackend`
 (P2P in a cluster); the response streams pieces in order and sends its last bytes only after the
 whole blob's digest was checked.
 """
@@ -103,6 +106,18 @@ class Mirror:
             raise Denied(f"registry {name or '(none)'!r} is not an upstream of this mirror")
         return self.clients[name]
 
+    def route(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
+        """The upstream client and repository name for a request for ``name``: see the module
+        docstring. A prefix is only taken for an upstream host (it has a dot, a port, or is
+        ``localhost``), which a plain repository's first component cannot be mistaken for."""
+        if ns:
+            return self.client_for(ns), name
+        first, sep, rest = name.partition("/")
+        host = first.replace("__", ":", 1)
+        if sep and host in self.clients and _is_host(host):
+            return self.clients[host], rest
+        return self.client_for(None), name
+
     def snapshot(self) -> dict[str, object]:
         """Counters and backend figures as a plain dict."""
         return {**self.stats.__dict__, **self.blobs.stats()}
@@ -187,7 +202,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     head = request.method == "HEAD"
     try:
         kind, name, ref = _parse_path(request)
-        client = mirror.client_for(request.query.get("ns"))
+        client, name = mirror.route(name, request.query.get("ns"))
         auth = request.headers.get("Authorization")
         if kind == "manifests":
             mirror.stats.manifest_requests += 1
@@ -356,6 +371,10 @@ def make_clients(
         )
         for name, up in settings.upstreams.items()
     }
+
+
+def _is_host(text: str) -> bool:
+    return "." in text or ":" in text or text == "localhost"
 
 
 def _host_of(url: str) -> str:

@@ -1,7 +1,7 @@
 """Fixtures of the end-to-end tests: a real registry, a counting front, test images, containerd.
 
 Every server listens on 127.0.0.1. Fixtures skip only when a needed binary is truly missing
-(``.ci/mirror-setup.sh`` installs them), and tear down what they started.
+(``.ci/run`` installs them), and tear down what they started.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.containerd import Containerd, binaries_missing
-from tests.proxy.registry import (
+from tests.support.containerd import Containerd, binaries_missing
+from tests.support.registry import (
     CountingFront,
     LoopThread,
     RegistryProcess,

@@ -6,10 +6,8 @@ instances (``ctr images pull --hosts-dir``) and plain HTTP clients.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
-import threading
 import time
 
 import pytest
@@ -22,7 +20,8 @@ from rayfly.proxy.preheat import preheat
 from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream
 from tests.conftest import CLUSTER_NODES
-from tests.proxy.registry import build_image, push_image
+from tests.support.mirror import concurrent_sha256s
+from tests.support.registry import build_image, push_image
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -123,15 +122,7 @@ def test_twenty_clients_one_blob_upstream_once(mirrors, front, registry):
     image = fresh_image(registry, "rayfly/twenty", 21, [32 * MiB + 9])
     digest = image.layer_digests[0]
     url = blob_url(list(mirrors.values())[3], image, digest)
-    barrier = threading.Barrier(20)
-
-    def one(_: int) -> str:
-        barrier.wait()
-        return hashlib.sha256(requests.get(url, timeout=120).content).hexdigest()
-
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        got = set(pool.map(one, range(20)))
-    assert got == {digest.split(":")[1]}
+    assert concurrent_sha256s(url) == {digest.split(":")[1]}
     assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])
 
 

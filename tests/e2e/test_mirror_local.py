@@ -6,7 +6,6 @@ skopeo. Counts are read at the front, i.e. at the upstream.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import http.client
 import json
@@ -14,14 +13,13 @@ import logging
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
 from rayfly.proxy.upstream import Credentials
-from tests.proxy.mirror import start_local_mirror
+from tests.support.mirror import concurrent_sha256s, start_local_mirror
 
 pytestmark = pytest.mark.e2e
 
@@ -286,16 +284,7 @@ def test_verify_access_mode_checks_upstream_before_serving_cache(
 
 def test_twenty_concurrent_clients_one_upstream_fetch(mirror, front, test_image):
     digest = test_image.layer_digests[0]
-    url = _blob_url(mirror, test_image, digest)
-    barrier = threading.Barrier(20)
-
-    def one(_: int) -> str:
-        barrier.wait()
-        return hashlib.sha256(requests.get(url, timeout=120).content).hexdigest()
-
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        digests = set(pool.map(one, range(20)))
-    assert digests == {digest.split(":")[1]}
+    assert concurrent_sha256s(_blob_url(mirror, test_image, digest)) == {digest.split(":")[1]}
     assert front.state.bytes_by_digest[digest] == len(test_image.blobs[digest])
 
 
@@ -335,3 +324,37 @@ def test_containerd_pulls_through_mirror(mirror, front, test_image, containerd_f
     for digest in test_image.blob_digests:
         assert front.state.bytes_by_digest[digest] == len(test_image.blobs[digest]), digest
     assert mirror.mirror.stats.blob_requests >= len(test_image.blob_digests)
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
+def test_registries_conf_routes_by_registry_without_ns(tmp_path, front, loop_thread, test_image):
+    """CRI-O and podman send no ns: with the registries.conf that `rayfly mirror config crio`
+    writes, a pull of FRONT/name goes to the mirror as /v2/FRONT/name/... and reaches the
+    FRONT upstream although the mirror's default upstream is another registry."""
+    from rayfly.proxy.runtimes import registries_conf
+
+    running = start_local_mirror(
+        loop_thread,
+        tmp_path / "cache",
+        {front.host: front.url, "other.invalid:5000": "http://127.0.0.1:9"},
+        default="other.invalid:5000",
+    )
+    try:
+        conf = tmp_path / "registries.conf"
+        conf.write_text(registries_conf([front.host], running.url))
+        ref = f"docker://{front.host}/{test_image.name}:v1"
+        skopeo = ["skopeo", "--registries-conf", str(conf), "copy", "--src-tls-verify=false"]
+        out = subprocess.run(
+            [*skopeo, ref, f"dir:{tmp_path / 'dir'}"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert out.returncode == 0, out.stderr
+        for digest in test_image.blob_digests:
+            blob = tmp_path / "dir" / digest.split(":")[1]
+            assert blob.read_bytes() == test_image.blobs[digest]
+        assert running.mirror.stats.blob_requests >= len(test_image.blob_digests)
+        assert running.mirror.stats.errors == 0
+    finally:
+        running.stop()

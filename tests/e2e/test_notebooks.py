@@ -13,8 +13,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import CLUSTER_NODES
-from tests.proxy.registry import build_image, push_image
+from tests.conftest import CLUSTER_NODES, free_port
+from tests.support.registry import build_image, push_image
 
 MiB = 1 << 20
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -109,10 +109,14 @@ def test_mirror(kernel_env, registry, tmp_path):
     host = registry.url.removeprefix("http://")
     kernel_env.setenv("RAYFLY_NB_REGISTRY", host)
     kernel_env.setenv("RAYFLY_NB_IMAGE", "rayfly/nb:v1")
-    kernel_env.setenv("RAYFLY_NB_MIRROR_PORT", "0")
+    # one port for all: the simulated nodes share this machine's address, so one mirror gets
+    # it and the others a free port each (they used to fail with "address already in use")
+    port = free_port()
+    kernel_env.setenv("RAYFLY_NB_MIRROR_PORT", str(port))
     _, text = execute("mirror.ipynb", tmp_path)
     blobs = len(image.blob_digests)
     assert f"MIRRORS {CLUSTER_NODES}" in text
+    assert f":{port}" in text
     assert f"PREHEAT_OK True blobs={blobs} bytes={image.total_blob_bytes}" in text
     assert f"from_registry={image.total_blob_bytes}" in text
     assert f"PULLED {blobs}/{blobs} blobs with the right digest" in text

@@ -94,12 +94,20 @@ class RayNode:
         raise TimeoutError(f"node {self.node_id} still alive {timeout}s after it was killed")
 
 
-def start_node(address: str, log_dir: Path, **kwargs: Any) -> RayNode:
-    """Start a worker node and wait for it to join; see :class:`RayNode`."""
-    node = RayNode(address, log_dir, **kwargs)
-    try:
-        node.wait_alive()
-    except BaseException:
-        node.kill()
-        raise
-    return node
+def start_node(address: str, log_dir: Path, attempts: int = 2, **kwargs: Any) -> RayNode:
+    """Start a worker node and wait for it to join; see :class:`RayNode`. A node whose raylet
+    did not register in time (Ray allows 30 s; a loaded 2-core machine can exceed it) is
+    started once more."""
+    for attempt in range(1, attempts + 1):
+        node = RayNode(address, log_dir, **kwargs)
+        try:
+            node.wait_alive()
+            return node
+        except RuntimeError:
+            node.kill()
+            if attempt == attempts:
+                raise
+        except BaseException:
+            node.kill()
+            raise
+    raise AssertionError("unreachable")

@@ -68,3 +68,27 @@ def test_sizes_and_env_config():
     assert cfg.concurrency == 3 and cfg.cache_quota == 1 << 30
     with pytest.raises(InvalidInput, match="RAYFLY_CONCURRENCY"):
         from_env(PeerConfig, {"RAYFLY_CONCURRENCY": "many"})
+
+
+def test_http_file_names_come_decoded(tmp_path):
+    from rayfly.dest import decode_relpath, url_name
+
+    assert url_name("http://o/dir/my%20file.bin?sig=1") == "my file.bin"
+    assert url_name("https://o/a%C3%A9.bin") == "aé.bin"
+    assert url_name("s3://bucket/my%20key") == "my%20key"  # keys are literal
+    assert url_name("file:///data/my%20file") == "my%20file"
+    assert decode_relpath("sub%20dir/x%2By.bin", "http://o/root/") == "sub dir/x+y.bin"
+    assert decode_relpath("sub%20dir/x.bin", "s3://b/root/") == "sub%20dir/x.bin"
+    assert target_path(str(tmp_path) + "/", None, "http://o/my%20file.bin") == tmp_path / (
+        "my file.bin"
+    )
+
+
+@pytest.mark.parametrize("name", ["%2e%2e", "a%2Fb.bin", "nul%00.bin", ".", "%2E"])
+def test_http_names_unsafe_once_decoded_are_refused(name):
+    from rayfly.dest import decode_relpath, url_name
+
+    with pytest.raises(InvalidInput, match="not a safe file name"):
+        url_name(f"http://o/dir/{name}")
+    with pytest.raises(InvalidInput, match="not a safe file name"):
+        decode_relpath(f"ok/{name}", "http://o/root/")

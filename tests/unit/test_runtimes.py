@@ -56,7 +56,7 @@ def test_registries_conf_entry():
     doc = tomllib.loads(runtimes.registries_conf_entry("docker.io"))
     reg = doc["registry"][0]
     assert reg["prefix"] == "docker.io" and reg["location"] == "docker.io"
-    assert reg["mirror"] == [{"location": "127.0.0.1:65001", "insecure": True}]
+    assert reg["mirror"] == [{"location": "127.0.0.1:65001/docker.io", "insecure": True}]
 
 
 def test_daemon_json_merges(tmp_path):
@@ -74,3 +74,29 @@ def test_daemon_json_merges(tmp_path):
 def test_daemon_json_refuses_broken_file():
     with pytest.raises(InvalidInput):
         runtimes.docker_daemon_json("{broken")
+
+
+def test_registries_conf_one_location_per_registry():
+    doc = tomllib.loads(runtimes.registries_conf(["docker.io", "ghcr.io", "docker.io", "lab:5000"]))
+    locations = {r["prefix"]: r["mirror"][0]["location"] for r in doc["registry"]}
+    assert locations == {
+        "docker.io": "127.0.0.1:65001/docker.io",
+        "ghcr.io": "127.0.0.1:65001/ghcr.io",
+        "lab:5000": "127.0.0.1:65001/lab__5000",
+    }
+    with pytest.raises(InvalidInput):
+        runtimes.registries_conf([])
+
+
+def test_mirror_ports_on_shared_addresses():
+    from rayfly.actors.placement import NodeInfo
+    from rayfly.proxy.actor import ports_for
+
+    nodes = [
+        NodeInfo("b", "10.0.0.1", ""),
+        NodeInfo("a", "10.0.0.1", ""),
+        NodeInfo("c", "10.0.0.2", ""),
+    ]
+    assert ports_for(nodes, 65001) == {"a": 65001, "b": 0, "c": 65001}
+    assert ports_for(nodes, 65001, {"b"}) == {"b": 65001, "a": 0, "c": 65001}
+    assert ports_for(nodes, 0) == {"a": 0, "b": 0, "c": 0}

@@ -35,7 +35,13 @@ def test_config_podman_and_docker(tmp_path):
     conf = tmp_path / "rayfly.conf"
     out = CliRunner().invoke(main, ["mirror", "config", "podman", "--write", str(conf)])
     assert out.exit_code == 0, out.output
-    assert 'location = "127.0.0.1:65001"' in conf.read_text()
+    assert 'location = "127.0.0.1:65001/docker.io"' in conf.read_text()
+    out = CliRunner().invoke(
+        main, ["mirror", "config", "crio", "--registry", "ghcr.io", "--registry", "quay.io"]
+    )
+    assert out.exit_code == 0, out.output
+    assert 'location = "127.0.0.1:65001/ghcr.io"' in out.output
+    assert 'location = "127.0.0.1:65001/quay.io"' in out.output
     daemon = tmp_path / "daemon.json"
     out = CliRunner().invoke(
         main, ["mirror", "config", "docker", "--daemon-json", str(daemon), "--write"]

@@ -97,6 +97,16 @@ def test_job_entrypoint_round_trips_every_option():
     assert shlex.split(cmd)[4:] == args
     assert args[-2:] == ["--pin", "--json"]
     assert "--storage-option" in args and "--sha256" not in args
+    assert "--source-node" not in args
+
+
+def test_job_forwards_the_source_node():
+    from rayfly.cli import distribute
+
+    args = submit.distribute_args("/ckpt/x", "/data/x", source_node="worker-1")
+    assert args[args.index("--source-node") + 1] == "worker-1"
+    ctx = distribute.make_context("distribute", list(args))
+    assert ctx.params["source_node"] == "worker-1" and ctx.params["source"] == "/ckpt/x"
 
 
 @pytest.mark.parametrize(

@@ -113,3 +113,112 @@ def test_a_piece_changed_on_disk_is_caught_when_read_with_verify(tmp_path):
     assert bytes(store.read_piece("t1", 1)) != data[4096:]  # unchecked reads do not notice
     with pytest.raises(PieceCorrupt, match="changed on disk"):
         store.read_piece("t1", 1, verify=True)
+
+
+def test_gc_dry_run_says_why_and_evicts_nothing(tmp_path):
+    now = [1000.0]
+    store = PieceStore(tmp_path, quota=10_000, clock=lambda: now[0])
+    fill(store, "old", b"z" * 4000, 4096)
+    store.complete("old", "00" * 32)
+    plan = store.gc(keep_bytes=0, dry_run=True)
+    assert plan.task_ids == ["old"] and plan.evictions[0].reason == "over the cache quota"
+    assert store.entry("old") is not None
+    assert store.gc(keep_bytes=0).task_ids == ["old"] and store.entry("old") is None
+
+
+def test_quota_evictions_are_queued_for_the_owner_to_report(tmp_path):
+    store = PieceStore(tmp_path, quota=6000)
+    fill(store, "a", b"a" * 4000, 4096)
+    store.complete("a", "00" * 32)
+    store.begin("b", 4000, 4096)
+    assert [e.task_id for e in store.take_evictions()] == ["a"]
+    assert store.take_evictions() == []
+
+
+def test_a_published_entry_frees_nothing(tmp_path):
+    store = PieceStore(tmp_path / "c", quota=1 << 20)
+    fill(store, "p", b"p" * 8192, 4096)
+    store.complete("p", "00" * 32)
+    store.publish("p", tmp_path / "out" / "p.bin")
+    plan = store.gc(keep_bytes=0, dry_run=True)
+    assert plan.evictions[0].frees == 0  # the destination shares the inode
+    store.gc(keep_bytes=0)
+    assert (tmp_path / "out" / "p.bin").read_bytes() == b"p" * 8192  # untouched
+
+
+def test_reads_racing_evictions_never_return_another_tasks_bytes(tmp_path):
+    """An eviction closes no descriptor a reader uses: a read gets the task's own bytes or
+    PieceUnavailable, never bytes of a file opened meanwhile under a reused descriptor."""
+    import threading
+
+    store = PieceStore(tmp_path, quota=1 << 30)
+    mine = b"m" * 4096
+    stop = threading.Event()
+    bad: list[object] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                got = bytes(store.read_piece("mine", 0))
+            except PieceUnavailable:
+                continue
+            except Exception as exc:  # EBADF from a closed descriptor is a failure too
+                bad.append(exc)
+                continue
+            if got != mine:
+                bad.append(got[:8])
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(300):
+            fill(store, "mine", mine, 4096)
+            store.complete("mine", "00" * 32)
+            store.discard("mine")
+            fill(store, f"other{i}", b"o" * 4096, 4096)
+            store.discard(f"other{i}")
+    finally:
+        stop.set()
+        t.join()
+    assert bad == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 16 MiB tmpfs (root only; skipped elsewhere): a real filesystem that fills up."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0 or shutil.which("umount") is None:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_watermarks_on_a_real_small_filesystem(small_tmpfs):
+    """Above 80 % full, a new task evicts least-recently-used entries until 60 %; a published
+    entry (hard-linked at its destination) frees nothing, so it stays and the store says so."""
+    now = [1000.0]
+    store = PieceStore(small_tmpfs / "cache", quota=1 << 30, clock=lambda: now[0])
+    MiB = 1 << 20
+    for name in ("published", "a", "b", "c"):
+        now[0] += 1
+        fill(store, name, os.urandom(3 * MiB), MiB)
+        store.complete(name, "00" * 32)
+    store.publish("published", small_tmpfs / "out" / "published.bin")
+    assert store.disk().used > 0.5 * store.disk().total  # 12 of 16 MiB
+    now[0] += 1
+    store.begin("new", 2 * MiB, MiB)  # 14 of 16 MiB: above 80 %
+    evicted = [e.task_id for e in store.take_evictions()]
+    assert evicted == ["a", "b"]  # "published" would free nothing; 2 are enough for 60 %
+    assert store.entry("published") is not None and store.entry("c") is not None
+    assert (small_tmpfs / "out" / "published.bin").stat().st_size == 3 * MiB
+    plan = store.gc(dry_run=True)
+    assert plan.task_ids == []  # back under the high watermark

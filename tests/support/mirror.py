@@ -11,7 +11,7 @@ import aiohttp
 from rayfly.proxy.blobs import LocalBlobs
 from rayfly.proxy.server import Mirror, MirrorSettings, make_clients, start_server
 from rayfly.proxy.upstream import Credentials, Upstream
-from tests.proxy.registry import LoopThread
+from tests.support.registry import LoopThread
 
 
 @dataclass
@@ -59,3 +59,21 @@ def start_local_mirror(
         return RunningMirror(mirror, port, cache_dir, runner, session, loop)
 
     return loop.run(_start())
+
+
+def concurrent_sha256s(url: str, clients: int = 20, timeout: float = 120) -> set[str]:
+    """``clients`` GETs of ``url`` released at once (a barrier); the sha256 of each body."""
+    import concurrent.futures
+    import hashlib
+    import threading
+
+    import requests
+
+    barrier = threading.Barrier(clients)
+
+    def one(_: int) -> str:
+        barrier.wait()
+        return hashlib.sha256(requests.get(url, timeout=timeout).content).hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return set(pool.map(one, range(clients)))

@@ -1,0 +1,78 @@
+"""Mirrors that follow the cluster: after `rayfly mirror start`, a node that joins gets a mirror
+(a containerd pulls through it, each blob from the upstream once) and a mirror that died comes
+back, until `rayfly mirror stop`."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+from click.testing import CliRunner
+
+from rayfly.cli import main
+from rayfly.config import NAMESPACE
+from rayfly.proxy.actor import mirror_status, proxy_name
+from rayfly.proxy.keeper import get_keeper
+from tests.support.raynode import start_node
+from tests.support.registry import build_image, push_image
+
+MiB = 1 << 20
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+
+def healthy(node_id: str) -> dict | None:
+    return next((r for r in mirror_status() if r["node_id"] == node_id and r["healthy"]), None)
+
+
+def wait_for(what, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.5)
+    return None
+
+
+@pytest.fixture
+def kept(ray_cluster, front_server, monkeypatch):
+    monkeypatch.setenv("RAYFLY_MIRROR_INTERVAL_S", "1")
+    host = front_server.host
+    args = ["mirror", "start", "--upstream", f"{host}={front_server.url}", "--insecure", host]
+    out = CliRunner().invoke(main, [*args, "--default-upstream", host, "--port", "0"])
+    assert out.exit_code == 0, out.output
+    yield
+    out = CliRunner().invoke(main, ["mirror", "stop"])
+    assert out.exit_code == 0, out.output
+    assert get_keeper() is None
+
+
+def test_joining_node_gets_a_mirror_and_serves_a_pull(
+    kept, ray_cluster, front, registry, containerd_factory, tmp_path
+):
+    node = start_node(
+        ray_cluster.address, tmp_path / "logs", env={"RAYFLY_CACHE_DIR": str(tmp_path / "c")}
+    )
+    try:
+        row = wait_for(lambda: healthy(node.node_id))
+        assert row is not None, "no mirror on the joining node within 30 s"
+        image = build_image("rayfly/follow", "v1", [3 * MiB, 70_000], seed=21)
+        push_image(registry.url, image)
+        ctd = containerd_factory("follow")
+        ctd.remove_all()
+        ctd.use_mirror(front.host, row["url"], front.url)
+        out = ctd.pull(f"{front.host}/{image.name}:v1")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert set(image.blob_digests) <= ctd.content_digests()
+        for digest in image.blob_digests:
+            assert front.state.bytes_by_digest[digest] == len(image.blobs[digest]), digest
+    finally:
+        node.kill()
+        node.wait_dead()
+
+
+def test_a_mirror_that_died_comes_back(kept, ray_cluster):
+    victim = mirror_status()[0]["node_id"]
+    ray.kill(ray.get_actor(proxy_name(victim), namespace=NAMESPACE))
+    assert wait_for(lambda: healthy(victim)) is not None, "the mirror did not come back in 30 s"
