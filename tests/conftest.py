@@ -31,6 +31,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cache_file(node_id: str, task_id: str) -> Path:
+    """The data file of ``task_id`` in the piece store of ``node_id`` (as its peer says)."""
+    import ray
+
+    from rayfly.actors import placement
+
+    peer = placement.existing_peers()[node_id]
+    return Path(ray.get(peer.info.remote())["cache_dir"]) / "tasks" / task_id / "data"
+
+
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory that lives for the whole test session."""
