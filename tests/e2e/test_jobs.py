@@ -11,9 +11,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +64,8 @@ class Head:
             # on a loaded 2-core machine the agent may take long to come up: wait, don't crash
             "RAY_agent_register_timeout_ms": "180000",
         }
+        # short: Ray's socket paths under it must stay within 107 bytes
+        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir=os.environ.get("RAY_TMPDIR"))
         self.log = open(root / "ray-start.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -78,7 +82,7 @@ class Head:
                 f"--ray-client-server-port={free_port()}",
                 "--num-cpus=2",
                 f"--object-store-memory={150 * MiB}",
-                f"--temp-dir={root / 'ray'}",
+                f"--temp-dir={self.temp_dir}",
                 "--disable-usage-stats",
             ],
             stdout=self.log,
@@ -120,6 +124,7 @@ class Head:
                 time.sleep(0.2)
         self.proc.wait(10)
         self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _without_auth(env: Mapping[str, str]) -> dict[str, str]:
