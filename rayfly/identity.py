@@ -12,12 +12,13 @@ in that directory, not by the Ray node id::
     <dir>/.lock                  held for a moment while a peer picks its store and collects
 
 Two live peers must never share a store. A peer that finds the node's store locked by another
-live peer (two nodes given one directory: a misconfiguration) waits a little (it may be its own
-node's previous actor, still exiting), then falls back to a store of its own under a new id: it
-works, but starts cold after each restart (``shared`` says so; give each node its own
-directory). Collected on every start: stores of the current layout that no live peer holds,
-except the node's own; stores of the previous layout (``<dir>/<Ray node id>``, no lock) whose
-Ray node id is not alive. Nothing else in the directory is touched. Knows nothing of Ray.
+live peer (two nodes given one directory: a misconfiguration) waits a little (30 s when the
+holder may be exiting: its own node's previous actor, or a process of a dead node; else 2 s),
+then falls back to a store of its own under a new id: it works, but starts cold after each
+restart (``shared`` says so; give each node its own directory). Collected on every start: stores
+of the current layout that no live peer holds, except the node's own; stores of the previous
+layout (``<dir>/<Ray node id>``, no lock) whose Ray node id is not alive. Nothing else in the
+directory is touched. Knows nothing of Ray.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def _acquire(
                 return _opened(root, own, fd, False, alive)
             holder = _holder(root / own)
             if deadline is None:
-                wait = _wait_for(holder, owner) if wait_s is None else wait_s
+                wait = _wait_for(holder, owner, alive) if wait_s is None else wait_s
                 deadline = time.monotonic() + wait
             if time.monotonic() >= deadline:
                 fresh = uuid.uuid4().hex
@@ -210,10 +211,12 @@ def _acquire(
         time.sleep(0.2)
 
 
-def _wait_for(holder: dict[str, object], owner: dict[str, object]) -> float:
-    """How long to wait for a held store: long for this node's previous actor, briefly else."""
-    same_node = holder.get("node_id") == owner.get("node_id")
-    return OWN_NODE_WAIT_S if same_node else OTHER_WAIT_S
+def _wait_for(holder: dict[str, object], owner: dict[str, object], alive: Set[str]) -> float:
+    """How long to wait for a held store: long while the holder may be exiting (this node's
+    previous actor, or a process of a node that is dead), briefly for another live node."""
+    node = holder.get("node_id")
+    exiting = node == owner.get("node_id") or node not in alive
+    return OWN_NODE_WAIT_S if exiting else OTHER_WAIT_S
 
 
 def _opened(

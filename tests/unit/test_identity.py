@@ -49,6 +49,21 @@ def test_a_second_live_peer_never_shares_the_store(tmp_path):
     assert not second.store_dir.exists() and (live.store_dir / "tasks" / "keep").exists()
 
 
+def test_a_peer_waits_for_its_nodes_previous_actor_to_exit(tmp_path):
+    """The node's previous peer (same Ray node id) still holds the store while it exits: the
+    new one waits for it instead of starting cold in a temporary store."""
+    import threading
+
+    previous = open_node_cache(tmp_path, {"node_id": "n1"})
+    exiting = threading.Timer(1.0, os.close, [previous.lock_fd])
+    exiting.start()
+    try:
+        new = open_node_cache(tmp_path, {"node_id": "n1"}, alive_nodes={"n1"})
+    finally:
+        exiting.join()
+    assert new.cache_id == previous.cache_id and not new.shared
+
+
 def test_stale_stores_are_collected_and_nothing_else(tmp_path):
     def store(name: str, lock: bool = False) -> Path:
         d = tmp_path / name
