@@ -34,6 +34,21 @@ def extra_nodes(ray_cluster, tmp_path) -> Iterator[list[RayNode]]:
             node.wait_dead()
 
 
+def start(ray_cluster, log_dir: Path, env: dict[str, str], started: list[RayNode]) -> RayNode:
+    """A worker node with ``env``; once more if `ray start` gave up (a loaded machine can miss
+    its 30 s for a raylet to register)."""
+    for attempt in (1, 2):
+        try:
+            node = start_node(ray_cluster.address, log_dir, env=env)
+        except RuntimeError:
+            if attempt == 2:
+                raise
+            continue
+        started.append(node)
+        return node
+    raise AssertionError("unreachable")
+
+
 def peer_info(node_id: str) -> dict:
     node = next(n for n in placement.alive_nodes() if n.node_id == node_id)
     return ray.get(placement.get_or_create_peer(node).info.remote())
@@ -47,8 +62,7 @@ def test_a_restarted_node_serves_the_task_from_its_cache(
     src = make_file(origin_root / "restart.bin", 6 * MiB, seed=51)
     url = origin.url + "restart.bin"
 
-    node = start_node(ray_cluster.address, tmp_path / "logs", env=env)
-    extra_nodes.append(node)
+    node = start(ray_cluster, tmp_path / "logs", env, extra_nodes)
     first = rayfly.distribute(url, str(tmp_path / "1-{node_id}.bin"), nodes=[node.node_id])
     assert first.ok, str(first)
     assert origin.served("/restart.bin") == 6 * MiB, origin.log
@@ -61,8 +75,7 @@ def test_a_restarted_node_serves_the_task_from_its_cache(
     stale.mkdir(parents=True)  # a store of the previous layout, owned by no one
     origin.reset()
 
-    again = start_node(ray_cluster.address, tmp_path / "logs", env=env)
-    extra_nodes.append(again)
+    again = start(ray_cluster, tmp_path / "logs", env, extra_nodes)
     assert again.node_id != node.node_id
     second = rayfly.distribute(url, str(tmp_path / "2-{node_id}.bin"), nodes=[again.node_id])
     assert second.ok, str(second)
