@@ -46,15 +46,8 @@ class Head:
     def __init__(self, root: Path, auth: str) -> None:
         self.dashboard = f"http://127.0.0.1:{free_port()}"
         self.auth = auth
-        if auth == "token":
-            token = root / "auth_token"
-            token.write_text(secrets.token_hex(32))
-            self.client_env = {"RAY_AUTH_TOKEN_PATH": str(token)}
-            node_env = {**self.client_env, "RAY_AUTH_MODE": "token"}
-        else:
-            (root / "home").mkdir()
-            self.client_env = {"HOME": str(root / "home")}
-            node_env = dict(self.client_env)
+        self.client_env = _auth_env(root, auth)
+        node_env = {**self.client_env, **({"RAY_AUTH_MODE": "token"} if auth == "token" else {})}
         env = {
             **_without_auth(os.environ),
             **node_env,
@@ -125,6 +118,16 @@ class Head:
         self.proc.wait(10)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _auth_env(root: Path, auth: str) -> dict[str, str]:
+    """What a client of a head in mode ``auth`` needs: the token's path, or an empty HOME."""
+    if auth == "token":
+        token = root / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        return {"RAY_AUTH_TOKEN_PATH": str(token)}
+    (root / "home").mkdir()
+    return {"HOME": str(root / "home")}
 
 
 def _without_auth(env: Mapping[str, str]) -> dict[str, str]:
