@@ -178,7 +178,8 @@ def cache() -> None:
 @_node
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def cache_ls(address: str | None, nodes: str | None, as_json: bool) -> None:
-    """List cached tasks on each node."""
+    """List cached tasks on each node: node id, cache id (the store's, kept across restarts),
+    task id, length, state, source."""
     from rayfly import status as st
 
     try:
@@ -195,7 +196,8 @@ def cache_ls(address: str | None, nodes: str | None, as_json: bool) -> None:
             continue
         state = "complete" if r["complete"] else "partial"
         click.echo(
-            f"{r['node_id'][:12]}  {r['task_id']}  {r['length']:>12}  {state:<8}  {r['source']}"
+            f"{r['node_id'][:12]}  {r.get('cache_id', '?')[:12]}  {r['task_id']}  "
+            f"{r['length']:>12}  {state:<8}  {r['source']}"
         )
 
 

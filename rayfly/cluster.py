@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
 
-from rayfly.config import NAMESPACE
+from rayfly.config import NAMESPACE, node_cache_dir
 from rayfly.errors import ClusterError
 
 _local: Any = None
@@ -57,14 +60,23 @@ def connect(
 
 
 def start_local_cluster(nodes: int, object_store_memory: int = 512 << 20) -> Any:
-    """A ``ray.cluster_utils.Cluster`` of ``nodes`` nodes on this machine (shut down at exit)."""
+    """A ``ray.cluster_utils.Cluster`` of ``nodes`` nodes on this machine (shut down at exit).
+
+    Simulated nodes share the host, so each gets its own cache directory, as a host has its own:
+    the head uses this process's (:func:`~rayfly.config.node_cache_dir`), node ``i`` the
+    subdirectory ``local-node-<i>`` of it, set as ``RAYFLY_CACHE_DIR`` for its raylet (whose
+    environment Ray's workers inherit). The same ``i`` finds the same cache next time.
+    """
     from ray.cluster_utils import Cluster
 
     _env()
+    base = node_cache_dir()
     args = {"num_cpus": 1, "object_store_memory": object_store_memory}
-    cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
-    for _ in range(nodes - 1):
-        cluster.add_node(**args)
+    with _cache_dir(base):
+        cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
+    for i in range(1, nodes):
+        with _cache_dir(base / f"local-node-{i}"):
+            cluster.add_node(**args)
     cluster.wait_for_nodes()
 
     def stop() -> None:
@@ -73,3 +85,18 @@ def start_local_cluster(nodes: int, object_store_memory: int = 512 << 20) -> Any
 
     atexit.register(stop)
     return cluster
+
+
+@contextlib.contextmanager
+def _cache_dir(path: Path) -> Iterator[None]:
+    """``RAYFLY_CACHE_DIR`` is ``path`` for the processes started inside (Ray copies
+    ``os.environ`` when it spawns a node's raylet)."""
+    before = os.environ.get("RAYFLY_CACHE_DIR")
+    os.environ["RAYFLY_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAYFLY_CACHE_DIR", None)
+        else:
+            os.environ["RAYFLY_CACHE_DIR"] = before

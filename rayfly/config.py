@@ -1,13 +1,15 @@
 """Settings as frozen dataclasses; every field can also be set by an environment variable.
 
 The variable for a field is ``RAYFLY_`` + the field name in upper case, for example
-``RAYFLY_CONCURRENCY=16`` or ``RAYFLY_CACHE_DIR=/mnt/nvme/rayfly``.
+``RAYFLY_CONCURRENCY=16`` or ``RAYFLY_CACHE_QUOTA=200GiB``. ``RAYFLY_CACHE_DIR`` is no field:
+each node reads it from its own environment (:func:`node_cache_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,15 +108,24 @@ def parse_rate(text: str | float | None) -> float | None:
         ) from None
 
 
-def _default_cache_dir() -> str:
-    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rayfly")
+def node_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """This node's cache directory: ``RAYFLY_CACHE_DIR``, else ``~/.cache/rayfly`` (XDG).
+
+    Read by the peer on its node, from the environment of the node's raylet (which Ray's
+    workers inherit): each node decides where its cache lives, not the client.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("RAYFLY_CACHE_DIR"):
+        return Path(env["RAYFLY_CACHE_DIR"]).expanduser()
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "rayfly"
 
 
 @dataclass(frozen=True)
 class PeerConfig:
-    """How a node's peer stores and moves pieces."""
+    """How a node's peer stores and moves pieces (its cache directory is the node's own:
+    :func:`node_cache_dir`)."""
 
-    cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     cache_quota: int = 50 << 30
     concurrency: int = 8
     upload_slots: int = 8

@@ -177,8 +177,10 @@ def format_status(status: dict[str, Any]) -> str:
         if "error" in p:
             lines.append(f"  {p['node_id'][:12]} unreachable: {p['error']}")
             continue
+        shared = " (temporary: directory shared with a live peer)" if p.get("cache_shared") else ""
         lines.append(
-            f"  {p['node_id'][:12]} {p.get('node_ip', ''):<15} cache "
+            f"  {p['node_id'][:12]} {p.get('node_ip', ''):<15} "
+            f"cache {p.get('cache_id', '?')[:12]}{shared} "
             f"{_mib(p['cache_used'])}/{_mib(p['cache_quota'])} "
             f"uploads={p['uploads']} downloads={p.get('downloads_inflight', 0)} "
             f"served={p['pieces_served']}"

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,15 @@ class TaskEntry:
         return piece_count(self.length, self.piece_size)
 
 
+@dataclass
+class _OpenFile:
+    """A task's open data file and how many threads use it right now."""
+
+    fd: int
+    users: int = 0
+    retired: bool = False
+
+
 class PieceStore:
     """Node-local storage of task pieces that cleans itself (:mod:`rayfly.eviction`): a TTL for
     unused entries, a byte quota and disk watermarks, least-recently-used first.
@@ -77,7 +86,7 @@ class PieceStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, TaskEntry] = {}
-        self._fds: dict[str, int] = {}
+        self._fds: dict[str, _OpenFile] = {}
         self._evicted: list[Eviction] = []
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
         self._load()
@@ -179,9 +188,7 @@ class PieceStore:
         return out
 
     def _remove(self, task_id: str) -> None:
-        fd = self._fds.pop(task_id, None)
-        if fd is not None:
-            os.close(fd)
+        self._retire(task_id)
         self._entries.pop(task_id, None)
         shutil.rmtree(self._dir(task_id), ignore_errors=True)
 
@@ -190,15 +197,35 @@ class PieceStore:
         with self._lock:
             self._remove(task_id)
 
-    def _fd(self, task_id: str) -> int:
-        fd = self._fds.get(task_id)
-        if fd is None:
-            entry = self._entries.get(task_id)
-            if entry is None:
-                raise PieceUnavailable(f"task {task_id} is not in the cache at {self.root}")
-            mode = os.O_RDONLY if entry.complete else os.O_RDWR
-            fd = self._fds[task_id] = os.open(self._dir(task_id) / "data", mode)
-        return fd
+    @contextlib.contextmanager
+    def _open(self, task_id: str, entry: TaskEntry) -> Iterator[int]:
+        """The data file descriptor of ``entry``, kept open while the caller uses it: another
+        thread may complete or remove the task meanwhile (the fd is closed after its last user).
+        If the entry was replaced (removed, and the task begun anew), PieceUnavailable: the
+        new file does not hold what the caller checked the old entry for."""
+        with self._lock:
+            if self._entries.get(task_id) is not entry:
+                raise PieceUnavailable(f"task {task_id} is no longer in the cache at {self.root}")
+            f = self._fds.get(task_id)
+            if f is None:
+                mode = os.O_RDONLY if entry.complete else os.O_RDWR
+                f = self._fds[task_id] = _OpenFile(os.open(self._dir(task_id) / "data", mode))
+            f.users += 1
+        try:
+            yield f.fd
+        finally:
+            with self._lock:
+                f.users -= 1
+                if f.retired and not f.users:
+                    os.close(f.fd)
+
+    def _retire(self, task_id: str) -> None:
+        """Stop handing out the task's fd; close it now or after its last user (lock held)."""
+        f = self._fds.pop(task_id, None)
+        if f is not None:
+            f.retired = True
+            if not f.users:
+                os.close(f.fd)
 
     # --- pieces ----------------------------------------------------------------------------
     def entry(self, task_id: str) -> TaskEntry | None:
@@ -219,7 +246,8 @@ class PieceStore:
             raise PieceCorrupt(f"piece {index} of task {task_id}: digest {digest} != {expected}")
         if index in entry.have:
             return digest
-        written = os.pwrite(self._fd(task_id), view, start)
+        with self._open(task_id, entry) as fd:
+            written = os.pwrite(fd, view, start)
         if written != len(view):
             raise StorageError(f"short write of piece {index} of task {task_id}")
         with self._lock:
@@ -242,14 +270,8 @@ class PieceStore:
             raise PieceUnavailable(f"piece {index} of task {task_id} is not held here")
         start, end = piece_bounds(entry.length, entry.piece_size, index)
         buf = np.empty(end - start, dtype=np.uint8) if into is None else into[: end - start]
-        try:  # an fd of its own: an eviction meanwhile unlinks the file, the read still works
-            fd = os.open(self.data_path(task_id), os.O_RDONLY)
-        except FileNotFoundError:
-            raise PieceUnavailable(f"task {task_id} was evicted from {self.root}") from None
-        try:
+        with self._open(task_id, entry) as fd:
             got = os.preadv(fd, [buf], start)
-        finally:
-            os.close(fd)
         if got != end - start:
             raise StorageError(f"short read of piece {index} of task {task_id}")
         if verify and piece_digest(buf) != entry.digests.get(index):
@@ -272,9 +294,7 @@ class PieceStore:
             raise StorageError(f"task {task_id} has {len(entry.have)} of {entry.n_pieces} pieces")
         d = self._dir(task_id)
         with self._lock:
-            fd = self._fds.pop(task_id, None)
-            if fd is not None:
-                os.close(fd)
+            self._retire(task_id)
             os.chmod(d / "data", 0o444)
             entry.sha256, entry.complete = sha256, True
             meta = {k: v for k, v in asdict(entry).items() if k not in {"have", "last_used"}}
@@ -340,6 +360,5 @@ class PieceStore:
     def close(self) -> None:
         """Close open files."""
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+            for task_id in list(self._fds):
+                self._retire(task_id)

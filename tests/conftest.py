@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _own_home() -> Path:
+    """The suite owns every piece of state it uses: HOME (so ``~/.ray``, ``~/.cache/rayfly``,
+    ``~/.docker``) is a fresh directory for this session, set before Ray is imported or started;
+    Ray's token settings of the developer's shell are dropped (the jobs tests make their own)."""
+    home = Path(tempfile.mkdtemp(prefix="rayfly-test-home-"))
+    os.environ["HOME"] = str(home)
+    os.environ["XDG_CACHE_HOME"] = str(home / ".cache")
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "DOCKER_CONFIG"):
+        os.environ.pop(var, None)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return home
+
+
+TEST_HOME = _own_home()
 
 CLUSTER_NODES = 4
 
@@ -29,6 +48,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cache_file(node_id: str, task_id: str) -> Path:
+    """The data file of ``task_id`` in the piece store of ``node_id`` (as its peer says)."""
+    import ray
+
+    from rayfly.actors import placement
+
+    peer = placement.existing_peers()[node_id]
+    return Path(ray.get(peer.info.remote())["cache_dir"]) / "tasks" / task_id / "data"
 
 
 @pytest.fixture(scope="session")

@@ -423,11 +423,14 @@ class Testbed:
         procs = {}
         for i in hosts:
             log = open(cfg.root / "logs" / f"ray-start-h{i}.log", "ab")  # noqa: SIM115
+            env = self.env()
+            if env.get("RAYFLY_CACHE_DIR"):  # hosts share the filesystem: a cache each
+                env["RAYFLY_CACHE_DIR"] = str(Path(env["RAYFLY_CACHE_DIR"]) / f"h{i}")
             procs[i] = subprocess.Popen(
                 self.argv_in(cfg.host_ns(i), self.ray_start_argv(i)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env(),
+                env=env,
                 cwd=REPO_ROOT,
             )
         return [i for i, proc in procs.items() if proc.wait(timeout=300) != 0]

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,9 +31,17 @@ from ray.exceptions import (
 )
 
 from rayfly import dest as dest_paths
-from rayfly import metrics, source
+from rayfly import identity, metrics, source
 from rayfly.actors.scheduler import Batch, Done, Failed
-from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, NodeConfig, PeerConfig, from_env
+from rayfly.config import (
+    NAMESPACE,
+    PEER_PREFIX,
+    SCHEDULER_NAME,
+    NodeConfig,
+    PeerConfig,
+    from_env,
+    node_cache_dir,
+)
 from rayfly.errors import (
     DigestMismatch,
     IntegrityError,
@@ -98,6 +105,11 @@ class _ParentGone(Exception):
     """The parent's actor no longer exists."""
 
 
+def _alive_node_ids() -> set[str]:
+    """Ray node ids of the cluster's live nodes (their stores of the old layout are kept)."""
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
 @ray.remote(num_cpus=0)
 class Peer:
     """A node's peer: piece store, downloader and piece server."""
@@ -107,13 +119,13 @@ class Peer:
         self.node_ip = ray.util.get_node_ip_address()
         self.hostname = socket.gethostname()
         self.config = config
-        root = Path(os.path.expanduser(config.cache_dir)) / node_id
+        self.cache = identity.open_node_cache(node_cache_dir(), self._owner(), _alive_node_ids())
         self.node = from_env(NodeConfig)  # this node's own environment, not the client's
         node = self.node
         policy = GcPolicy(
             config.cache_quota, node.cache_ttl, node.cache_high_watermark, node.cache_low_watermark
         )
-        self.store = PieceStore(root, config.cache_quota, policy=policy)
+        self.store = PieceStore(self.cache.store_dir, config.cache_quota, policy=policy)
         self._download_limit = TokenBucket(node.download_rate)
         self._upload_limit = TokenBucket(node.upload_rate)
         self._origin_limit = TokenBucket(node.origin_rate)
@@ -134,6 +146,9 @@ class Peer:
         return await asyncio.get_running_loop().run_in_executor(self._disk_pool, fn, *args)
 
     # --- identity and helpers -----------------------------------------------------------------
+    def _owner(self) -> dict[str, object]:
+        return {"node_id": self.node_id, "hostname": self.hostname, "pid": os.getpid()}
+
     def info(self) -> dict[str, Any]:
         """Who and where this peer is, and how full its cache is."""
         return {
@@ -141,6 +156,8 @@ class Peer:
             "node_ip": self.node_ip,
             "hostname": self.hostname,
             "pid": os.getpid(),
+            "cache_id": self.cache.cache_id,
+            "cache_shared": self.cache.shared,
             "cache_dir": str(self.store.root),
             "cache_used": self.store.used_bytes(),
             "cache_quota": self.store.quota,
@@ -618,6 +635,7 @@ class Peer:
         """The tasks in this node's cache."""
         return [
             {
+                "cache_id": self.cache.cache_id,
                 "task_id": e.task_id,
                 "length": e.length,
                 "piece_size": e.piece_size,

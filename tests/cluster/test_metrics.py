@@ -133,19 +133,19 @@ def test_prometheus_text_parsing():
 
 
 def test_a_corrupt_piece_is_refetched_and_counted_by_reason(
-    ray_cluster, origin, origin_root, tmp_path, session_dir
+    ray_cluster, origin, origin_root, tmp_path
 ):
     """V's cached copy rots on disk. V checks what it serves, refuses the bad piece and evicts
     its copy; W gets the piece from the origin instead, W's file is right, and the failure shows
     on the endpoint as rayfly_piece_failures{reason="corrupt"}."""
     from rayfly.actors import placement
-    from tests.conftest import sha256_file
+    from tests.conftest import cache_file, sha256_file
 
     v, w = (n.node_id for n in placement.alive_nodes()[2:4])
     src = make_file(origin_root / "rot.bin", 8 * MiB, seed=13)
     first = rayfly.distribute(origin.url + "rot.bin", str(tmp_path / "v.bin"), nodes=[v])
     assert first.ok, str(first)
-    data = session_dir / "cache" / v / "tasks" / first.task_ids[0] / "data"
+    data = cache_file(v, first.task_ids[0])
     os.chmod(data, 0o644)  # the cache file is read-only: damage it anyway
     with open(data, "r+b") as fh:
         fh.write(b"\xff" * 64)

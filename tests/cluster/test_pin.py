@@ -39,7 +39,9 @@ def wait_file(path: Path, want: str, timeout: float) -> bool:
     return False
 
 
-def test_late_joining_node_gets_pinned_file(ray_cluster, origin, origin_root, tmp_path):
+def test_late_joining_node_gets_pinned_file(
+    ray_cluster, origin, origin_root, tmp_path, monkeypatch
+):
     src = make_file(origin_root / "pinned.bin", 5 * MiB, seed=31)
     want = sha256_file(src)
     dest = str(tmp_path / "{node_id}" / "pinned.bin")
@@ -55,7 +57,9 @@ def test_late_joining_node_gets_pinned_file(ray_cluster, origin, origin_root, tm
     pin_id = pins[0]["pin_id"]
 
     before = {n.node_id for n in placement.alive_nodes()}
-    node = ray_cluster.add_node(num_cpus=1, object_store_memory=200 * MiB)
+    with monkeypatch.context() as env:  # the newcomer's raylet: a cache directory of its own
+        env.setenv("RAYFLY_CACHE_DIR", str(tmp_path.parent / f"{tmp_path.name}-newcomer-cache"))
+        node = ray_cluster.add_node(num_cpus=1, object_store_memory=200 * MiB)
     try:
         ray_cluster.wait_for_nodes()
         (new_id,) = {n.node_id for n in placement.alive_nodes()} - before

@@ -15,7 +15,7 @@ import rayfly
 from rayfly import status
 from rayfly.actors import placement
 from rayfly.origin import make_file
-from tests.conftest import CLUSTER_NODES, free_port
+from tests.conftest import CLUSTER_NODES, cache_file, free_port
 
 MiB = 1 << 20
 pytestmark = pytest.mark.cluster
@@ -51,6 +51,17 @@ def test_status_shows_tasks_peers_and_caches(ray_cluster, distributed):
         assert peer["downloads_inflight"] == 0 and peer["uploads"] == 0
     text = status.format_status(data)
     assert tid[:16] in text and f"peers ({CLUSTER_NODES})" in text
+    # each node's cache identity: its own store, named by the id kept in its directory
+    cache_ids = {p["cache_id"] for p in data["peers"]}
+    assert len(cache_ids) == CLUSTER_NODES and not any(p["cache_shared"] for p in data["peers"])
+    for peer in data["peers"]:
+        assert f"{peer['node_id'][:12]} " in text and f"cache {peer['cache_id'][:12]} " in text
+        root = Path(peer["cache_dir"]).parent
+        assert (root / "cache-id").read_text().strip() == peer["cache_id"]
+    listed = cli("cache", "ls", "--address", ray_cluster.address)
+    assert listed.returncode == 0, listed.stderr
+    for peer in data["peers"]:
+        assert f"{peer['node_id'][:12]}  {peer['cache_id'][:12]}  {tid}" in listed.stdout
 
     out = cli("status", "--json", "--address", ray_cluster.address)
     assert out.returncode == 0, out.stderr
@@ -59,12 +70,12 @@ def test_status_shows_tasks_peers_and_caches(ray_cluster, distributed):
     assert {p["node_id"] for p in shown["peers"]} == {n.node_id for n in distributed.nodes}
 
 
-def test_cache_ls_rm_gc(ray_cluster, distributed, session_dir):
+def test_cache_ls_rm_gc(ray_cluster, distributed):
     tid = distributed.task_ids[0]
     rows = [r for r in status.cache_ls() if r["task_id"] == tid]
     assert len(rows) == CLUSTER_NODES and all(r["complete"] for r in rows)
     victim = distributed.nodes[0].node_id
-    data_file = session_dir / "cache" / victim / "tasks" / tid / "data"
+    data_file = cache_file(victim, tid)
     assert data_file.exists()
 
     assert status.cache_rm(tid[:12], victim[:12]) == [victim]

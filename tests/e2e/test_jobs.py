@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,21 +31,34 @@ from tests.conftest import free_port, sha256_file
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 class Head:
-    """A `ray start --head --block` process group with the dashboard on loopback."""
+    """A `ray start --head --block` process group with the dashboard on loopback.
 
-    def __init__(self, root: Path) -> None:
+    ``auth="token"``: the head runs with token authentication, its token in ``root`` (nothing
+    of ``~/.ray`` is read); the clients get the token's path. ``auth="off"``: a machine where
+    Ray never ran (an empty HOME, no token anywhere), so Ray starts the head without token
+    authentication; its clients run with the same empty HOME.
+    """
+
+    def __init__(self, root: Path, auth: str) -> None:
         self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.auth = auth
+        self.client_env = _auth_env(root, auth)
+        node_env = {**self.client_env, **({"RAY_AUTH_MODE": "token"} if auth == "token" else {})}
         env = {
-            **os.environ,
+            **_without_auth(os.environ),
+            **node_env,
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAYFLY_CACHE_DIR": str(root / "cache"),
             "RAY_ADDRESS": "",
             # on a loaded 2-core machine the agent may take long to come up: wait, don't crash
             "RAY_agent_register_timeout_ms": "180000",
         }
+        # short: Ray's socket paths under it must stay within 107 bytes
+        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir=os.environ.get("RAY_TMPDIR"))
         self.log = open(root / "ray-start.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -59,7 +75,7 @@ class Head:
                 f"--ray-client-server-port={free_port()}",
                 "--num-cpus=2",
                 f"--object-store-memory={150 * MiB}",
-                f"--temp-dir={root / 'ray'}",
+                f"--temp-dir={self.temp_dir}",
                 "--disable-usage-stats",
             ],
             stdout=self.log,
@@ -75,15 +91,15 @@ class Head:
                 raise RuntimeError(f"ray start exited {self.proc.returncode}")
             try:
                 with urllib.request.urlopen(self.dashboard + "/api/version", timeout=2):
-                    return
+                    break
             except urllib.error.HTTPError:
-                break  # it answers (401: Ray's token authentication is on, as by default)
+                break  # it answers (401: token authentication is on)
             except OSError:
                 time.sleep(0.5)
         while time.monotonic() < deadline:  # until the node's job agent has registered
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited {self.proc.returncode}")
-            out = run(["ray", "job", "submit", "--address", self.dashboard, "--", "true"], 60)
+            out = run(self, ["ray", "job", "submit", "--address", self.dashboard, "--", "true"])
             if out.returncode == 0:
                 return
             time.sleep(1)
@@ -101,6 +117,22 @@ class Head:
                 time.sleep(0.2)
         self.proc.wait(10)
         self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _auth_env(root: Path, auth: str) -> dict[str, str]:
+    """What a client of a head in mode ``auth`` needs: the token's path, or an empty HOME."""
+    if auth == "token":
+        token = root / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        return {"RAY_AUTH_TOKEN_PATH": str(token)}
+    (root / "home").mkdir()
+    return {"HOME": str(root / "home")}
+
+
+def _without_auth(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without Ray's token settings: each head decides them for itself."""
+    return {k: v for k, v in env.items() if k not in AUTH_VARS}
 
 
 def _group_alive(pgid: int) -> bool:
@@ -112,48 +144,79 @@ def _group_alive(pgid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
+def heads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Head]]:
+    """Heads by authentication mode, each started on first use, all stopped at the end."""
+    started: dict[str, Head] = {}
+
+    def get(auth: str) -> Head:
+        if auth not in started:
+            started[auth] = _start_head(tmp_path_factory, auth)
+        return started[auth]
+
+    try:
+        yield get
+    finally:
+        for h in started.values():
+            h.stop()
+
+
+def _start_head(tmp_path_factory: pytest.TempPathFactory, auth: str) -> Head:
     for attempt in (1, 2):  # a head that crashed while starting on a busy machine: once more
-        h = Head(tmp_path_factory.mktemp("head"))
+        h = Head(tmp_path_factory.mktemp(f"head-{auth}"), auth)
         try:
             h.wait_ready()
-            break
+            return h
         except RuntimeError:
             h.stop()
             if attempt == 2:
                 raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def head(heads: Callable[[str], Head]) -> Head:
+    """The head with token authentication (as `ray start --head` has when a token exists)."""
+    return heads("token")
+
+
+def dashboard_status(head: Head) -> int:
+    """The HTTP status of a request without a token to the head's dashboard."""
     try:
-        yield h
-    finally:
-        h.stop()
+        with urllib.request.urlopen(head.dashboard + "/api/version", timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def job_status(head: Head, job_id: str) -> str:
-    """The job's status from Ray's JobSubmissionClient (in a process with token auth on)."""
+    """The job's status from Ray's JobSubmissionClient."""
     code = (
         "import sys; from ray.job_submission import JobSubmissionClient as C; "
         "print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)"
     )
-    out = run([sys.executable, "-c", code, head.dashboard, job_id], 60)
+    out = run(head, [sys.executable, "-c", code, head.dashboard, job_id], 60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
 
-def run(args: list[str], timeout: float = 300, **env_vars: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", **env_vars}
+def run(head: Head, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """A Ray client command for ``head`` (Ray's clients send a token only with
+    RAY_AUTH_MODE=token)."""
+    mode = {"RAY_AUTH_MODE": "token"} if head.auth == "token" else {}
+    env = {**_without_auth(os.environ), "RAY_ADDRESS": "", **head.client_env, **mode}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
-def rayfly(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """The rayfly CLI without RAY_AUTH_MODE: it must find this machine's Ray token itself."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+def rayfly(head: Head | None, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The rayfly CLI without RAY_AUTH_MODE: it must find the token (if any) itself."""
+    env = {**_without_auth(os.environ), "RAY_ADDRESS": "", **(head.client_env if head else {})}
     return subprocess.run(
         [sys.executable, "-m", "rayfly.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env={**env, "RAY_ADDRESS": ""},
+        env=env,
     )
 
 
@@ -168,9 +231,7 @@ def test_ray_job_submit_runs_jobs_distribute(head, origin, origin_root, tmp_path
     dest = str(tmp_path / "{node_id}" / "job.bin")
     submit = ["ray", "job", "submit", "--address", head.dashboard, "--working-dir", "."]
     entry = ["python", "jobs/distribute.py", origin.url + "job.bin", "--dest", dest, "--json"]
-    out = run(
-        [*submit, "--runtime-env-json", excludes, "--", *entry],
-    )
+    out = run(head, [*submit, "--runtime-env-json", excludes, "--", *entry])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = report_in(out.stdout)
     assert report["totals"]["nodes_ok"] == 1 and report["totals"]["nodes_failed"] == 0
@@ -181,10 +242,14 @@ def test_ray_job_submit_runs_jobs_distribute(head, origin, origin_root, tmp_path
     assert job_status(head, job_id) == "SUCCEEDED"
 
 
-def test_rayfly_distribute_submit_follows_the_job(head, origin, origin_root, tmp_path):
+@pytest.mark.parametrize("auth", ["token", "off"])
+def test_rayfly_distribute_submit_follows_the_job(heads, auth, origin, origin_root, tmp_path):
+    head = heads(auth)
+    assert dashboard_status(head) == (401 if auth == "token" else 200)  # the mode it says
     src = make_file(origin_root / "submitted.bin", 3 * MiB, seed=42)
     dest = str(tmp_path / "{node_id}.bin")
     out = rayfly(
+        head,
         "distribute", origin.url + "submitted.bin", "--dest", dest, "--json",
         "--submit", "--address", head.dashboard,
     )  # fmt: skip
@@ -199,7 +264,7 @@ def test_rayfly_distribute_submit_follows_the_job(head, origin, origin_root, tmp
 
 def test_failed_job_exits_non_zero_with_its_logs(head, origin, tmp_path):
     out = rayfly(
-        "distribute", origin.url + "no-such-file.bin", "--dest", str(tmp_path / "x.bin"),
+        head, "distribute", origin.url + "no-such-file.bin", "--dest", str(tmp_path / "x.bin"),
         "--submit", "--address", head.dashboard,
     )  # fmt: skip
     assert out.returncode == 1, out.stderr
@@ -211,7 +276,7 @@ def test_failed_job_exits_non_zero_with_its_logs(head, origin, tmp_path):
 def test_submit_to_unreachable_dashboard_is_a_clear_error(tmp_path):
     address = f"http://127.0.0.1:{free_port()}"
     out = rayfly(
-        "distribute", "http://127.0.0.1:1/f.bin", "--dest", str(tmp_path / "f.bin"),
+        None, "distribute", "http://127.0.0.1:1/f.bin", "--dest", str(tmp_path / "f.bin"),
         "--submit", "--address", address, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2

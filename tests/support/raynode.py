@@ -24,9 +24,9 @@ class RayNode:
     """A worker node joined to the cluster at ``address``.
 
     ``env`` is the node's own environment (its raylet's, which its workers inherit), e.g.
-    ``RAYFLY_CACHE_DIR``. With ``private_mounts`` the node runs under ``unshare -m
-    --propagation private``: mounts made afterwards outside it are invisible to it, as another
-    host's filesystem is.
+    ``RAYFLY_CACHE_DIR`` (default: a directory of its own under ``log_dir``). With
+    ``private_mounts`` the node runs under ``unshare -m --propagation private``: mounts made
+    afterwards outside it are invisible to it, as another host's filesystem is.
     """
 
     def __init__(
@@ -55,7 +55,13 @@ class RayNode:
         ]
         if private_mounts:
             cmd = ["unshare", "-m", "--propagation", "private", *cmd]
-        full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "", **(env or {})}
+        full_env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ADDRESS": "",
+            "RAYFLY_CACHE_DIR": str(log_dir / f"{self.tag}-cache"),  # a host has its own cache
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=full_env
         )

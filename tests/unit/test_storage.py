@@ -222,3 +222,40 @@ def test_watermarks_on_a_real_small_filesystem(small_tmpfs):
     assert (small_tmpfs / "out" / "published.bin").stat().st_size == 3 * MiB
     plan = store.gc(dry_run=True)
     assert plan.task_ids == []  # back under the high watermark
+def test_reads_racing_completion_and_removal_never_hit_a_closed_file(tmp_path):
+    """A peer serves pieces on several threads while the download completes the task (its
+    read-write fd is replaced) or the task is removed. Every read gets the piece's bytes or
+    PieceUnavailable: never EBADF, which a serving peer turned into "the parent lacks the
+    piece" (the piece came from the origin a second time: the flaky cache test)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = PieceStore(tmp_path, quota=1 << 30)
+    data = os.urandom(3 * 65536)
+    errors: list[BaseException] = []
+
+    def reader(tid: str) -> None:
+        for _ in range(30):
+            try:
+                assert bytes(store.read_piece(tid, 1, None, True)) == data[65536:131072]
+            except PieceUnavailable:
+                pass
+            except BaseException as exc:
+                errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: widen every race
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for i in range(100):
+                tid = f"{i:016x}"
+                fill(store, tid, data, 65536)
+                readers = [pool.submit(reader, tid) for _ in range(3)]
+                store.complete(tid, "sha")
+                if i % 2:
+                    store.discard(tid)
+                for r in readers:
+                    r.result()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
