@@ -95,29 +95,33 @@ class MirrorKeeper:
         return ports_for(chosen, self.spec.port, preferred | {self.spec.first_node})
 
     async def _ensure(self, node: placement.NodeInfo, port: int) -> bool:
-        """Check one node's mirror; start it in the background if it is not serving. A proxy
-        that is slow to answer (its worker still starting on a busy node) is left alone; one
-        whose actor died is replaced, since its name is free again."""
+        """Check one node's mirror. A node without a serving mirror gets ``start()`` called in
+        the background (idempotent; it waits for a proxy whose worker is still starting). A
+        serving one is asked for its status: a proxy slow to answer is left alone, one whose
+        actor died is forgotten, and the next sweep starts a new one (its name is free)."""
         record = self.nodes.setdefault(node.node_id, NodeMirror())
         starting = self._starting.get(node.node_id)
         if starting is not None and not starting.done():
             return False
         spec = self.spec
         proxy = get_or_create_proxy(node, spec.settings, spec.host, port, spec.docker_config)
+        if not record.endpoint:
+            self._starting[node.node_id] = asyncio.ensure_future(self._start(proxy, record))
+            return True
         try:
             status = await asyncio.wait_for(proxy.status.remote(), ANSWER_TIMEOUT_S)
         except asyncio.TimeoutError:
             record.error = f"no answer within {ANSWER_TIMEOUT_S:.0f}s"
             return False
-        except Exception as exc:
-            record.error = f"{type(exc).__name__}: {exc}"[:300]
+        except Exception as exc:  # the actor died: start a new one next time
+            record.endpoint, record.error = {}, f"{type(exc).__name__}: {exc}"[:300]
             return False
-        if status.get("healthy"):
-            record.endpoint, record.error = _endpoint(status), None
-            record.last_answer = time.time()
+        if not status.get("healthy"):
+            record.endpoint = {}
             return False
-        self._starting[node.node_id] = asyncio.ensure_future(self._start(proxy, record))
-        return True
+        record.endpoint, record.error = _endpoint(status), None
+        record.last_answer = time.time()
+        return False
 
     @staticmethod
     async def _start(proxy: Any, record: NodeMirror) -> None:
