@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from rayfly import dest as dest_paths
 from rayfly import source
 from rayfly.actors import placement
-from rayfly.actors.peer import FetchItem, FetchRequest
+from rayfly.actors.peer import SCHEDULER_RETRY_S, FetchItem, FetchRequest, backoff, first_line
 from rayfly.cluster import connect
-from rayfly.config import PeerConfig, SchedulerConfig, from_env
-from rayfly.errors import InvalidInput, RayflyError
+from rayfly.config import NAMESPACE, PEER_PREFIX, PeerConfig, SchedulerConfig, from_env
+from rayfly.errors import InvalidInput, RayflyError, SchedulerUnavailable
 from rayfly.report import NodeResult, Report
 from rayfly.task import SourceSpec, TaskInfo
 
@@ -24,6 +24,11 @@ ProgressFn = Callable[[int, int, int, int], None]
 """Called as ``progress(bytes_done, bytes_total, nodes_done, nodes_total)``."""
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+T = TypeVar("T")
+
+UNREACHABLE_WAIT_S = 60.0
+"""How long the client keeps asking a peer that cannot be reached before giving up on its node
+(a SIGKILLed node is declared dead by Ray within its health-check time, ~17 s by default)."""
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -62,18 +67,35 @@ def plan(
     scheduler: Any,
 ) -> list[FetchItem]:
     """Resolve the source into tasks (one per file) registered with the scheduler."""
-    files = ray.get(scheduler.resolve.remote(source_url, options))
+    files = retry_scheduler(lambda: ray.get(scheduler.resolve.remote(source_url, options)))
     single = len(files) == 1 and files[0].url.rstrip("/") == source_url.rstrip("/")
     if sha256 and not single:
         raise InvalidInput(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
-    refs = [
-        scheduler.register.remote(SourceSpec(f.url, options, tag, None, sha256), piece_size)
-        for f in files
-    ]
-    tasks: list[TaskInfo] = ray.get(refs)
+    specs = [SourceSpec(f.url, options, tag, None, sha256) for f in files]
+    tasks: list[TaskInfo] = retry_scheduler(
+        lambda: ray.get([scheduler.register.remote(spec, piece_size) for spec in specs])
+    )
     return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
+
+
+def retry_scheduler(call: Callable[[], T]) -> T:
+    """``call()``, retried with backoff while the scheduler restarts (an actor error, not an
+    error raised by the scheduler's own code), for up to :data:`SCHEDULER_RETRY_S`."""
+    deadline = time.monotonic() + SCHEDULER_RETRY_S
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except RayActorError as exc:
+            delay = backoff(attempt)
+            if time.monotonic() + delay > deadline:
+                raise SchedulerUnavailable(
+                    f"the scheduler did not answer for {SCHEDULER_RETRY_S:.0f}s: {first_line(exc)}"
+                ) from None
+            attempt += 1
+            time.sleep(delay)
 
 
 def distribute(
@@ -112,7 +134,7 @@ def distribute(
     request = FetchRequest(items, dest, concurrency or peer_config.concurrency)
     peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
     refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
-    results = _collect(refs, scheduler, items, progress, timeout)
+    results = _collect(refs, scheduler, request, progress, timeout)
     total = sum(i.task.length for i in items)
     return Report(
         source.redact_url(source_url),
@@ -131,41 +153,90 @@ def _failed(node: placement.NodeInfo, error: str) -> NodeResult:
 def _collect(
     refs: dict[Any, placement.NodeInfo],
     scheduler: Any,
-    items: list[FetchItem],
+    request: FetchRequest,
     progress: ProgressFn | None,
     timeout: float | None,
 ) -> list[NodeResult]:
-    """Wait for every node, reporting progress; a dead peer becomes a failed node."""
+    """Wait for every node, reporting progress; a dead node or peer becomes a failed node.
+
+    A peer that cannot be reached is asked again (its download is single-flight, so a repeated
+    fetch joins the running one) until it answers, its node is declared dead, or
+    :data:`UNREACHABLE_WAIT_S` passes.
+    """
     results: dict[str, NodeResult] = {}
+    nodes = dict(refs)
+    unreachable: dict[str, float] = {}
     pending = list(refs)
     deadline = None if timeout is None else time.monotonic() + timeout
-    task_ids = [i.task.task_id for i in items]
-    total = sum(i.task.length for i in items) * len(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
         for ref in ready:
-            node = refs[ref]
-            try:
-                results[node.node_id] = ray.get(ref)
-            except RayActorError as exc:
-                scheduler.peer_lost.remote(node.node_id)  # checked there: forgotten if gone
-                results[node.node_id] = _failed(node, f"peer failed: {unwrap(exc)}")
-            except RayTaskError as exc:
-                results[node.node_id] = _failed(node, f"peer failed: {unwrap(exc)}")
+            node = nodes.pop(ref)
+            outcome = _outcome(ref, node, scheduler, request, unreachable)
+            if isinstance(outcome, NodeResult):
+                results[node.node_id] = outcome
+            else:
+                nodes[outcome] = node
+                pending.append(outcome)
         if progress is not None:
-            done = ray.get(scheduler.progress.remote(task_ids))
-            progress(
-                min(total, sum(done.get(n.node_id, 0) for n in refs.values())),
-                total,
-                len(results),
-                len(refs),
-            )
+            _progress(progress, scheduler, request, refs, len(results))
         if deadline is not None and time.monotonic() > deadline and pending:
             for ref in pending:
-                node = refs[ref]
+                node = nodes[ref]
                 results[node.node_id] = _failed(node, f"timed out after {timeout}s")
             break
     return [results[n.node_id] for n in refs.values()]
+
+
+def _outcome(
+    ref: Any,
+    node: placement.NodeInfo,
+    scheduler: Any,
+    request: FetchRequest,
+    unreachable: dict[str, float],
+) -> NodeResult | Any:
+    """A node's result, or a new fetch reference when its peer was briefly unreachable."""
+    try:
+        result: NodeResult = ray.get(ref)
+        return result
+    except RayTaskError as exc:
+        return _failed(node, f"peer failed: {unwrap(exc)}")
+    except RayActorError as exc:
+        if not _node_alive(node.node_id):
+            scheduler.peer_lost.remote(node.node_id)
+            return _failed(node, f"node {node.node_id} died")
+        first = unreachable.setdefault(node.node_id, time.monotonic())
+        if isinstance(exc, ActorUnavailableError) and time.monotonic() - first < UNREACHABLE_WAIT_S:
+            time.sleep(backoff(3))
+            try:
+                peer = ray.get_actor(PEER_PREFIX + node.node_id, namespace=NAMESPACE)
+                return peer.fetch.remote(request)
+            except ValueError:
+                pass
+        scheduler.peer_lost.remote(node.node_id)  # checked there: forgotten if gone
+        return _failed(node, f"peer on node {node.node_id} failed: {first_line(exc)}")
+
+
+def _node_alive(node_id: str) -> bool:
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
+
+
+def _progress(
+    progress: ProgressFn,
+    scheduler: Any,
+    request: FetchRequest,
+    refs: dict[Any, placement.NodeInfo],
+    nodes_done: int,
+) -> None:
+    """Report bytes held across the target nodes (skipped while the scheduler restarts)."""
+    task_ids = [i.task.task_id for i in request.items]
+    total = sum(i.task.length for i in request.items) * len(refs)
+    try:
+        done = ray.get(scheduler.progress.remote(task_ids), timeout=5)
+    except (RayActorError, GetTimeoutError):
+        return
+    held = sum(done.get(n.node_id, 0) for n in refs.values())
+    progress(min(total, held), total, nodes_done, len(refs))
 
 
 __all__ = ["RayflyError", "Report", "distribute"]

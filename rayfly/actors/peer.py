@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import ray
 from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
+    ObjectLostError,
     RayActorError,
     RayTaskError,
 )
@@ -41,6 +43,7 @@ from rayfly.errors import (
     OriginUnreachable,
     PieceCorrupt,
     RayflyError,
+    SchedulerUnavailable,
     SourceError,
 )
 from rayfly.report import FileResult, NodeResult, summarize_node
@@ -49,6 +52,20 @@ from rayfly.task import TaskInfo
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+SCHEDULER_RETRY_S = 60.0
+"""How long a peer keeps retrying a scheduler that does not answer (a restart takes seconds)."""
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
+    """Jittered exponential delay before retry number ``attempt`` (0, 1, ...)."""
+    return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line (Ray's errors run over many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,7 @@ class Peer:
         self.uploads = 0
         self.pieces_served = 0
         self._incarnation = ray.get_runtime_context().get_actor_id() or ""
+        ray.get_runtime_context().current_actor.announce.remote()
 
     async def _disk_io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking disk and hashing work on the disk pool."""
@@ -141,7 +159,8 @@ class Peer:
         return self._incarnation
 
     async def _join(self, task: TaskInfo, have: dict[int, str]) -> None:
-        await self._sched().join.remote(
+        await self._ask(
+            "join",
             task.task_id,
             self.node_id,
             self.node_ip,
@@ -150,10 +169,50 @@ class Peer:
             self._incarnation,
         )
 
+    async def announce(self, task_ids: list[str] | None = None) -> list[str]:
+        """Tell the scheduler which complete tasks this node holds (those of ``task_ids``, or
+        all): called when the peer starts and by a restarted scheduler. Returns the task ids
+        the scheduler knows."""
+        wanted = None if task_ids is None else set(task_ids)
+        have = {
+            e.task_id: dict(e.digests)
+            for e in self.store.entries()
+            if e.complete and (wanted is None or e.task_id in wanted)
+        }
+        try:
+            self._sched()
+        except ValueError:
+            return []  # no scheduler yet: it learns of this cache when asked for a task
+        if not have:
+            return []
+        args = (self.node_id, self.node_ip, self.config.upload_slots, self._incarnation, have)
+        known: list[str] = await self._ask("announce", *args)
+        return known
+
     def _sched(self) -> Any:
         if self._scheduler is None:
             self._scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
         return self._scheduler
+
+    async def _ask(self, method: str, *args: Any) -> Any:
+        """Call the scheduler. While it restarts (or is briefly unreachable), retry with backoff
+        for up to :data:`SCHEDULER_RETRY_S`, looking its handle up again each time."""
+        deadline = time.monotonic() + SCHEDULER_RETRY_S
+        attempt = 0
+        while True:
+            try:
+                return await getattr(self._sched(), method).remote(*args)
+            except (RayActorError, ValueError) as exc:  # ValueError: no actor of that name
+                delay = backoff(attempt)
+                if time.monotonic() + delay > deadline:
+                    raise SchedulerUnavailable(
+                        f"the scheduler did not answer {method!r} for {SCHEDULER_RETRY_S:.0f}s: "
+                        f"{first_line(exc)}"
+                    ) from None
+                log.warning("scheduler call %s failed (%s); retrying", method, first_line(exc))
+                self._scheduler = None
+                attempt += 1
+                await asyncio.sleep(delay)
 
     def _parent(self, peer_id: str) -> Any:
         if peer_id not in self._handles:
@@ -340,11 +399,11 @@ class Peer:
                     f"expected {task.expected_sha256}"
                 )
             await self._disk_io(self.store.complete, tid, out.sha256)
-            await self._sched().finish.remote(tid, self.node_id, None)
+            await self._ask("finish", tid, self.node_id, None)
         except BaseException as exc:
             fatal = isinstance(exc, IntegrityError | SourceError)
             with contextlib.suppress(Exception):
-                await self._sched().finish.remote(tid, self.node_id, str(exc), fatal)
+                await self._ask("finish", tid, self.node_id, str(exc), fatal)
             self.store.discard(tid)
             self._ready.pop(tid, None)
             raise
@@ -373,14 +432,8 @@ class Peer:
             while len(entry.have) < entry.n_pieces:
                 want = await self._take_slots(slots, len(inflight))
                 if want or done or failed:
-                    batch: Batch = await self._sched().exchange.remote(
-                        task.task_id, self.node_id, done, failed, want, not inflight
-                    )
+                    batch = await self._exchange(task, done, failed, want, not inflight)
                     done, failed = [], []
-                    if batch.error:
-                        raise SourceError(batch.error)
-                    if batch.rejoin:
-                        await self._join(task, dict(entry.digests))
                     for _ in range(want - len(batch.assignments)):
                         slots.release()
                     for a in batch.assignments:
@@ -394,15 +447,28 @@ class Peer:
                 finished, _ = await asyncio.wait(inflight)
                 self._settle(finished, inflight, slots, done, failed)
             if done or failed:
-                await self._sched().exchange.remote(
-                    task.task_id, self.node_id, done, failed, 0, False
-                )
+                await self._exchange(task, done, failed, 0, False)
         except _Fatal as exc:
             raise exc.error from None
         finally:
             for fut in inflight:
                 fut.cancel()
                 slots.release()
+
+    async def _exchange(
+        self, task: TaskInfo, done: list[Done], failed: list[Failed], want: int, wait: bool
+    ) -> Batch:
+        """Report pieces and ask for ``want`` more; rejoin (with what the cache holds) when the
+        scheduler no longer knows this peer, e.g. after it restarted."""
+        batch: Batch = await self._ask(
+            "exchange", task.task_id, self.node_id, done, failed, want, wait
+        )
+        if batch.error:
+            raise SourceError(batch.error)
+        if batch.rejoin:
+            entry = self.store.entry(task.task_id)
+            await self._join(task, dict(entry.digests) if entry else {})
+        return batch
 
     def _settle(
         self,
@@ -480,11 +546,12 @@ class Peer:
             return Failed(a.piece, None, str(exc))
         except (asyncio.TimeoutError, GetTimeoutError):
             return Failed(a.piece, a.parent, "timed out")
-        except ActorUnavailableError as exc:
-            return Failed(a.piece, a.parent, f"parent unreachable: {exc}")
+        except (ActorUnavailableError, ObjectLostError) as exc:  # its node may have died
+            reason = f"parent unreachable: {first_line(exc)}"
+            return Failed(a.piece, a.parent, reason, parent_unreachable=True)
         except (RayActorError, _ParentGone) as exc:
             self._handles.pop(a.parent or "", None)
-            return Failed(a.piece, a.parent, f"parent died: {exc}", parent_dead=True)
+            return Failed(a.piece, a.parent, f"parent died: {first_line(exc)}", parent_dead=True)
         except (RayTaskError, PieceCorrupt) as exc:
             return Failed(a.piece, a.parent, f"{type(exc).__name__}: {exc}", parent_lacks=True)
         except (SourceError, OSError) as exc:
