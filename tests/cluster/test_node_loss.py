@@ -124,6 +124,7 @@ def test_killed_scheduler_restarts_and_the_distribution_completes(
 
 def actor_node(handle: Any) -> str:
     """The node an actor runs on, from the GCS actor table."""
+    ray.get(handle.__ray_ready__.remote(), timeout=60)
     return ray._private.state.actors(handle._actor_id.hex())["Address"]["NodeID"]
 
 

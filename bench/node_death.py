@@ -1,0 +1,132 @@
+"""Issue 8's figure: how long the survivors take to finish when a node dies mid-transfer, against
+the same run where it does not.
+
+    python -m bench.node_death --nodes 4 --size 256MiB --rate 8MiB --kill-at 0.3 --runs 3
+
+A local cluster of ``--nodes`` simulated nodes plus, per run, one extra worker node started with
+``ray start`` in its own process group (``tests/support/raynode.py``). Runs alternate: *baseline*
+(all nodes finish) and *kill* (the extra node's process group is SIGKILLed once the scheduler
+knows it holds ``--kill-at`` of the file). The origin is rayfly's HTTP origin on loopback, each
+response slowed to ``--rate`` so that the run is shaped by the network, not by this machine's
+CPU. Every run is a new task (a fresh tag). Prints a JSON document (also appended to
+bench/results/node_death.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ray
+
+import rayfly
+from bench.core import settle
+from rayfly.actors import placement
+from rayfly.cluster import start_local_cluster
+from rayfly.config import NAMESPACE, parse_size
+from rayfly.origin import OriginServer, make_file
+from tests.support.raynode import start_node
+
+RESULTS = Path(__file__).parent / "results" / "node_death.jsonl"
+
+
+def held(node_id: str, task_id: str) -> int:
+    """Bytes of ``task_id`` the scheduler knows ``node_id`` holds (0 while it restarts)."""
+    try:
+        return ray.get(placement.get_scheduler().progress.remote([task_id])).get(node_id, 0)
+    except ray.exceptions.RayError:
+        return 0
+
+
+def one_run(url: str, size: int, work: Path, address: str, kill_at: float | None) -> dict:
+    """One distribution to every node (the cluster's and one extra); kill the extra one at
+    ``kill_at`` of the file (None: never). Seconds from the call to the report."""
+    extra = start_node(address, work / "logs")
+    tag = uuid.uuid4().hex
+    task_id = rayfly.api.plan(url, {}, tag, None, None, placement.get_scheduler())[0].task.task_id
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    job = threading.Thread(
+        target=lambda: out.setdefault(
+            "r", rayfly.distribute(url, str(work / "dest" / "{node_id}.bin"), tag=tag)
+        )
+    )
+    job.start()
+    t_kill = None
+    while kill_at is not None and job.is_alive() and held(extra.node_id, task_id) < kill_at * size:
+        time.sleep(0.02)
+    if kill_at is not None:
+        extra.kill()
+        t_kill = time.perf_counter() - t0
+    job.join(600)
+    seconds = time.perf_counter() - t0
+    report: rayfly.Report = out["r"]
+    survivors = [n for n in report.nodes if n.node_id != extra.node_id]
+    if not all(n.ok for n in survivors):
+        raise RuntimeError(str(report))
+    extra.kill()
+    extra.wait_dead()
+    settle(work / "dest", report)
+    return {
+        "killed": kill_at is not None,
+        "seconds": round(seconds, 2),
+        "killed_at_s": None if t_kill is None else round(t_kill, 2),
+        "after_kill_s": None if t_kill is None else round(seconds - t_kill, 2),
+        "origin_bytes": report.origin_bytes,
+        "dead_node_error": next((n.error for n in report.nodes if n.node_id == extra.node_id), ""),
+    }
+
+
+def main() -> None:
+    """Parse arguments, run the alternating baseline/kill runs, print and record the medians."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--size", default="256MiB")
+    ap.add_argument("--rate", default="8MiB", help="origin bytes/s per response")
+    ap.add_argument("--kill-at", type=float, default=0.3)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_health_check_period_ms", "1000")
+    os.environ.setdefault("RAY_health_check_failure_threshold", "5")
+    size = parse_size(args.size)
+    work = Path(tempfile.mkdtemp(prefix="rayfly-node-death-"))
+    os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
+    make_file(work / "origin" / "big.bin", size)
+    origin = OriginServer(work / "origin", rate=parse_size(args.rate)).start()
+    cluster = start_local_cluster(args.nodes, object_store_memory=400 << 20)
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    runs = []
+    for _ in range(args.runs):
+        for kill_at in (None, args.kill_at):
+            runs.append(one_run(origin.url + "big.bin", size, work, cluster.address, kill_at))
+            print(json.dumps(runs[-1]), flush=True)
+    origin.stop()
+    base = statistics.median(r["seconds"] for r in runs if not r["killed"])
+    kill = statistics.median(r["seconds"] for r in runs if r["killed"])
+    doc = {
+        "bench": "node_death",
+        "nodes": args.nodes + 1,
+        "size": size,
+        "origin_rate": parse_size(args.rate),
+        "kill_at": args.kill_at,
+        "median_seconds_baseline": base,
+        "median_seconds_with_death": kill,
+        "ratio": round(kill / base, 2),
+        "median_after_kill_s": statistics.median(r["after_kill_s"] for r in runs if r["killed"]),
+        "runs": runs,
+    }
+    print(json.dumps(doc, indent=2))
+    with open(RESULTS, "a") as fh:
+        fh.write(json.dumps(doc) + "\n")
+
+
+if __name__ == "__main__":
+    main()
