@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
@@ -13,10 +13,11 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from rayfly import dest as dest_paths
 from rayfly import source
 from rayfly.actors import placement
-from rayfly.actors.peer import SCHEDULER_RETRY_S, FetchItem, FetchRequest, backoff, first_line
+from rayfly.actors.peer import FetchItem, FetchRequest
+from rayfly.actors.retry import backoff, call_sync, first_line
 from rayfly.cluster import connect
 from rayfly.config import NAMESPACE, PEER_PREFIX, PeerConfig, SchedulerConfig, from_env
-from rayfly.errors import InvalidInput, RayflyError, SchedulerUnavailable
+from rayfly.errors import InvalidInput, RayflyError
 from rayfly.report import NodeResult, Report
 from rayfly.task import SourceSpec, TaskInfo
 
@@ -24,7 +25,6 @@ ProgressFn = Callable[[int, int, int, int], None]
 """Called as ``progress(bytes_done, bytes_total, nodes_done, nodes_total)``."""
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-T = TypeVar("T")
 
 UNREACHABLE_WAIT_S = 60.0
 """How long the client keeps asking a peer that cannot be reached before giving up on its node
@@ -67,35 +67,17 @@ def plan(
     scheduler: Any,
 ) -> list[FetchItem]:
     """Resolve the source into tasks (one per file) registered with the scheduler."""
-    files = retry_scheduler(lambda: ray.get(scheduler.resolve.remote(source_url, options)))
+    files = call_sync(lambda: ray.get(scheduler.resolve.remote(source_url, options)))
     single = len(files) == 1 and files[0].url.rstrip("/") == source_url.rstrip("/")
     if sha256 and not single:
         raise InvalidInput(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
     specs = [SourceSpec(f.url, options, tag, None, sha256) for f in files]
-    tasks: list[TaskInfo] = retry_scheduler(
+    tasks: list[TaskInfo] = call_sync(
         lambda: ray.get([scheduler.register.remote(spec, piece_size) for spec in specs])
     )
     return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
-
-
-def retry_scheduler(call: Callable[[], T]) -> T:
-    """``call()``, retried with backoff while the scheduler restarts (an actor error, not an
-    error raised by the scheduler's own code), for up to :data:`SCHEDULER_RETRY_S`."""
-    deadline = time.monotonic() + SCHEDULER_RETRY_S
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except RayActorError as exc:
-            delay = backoff(attempt)
-            if time.monotonic() + delay > deadline:
-                raise SchedulerUnavailable(
-                    f"the scheduler did not answer for {SCHEDULER_RETRY_S:.0f}s: {first_line(exc)}"
-                ) from None
-            attempt += 1
-            time.sleep(delay)
 
 
 def distribute(

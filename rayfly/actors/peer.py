@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from ray.exceptions import (
 
 from rayfly import dest as dest_paths
 from rayfly import metrics, source
+from rayfly.actors.retry import call_async, first_line
 from rayfly.actors.scheduler import Batch, Done, Failed
 from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig
 from rayfly.errors import (
@@ -43,7 +43,6 @@ from rayfly.errors import (
     OriginUnreachable,
     PieceCorrupt,
     RayflyError,
-    SchedulerUnavailable,
     SourceError,
 )
 from rayfly.report import FileResult, NodeResult, summarize_node
@@ -52,20 +51,6 @@ from rayfly.task import TaskInfo
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-SCHEDULER_RETRY_S = 60.0
-"""How long a peer keeps retrying a scheduler that does not answer (a restart takes seconds)."""
-
-
-def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
-    """Jittered exponential delay before retry number ``attempt`` (0, 1, ...)."""
-    return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one short line (Ray's errors run over many lines)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 @dataclass(frozen=True)
@@ -195,24 +180,15 @@ class Peer:
         return self._scheduler
 
     async def _ask(self, method: str, *args: Any) -> Any:
-        """Call the scheduler. While it restarts (or is briefly unreachable), retry with backoff
-        for up to :data:`SCHEDULER_RETRY_S`, looking its handle up again each time."""
-        deadline = time.monotonic() + SCHEDULER_RETRY_S
-        attempt = 0
-        while True:
-            try:
-                return await getattr(self._sched(), method).remote(*args)
-            except (RayActorError, ValueError) as exc:  # ValueError: no actor of that name
-                delay = backoff(attempt)
-                if time.monotonic() + delay > deadline:
-                    raise SchedulerUnavailable(
-                        f"the scheduler did not answer {method!r} for {SCHEDULER_RETRY_S:.0f}s: "
-                        f"{first_line(exc)}"
-                    ) from None
-                log.warning("scheduler call %s failed (%s); retrying", method, first_line(exc))
-                self._scheduler = None
-                attempt += 1
-                await asyncio.sleep(delay)
+        """Call the scheduler; while it restarts, retry with backoff (see :mod:`retry`),
+        looking its handle up again each time."""
+
+        def forget() -> None:
+            self._scheduler = None
+
+        return await call_async(
+            lambda: getattr(self._sched(), method).remote(*args), repr(method), forget
+        )
 
     def _parent(self, peer_id: str) -> Any:
         if peer_id not in self._handles:
