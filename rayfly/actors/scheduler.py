@@ -52,6 +52,7 @@ PEER_CHECK_TIMEOUT_S = 10.0
 SUSPECT_S = 20.0
 MAX_KEPT_TASKS = 4096
 NODE_WATCH_PERIOD_S = 1.0
+RESTORE_GRACE_S = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,17 @@ class SchedulerCore:
         self._rng = random.Random()
         self._expired_at = -math.inf
         self.kv: durable.KeyValue = kv if kv is not None else durable.MemoryStore()
+        self._quiet_until = -math.inf
         self._restore()
 
     def _restore(self) -> None:
-        """Reload the tasks registered before a restart (who holds what comes from the peers)."""
+        """Reload the tasks registered before a restart. Who holds what comes from the peers'
+        rejoins and announcements: for :data:`RESTORE_GRACE_S` no origin read is handed out,
+        so that a piece some peer holds but has not declared yet is not read again."""
         for task_id, (info, order, created) in durable.load_all(self.kv, durable.TASKS).items():
             self.tasks[task_id] = TaskState(info, order=order, created=created)
+        if self.tasks:
+            self._quiet_until = self.clock() + RESTORE_GRACE_S
 
     def _notify(self, wake: int | None = None) -> None:
         """Wake ``wake`` long-polling peers, the longest waiting first (None: all of them)."""
@@ -350,6 +356,8 @@ class SchedulerCore:
         leases = t.leases.setdefault(peer_id, {})
         mine = sum(1 for lease in leases.values() if lease.parent is None)
         quota = origin_share(self.config.origin_parallelism, self._active(t)) - mine
+        if self.clock() < self._quiet_until:
+            quota = 0
         batch = plan_batch(
             view,
             peer_id,

@@ -156,7 +156,8 @@ def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
     info = TaskInfo("t", "http://o/x", 8 * MiB, MiB)
     first.add_task(info, "sequential")
     first.join("t", "a", "ha", 4, have={i: f"d{i}" for i in range(8)}, incarnation="a1")
-    restarted = SchedulerCore(SchedulerConfig(), kv=kv)
+    now = [0.0]
+    restarted = SchedulerCore(SchedulerConfig(), kv=kv, clock=lambda: now[0])
     assert restarted.tasks["t"].info == info and restarted.tasks["t"].order == "sequential"
     assert restarted.peers == {} and restarted.tasks["t"].holders == {}
     have = {"t": {i: f"d{i}" for i in range(8)}, "never-registered": {0: "x"}}
@@ -167,6 +168,22 @@ def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
     batch = restarted.plan("t", "b", 4).assignments
     assert [(x.parent, x.digest) for x in batch] == [("a", f"d{x.piece}") for x in batch]
     assert len(batch) == 4 and list(kv.keys(TASKS)) == [TASKS + "t"]
+
+
+def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():
+    from rayfly.actors.durable import MemoryStore
+    from rayfly.actors.scheduler import RESTORE_GRACE_S
+
+    kv = MemoryStore()
+    SchedulerCore(SchedulerConfig(), kv=kv).add_task(TaskInfo("t", "u", 8 * MiB, MiB), "sequential")
+    now = [0.0]
+    restarted = SchedulerCore(SchedulerConfig(), kv=kv, clock=lambda: now[0])
+    restarted.join("t", "b", "hb", 4)
+    assert restarted.plan("t", "b", 4).assignments == []  # a peer may hold them, undeclared
+    restarted.join("t", "a", "ha", 4, have={0: "d0"})
+    assert [(x.piece, x.parent) for x in restarted.plan("t", "b", 4).assignments] == [(0, "a")]
+    now[0] += RESTORE_GRACE_S
+    assert {x.parent for x in restarted.plan("t", "b", 4).assignments} == {None}
 
 
 def test_kept_tasks_are_bounded(monkeypatch):
