@@ -29,6 +29,7 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 UNREACHABLE_WAIT_S = 60.0
 """How long the client keeps asking a peer that cannot be reached before giving up on its node
 (a SIGKILLed node is declared dead by Ray within its health-check time, ~17 s by default)."""
+NODE_TABLE_LAG_S = 5.0
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -177,30 +178,51 @@ def _outcome(
     request: FetchRequest,
     unreachable: dict[str, float],
 ) -> NodeResult | Any:
-    """A node's result, or a new fetch reference when its peer was briefly unreachable."""
+    """A node's result, or a new fetch reference when its peer was briefly unreachable.
+
+    A SIGKILLed node's peer is first unreachable (until Ray declares the node dead), then dead;
+    Ray's node table may say so a moment after the actor table, hence the wait for it.
+    """
     try:
         result: NodeResult = ray.get(ref)
         return result
     except RayTaskError as exc:
         return _failed(node, f"peer failed: {unwrap(exc)}")
     except RayActorError as exc:
-        if not _node_alive(node.node_id):
-            scheduler.peer_lost.remote(node.node_id)
-            return _failed(node, f"node {node.node_id} died")
-        first = unreachable.setdefault(node.node_id, time.monotonic())
-        if isinstance(exc, ActorUnavailableError) and time.monotonic() - first < UNREACHABLE_WAIT_S:
-            time.sleep(backoff(3))
-            try:
-                peer = ray.get_actor(PEER_PREFIX + node.node_id, namespace=NAMESPACE)
-                return peer.fetch.remote(request)
-            except ValueError:
-                pass
+        if isinstance(exc, ActorUnavailableError):
+            first = unreachable.setdefault(node.node_id, time.monotonic())
+            if _node_alive(node.node_id) and time.monotonic() - first < UNREACHABLE_WAIT_S:
+                time.sleep(backoff(3))
+                again = _fetch_again(node, request)
+                if again is not None:
+                    return again
         scheduler.peer_lost.remote(node.node_id)  # checked there: forgotten if gone
+        lag = NODE_TABLE_LAG_S if node.node_id in unreachable else 0.0
+        if _node_dead_within(node.node_id, lag):
+            return _failed(node, f"node {node.node_id} died")
         return _failed(node, f"peer on node {node.node_id} failed: {first_line(exc)}")
+
+
+def _fetch_again(node: placement.NodeInfo, request: FetchRequest) -> Any:
+    """Ask the node's peer again (it joins its running download); None if it is gone."""
+    try:
+        return ray.get_actor(PEER_PREFIX + node.node_id, namespace=NAMESPACE).fetch.remote(request)
+    except ValueError:
+        return None
 
 
 def _node_alive(node_id: str) -> bool:
     return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
+
+
+def _node_dead_within(node_id: str, seconds: float) -> bool:
+    """True once Ray's node table says ``node_id`` is dead, looking for up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while _node_alive(node_id):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+    return True
 
 
 def _progress(
