@@ -126,8 +126,9 @@ class Pinner:
             durable.drop(self.kv, durable.PINS, pid)
         return gone
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every pin as plain data."""
+    async def list(self) -> list[dict[str, Any]]:
+        """Every pin as plain data (and the sweeper running, should its start have been lost)."""
+        self._ensure_sweeper()
         return [s.row() for s in self.pins.values()]
 
     async def _run(self) -> None:

@@ -476,16 +476,25 @@ class Scheduler:
         self.core = SchedulerCore(config, kv=durable.GcsStore())
         self._pending: dict[str, asyncio.Future[TaskInfo]] = {}
         self._watch: asyncio.Task[None] | None = None
+        self._asked: asyncio.Task[None] | None = None
         ray.get_runtime_context().current_actor.start.remote()
 
     async def start(self) -> None:
-        """Start watching nodes; after a restart, ask the existing peers what they hold."""
-        if self._watch is None:
-            self._watch = asyncio.ensure_future(self._watch_nodes())
+        """Start watching nodes; after a restart, ask the existing peers what they hold.
+
+        Called by the actor on itself when it starts, and by the first calls after (a call an
+        actor makes on itself while Ray still marks it restarting may be lost)."""
+        if self._watch is not None:
+            return
+        self._watch = asyncio.ensure_future(self._watch_nodes())
         if self.core.tasks:
-            peers = await asyncio.to_thread(_existing_peers)
-            for peer in peers:
-                peer.announce.remote(list(self.core.tasks))
+            self._asked = asyncio.ensure_future(self._ask_announcements())
+
+    async def _ask_announcements(self) -> None:
+        """Ask every existing peer to announce its complete entries of the known tasks."""
+        peers = await asyncio.to_thread(_existing_peers)
+        for peer in peers:
+            peer.announce.remote(list(self.core.tasks))
 
     async def _watch_nodes(self) -> None:
         """Forget the peers of nodes the cluster declared dead (the peer id is the node id)."""
@@ -570,6 +579,7 @@ class Scheduler:
 
         With ``wait`` and nothing to hand out, wait (up to the long-poll time) for a change.
         """
+        await self.start()
         self.core.report(task_id, peer_id, done, failed)
         self.core.expire_leases()
         batch = (
@@ -618,12 +628,14 @@ class Scheduler:
         except RayActorError:
             return None
 
-    def progress(self, task_ids: list[str]) -> dict[str, int]:
+    async def progress(self, task_ids: list[str]) -> dict[str, int]:
         """See :meth:`SchedulerCore.progress`."""
+        await self.start()
         return self.core.progress(task_ids)
 
-    def status(self) -> list[dict[str, Any]]:
+    async def status(self) -> list[dict[str, Any]]:
         """See :meth:`SchedulerCore.status`."""
+        await self.start()
         return self.core.status()
 
     def ping(self) -> bool:
