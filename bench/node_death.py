@@ -5,8 +5,8 @@ the same run where it does not.
 
 A local cluster of ``--nodes`` simulated nodes plus, per run, one extra worker node started with
 ``ray start`` in its own process group (``tests/support/raynode.py``). Runs alternate: *baseline*
-(all nodes finish) and *kill* (the extra node's process group is SIGKILLed once the scheduler
-knows it holds ``--kill-at`` of the file). The figure is the time until the last of the
+(all nodes finish) and *kill* (the extra node's process group is SIGKILLed once the nodes hold
+``--kill-at`` of all their copies). The figure is the time until the last of the
 cluster's own nodes (the survivors) has the file, as each peer measures it. The origin is
 rayfly's HTTP origin on loopback, each response slowed to ``--rate`` so that the run is shaped
 by the network, not by this machine's CPU. Every run is a new task (a fresh tag). Prints a
@@ -39,18 +39,27 @@ from tests.support.raynode import start_node
 RESULTS = Path(__file__).parent / "results" / "node_death.jsonl"
 
 
-def held(node_id: str, task_id: str) -> int:
-    """Bytes of ``task_id`` the scheduler knows ``node_id`` holds (0 while it restarts)."""
+def held(task_id: str) -> int:
+    """Bytes of ``task_id`` the scheduler knows the nodes hold, summed (0 while it restarts)."""
     try:
-        return ray.get(placement.get_scheduler().progress.remote([task_id])).get(node_id, 0)
+        return sum(ray.get(placement.get_scheduler().progress.remote([task_id])).values())
     except ray.exceptions.RayError:
         return 0
 
 
-def one_run(url: str, size: int, work: Path, address: str, kill_at: float | None) -> dict:
-    """One distribution to every node (the cluster's and one extra); kill the extra one at
-    ``kill_at`` of the file (None: never). Seconds from the call to the report."""
+def add_node(address: str, work: Path) -> Any:
+    """An extra worker node with its peer actor started (as on a cluster already in use)."""
     extra = start_node(address, work / "logs")
+    node = next(n for n in placement.alive_nodes() if n.node_id == extra.node_id)
+    ray.get(placement.get_or_create_peer(node).info.remote(), timeout=120)
+    return extra
+
+
+def one_run(url: str, size: int, work: Path, address: str, kill_at: float | None) -> dict:
+    """One distribution to every node (the cluster's and one extra); kill the extra one when
+    the nodes hold ``kill_at`` of all their copies (None: never)."""
+    extra = add_node(address, work)
+    everywhere = size * len(placement.alive_nodes())
     tag = uuid.uuid4().hex
     task_id = rayfly.api.plan(url, {}, tag, None, None, placement.get_scheduler())[0].task.task_id
     out: dict[str, Any] = {}
@@ -62,7 +71,7 @@ def one_run(url: str, size: int, work: Path, address: str, kill_at: float | None
     )
     job.start()
     t_kill = None
-    while kill_at is not None and job.is_alive() and held(extra.node_id, task_id) < kill_at * size:
+    while kill_at is not None and job.is_alive() and held(task_id) < kill_at * everywhere:
         time.sleep(0.02)
     if kill_at is not None:
         extra.kill()
