@@ -55,10 +55,14 @@ def add_node(address: str, work: Path) -> Any:
     return extra
 
 
-def one_run(url: str, size: int, work: Path, address: str, kill_at: float | None) -> dict:
+def one_run(
+    origin: OriginServer, size: int, work: Path, address: str, kill_at: float | None
+) -> dict:
     """One distribution to every node (the cluster's and one extra); kill the extra one when
     the nodes hold ``kill_at`` of all their copies (None: never)."""
     extra = add_node(address, work)
+    url = origin.url + "big.bin"
+    origin.reset()
     everywhere = size * len(placement.alive_nodes())
     tag = uuid.uuid4().hex
     task_id = rayfly.api.plan(url, {}, tag, None, None, placement.get_scheduler())[0].task.task_id
@@ -92,6 +96,7 @@ def one_run(url: str, size: int, work: Path, address: str, kill_at: float | None
         "killed_at_s": None if t_kill is None else round(t_kill, 2),
         "after_kill_s": None if t_kill is None else round(seconds - t_kill, 2),
         "origin_bytes": report.origin_bytes,
+        "origin_server_bytes": origin.bytes_served,
         "dead_node_error": next((n.error for n in report.nodes if n.node_id == extra.node_id), ""),
     }
 
@@ -117,7 +122,7 @@ def main() -> None:
     runs = []
     for _ in range(args.runs):
         for kill_at in (None, args.kill_at):
-            runs.append(one_run(origin.url + "big.bin", size, work, cluster.address, kill_at))
+            runs.append(one_run(origin, size, work, cluster.address, kill_at))
             print(json.dumps(runs[-1]), flush=True)
     origin.stop()
     base = statistics.median(r["survivors_s"] for r in runs if not r["killed"])
