@@ -11,14 +11,15 @@ from typing import Any
 
 import fsspec
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from rayfly import dest as dest_paths
 from rayfly import source
 from rayfly.actors import placement
 from rayfly.actors.peer import FetchItem, FetchRequest
+from rayfly.actors.retry import backoff, call_sync, first_line
 from rayfly.cluster import connect
-from rayfly.config import PeerConfig, SchedulerConfig, from_env, parse_rate
+from rayfly.config import NAMESPACE, PEER_PREFIX, PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.filters import FileFilter
 from rayfly.report import NodeResult, Report
@@ -31,6 +32,11 @@ ProgressFn = Callable[[int, int, int, int], None]
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 LOCAL_PROTOCOLS = (None, "file", "local")
 ANY_NODE = "any"
+
+UNREACHABLE_WAIT_S = 60.0
+"""How long the client keeps asking a peer that cannot be reached before giving up on its node
+(a SIGKILLed node is declared dead by Ray within its health-check time, ~17 s by default)."""
+NODE_TABLE_LAG_S = 5.0
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -147,7 +153,7 @@ def plan(
     content is pinned by ``sha256`` or ``tag``.
     """
     origin = locate(source_url, source_node, placement.alive_nodes(), this_node())
-    files = _list(origin, options, scheduler)
+    files = call_sync(lambda: _list(origin, options, scheduler), "listing the source")
     if files_filter is not None:
         files = files_filter.apply(files, source.redact_url(source_url))
     single = len(files) == 1 and files[0].url.rstrip("/") == origin.url.rstrip("/")
@@ -156,8 +162,8 @@ def plan(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
     node_id = origin.node.node_id if origin.node else None
-    refs = [
-        scheduler.register.remote(
+    specs = [
+        (
             SourceSpec(
                 f.url,
                 options,
@@ -167,13 +173,16 @@ def plan(
                 version=identity(f.version, tag, sha256),
                 source_node=node_id,
             ),
-            piece_size,
-            "rarest-first",
             f,
         )
         for f in files
     ]
-    tasks: list[TaskInfo] = ray.get(refs)
+    tasks: list[TaskInfo] = call_sync(
+        lambda: ray.get(
+            [scheduler.register.remote(spec, piece_size, "rarest-first", f) for spec, f in specs]
+        ),
+        "registering the tasks",
+    )
     return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
 
 
@@ -241,7 +250,7 @@ def distribute(
     request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
     peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
     refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
-    results = _collect(refs, scheduler, items, progress, timeout)
+    results = _collect(refs, scheduler, request, progress, timeout)
     total = sum(i.task.length for i in items)
     return Report(
         source.redact_url(source_url),
@@ -275,41 +284,111 @@ def _failed(node: placement.NodeInfo, error: str) -> NodeResult:
 def _collect(
     refs: dict[Any, placement.NodeInfo],
     scheduler: Any,
-    items: list[FetchItem],
+    request: FetchRequest,
     progress: ProgressFn | None,
     timeout: float | None,
 ) -> list[NodeResult]:
-    """Wait for every node, reporting progress; a dead peer becomes a failed node."""
+    """Wait for every node, reporting progress; a dead node or peer becomes a failed node.
+
+    A peer that cannot be reached is asked again (its download is single-flight, so a repeated
+    fetch joins the running one) until it answers, its node is declared dead, or
+    :data:`UNREACHABLE_WAIT_S` passes.
+    """
     results: dict[str, NodeResult] = {}
+    nodes = dict(refs)
+    unreachable: dict[str, float] = {}
     pending = list(refs)
     deadline = None if timeout is None else time.monotonic() + timeout
-    task_ids = [i.task.task_id for i in items]
-    total = sum(i.task.length for i in items) * len(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
         for ref in ready:
-            node = refs[ref]
-            try:
-                results[node.node_id] = ray.get(ref)
-            except RayActorError as exc:
-                scheduler.peer_lost.remote(node.node_id)  # checked there: forgotten if gone
-                results[node.node_id] = _failed(node, f"peer failed: {unwrap(exc)}")
-            except RayTaskError as exc:
-                results[node.node_id] = _failed(node, f"peer failed: {unwrap(exc)}")
+            node = nodes.pop(ref)
+            outcome = _outcome(ref, node, scheduler, request, unreachable)
+            if isinstance(outcome, NodeResult):
+                results[node.node_id] = outcome
+            else:
+                nodes[outcome] = node
+                pending.append(outcome)
         if progress is not None:
-            done = ray.get(scheduler.progress.remote(task_ids))
-            progress(
-                min(total, sum(done.get(n.node_id, 0) for n in refs.values())),
-                total,
-                len(results),
-                len(refs),
-            )
+            _progress(progress, scheduler, request, refs, len(results))
         if deadline is not None and time.monotonic() > deadline and pending:
             for ref in pending:
-                node = refs[ref]
+                node = nodes[ref]
                 results[node.node_id] = _failed(node, f"timed out after {timeout}s")
             break
     return [results[n.node_id] for n in refs.values()]
+
+
+def _outcome(
+    ref: Any,
+    node: placement.NodeInfo,
+    scheduler: Any,
+    request: FetchRequest,
+    unreachable: dict[str, float],
+) -> NodeResult | Any:
+    """A node's result, or a new fetch reference when its peer was briefly unreachable.
+
+    A SIGKILLed node's peer is first unreachable (until Ray declares the node dead), then dead;
+    Ray's node table may say so a moment after the actor table, hence the wait for it.
+    """
+    try:
+        result: NodeResult = ray.get(ref)
+        return result
+    except RayTaskError as exc:
+        return _failed(node, f"peer failed: {unwrap(exc)}")
+    except RayActorError as exc:
+        if isinstance(exc, ActorUnavailableError):
+            first = unreachable.setdefault(node.node_id, time.monotonic())
+            if _node_alive(node.node_id) and time.monotonic() - first < UNREACHABLE_WAIT_S:
+                time.sleep(backoff(3))
+                again = _fetch_again(node, request)
+                if again is not None:
+                    return again
+        scheduler.peer_lost.remote(node.node_id)  # checked there: forgotten if gone
+        lag = NODE_TABLE_LAG_S if node.node_id in unreachable else 0.0
+        if _node_dead_within(node.node_id, lag):
+            return _failed(node, f"node {node.node_id} died")
+        return _failed(node, f"peer on node {node.node_id} failed: {first_line(exc)}")
+
+
+def _fetch_again(node: placement.NodeInfo, request: FetchRequest) -> Any:
+    """Ask the node's peer again (it joins its running download); None if it is gone."""
+    try:
+        return ray.get_actor(PEER_PREFIX + node.node_id, namespace=NAMESPACE).fetch.remote(request)
+    except ValueError:
+        return None
+
+
+def _node_alive(node_id: str) -> bool:
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
+
+
+def _node_dead_within(node_id: str, seconds: float) -> bool:
+    """True once Ray's node table says ``node_id`` is dead, looking for up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while _node_alive(node_id):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def _progress(
+    progress: ProgressFn,
+    scheduler: Any,
+    request: FetchRequest,
+    refs: dict[Any, placement.NodeInfo],
+    nodes_done: int,
+) -> None:
+    """Report bytes held across the target nodes (skipped while the scheduler restarts)."""
+    task_ids = [i.task.task_id for i in request.items]
+    total = sum(i.task.length for i in request.items) * len(refs)
+    try:
+        done = ray.get(scheduler.progress.remote(task_ids), timeout=5)
+    except (RayActorError, GetTimeoutError):
+        return
+    held = sum(done.get(n.node_id, 0) for n in refs.values())
+    progress(min(total, held), total, nodes_done, len(refs))
 
 
 __all__ = ["RayflyError", "Report", "distribute"]

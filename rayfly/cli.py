@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -51,6 +54,28 @@ def _size(_ctx: Any, _param: Any, value: str | None) -> int | None:
         return None if value is None else parse_size(value)
     except RayflyError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+@contextlib.contextmanager
+def json_stdout() -> Iterator[TextIO]:
+    """For ``--json``: stdout carries exactly one document. For the rest of the process, file
+    descriptor 1 (and so ``print``, Ray's driver logs, any child process) goes to stderr; the
+    stream yielded writes to the original stdout. (A ``sys.stdout`` that is not file descriptor 1,
+    as in click's test runner, is used as it is.)"""
+    try:
+        real = sys.stdout.fileno() == 1
+    except (OSError, ValueError):
+        real = False
+    if not real:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    try:
+        yield out
+    finally:
+        out.close()
 
 
 def _fail(exc: BaseException) -> None:
@@ -202,32 +227,39 @@ def distribute(
         _fail(click.UsageError("give SOURCE and --dest (or --image REF to preheat an image)"))
     if as_job:
         cli_status.submit_distribution(params)
+    with json_stdout() if as_json else contextlib.nullcontext(sys.stdout) as out:
+        _distribute(params, out)
+
+
+def _distribute(params: dict[str, Any], out: TextIO) -> None:
+    """Run ``rayfly distribute`` (not as a job); print the report on ``out`` and exit."""
+    image, as_json = params["image"], params["as_json"]
     progress = Progress() if not as_json and sys.stderr.isatty() else None
     try:
         cli_status.check_pin(params)
-        options = parse_storage_options(storage_options)
+        options = parse_storage_options(params["storage_options"])
         report = (
             _preheat(params)
             if image
             else api.distribute(
-                source,
-                dest,
-                nodes=list(nodes),
-                exclude_head=exclude_head,
-                piece_size=piece_size,
-                concurrency=concurrency,
-                limit_rate=limit_rate,
-                sha256=sha256,
+                params["source"],
+                params["dest"],
+                nodes=list(params["nodes"]),
+                exclude_head=params["exclude_head"],
+                piece_size=params["piece_size"],
+                concurrency=params["concurrency"],
+                limit_rate=params["limit_rate"],
+                sha256=params["sha256"],
                 storage_options=options,
-                tag=tag,
-                address=address,
-                local_nodes=local_nodes,
+                tag=params["tag"],
+                address=params["address"],
+                local_nodes=params["local_nodes"],
                 progress=progress,
-                timeout=timeout,
-                source_node=source_node,
-                include=include,
-                exclude=exclude,
-                max_files=max_files,
+                timeout=params["timeout"],
+                source_node=params["source_node"],
+                include=params["include"],
+                exclude=params["exclude"],
+                max_files=params["max_files"],
             )
         )
     except RayflyError as exc:
@@ -236,10 +268,11 @@ def distribute(
     finally:
         if progress is not None:
             progress.close()
-    click.echo(report.to_json() if as_json else str(report))
+    click.echo(report.to_json() if as_json else str(report), file=out)
+    out.flush()
     for warning in report.warnings:
         click.echo(f"rayfly: warning: {warning}", err=True)
-    if pin:
+    if params["pin"]:
         try:
             cli_status.pin_distribution(params, [n.node_id for n in report.nodes if n.ok])
         except RayflyError as exc:

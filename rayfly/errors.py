@@ -90,3 +90,7 @@ class JobFailed(RayflyError):
 
 class MetricsUnavailable(ClusterError):
     """A node's Prometheus endpoint did not answer, so a metric cannot be summed."""
+
+
+class SchedulerUnavailable(ClusterError):
+    """The scheduler actor did not answer within the retry time (it is gone, not restarting)."""

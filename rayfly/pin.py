@@ -7,8 +7,9 @@ or one that failed before) gets its peer asked to fetch it, from the other peers
 usual. ``rayfly unpin PIN`` stops that; what nodes already hold stays where it is.
 
 A pin's life: *active* (swept) -> removed by ``unpin``. Per node: *missing* -> *fetching* ->
-*done*, or *failed* (tried again after a delay that doubles, up to 5 minutes). Pins live in
-the actor's memory: they end with the cluster (or if the pinner actor is lost).
+*done*, or *failed* (tried again after a delay that doubles, up to 5 minutes). Pins are kept in
+Ray's GCS key-value store (``rayfly/pins/<pin id>``): the pinner lives on the head node and is
+restarted if it dies, reloads them and sweeps again; they end with the cluster or ``unpin``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from rayfly import source
-from rayfly.actors import placement
+from rayfly.actors import durable, placement
 from rayfly.actors.peer import FetchRequest
 from rayfly.config import NAMESPACE, PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput, TaskNotFound
@@ -81,23 +82,37 @@ def pin_id_of(task_ids: list[str], dest: str) -> str:
     return hashlib.sha256(("\n".join(sorted(task_ids)) + "\n" + dest).encode()).hexdigest()[:12]
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class Pinner:
-    """Keeps pinned distributions on every alive node; sweeps in the background."""
+    """Keeps pinned distributions on every alive node; sweeps in the background.
+
+    Pins are kept in Ray's GCS key-value store; a restarted pinner reloads them and sweeps.
+    """
 
     def __init__(self, config: PinConfig) -> None:
         self.config = config
-        self.pins: dict[str, PinState] = {}
+        self.kv: durable.KeyValue = durable.GcsStore()
+        self.pins = {pid: PinState(p) for pid, p in durable.load_all(self.kv, durable.PINS).items()}
         self._loop: asyncio.Task[None] | None = None
         self.sweeps = 0
+        if self.pins:
+            ray.get_runtime_context().current_actor.start.remote()
+
+    async def start(self) -> None:
+        """Start the sweeper if it is not running (pins reloaded after a restart)."""
+        self._ensure_sweeper()
+
+    def _ensure_sweeper(self) -> None:
+        if self.pins and (self._loop is None or self._loop.done()):
+            self._loop = asyncio.ensure_future(self._run())
 
     async def add(self, pin: Pin, nodes_done: list[str]) -> dict[str, Any]:
         """Pin (or re-pin) ``pin``; ``nodes_done`` already hold it. Starts the sweeper."""
         state = self.pins.get(pin.pin_id) or PinState(pin)
         state.done |= set(nodes_done)
         self.pins[pin.pin_id] = state
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.ensure_future(self._run())
+        durable.save(self.kv, durable.PINS, pin.pin_id, pin)
+        self._ensure_sweeper()
         return state.row()
 
     def remove(self, key: str) -> list[str]:
@@ -109,10 +124,12 @@ class Pinner:
         for pid in gone:
             for job in self.pins.pop(pid).fetching.values():
                 job.cancel()
+            durable.drop(self.kv, durable.PINS, pid)
         return gone
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every pin as plain data."""
+    async def list(self) -> list[dict[str, Any]]:
+        """Every pin as plain data (and the sweeper running, should its start have been lost)."""
+        self._ensure_sweeper()
         return [s.row() for s in self.pins.values()]
 
     async def _run(self) -> None:
@@ -173,7 +190,11 @@ def get_pinner(create: bool = True) -> Any:
         except ValueError:
             return None
     return Pinner.options(
-        name=PINNER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=PINNER_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=placement.on_head(),
     ).remote(from_env(PinConfig))
 
 

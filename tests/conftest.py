@@ -79,6 +79,10 @@ def ray_cluster(session_dir: Path) -> Iterator[object]:
     os.environ.setdefault("RAYFLY_LEASE_TIMEOUT_S", "20")
     # ray.util.metrics reach the Prometheus endpoint within ~1 s instead of 10 (test_metrics)
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+    # a SIGKILLed node is declared dead after 5 failed checks a second apart (default: ~17 s);
+    # a node that is alive but loaded answers within the 10 s check timeout (test_node_loss)
+    os.environ.setdefault("RAY_health_check_period_ms", "1000")
+    os.environ.setdefault("RAY_health_check_failure_threshold", "5")
     cluster = start_local_cluster(CLUSTER_NODES, object_store_memory=400 << 20)
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     yield cluster

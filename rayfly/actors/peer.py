@@ -26,12 +26,14 @@ import ray
 from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
+    ObjectLostError,
     RayActorError,
     RayTaskError,
 )
 
 from rayfly import dest as dest_paths
 from rayfly import identity, metrics, source
+from rayfly.actors.retry import call_async, first_line
 from rayfly.actors.scheduler import Batch, Done, Failed
 from rayfly.config import (
     NAMESPACE,
@@ -140,6 +142,7 @@ class Peer:
         self.uploads = 0
         self.pieces_served = 0
         self._incarnation = ray.get_runtime_context().get_actor_id() or ""
+        ray.get_runtime_context().current_actor.announce.remote()
 
     async def _disk_io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking disk and hashing work on the disk pool."""
@@ -183,7 +186,8 @@ class Peer:
         return self._incarnation
 
     async def _join(self, task: TaskInfo, have: dict[int, str]) -> None:
-        await self._sched().join.remote(
+        await self._ask(
+            "join",
             task.task_id,
             self.node_id,
             self.node_ip,
@@ -192,10 +196,41 @@ class Peer:
             self._incarnation,
         )
 
+    async def announce(self, task_ids: list[str] | None = None) -> list[str]:
+        """Tell the scheduler which complete tasks this node holds (those of ``task_ids``, or
+        all): called when the peer starts and by a restarted scheduler. Returns the task ids
+        the scheduler knows."""
+        wanted = None if task_ids is None else set(task_ids)
+        have = {
+            e.task_id: dict(e.digests)
+            for e in self.store.entries()
+            if e.complete and (wanted is None or e.task_id in wanted)
+        }
+        try:
+            self._sched()
+        except ValueError:
+            return []  # no scheduler yet: it learns of this cache when asked for a task
+        if not have:
+            return []
+        args = (self.node_id, self.node_ip, self.config.upload_slots, self._incarnation, have)
+        known: list[str] = await self._ask("announce", *args)
+        return known
+
     def _sched(self) -> Any:
         if self._scheduler is None:
             self._scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
         return self._scheduler
+
+    async def _ask(self, method: str, *args: Any) -> Any:
+        """Call the scheduler; while it restarts, retry with backoff (see :mod:`retry`),
+        looking its handle up again each time."""
+
+        def forget() -> None:
+            self._scheduler = None
+
+        return await call_async(
+            lambda: getattr(self._sched(), method).remote(*args), repr(method), forget
+        )
 
     def _parent(self, peer_id: str) -> Any:
         if peer_id not in self._handles:
@@ -400,11 +435,11 @@ class Peer:
                     f"expected {task.expected_sha256}"
                 )
             await self._disk_io(self.store.complete, tid, out.sha256)
-            await self._sched().finish.remote(tid, self.node_id, None)
+            await self._ask("finish", tid, self.node_id, None)
         except BaseException as exc:
             fatal = isinstance(exc, IntegrityError | SourceError)
             with contextlib.suppress(Exception):
-                await self._sched().finish.remote(tid, self.node_id, str(exc), fatal)
+                await self._ask("finish", tid, self.node_id, str(exc), fatal)
             self.store.discard(tid)
             self._ready.pop(tid, None)
             raise
@@ -458,14 +493,8 @@ class Peer:
             while len(entry.have) < entry.n_pieces:
                 want = await self._take_slots(slots, len(inflight))
                 if want or done or failed:
-                    batch: Batch = await self._sched().exchange.remote(
-                        task.task_id, self.node_id, done, failed, want, not inflight
-                    )
+                    batch = await self._exchange(task, done, failed, want, not inflight)
                     done, failed = [], []
-                    if batch.error:
-                        raise SourceError(batch.error)
-                    if batch.rejoin:
-                        await self._join(task, dict(entry.digests))
                     for _ in range(want - len(batch.assignments)):
                         slots.release()
                     for a in batch.assignments:
@@ -479,15 +508,28 @@ class Peer:
                 finished, _ = await asyncio.wait(inflight)
                 self._settle(finished, inflight, slots, done, failed)
             if done or failed:
-                await self._sched().exchange.remote(
-                    task.task_id, self.node_id, done, failed, 0, False
-                )
+                await self._exchange(task, done, failed, 0, False)
         except _Fatal as exc:
             raise exc.error from None
         finally:
             for fut in inflight:
                 fut.cancel()
                 slots.release()
+
+    async def _exchange(
+        self, task: TaskInfo, done: list[Done], failed: list[Failed], want: int, wait: bool
+    ) -> Batch:
+        """Report pieces and ask for ``want`` more; rejoin (with what the cache holds) when the
+        scheduler no longer knows this peer, e.g. after it restarted."""
+        batch: Batch = await self._ask(
+            "exchange", task.task_id, self.node_id, done, failed, want, wait
+        )
+        if batch.error:
+            raise SourceError(batch.error)
+        if batch.rejoin:
+            entry = self.store.entry(task.task_id)
+            await self._join(task, dict(entry.digests) if entry else {})
+        return batch
 
     def _settle(
         self,
@@ -570,11 +612,12 @@ class Peer:
             return Failed(a.piece, None, str(exc), range_ignored=True)
         except (asyncio.TimeoutError, GetTimeoutError):
             return Failed(a.piece, a.parent, "timed out")
-        except ActorUnavailableError as exc:
-            return Failed(a.piece, a.parent, f"parent unreachable: {exc}")
+        except (ActorUnavailableError, ObjectLostError) as exc:  # its node may have died
+            reason = f"parent unreachable: {first_line(exc)}"
+            return Failed(a.piece, a.parent, reason, parent_unreachable=True)
         except (RayActorError, _ParentGone) as exc:
             self._handles.pop(a.parent or "", None)
-            return Failed(a.piece, a.parent, f"parent died: {exc}", parent_dead=True)
+            return Failed(a.piece, a.parent, f"parent died: {first_line(exc)}", parent_dead=True)
         except (RayTaskError, PieceCorrupt) as exc:
             return Failed(a.piece, a.parent, f"{type(exc).__name__}: {exc}", parent_lacks=True)
         except (SourceError, OSError) as exc:

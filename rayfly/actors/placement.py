@@ -1,4 +1,8 @@
-"""Where actors live: the cluster's scheduler, and one peer per alive node (joining nodes too)."""
+"""Where actors live: the cluster's scheduler, and one peer per alive node (joining nodes too).
+
+Cluster-wide actors (the scheduler, the pinner) live on the head node, whose loss is the
+cluster's loss anyway: a worker node's death never takes them with it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayfly.actors.peer import Peer
 from rayfly.actors.scheduler import Scheduler
 from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME, PeerConfig, SchedulerConfig
-from rayfly.nodes import NodeInfo, match_node, select_nodes
+from rayfly.errors import ClusterError
+from rayfly.nodes import HEAD_RESOURCE, NodeInfo, match_node, select_nodes
 
 
 def alive_nodes() -> list[NodeInfo]:
@@ -29,14 +34,29 @@ def alive_nodes() -> list[NodeInfo]:
     return sorted(nodes, key=lambda n: n.node_id)
 
 
+def head_node_id() -> str:
+    """The Ray node id of the cluster's head node."""
+    for n in ray.nodes():
+        if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {}):
+            return n["NodeID"]
+    raise ClusterError("the Ray cluster has no alive head node; is the cluster up?")
+
+
+def on_head() -> NodeAffinitySchedulingStrategy:
+    """Hard affinity to the head node (a restarted actor comes back there)."""
+    return NodeAffinitySchedulingStrategy(node_id=head_node_id(), soft=False)
+
+
 def get_scheduler(config: SchedulerConfig | None = None) -> Any:
-    """The cluster's scheduler actor, created (detached, in namespace ``rayfly``) if missing."""
+    """The cluster's scheduler actor, created (detached, in namespace ``rayfly``, on the head
+    node) if missing."""
     return Scheduler.options(
         name=SCHEDULER_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         max_concurrency=10_000,
+        scheduling_strategy=on_head(),
     ).remote(config or SchedulerConfig())
 
 

@@ -8,6 +8,12 @@ actor's event loop (they only yield at ``await``), so the state below has a sing
 Per task, a piece goes through: *missing* -> *leased* (a peer fetches it, from the origin or a
 parent, until it reports or its lease expires) -> *held* by that peer. A task is *failed* when the
 origin refuses it (not found, denied) or a piece failed from the origin too often.
+
+A peer is *live* (joined), *suspect* (a child could not reach it: not chosen as a parent for
+:data:`SUSPECT_S`, or until it is heard from again) or *lost* (its node died, its actor was
+replaced: everything it held is forgotten). Registered tasks are kept in a key-value store (Ray's
+GCS on a cluster): a restarted scheduler reloads them and rebuilds who holds what from the peers'
+rejoins and announcements.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +34,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rayfly import source
+from rayfly.actors import durable
 from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import InvalidInput, RayflyError, TaskNotFound
 from rayfly.scheduling import (
@@ -45,6 +53,12 @@ EXPIRY_PERIOD_S = 1.0
 ACTIVE_PERIOD_S = 1.0
 WAITERS_PRUNE_AT = 4096
 PEER_CHECK_TIMEOUT_S = 10.0
+SUSPECT_S = 20.0
+MAX_KEPT_TASKS = 4096
+NODE_WATCH_PERIOD_S = 1.0
+RESTORE_GRACE_S = 3.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +110,26 @@ class PeerState:
     incarnation: str = ""
     uploads: int = 0
     throughput: float = 0.0
+    suspect_until: float = -math.inf
+
+
+class _Reachable(Mapping[str, PeerState]):
+    """The peers that may be chosen as parents now: every known peer but the suspects."""
+
+    def __init__(self, peers: dict[str, PeerState], now: float):
+        self.peers, self.now = peers, now
+
+    def __getitem__(self, peer_id: str) -> PeerState:
+        p = self.peers[peer_id]
+        if p.suspect_until > self.now:
+            raise KeyError(peer_id)
+        return p
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.peers)
+
+    def __len__(self) -> int:
+        return len(self.peers)
 
 
 @dataclass(frozen=True)
@@ -115,9 +149,10 @@ class Failed:
 
     ``parent_dead``: the parent's actor is gone, forget everything it held. ``parent_lacks``: the
     parent answered that it does not hold the piece (or sent corrupt bytes), forget that piece
-    there. Neither (a timeout, a parent briefly unreachable): the parent keeps its pieces.
-    ``range_ignored``: the origin answered a ranged read with the whole object: the task
-    switches to one sequential stream.
+    there. ``parent_unreachable``: the parent could not be reached (its node may have died and
+    not been declared dead yet): it is not chosen as a parent for a while. None (a timeout): the
+    parent keeps its pieces. ``range_ignored``: the origin answered a ranged read with the whole
+    object: the task switches to one sequential stream.
     """
 
     piece: int
@@ -126,6 +161,7 @@ class Failed:
     parent_dead: bool = False
     parent_lacks: bool = False
     range_ignored: bool = False
+    parent_unreachable: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +180,12 @@ class Batch:
 class SchedulerCore:
     """The scheduler's state machine, usable without Ray (the actor wraps it)."""
 
-    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        kv: durable.KeyValue | None = None,
+    ):
         self.config = config
         self.clock = clock
         self.tasks: dict[str, TaskState] = {}
@@ -152,6 +193,20 @@ class SchedulerCore:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._rng = random.Random()
         self._expired_at = -math.inf
+        self.kv: durable.KeyValue = kv if kv is not None else durable.MemoryStore()
+        self._quiet_until = -math.inf
+        self._restore()
+
+    def _restore(self) -> None:
+        """Reload the tasks registered before a restart. Who holds what comes from the peers'
+        rejoins and announcements: for :data:`RESTORE_GRACE_S` no origin read is handed out,
+        so that a piece some peer holds but has not declared yet is not read again."""
+        for task_id, (info, order, created) in durable.load_all(self.kv, durable.TASKS).items():
+            self.tasks[task_id] = TaskState(
+                info, order=order, created=created, stream=not info.ranges
+            )
+        if self.tasks:
+            self._quiet_until = self.clock() + RESTORE_GRACE_S
 
     def _notify(self, wake: int | None = None) -> None:
         """Wake ``wake`` long-polling peers, the longest waiting first (None: all of them)."""
@@ -178,10 +233,40 @@ class SchedulerCore:
             raise TaskNotFound(f"unknown task {task_id}") from None
 
     def add_task(self, info: TaskInfo, order: str) -> TaskState:
-        """Record a new task (replacing a failed one of the same id)."""
+        """Record a new task (replacing a failed one of the same id) and keep it in the store,
+        so that a restarted scheduler knows it; the oldest idle tasks beyond
+        :data:`MAX_KEPT_TASKS` are dropped."""
         state = TaskState(info, order=order, created=time.time(), stream=not info.ranges)
         self.tasks[info.task_id] = state
+        durable.save(self.kv, durable.TASKS, info.task_id, (info, order, state.created))
+        self._prune()
         return state
+
+    def _prune(self) -> None:
+        excess = len(self.tasks) - MAX_KEPT_TASKS
+        if excess <= 0:
+            return
+        idle = [tid for tid, t in self.tasks.items() if not any(t.leases.values())]
+        for tid in sorted(idle, key=lambda tid: self.tasks[tid].created)[:excess]:
+            del self.tasks[tid]
+            durable.drop(self.kv, durable.TASKS, tid)
+
+    def announce(
+        self, peer_id: str, host: str, slots: int, incarnation: str, have: dict[str, dict[int, str]]
+    ) -> list[str]:
+        """A peer tells what complete tasks it holds (after a restart of either side); returns
+        the task ids this scheduler knows, now recorded as held there."""
+        known = [tid for tid in have if tid in self.tasks and not self.tasks[tid].error]
+        for tid in known:
+            self.join(tid, peer_id, host, slots, have[tid], incarnation)
+            if len(self.tasks[tid].have[peer_id]) == self.tasks[tid].info.n_pieces:
+                self.tasks[tid].finished[peer_id] = None
+        return known
+
+    def suspect(self, peer_id: str) -> None:
+        """A child could not reach ``peer_id``: choose other parents (or the origin) for a while."""
+        if peer_id in self.peers:
+            self.peers[peer_id].suspect_until = self.clock() + SUSPECT_S
 
     def join(
         self,
@@ -253,6 +338,8 @@ class SchedulerCore:
             elif f.parent_lacks:
                 t.holders.get(f.piece, set()).discard(f.parent)
                 t.have.get(f.parent, set()).discard(f.piece)
+            elif f.parent_unreachable:
+                self.suspect(f.parent)
         if done or failed:
             self._notify(wake_count(len(done), len(failed), self.config.wake_per_piece))
 
@@ -287,6 +374,7 @@ class SchedulerCore:
         if t.stream and (streamed := self._plan_stream(t, peer_id)) is not None:
             return streamed
         me = self.peers[peer_id]
+        me.suspect_until = -math.inf  # it is asking, so it is reachable
         view = TaskView(
             t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
         )
@@ -296,13 +384,15 @@ class SchedulerCore:
         quota = origin_quota(parallelism, self._active(t), t.info.source_node, peer_id) - mine
         if t.stream:
             quota = 0  # the origin is read by the streamer only
+        if self.clock() < self._quiet_until:
+            quota = 0
         batch = plan_batch(
             view,
             peer_id,
             me.host,
             t.have.get(peer_id, set()),
             set(leases),
-            self.peers,
+            _Reachable(self.peers, self.clock()),
             want,
             t.order,
             self._rng,
@@ -431,10 +521,58 @@ class SchedulerCore:
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class Scheduler:
-    """Ray actor wrapping :class:`SchedulerCore`; single-flight task registration."""
+    """Ray actor wrapping :class:`SchedulerCore`; single-flight task registration.
+
+    Restarted (``max_restarts=-1``), it reloads the registered tasks from Ray's GCS key-value
+    store and asks the peers that exist to announce what they hold; peers in the middle of a
+    task are told to rejoin by their next exchange. It watches the node table and forgets the
+    peers of dead nodes.
+    """
 
     def __init__(self, config: SchedulerConfig):
-        self.core = SchedulerCore(config)
+        self.core = SchedulerCore(config, kv=durable.GcsStore())
+        self._watch: asyncio.Task[None] | None = None
+        self._asked: asyncio.Task[None] | None = None
+        ray.get_runtime_context().current_actor.start.remote()
+
+    async def start(self) -> None:
+        """Start watching nodes; after a restart, ask the existing peers what they hold.
+
+        Called by the actor on itself when it starts, and by the first calls after (a call an
+        actor makes on itself while Ray still marks it restarting may be lost)."""
+        if self._watch is not None:
+            return
+        self._watch = asyncio.ensure_future(self._watch_nodes())
+        if self.core.tasks:
+            self._asked = asyncio.ensure_future(self._ask_announcements())
+
+    async def _ask_announcements(self) -> None:
+        """Ask every existing peer to announce its complete entries of the known tasks."""
+        peers = await asyncio.to_thread(_existing_peers)
+        for peer in peers:
+            peer.announce.remote(list(self.core.tasks))
+
+    async def _watch_nodes(self) -> None:
+        """Forget the peers of nodes the cluster declared dead (the peer id is the node id)."""
+        while True:
+            await asyncio.sleep(NODE_WATCH_PERIOD_S)
+            if not self.core.peers:
+                continue
+            try:
+                nodes = await asyncio.to_thread(ray.nodes)
+            except Exception as exc:  # the GCS briefly unreachable: look again later
+                log.warning("cannot read the node table: %s", exc)
+                continue
+            for n in nodes:
+                if not n.get("Alive") and n.get("NodeID") in self.core.peers:
+                    log.warning("node %s died: forgetting its peer", n["NodeID"])
+                    self.core.peer_lost(n["NodeID"])
+
+    def announce(
+        self, peer_id: str, host: str, slots: int, incarnation: str, have: dict[str, dict[int, str]]
+    ) -> list[str]:
+        """See :meth:`SchedulerCore.announce`."""
+        return self.core.announce(peer_id, host, slots, incarnation, have)
 
     async def register(
         self,
@@ -510,9 +648,14 @@ class Scheduler:
 
         With ``wait`` and nothing to hand out, wait (up to the long-poll time) for a change.
         """
+        await self.start()
         self.core.report(task_id, peer_id, done, failed)
         self.core.expire_leases()
-        batch = self.core.plan(task_id, peer_id, want) if want > 0 else Batch([])
+        batch = (
+            self.core.plan(task_id, peer_id, want)
+            if want > 0
+            else Batch([], rejoin=not self.core.knows(task_id, peer_id))
+        )
         if wait and not batch.assignments and not batch.error and not batch.rejoin:
             await self.core.wait_change(self.core.config.long_poll_s)
             batch = self.core.plan(task_id, peer_id, want)
@@ -554,17 +697,26 @@ class Scheduler:
         except RayActorError:
             return None
 
-    def progress(self, task_ids: list[str]) -> dict[str, int]:
+    async def progress(self, task_ids: list[str]) -> dict[str, int]:
         """See :meth:`SchedulerCore.progress`."""
+        await self.start()
         return self.core.progress(task_ids)
 
-    def status(self) -> list[dict[str, Any]]:
+    async def status(self) -> list[dict[str, Any]]:
         """See :meth:`SchedulerCore.status`."""
+        await self.start()
         return self.core.status()
 
     def ping(self) -> bool:
         """Liveness check."""
         return True
+
+
+def _existing_peers() -> list[Any]:
+    """Handles of the peer actors of alive nodes (none is created)."""
+    from rayfly.actors.placement import existing_peers
+
+    return list(existing_peers().values())
 
 
 __all__ = ["Batch", "Done", "Failed", "RayflyError", "Scheduler", "SchedulerCore"]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayfly.actors import placement
 from rayfly.config import NAMESPACE, from_env
@@ -166,12 +165,11 @@ def keep_mirrors(spec: MirrorSpec) -> list[dict[str, Any]]:
     """Start (or replace) the keeper for ``spec``, run its first sweep and wait for the mirrors
     it starts; returns a row per chosen node (``url``, or ``keeper_error`` when it failed)."""
     stop_keeper()
-    head = next((n for n in placement.alive_nodes() if n.is_head), None)
-    options: dict[str, Any] = {}
-    if head is not None:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head.node_id, soft=False)
     keeper = MirrorKeeper.options(
-        name=KEEPER_NAME, namespace=NAMESPACE, lifetime="detached", **options
+        name=KEEPER_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        scheduling_strategy=placement.on_head(),
     ).remote(spec, from_env(KeeperConfig))
     ray.get(keeper.sweep.remote(), timeout=120)
     return ray.get(keeper.wait_started.remote(120), timeout=150)

@@ -161,4 +161,4 @@ def _fetch_everywhere(
     request = FetchRequest(items, None, peer_config.concurrency)
     peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
     refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
-    return tasks, api._collect(refs, scheduler, items, None, timeout)
+    return tasks, api._collect(refs, scheduler, request, None, timeout)

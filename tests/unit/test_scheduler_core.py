@@ -146,3 +146,73 @@ def test_a_verified_piece_wakes_a_bounded_number_of_long_pollers():
         return woken, sum(w.done() for w in waits)
 
     assert asyncio.run(run()) == (3, 10)
+
+
+def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
+    from rayfly.actors.durable import TASKS, MemoryStore
+
+    kv = MemoryStore()
+    first = SchedulerCore(SchedulerConfig(), kv=kv)
+    info = TaskInfo("t", "http://o/x", 8 * MiB, MiB)
+    first.add_task(info, "sequential")
+    first.join("t", "a", "ha", 4, have={i: f"d{i}" for i in range(8)}, incarnation="a1")
+    now = [0.0]
+    restarted = SchedulerCore(SchedulerConfig(), kv=kv, clock=lambda: now[0])
+    assert restarted.tasks["t"].info == info and restarted.tasks["t"].order == "sequential"
+    assert restarted.peers == {} and restarted.tasks["t"].holders == {}
+    have = {"t": {i: f"d{i}" for i in range(8)}, "never-registered": {0: "x"}}
+    assert restarted.announce("a", "ha", 4, "a1", have) == ["t"]
+    assert "never-registered" not in restarted.tasks
+    assert restarted.status()[0]["nodes_done"] == 1
+    restarted.join("t", "b", "hb", 4)
+    batch = restarted.plan("t", "b", 4).assignments
+    assert [(x.parent, x.digest) for x in batch] == [("a", f"d{x.piece}") for x in batch]
+    assert len(batch) == 4 and list(kv.keys(TASKS)) == [TASKS + "t"]
+
+
+def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():
+    from rayfly.actors.durable import MemoryStore
+    from rayfly.actors.scheduler import RESTORE_GRACE_S
+
+    kv = MemoryStore()
+    SchedulerCore(SchedulerConfig(), kv=kv).add_task(TaskInfo("t", "u", 8 * MiB, MiB), "sequential")
+    now = [0.0]
+    restarted = SchedulerCore(SchedulerConfig(), kv=kv, clock=lambda: now[0])
+    restarted.join("t", "b", "hb", 4)
+    assert restarted.plan("t", "b", 4).assignments == []  # a peer may hold them, undeclared
+    restarted.join("t", "a", "ha", 4, have={0: "d0"})
+    assert [(x.piece, x.parent) for x in restarted.plan("t", "b", 4).assignments] == [(0, "a")]
+    now[0] += RESTORE_GRACE_S
+    assert {x.parent for x in restarted.plan("t", "b", 4).assignments} == {None}
+
+
+def test_kept_tasks_are_bounded(monkeypatch):
+    from rayfly.actors import scheduler
+    from rayfly.actors.durable import TASKS, MemoryStore
+
+    monkeypatch.setattr(scheduler, "MAX_KEPT_TASKS", 3)
+    kv = MemoryStore()
+    c = SchedulerCore(SchedulerConfig(), kv=kv)
+    for i in range(5):
+        c.add_task(TaskInfo(f"t{i}", "http://o/x", MiB, MiB), "rarest-first")
+    assert len(c.tasks) == 3 and len(kv.keys(TASKS)) == 3
+    assert set(SchedulerCore(SchedulerConfig(), kv=kv).tasks) == set(c.tasks)
+
+
+def test_an_unreachable_parent_is_passed_over_until_heard_from_or_the_time_is_up():
+    from rayfly.actors.scheduler import SUSPECT_S
+
+    c, now = core()
+    c.join("t", "a", "ha", 4, have={i: "d" for i in range(8)})
+    c.join("t", "b", "hb", 4)
+    (lease,) = c.plan("t", "b", 1).assignments
+    assert lease.parent == "a"
+    c.report("t", "b", [], [Failed(lease.piece, "a", "unreachable", parent_unreachable=True)])
+    assert "a" in c.peers and c.tasks["t"].holders[lease.piece] == {"a"}
+    assert {x.parent for x in c.plan("t", "b", 4).assignments} == {None}  # the origin
+    now[0] += SUSPECT_S + 1
+    assert [x.parent for x in c.plan("t", "b", 1).assignments] == ["a"]
+    c.suspect("a")
+    assert [x.parent for x in c.plan("t", "b", 1).assignments] == [None]
+    c.plan("t", "a", 1)  # a asks the scheduler itself: it is reachable
+    assert [x.parent for x in c.plan("t", "b", 1).assignments] == ["a"]

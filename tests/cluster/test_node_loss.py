@@ -1,0 +1,233 @@
+"""Nodes die, the scheduler restarts: the survivors finish with the right bytes.
+
+A node is killed the way a host fails: SIGKILL of its raylet's process group, which takes its
+peer actor, its object store and everything on it (``tests/support/raynode.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+import rayfly
+from rayfly.actors import placement
+from rayfly.config import NAMESPACE, PEER_PREFIX
+from rayfly.origin import make_file
+from tests.conftest import CLUSTER_NODES, sha256_file
+from tests.support.raynode import RayNode, start_node
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def extra_node(ray_cluster: Any, session_dir: Path) -> Iterator[RayNode]:
+    """A worker node joined for this test; killed and seen dead afterwards, so later tests on
+    the session cluster (``--nodes all``) do not see it."""
+    node = start_node(ray_cluster.address, session_dir / "extra-nodes")
+    yield node
+    node.kill()
+    node.wait_dead()
+
+
+def held_by(node_id: str, name: str) -> int:
+    """Bytes of the task whose URL ends in ``name`` that the scheduler knows ``node_id`` holds."""
+    scheduler = placement.get_scheduler()
+    rows = ray.get(scheduler.status.remote())
+    tids = [r["task_id"] for r in rows if r["url"].endswith(name)]
+    return ray.get(scheduler.progress.remote(tids)).get(node_id, 0) if tids else 0
+
+
+def wait_held(node_id: str, name: str, nbytes: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while held_by(node_id, name) < nbytes:
+        assert time.monotonic() < deadline, f"{node_id} did not hold {nbytes} bytes of {name}"
+        time.sleep(0.05)
+
+
+def in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+@pytest.mark.parametrize("kill_at", [0.1, 0.6])
+def test_killed_worker_raylet_fails_only_its_node_and_json_stays_one_document(
+    ray_cluster, origin, origin_root, tmp_path, extra_node, kill_at
+):
+    size = 64 * MiB
+    src = make_file(origin_root / f"nodeloss-{kill_at}.bin", size, seed=80)
+    origin.rate = 1.5 * MiB  # per response (2.7 s a piece): the kill lands mid-transfer
+    cmd = [
+        sys.executable, "-m", "rayfly.cli", "distribute", origin.url + src.name,
+        "--dest", str(tmp_path / "{node_id}.bin"), "--address", ray_cluster.address,
+        "--piece-size", "4MiB", "--concurrency", "4", "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        wait_held(extra_node.node_id, src.name, int(kill_at * size))
+        extra_node.kill()
+        t_kill = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert time.monotonic() - t_kill < 60, "the survivors took too long after the node died"
+    report = json.loads(out)  # the whole of stdout is one JSON document
+    assert proc.returncode == 1, err[-2000:]
+    rows = {n["node_id"]: n for n in report["nodes"]}
+    assert len(rows) == CLUSTER_NODES + 1
+    dead = rows.pop(extra_node.node_id)
+    assert dead["ok"] is False and dead["error"] == f"node {extra_node.node_id} died", dead
+    assert all(n["ok"] for n in rows.values()), rows
+    assert {sha256_file(n["path"]) for n in rows.values()} == {sha256_file(src)}
+
+
+def test_killed_scheduler_restarts_and_the_distribution_completes(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    size, piece = 64 * MiB, 4 * MiB
+    src = make_file(origin_root / "sched-kill.bin", size, seed=81)
+    origin.rate = 12 * MiB
+    scheduler = placement.get_scheduler()
+    assert actor_node(scheduler) == placement.head_node_id()
+    t, out = in_thread(
+        lambda: rayfly.distribute(
+            origin.url + src.name, str(tmp_path / "{node_id}.bin"), piece_size=piece, concurrency=4
+        )
+    )
+    deadline = time.monotonic() + 60
+    while max(ray.get(scheduler.progress.remote(_tids(src.name))).values(), default=0) < 3 * piece:
+        assert time.monotonic() < deadline, "no peer held pieces in time"
+        time.sleep(0.05)
+    ray.kill(scheduler, no_restart=False)
+    t.join(180)
+    report = out["r"]
+    assert report.ok, str(report)
+    assert {sha256_file(n.path) for n in report.nodes} == {sha256_file(src)}
+    # at most the origin reads in flight when it died are repeated (8 by default)
+    assert size <= origin.bytes_served <= size + 8 * piece, origin.log
+    assert src.name in {r["url"].rsplit("/", 1)[-1] for r in ray.get(scheduler.status.remote())}
+
+
+def actor_node(handle: Any) -> str:
+    """The node an actor runs on, from the GCS actor table."""
+    ray.get(handle.__ray_ready__.remote(), timeout=60)
+    return ray._private.state.actors(handle._actor_id.hex())["Address"]["NodeID"]
+
+
+def restart(handle: Any, timeout: float = 60) -> None:
+    """Kill an actor the way a crash does (Ray restarts it) and wait until it is back."""
+    before = ray._private.state.actors(handle._actor_id.hex())["NumRestarts"]
+    ray.kill(handle, no_restart=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        row = ray._private.state.actors(handle._actor_id.hex())
+        if row["NumRestarts"] > before and row["State"] == "ALIVE":
+            return
+        assert time.monotonic() < deadline, f"actor not restarted: {row['State']}"
+        time.sleep(0.2)
+
+
+def wait_restarted(call: Any, timeout: float = 60) -> Any:
+    """``call()``, retried while the actor it calls restarts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline, "the actor did not come back"
+            time.sleep(0.5)
+
+
+def _tids(name: str) -> list[str]:
+    rows = ray.get(placement.get_scheduler().status.remote())
+    return [r["task_id"] for r in rows if r["url"].endswith(name)]
+
+
+def test_pieces_only_the_dead_node_held_come_from_the_origin_once_more(
+    ray_cluster, origin, origin_root, tmp_path, extra_node, monkeypatch
+):
+    size, piece = 96 * MiB, 1 * MiB
+    src = make_file(origin_root / "only-copy.bin", size, seed=82)
+    monkeypatch.setenv("RAYFLY_UPLOAD_SLOTS", "1")  # the extra node's peer serves one at a time
+    first = rayfly.distribute(
+        origin.url + src.name, str(tmp_path / "x"), nodes=[extra_node.node_id], piece_size=piece
+    )
+    assert first.ok and origin.bytes_served == size, str(first)
+    survivors = [n.node_id for n in placement.alive_nodes() if n.node_id != extra_node.node_id]
+    t, out = in_thread(
+        lambda: rayfly.distribute(
+            origin.url + src.name,
+            str(tmp_path / "{node_id}.bin"),
+            nodes=survivors,
+            piece_size=piece,
+            concurrency=1,
+        )
+    )
+    wait_held(survivors[0], src.name, piece)
+    extra_node.kill()
+    t.join(180)
+    report = out["r"]
+    assert report.ok, str(report)
+    assert {sha256_file(n.path) for n in report.nodes} == {sha256_file(src)}
+    reads = Counter(start for path, start, _, _ in origin.log if path == "/" + src.name)
+    assert max(reads.values()) <= 2, reads  # each piece at most once more
+    assert max(reads.values()) == 2, "the node died after the survivors had everything"
+    assert origin.bytes_served <= 2 * size
+
+
+def test_a_restarted_scheduler_learns_what_the_nodes_hold(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    src = make_file(origin_root / "announced.bin", 8 * MiB, seed=83)
+    url = origin.url + src.name
+    a, b = (n.node_id for n in placement.alive_nodes()[1:3])
+    assert rayfly.distribute(url, str(tmp_path / "a.bin"), nodes=[a]).ok
+    scheduler = placement.get_scheduler()
+    restart(scheduler)
+    assert actor_node(scheduler) == placement.head_node_id()
+    deadline = time.monotonic() + 30
+    while wait_restarted(lambda: held_by(a, src.name)) < 8 * MiB:  # a's peer was asked
+        if time.monotonic() > deadline:
+            peer = ray.get_actor(PEER_PREFIX + a, namespace=NAMESPACE)
+            by_hand = ray.get(peer.announce.remote())
+            pytest.fail(f"not announced; by hand: {by_hand}, now {held_by(a, src.name)}")
+        time.sleep(0.2)
+    report = rayfly.distribute(url, str(tmp_path / "b.bin"), nodes=[b])
+    assert report.ok and report.nodes[0].bytes_from_peers == 8 * MiB, str(report)
+    assert origin.served("/" + src.name) == 8 * MiB, origin.log
+    assert sha256_file(tmp_path / "b.bin") == sha256_file(src)
+
+
+def test_pins_survive_a_restart_of_the_pinner(ray_cluster, origin, origin_root, tmp_path):
+    from rayfly import pin
+
+    src = make_file(origin_root / "pinned-restart.bin", 2 * MiB, seed=84)
+    url = origin.url + src.name
+    report = rayfly.distribute(url, str(tmp_path / "{node_id}.bin"))
+    assert report.ok
+    row = pin.pin(url, str(tmp_path / "{node_id}.bin"), [n.node_id for n in report.nodes])
+    try:
+        pinner = pin.get_pinner(create=False)
+        assert actor_node(pinner) == placement.head_node_id()
+        restart(pinner)
+        pins = wait_restarted(pin.list_pins)
+        assert [p["pin_id"] for p in pins if p["pin_id"] == row["pin_id"]] == [row["pin_id"]]
+    finally:
+        pin.unpin(row["pin_id"])
+    restart(pin.get_pinner(create=False))
+    assert row["pin_id"] not in {p["pin_id"] for p in wait_restarted(pin.list_pins)}
