@@ -155,3 +155,29 @@ def test_eviction_while_serving(slow_uploader, origin, origin_root, tmp_path):
     assert origin.served("/evicted.bin") <= 16 * MiB  # what the seed did not serve, once
     seed_peer = placement.existing_peers()[seed]
     assert ray.get(seed_peer.info.remote())["pieces_served"] > 0  # it did serve, limited
+
+
+@pytest.fixture
+def h100_node(ray_cluster, tmp_path):
+    env = {"RAYFLY_ORIGIN_RATE": "1MiB"}
+    node = start_node(
+        ray_cluster.address, tmp_path / "logs", env=env, labels={"accelerator-type": "H100"}
+    )
+    yield node
+    node.kill()
+    node.wait_dead()
+
+
+def test_label_selector_and_origin_rate(h100_node, origin, origin_root, tmp_path):
+    """`--nodes label:accelerator-type=H100` picks the labelled node only, and that node's own
+    RAYFLY_ORIGIN_RATE caps what it reads from the origin (here: every byte)."""
+    src = make_file(origin_root / "h100.bin", 4 * MiB, seed=45)
+    args = ["distribute", origin.url + "h100.bin", "--dest", str(tmp_path / "{node_id}.bin")]
+    t0 = time.monotonic()
+    out = CliRunner().invoke(main, [*args, "--nodes", "label:accelerator-type=H100", "--json"])
+    seconds = time.monotonic() - t0
+    assert out.exit_code == 0, out.output
+    assert sorted(p.stem for p in tmp_path.glob("*.bin")) == [h100_node.node_id]
+    assert sha256_file(tmp_path / f"{h100_node.node_id}.bin") == sha256_file(src)
+    assert origin.served("/h100.bin") == 4 * MiB
+    assert seconds >= 0.8 * 4 / 1  # 4 MiB from the origin at 1 MiB/s

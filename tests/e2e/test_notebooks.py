@@ -122,3 +122,14 @@ def test_mirror(kernel_env, registry, tmp_path):
     assert f"PULLED {blobs}/{blobs} blobs with the right digest" in text
     assert f"FROM_REGISTRY_TOTAL {image.total_blob_bytes}" in text
     assert f"STOPPED {CLUSTER_NODES}" in text
+
+
+def test_mirror_without_a_registry_says_what_it_needs(kernel_env, tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    kernel_env.setenv("RAYFLY_NB_REGISTRY", f"127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(CellExecutionError) as info:
+        execute("mirror.ipynb", tmp_path)
+    message = str(info.value)
+    assert "no registry answers at 127.0.0.1:" in message
+    assert "apt-get install docker-registry" in message and "skopeo copy" in message

@@ -37,6 +37,7 @@ class RayNode:
         private_mounts: bool = False,
         object_store_memory: int = 100 * MiB,
         num_cpus: int = 1,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.address = address
         self.tag = f"rayfly-test-node-{uuid.uuid4().hex[:8]}"
@@ -53,6 +54,8 @@ class RayNode:
             f'--resources={{"{self.tag}": 1}}',
             "--disable-usage-stats",
         ]
+        if labels:
+            cmd.append("--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()))
         if private_mounts:
             cmd = ["unshare", "-m", "--propagation", "private", *cmd]
         full_env = {
