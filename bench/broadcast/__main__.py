@@ -192,11 +192,13 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     for extra in args.rayfly_arg:
         argv += ["--rayfly-arg", extra]
     wire0 = tb.iface_bytes(cfg.origin_ns)
+    hosts0 = [tb.iface_bytes(cfg.host_ns(i)) for i in range(cfg.hosts)]
     mine = {os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
     quiet = wait_for_quiet(mine, args)
     with CpuSampler(mine) as cpu:
         proc = tb.run_in(cfg.host_ns(0), argv, timeout=args.run_timeout, check=False)
     wire1 = tb.iface_bytes(cfg.origin_ns)
+    hosts1 = [tb.iface_bytes(cfg.host_ns(i)) for i in range(cfg.hosts)]
     if proc.returncode != 0:
         return {"method": method, "error": (proc.stderr or proc.stdout)[-4000:], "hosts": []}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -206,6 +208,7 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     top = sorted(cpu.by_process.items(), key=lambda kv: -sum(kv[1]))[:12]
     out["cpu_seconds_by_process"] = {k: {"user": u, "system": sy} for k, (u, sy) in top}
     out["origin_wire_tx_bytes"] = wire1["tx"] - wire0["tx"]
+    out["host_wire_tx_bytes"] = [b["tx"] - a["tx"] for a, b in zip(hosts0, hosts1, strict=True)]
     return out
 
 
@@ -237,6 +240,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def limited_hosts(n: int, rate: str | None) -> dict[int, dict[str, str]]:
+    """``RAYFLY_UPLOAD_RATE`` for the second half of the hosts (host 0 runs the driver and
+    stays unlimited), so the others have to take over their uploads."""
+    if not rate:
+        return {}
+    return {i: {"RAYFLY_UPLOAD_RATE": rate} for i in range(n - n // 2, n)}
+
+
 def bench_hosts(
     n: int, runs: int, args: argparse.Namespace, doc: dict[str, Any], out: Path
 ) -> None:
@@ -256,6 +267,7 @@ def bench_hosts(
             "RAYFLY_CACHE_DIR": f"/tmp/{args.prefix}-tb/cache",
             "RAYFLY_CACHE_QUOTA": str(2 * size + (64 << 20)),
         },
+        host_env=limited_hosts(n, args.upload_limit),
     )
     with Testbed(cfg) as tb:
         sha = make_payload(cfg.root / "origin" / "payload.bin", size)
@@ -281,6 +293,7 @@ def bench_hosts(
                     size=size,
                     rate_mbit=args.rate_mbit,
                     origin_rate_mbit=args.origin_rate_mbit or args.rate_mbit,
+                    upload_limit=args.upload_limit,
                     started=t,
                     driver_wall_s=time.time() - t,
                 )
@@ -318,6 +331,12 @@ def main() -> None:
         action="append",
         default=[],
         help="extra argument for rayfly distribute, repeatable",
+    )
+    parser.add_argument(
+        "--upload-limit",
+        default=None,
+        metavar="RATE",
+        help="RAYFLY_UPLOAD_RATE (e.g. 2MiB) on the second half of the hosts",
     )
     parser.add_argument("--prefix", default="rfy")
     parser.add_argument("--subnet", default="10.213.0")

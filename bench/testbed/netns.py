@@ -56,6 +56,7 @@ class TestbedConfig:
     s3: bool = False
     s3_port: int = 5000
     extra_env: dict[str, str] = field(default_factory=dict)
+    host_env: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Reject shapes that would not fit the /24 or the 15-character interface names."""
@@ -426,6 +427,7 @@ class Testbed:
             env = self.env()
             if env.get("RAYFLY_CACHE_DIR"):  # hosts share the filesystem: a cache each
                 env["RAYFLY_CACHE_DIR"] = str(Path(env["RAYFLY_CACHE_DIR"]) / f"h{i}")
+            env.update(cfg.host_env.get(i, {}))  # this host's own settings (its raylet's)
             procs[i] = subprocess.Popen(
                 self.argv_in(cfg.host_ns(i), self.ray_start_argv(i)),
                 stdout=log,
