@@ -6,10 +6,10 @@ A selector is one of:
 - ``N``: the first N nodes (in a stable order), ``P%``: that share of them, rounded up, at least 1;
 - ``label:KEY=VALUE``: nodes whose Ray label KEY is VALUE (``ray start --labels``);
 - ``resource:NAME``: nodes that have the custom or built-in resource NAME (``GPU``, ...);
-- ``ID[,ID...]``: nodes by id (a unique prefix is enough).
+- ``ID[,ID...]``: nodes by id (a unique prefix is enough); ids given separately add up.
 
-Several selectors intersect: the filters (labels, resources, ids, ``exclude_head``) first, then a
-count or share of what they left.
+Several selectors of different kinds intersect: the filters (labels, resources, ids,
+``exclude_head``) first, then a count or share of what they left.
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ def select_nodes(spec: Spec, nodes: list[NodeInfo], exclude_head: bool = False) 
     if len(counts) > 1:
         raise InvalidInput(f"--nodes: give one count or share, not {', '.join(counts)}")
     chosen = [n for n in nodes if not (exclude_head and n.is_head)]
+    ids = [s for s in selectors if s != "all" and not _is_count(s) and ":" not in s]
+    if ids:  # node ids, repeated or comma-separated, are one selector: any of them
+        chosen = _filter(",".join(ids), chosen, nodes)
     for sel in selectors:
-        if sel != "all" and not _is_count(sel):
+        if ":" in sel:
             chosen = _filter(sel, chosen, nodes)
     if not chosen:
         what = " and ".join(selectors) + (" without the head" if exclude_head else "")

@@ -43,6 +43,8 @@ def ids(chosen: list[NodeInfo]) -> list[str]:
         ("label:accelerator-type=H100", ["bb2", "cc3"]),
         ("resource:GPU", ["bb2", "cc3"]),
         ("cc,dd", ["cc3", "dd4"]),
+        (["aa1", "cc3"], ["aa1", "cc3"]),  # ids given separately: any of them
+        (["label:zone=b", "cc", "aa"], ["cc3"]),
         (["label:zone=b", "resource:GPU"], ["cc3"]),
         (["label:zone=a", "50%"], ["aa1"]),
         (["50%", "label:zone=b"], ["cc3"]),  # filters first, then the share of what is left
