@@ -16,13 +16,13 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from rayfly import dest as dest_paths
 from rayfly import source
 from rayfly.actors import placement
-from rayfly.actors.peer import FetchItem, FetchRequest
 from rayfly.actors.retry import backoff, call_sync, first_line
 from rayfly.cluster import connect
 from rayfly.config import NAMESPACE, PEER_PREFIX, PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.filters import FileFilter
-from rayfly.report import NodeResult, Report
+from rayfly.protocol import FetchItem, FetchRequest, NodeResult
+from rayfly.report import Report
 from rayfly.task import SourceSpec, TaskInfo
 from rayfly.version import identity
 

@@ -23,12 +23,13 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from rayfly import source
-from rayfly.actors import durable, placement
-from rayfly.actors.peer import FetchRequest
+from rayfly import durable, source
+from rayfly.actors import placement
+from rayfly.actors.gcs_store import GcsStore
 from rayfly.config import NAMESPACE, PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput, TaskNotFound
 from rayfly.filters import FileFilter
+from rayfly.protocol import FetchRequest
 
 PINNER_NAME = "rayfly-pins"
 
@@ -91,7 +92,7 @@ class Pinner:
 
     def __init__(self, config: PinConfig) -> None:
         self.config = config
-        self.kv: durable.KeyValue = durable.GcsStore()
+        self.kv: durable.KeyValue = GcsStore()
         self.pins = {pid: PinState(p) for pid, p in durable.load_all(self.kv, durable.PINS).items()}
         self._loop: asyncio.Task[None] | None = None
         self.sweeps = 0

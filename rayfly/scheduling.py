@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rayfly.errors import InvalidInput
+from rayfly.protocol import Assignment
 
 MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
@@ -58,20 +59,6 @@ class PeerLoad:
     uploads: int
     slots: int
     throughput: float = 0.0
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None.
-
-    ``stream``: read the whole object from the origin in one sequential stream (it ignores
-    ``Range``), storing and reporting each piece as it arrives.
-    """
-
-    piece: int
-    parent: str | None
-    digest: str | None = None
-    stream: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from ray.exceptions import RayTaskError
 
 from rayfly import api
 from rayfly.actors import placement
-from rayfly.actors.peer import FetchItem, FetchRequest
 from rayfly.cluster import connect
 from rayfly.config import PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput
+from rayfly.protocol import FetchItem, FetchRequest, NodeResult
 from rayfly.proxy.oci import (
     Descriptor,
     ImageIndex,
@@ -43,7 +43,7 @@ from rayfly.proxy.upstream import (
     default_upstreams,
     load_docker_config,
 )
-from rayfly.report import NodeResult, Report
+from rayfly.report import Report
 from rayfly.task import TaskInfo
 
 T = TypeVar("T")

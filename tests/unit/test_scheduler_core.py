@@ -1,7 +1,8 @@
 """The scheduler's state machine without Ray: leases, reports, failures, dead peers."""
 
-from rayfly.actors.scheduler import Done, Failed, SchedulerCore
 from rayfly.config import SchedulerConfig
+from rayfly.protocol import Done, Failed
+from rayfly.scheduler_core import SchedulerCore
 from rayfly.task import TaskInfo
 
 MiB = 1 << 20
@@ -149,7 +150,7 @@ def test_a_verified_piece_wakes_a_bounded_number_of_long_pollers():
 
 
 def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
-    from rayfly.actors.durable import TASKS, MemoryStore
+    from rayfly.durable import TASKS, MemoryStore
 
     kv = MemoryStore()
     first = SchedulerCore(SchedulerConfig(), kv=kv)
@@ -171,8 +172,8 @@ def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
 
 
 def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():
-    from rayfly.actors.durable import MemoryStore
-    from rayfly.actors.scheduler import RESTORE_GRACE_S
+    from rayfly.durable import MemoryStore
+    from rayfly.scheduler_core import RESTORE_GRACE_S
 
     kv = MemoryStore()
     SchedulerCore(SchedulerConfig(), kv=kv).add_task(TaskInfo("t", "u", 8 * MiB, MiB), "sequential")
@@ -187,8 +188,8 @@ def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():
 
 
 def test_kept_tasks_are_bounded(monkeypatch):
-    from rayfly.actors import scheduler
-    from rayfly.actors.durable import TASKS, MemoryStore
+    from rayfly import scheduler_core as scheduler
+    from rayfly.durable import TASKS, MemoryStore
 
     monkeypatch.setattr(scheduler, "MAX_KEPT_TASKS", 3)
     kv = MemoryStore()
@@ -200,7 +201,7 @@ def test_kept_tasks_are_bounded(monkeypatch):
 
 
 def test_an_unreachable_parent_is_passed_over_until_heard_from_or_the_time_is_up():
-    from rayfly.actors.scheduler import SUSPECT_S
+    from rayfly.scheduler_core import SUSPECT_S
 
     c, now = core()
     c.join("t", "a", "ha", 4, have={i: "d" for i in range(8)})

@@ -14,7 +14,8 @@ from rayfly import plot, submit
 from rayfly.cli_status import load_runtime_env
 from rayfly.errors import InvalidInput, MissingDependency
 from rayfly.progress import ProgressBar
-from rayfly.report import NodeResult, Report
+from rayfly.protocol import NodeResult
+from rayfly.report import Report
 from rayfly.status import format_status
 
 
