@@ -17,6 +17,7 @@ from typing import Any
 
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from rayfly.actors.retry import unwrap
 from rayfly.errors import RayflyError
 from rayfly.proxy.blobs import BlobHandle, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
@@ -24,12 +25,6 @@ from rayfly.task import SourceSpec, TaskInfo, default_piece_size
 
 _PREPARE_GRACE_S = 10.0
 READ_AHEAD = 2
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
-        exc = exc.cause
-    return exc
 
 
 def blob_spec(url: str, headers: dict[str, str], digest: Digest) -> SourceSpec:
@@ -103,7 +98,7 @@ class _P2PHandle:
                 raise
             except RayTaskError as exc:
                 self._shared.forget(index, ref)
-                cause = _unwrap(exc)
+                cause = unwrap(exc)
                 # The peer records a task a moment after prepare() returns: retry briefly.
                 if "not prepared" not in str(cause) or loop.time() > deadline:
                     raise cause from None
@@ -127,7 +122,7 @@ class _P2PHandle:
         try:
             result = await self._owner.call("wait_complete", self._digest.task_id)
         except RayTaskError as exc:
-            raise _unwrap(exc) from None
+            raise unwrap(exc) from None
         if result.get("sha256") != self._digest.hex:
             raise BlobDigestMismatch(f"bytes on this node do not match {self._digest}")
         self._owner.count(self._digest, result)
@@ -267,7 +262,7 @@ class P2PBlobs:
                 # A client streams the blob front to back: fetch pieces in index order.
                 info = await self.scheduler.register.remote(spec, None, "sequential")
             except RayTaskError as exc:
-                raise _unwrap(exc) from None
+                raise unwrap(exc) from None
             if info.length != src.length:
                 raise UpstreamError(f"{digest}: upstream length changed ({info.length})")
             future.set_result(info)
