@@ -164,7 +164,7 @@ def plan(
     ]
     tasks: list[TaskInfo] = call_sync(
         lambda: ray.get(
-            [scheduler.register.remote(spec, piece_size, "rarest-first", f) for spec, f in specs]
+            [scheduler.register.remote(spec, piece_size, None, f) for spec, f in specs]
         ),
         "registering the tasks",
     )

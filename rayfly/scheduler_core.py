@@ -170,10 +170,12 @@ class SchedulerCore:
         except KeyError:
             raise TaskNotFound(f"unknown task {task_id}") from None
 
-    def add_task(self, info: TaskInfo, order: str) -> TaskState:
+    def add_task(self, info: TaskInfo, order: str | None = None) -> TaskState:
         """Record a new task (replacing a failed one of the same id) and keep it in the store,
         so that a restarted scheduler knows it; the oldest idle tasks beyond
-        :data:`MAX_KEPT_TASKS` are dropped."""
+        :data:`MAX_KEPT_TASKS` are dropped. ``order``: its piece policy (None: the configured
+        :attr:`SchedulerConfig.policy`)."""
+        order = order or self.config.policy
         state = TaskState(info, order=order, created=time.time(), stream=not info.ranges)
         self.tasks[info.task_id] = state
         durable.save(self.kv, durable.TASKS, info.task_id, (info, order, state.created))

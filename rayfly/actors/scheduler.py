@@ -89,7 +89,7 @@ class Scheduler:
         self,
         spec: SourceSpec,
         piece_size: int | None = None,
-        order: str = "rarest-first",
+        order: str | None = None,
         listed: source.SourceFile | None = None,
     ) -> TaskInfo:
         """The task for ``spec``; concurrent and later calls for the same task share one.
@@ -97,7 +97,8 @@ class Scheduler:
         ``listed``: the file as the client's listing found it (size, version, ranges): no
         request to the origin here. Without it the origin is stat'ed once, and, unless ``spec``
         names its task id, the version found is folded into the id (:func:`version.identity`);
-        a node-local file (``spec.source_node``) must come listed by its node.
+        a node-local file (``spec.source_node``) must come listed by its node. ``order``: the
+        piece policy (None: the scheduler's configured one, ``RAYFLY_POLICY``).
         """
         if spec.task_id is not None and (known := self._registered(spec.resolved_task_id())):
             return known

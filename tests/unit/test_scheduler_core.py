@@ -217,3 +217,29 @@ def test_an_unreachable_parent_is_passed_over_until_heard_from_or_the_time_is_up
     assert [x.parent for x in c.plan("t", "b", 1).assignments] == [None]
     c.plan("t", "a", 1)  # a asks the scheduler itself: it is reachable
     assert [x.parent for x in c.plan("t", "b", 1).assignments] == ["a"]
+
+
+def test_the_configured_piece_policy_orders_tasks_registered_without_one():
+    c = SchedulerCore(SchedulerConfig(policy="sequential", origin_parallelism=8))
+    state = c.add_task(TaskInfo("s", "http://o/x", 8 * MiB, MiB))
+    assert state.order == "sequential"
+    c.join("s", "a", "h-a", 8)
+    assert [x.piece for x in c.plan("s", "a", 4).assignments] == [0, 1, 2, 3]
+    assert c.add_task(TaskInfo("r", "http://o/y", MiB, MiB), "rarest-first").order == (
+        "rarest-first"
+    )
+    default = SchedulerCore(SchedulerConfig())
+    assert default.add_task(TaskInfo("d", "http://o/z", MiB, MiB)).order == "rarest-first"
+
+
+def test_an_unknown_piece_policy_is_a_clear_error_naming_it():
+    import pytest
+
+    from rayfly.config import from_env
+    from rayfly.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"unknown piece policy 'fastest'.*rarest-first"):
+        SchedulerConfig(policy="fastest")
+    with pytest.raises(InvalidInput, match=r"RAYFLY_POLICY='fastest'.*sequential"):
+        from_env(SchedulerConfig, {"RAYFLY_POLICY": "fastest"})
+    assert from_env(SchedulerConfig, {"RAYFLY_POLICY": "sequential"}).policy == "sequential"
