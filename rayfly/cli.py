@@ -305,7 +305,7 @@ def _preheat(params: dict[str, Any]) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 def demo(local_nodes: int, size: int, workdir: str | None, as_json: bool) -> None:
     """Start a local Ray of several nodes and a sample HTTP origin, and distribute a file."""
-    from rayfly.origin import OriginServer, make_file
+    from rayfly.demo_origin import OriginServer, make_file
 
     root = Path(workdir or tempfile.mkdtemp(prefix="rayfly-demo-"))
     make_file(root / "origin" / "sample.bin", size)

@@ -17,7 +17,7 @@ import rayfly
 from rayfly import pin
 from rayfly.actors import placement
 from rayfly.config import NAMESPACE, PEER_PREFIX
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import CLUSTER_NODES, free_port, sha256_file
 
 MiB = 1 << 20
