@@ -21,7 +21,7 @@ from rayfly.config import PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.fanout import ProgressFn, fetch_everywhere
 from rayfly.filters import FileFilter
-from rayfly.protocol import FetchItem, FetchRequest
+from rayfly.protocol import FetchItem, FetchRequest, NodeResult
 from rayfly.report import Report
 from rayfly.task import SourceSpec, TaskInfo
 from rayfly.version import identity
@@ -37,8 +37,10 @@ def _validate(
     sha256: str | None,
     piece_size: int | None,
     concurrency: int | None,
-    options: dict[str, Any],
-) -> None:
+    storage_options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The storage options (a copy), once every argument is checked."""
+    options = dict(storage_options or {})
     if not source_url:
         raise InvalidInput("no source given: pass a URL or path, e.g. s3://bucket/prefix/")
     dest_paths.validate_template(dest)
@@ -49,6 +51,7 @@ def _validate(
     if concurrency is not None and concurrency <= 0:
         raise InvalidInput(f"--concurrency must be positive, got {concurrency}")
     source.check_storage_options(source_url, options)
+    return options
 
 
 @dataclass(frozen=True)
@@ -147,21 +150,7 @@ def plan(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
     node_id = origin.node.node_id if origin.node else None
-    specs = [
-        (
-            SourceSpec(
-                f.url,
-                options,
-                tag,
-                None,
-                sha256,
-                version=identity(f.version, tag, sha256),
-                source_node=node_id,
-            ),
-            f,
-        )
-        for f in files
-    ]
+    specs = [(_spec(f, options, tag, sha256, node_id), f) for f in files]
     tasks: list[TaskInfo] = call_sync(
         lambda: ray.get(
             [scheduler.register.remote(spec, piece_size, None, f) for spec, f in specs]
@@ -169,6 +158,14 @@ def plan(
         "registering the tasks",
     )
     return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
+
+
+def _spec(
+    f: source.SourceFile, options: dict[str, Any], tag: str, sha256: str | None, node: str | None
+) -> SourceSpec:
+    """The task source of one listed file (its version folded into the task id)."""
+    version = identity(f.version, tag, sha256)
+    return SourceSpec(f.url, options, tag, None, sha256, version=version, source_node=node)
 
 
 def _check_name(items: list[FetchItem], dest: str) -> None:
@@ -206,8 +203,8 @@ def distribute(
 
     - ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``.
     - ``nodes``: a selector or a list of selectors that intersect (:mod:`rayfly.nodes`:
-      ``"all"``, ``4``, ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids);
-      ``exclude_head`` leaves the head node out.
+      ``"all"``, ``4``, ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids); with
+      ``exclude_head``, never the head node.
     - A local path (or ``file://`` URL) is the file on this process's node, read there only;
       ``source_node`` names another node (id prefix, IP or hostname), or ``"any"`` for a
       filesystem every node shares.
@@ -216,15 +213,40 @@ def distribute(
     - ``limit_rate`` (bytes/s, or ``"100MiB"``) caps each node's download rate for this call;
       a node's own ``RAYFLY_DOWNLOAD_RATE`` applies as well (the lower one wins).
     """
-    options = dict(storage_options or {})
     rate = parse_rate(limit_rate)
-    _validate(source_url, dest, sha256, piece_size, concurrency, options)
+    options = _validate(source_url, dest, sha256, piece_size, concurrency, storage_options)
     files_filter = FileFilter(tuple(include), tuple(exclude), max_files).check()
+    targets, scheduler, peer_config = _cluster(address, local_nodes, nodes, exclude_head)
+    t0 = time.time()
+    items = _planned(
+        source_url, dest, options, tag, sha256, piece_size, scheduler, source_node, files_filter
+    )
+    request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
+    results = fetch_everywhere(request, targets, scheduler, peer_config, progress, timeout)
+    return _report(source_url, dest, items, results, time.time() - t0)
+
+
+def _cluster(
+    address: str | None, local_nodes: int, nodes: str | int | list[str] | None, exclude_head: bool
+) -> tuple[list[placement.NodeInfo], Any, PeerConfig]:
+    """Connect; the chosen nodes, the scheduler (created if missing), the peers' config."""
     connect(address, local_nodes)
     targets = placement.select_nodes(nodes, placement.alive_nodes(), exclude_head)
-    peer_config = from_env(PeerConfig)
-    scheduler = placement.get_scheduler(from_env(SchedulerConfig))
-    t0 = time.time()
+    return targets, placement.get_scheduler(from_env(SchedulerConfig)), from_env(PeerConfig)
+
+
+def _planned(
+    source_url: str,
+    dest: str,
+    options: dict[str, Any],
+    tag: str,
+    sha256: str | None,
+    piece_size: int | None,
+    scheduler: Any,
+    source_node: str | None,
+    files_filter: FileFilter,
+) -> list[FetchItem]:
+    """:func:`plan`, with a Ray task error unwrapped and the destination's name checked."""
     try:
         items = plan(
             source_url, options, tag, sha256, piece_size, scheduler, source_node, files_filter
@@ -232,15 +254,18 @@ def distribute(
         _check_name(items, dest)
     except RayTaskError as exc:
         raise unwrap(exc) from None
-    request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
-    results = fetch_everywhere(request, targets, scheduler, peer_config, progress, timeout)
-    total = sum(i.task.length for i in items)
+    return items
+
+
+def _report(
+    source_url: str, dest: str, items: list[FetchItem], results: list[NodeResult], seconds: float
+) -> Report:
     return Report(
         source.redact_url(source_url),
         dest,
         results,
-        total,
-        time.time() - t0,
+        sum(i.task.length for i in items),
+        seconds,
         [i.task.task_id for i in items],
         unvalidated_warnings(items),
     )

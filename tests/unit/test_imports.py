@@ -68,3 +68,17 @@ def test_the_rule_catches_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from rayfly import cli\n    import ray.util\n")
     assert violations(bad, CORE_FORBIDDEN) == ["ray.util", "rayfly.cli"]
+
+
+MAX_FUNCTION_LINES = 50
+
+
+def test_no_function_in_rayfly_is_over_50_lines():
+    long = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name} {lines}")
+    assert long == [], "split these functions: " + ", ".join(long)
