@@ -28,17 +28,8 @@ def _scheduler() -> Any:
 
 def _gather(refs: dict[str, Any]) -> dict[str, Any]:
     """Results by key; an actor that fails or does not answer in time gives an error dict."""
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=ACTOR_TIMEOUT_S)
-    out: dict[str, Any] = {}
-    for key, ref in refs.items():
-        if ref not in ready:
-            out[key] = {"error": f"no answer within {ACTOR_TIMEOUT_S}s"}
-            continue
-        try:
-            out[key] = ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            out[key] = {"error": type(exc).__name__}
-    return out
+    answers = placement.gather(refs, ACTOR_TIMEOUT_S)
+    return {k: {"error": error} if error else answer for k, (answer, error) in answers.items()}
 
 
 def task_rows() -> list[dict[str, Any]]:

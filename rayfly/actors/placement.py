@@ -87,6 +87,22 @@ def existing_node_actors(name_of: Callable[[str], str]) -> dict[str, Any]:
     return out
 
 
+def gather(refs: dict[str, Any], timeout_s: float) -> dict[str, tuple[Any, str | None]]:
+    """Each key's ``(answer, None)``, or ``(None, error)`` for an actor that failed (the error's
+    type name) or did not answer within ``timeout_s`` seconds (all waited for together)."""
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    out: dict[str, tuple[Any, str | None]] = {}
+    for key, ref in refs.items():
+        if ref not in ready:
+            out[key] = (None, f"no answer within {timeout_s}s")
+            continue
+        try:
+            out[key] = (ray.get(ref), None)
+        except ray.exceptions.RayError as exc:
+            out[key] = (None, type(exc).__name__)
+    return out
+
+
 def peer_name(node_id: str) -> str:
     """The name of the peer actor of ``node_id``."""
     return PEER_PREFIX + node_id
@@ -107,6 +123,7 @@ __all__ = [
     "alive_nodes",
     "existing_node_actors",
     "existing_peers",
+    "gather",
     "get_or_create_peer",
     "match_node",
     "node_actor",

@@ -176,19 +176,12 @@ def mirror_status(timeout_s: float = 5.0) -> list[dict[str, Any]]:
     from rayfly.proxy.keeper import kept_rows
 
     kept = kept_rows()
-    proxies = existing_proxies()
-    refs = {node_id: actor.status.remote() for node_id, actor in proxies.items()}
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    refs = {node_id: actor.status.remote() for node_id, actor in existing_proxies().items()}
     out = []
-    for node_id, ref in refs.items():
-        if ref in ready:
-            try:
-                out.append({**ray.get(ref), "last_answer": time.time()})
-                continue
-            except ray.exceptions.RayError as exc:
-                error = type(exc).__name__
-        else:
-            error = f"no answer within {timeout_s}s"
+    for node_id, (answer, error) in placement.gather(refs, timeout_s).items():
+        if error is None:
+            out.append({**answer, "last_answer": time.time()})
+            continue
         last = kept.get(node_id, {}).get("last_answer") or None
         out.append({"node_id": node_id, "healthy": False, "error": error, "last_answer": last})
     return out
