@@ -33,7 +33,7 @@ import rayfly
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
 from rayfly.config import NAMESPACE, parse_size
-from rayfly.origin import OriginServer, make_file
+from rayfly.demo_origin import OriginServer, make_file
 
 RESULTS = Path(__file__).parent / "results" / "core.jsonl"
 

@@ -33,7 +33,7 @@ from bench.core import settle
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
 from rayfly.config import NAMESPACE, parse_size
-from rayfly.origin import OriginServer, make_file
+from rayfly.demo_origin import OriginServer, make_file
 from tests.support.raynode import start_node
 
 RESULTS = Path(__file__).parent / "results" / "node_death.jsonl"

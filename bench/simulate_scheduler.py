@@ -2,7 +2,7 @@
 
 ``python bench/simulate_scheduler.py --peers 100,1000,10000 --size-gib 10``
 
-:class:`rayfly.actors.scheduler.SchedulerCore` (which calls the pure functions of
+:class:`rayfly.scheduler_core.SchedulerCore` (which calls the pure functions of
 ``rayfly.scheduling``) is driven exactly as the ``Scheduler`` actor's ``exchange`` drives it:
 ``report`` the finished pieces, ``expire_leases``, ``plan`` up to ``want`` more.  Peers, links and
 time are simulated by a discrete-event loop: a piece takes ``piece_size / rate`` where the rate
@@ -38,8 +38,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rayfly.actors.scheduler import Done, SchedulerCore
 from rayfly.config import SchedulerConfig
+from rayfly.protocol import Done
+from rayfly.scheduler_core import SchedulerCore
 from rayfly.scheduling import wake_count
 from rayfly.task import TaskInfo, default_piece_size
 

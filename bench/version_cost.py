@@ -48,7 +48,7 @@ def main() -> None:
     import rayfly
     from rayfly.cluster import start_local_cluster
     from rayfly.config import NAMESPACE
-    from rayfly.origin import OriginServer, make_file
+    from rayfly.demo_origin import OriginServer, make_file
 
     make_file(work / "origin" / "small.bin", args.size, seed=7)
     origin = OriginServer(work / "origin").start()

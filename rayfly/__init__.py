@@ -2,7 +2,8 @@
 
 from rayfly.api import distribute
 from rayfly.errors import RayflyError
-from rayfly.report import NodeResult, Report
+from rayfly.protocol import NodeResult
+from rayfly.report import Report
 
 __all__ = ["NodeResult", "RayflyError", "Report", "distribute"]
 __version__ = "0.1.0"

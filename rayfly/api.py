@@ -5,45 +5,30 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayTaskError
 
 from rayfly import dest as dest_paths
 from rayfly import source
 from rayfly.actors import placement
-from rayfly.actors.peer import FetchItem, FetchRequest
-from rayfly.actors.retry import backoff, call_sync, first_line
+from rayfly.actors.retry import call_sync, unwrap
 from rayfly.cluster import connect
-from rayfly.config import NAMESPACE, PEER_PREFIX, PeerConfig, SchedulerConfig, from_env, parse_rate
+from rayfly.config import PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
+from rayfly.fanout import ProgressFn, fetch_everywhere
 from rayfly.filters import FileFilter
-from rayfly.report import NodeResult, Report
+from rayfly.protocol import FetchItem, FetchRequest, NodeResult
+from rayfly.report import Report
 from rayfly.task import SourceSpec, TaskInfo
 from rayfly.version import identity
-
-ProgressFn = Callable[[int, int, int, int], None]
-"""Called as ``progress(bytes_done, bytes_total, nodes_done, nodes_total)``."""
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 LOCAL_PROTOCOLS = (None, "file", "local")
 ANY_NODE = "any"
-
-UNREACHABLE_WAIT_S = 60.0
-"""How long the client keeps asking a peer that cannot be reached before giving up on its node
-(a SIGKILLed node is declared dead by Ray within its health-check time, ~17 s by default)."""
-NODE_TABLE_LAG_S = 5.0
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The original exception behind a Ray task error."""
-    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
-        exc = exc.cause
-    return exc
 
 
 def _validate(
@@ -52,8 +37,10 @@ def _validate(
     sha256: str | None,
     piece_size: int | None,
     concurrency: int | None,
-    options: dict[str, Any],
-) -> None:
+    storage_options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The storage options (a copy), once every argument is checked."""
+    options = dict(storage_options or {})
     if not source_url:
         raise InvalidInput("no source given: pass a URL or path, e.g. s3://bucket/prefix/")
     dest_paths.validate_template(dest)
@@ -64,6 +51,7 @@ def _validate(
     if concurrency is not None and concurrency <= 0:
         raise InvalidInput(f"--concurrency must be positive, got {concurrency}")
     source.check_storage_options(source_url, options)
+    return options
 
 
 @dataclass(frozen=True)
@@ -162,28 +150,22 @@ def plan(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
     node_id = origin.node.node_id if origin.node else None
-    specs = [
-        (
-            SourceSpec(
-                f.url,
-                options,
-                tag,
-                None,
-                sha256,
-                version=identity(f.version, tag, sha256),
-                source_node=node_id,
-            ),
-            f,
-        )
-        for f in files
-    ]
+    specs = [(_spec(f, options, tag, sha256, node_id), f) for f in files]
     tasks: list[TaskInfo] = call_sync(
         lambda: ray.get(
-            [scheduler.register.remote(spec, piece_size, "rarest-first", f) for spec, f in specs]
+            [scheduler.register.remote(spec, piece_size, None, f) for spec, f in specs]
         ),
         "registering the tasks",
     )
     return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
+
+
+def _spec(
+    f: source.SourceFile, options: dict[str, Any], tag: str, sha256: str | None, node: str | None
+) -> SourceSpec:
+    """The task source of one listed file (its version folded into the task id)."""
+    version = identity(f.version, tag, sha256)
+    return SourceSpec(f.url, options, tag, None, sha256, version=version, source_node=node)
 
 
 def _check_name(items: list[FetchItem], dest: str) -> None:
@@ -221,8 +203,8 @@ def distribute(
 
     - ``dest`` may contain ``{node_id}``, ``{node_ip}`` and ``{hostname}``.
     - ``nodes``: a selector or a list of selectors that intersect (:mod:`rayfly.nodes`:
-      ``"all"``, ``4``, ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids);
-      ``exclude_head`` leaves the head node out.
+      ``"all"``, ``4``, ``"50%"``, ``"label:zone=a"``, ``"resource:GPU"``, node ids); with
+      ``exclude_head``, never the head node.
     - A local path (or ``file://`` URL) is the file on this process's node, read there only;
       ``source_node`` names another node (id prefix, IP or hostname), or ``"any"`` for a
       filesystem every node shares.
@@ -231,15 +213,40 @@ def distribute(
     - ``limit_rate`` (bytes/s, or ``"100MiB"``) caps each node's download rate for this call;
       a node's own ``RAYFLY_DOWNLOAD_RATE`` applies as well (the lower one wins).
     """
-    options = dict(storage_options or {})
     rate = parse_rate(limit_rate)
-    _validate(source_url, dest, sha256, piece_size, concurrency, options)
+    options = _validate(source_url, dest, sha256, piece_size, concurrency, storage_options)
     files_filter = FileFilter(tuple(include), tuple(exclude), max_files).check()
+    targets, scheduler, peer_config = _cluster(address, local_nodes, nodes, exclude_head)
+    t0 = time.time()
+    items = _planned(
+        source_url, dest, options, tag, sha256, piece_size, scheduler, source_node, files_filter
+    )
+    request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
+    results = fetch_everywhere(request, targets, scheduler, peer_config, progress, timeout)
+    return _report(source_url, dest, items, results, time.time() - t0)
+
+
+def _cluster(
+    address: str | None, local_nodes: int, nodes: str | int | list[str] | None, exclude_head: bool
+) -> tuple[list[placement.NodeInfo], Any, PeerConfig]:
+    """Connect; the chosen nodes, the scheduler (created if missing), the peers' config."""
     connect(address, local_nodes)
     targets = placement.select_nodes(nodes, placement.alive_nodes(), exclude_head)
-    peer_config = from_env(PeerConfig)
-    scheduler = placement.get_scheduler(from_env(SchedulerConfig))
-    t0 = time.time()
+    return targets, placement.get_scheduler(from_env(SchedulerConfig)), from_env(PeerConfig)
+
+
+def _planned(
+    source_url: str,
+    dest: str,
+    options: dict[str, Any],
+    tag: str,
+    sha256: str | None,
+    piece_size: int | None,
+    scheduler: Any,
+    source_node: str | None,
+    files_filter: FileFilter,
+) -> list[FetchItem]:
+    """:func:`plan`, with a Ray task error unwrapped and the destination's name checked."""
     try:
         items = plan(
             source_url, options, tag, sha256, piece_size, scheduler, source_node, files_filter
@@ -247,17 +254,18 @@ def distribute(
         _check_name(items, dest)
     except RayTaskError as exc:
         raise unwrap(exc) from None
-    request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
-    peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
-    refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
-    results = _collect(refs, scheduler, request, progress, timeout)
-    total = sum(i.task.length for i in items)
+    return items
+
+
+def _report(
+    source_url: str, dest: str, items: list[FetchItem], results: list[NodeResult], seconds: float
+) -> Report:
     return Report(
         source.redact_url(source_url),
         dest,
         results,
-        total,
-        time.time() - t0,
+        sum(i.task.length for i in items),
+        seconds,
         [i.task.task_id for i in items],
         unvalidated_warnings(items),
     )
@@ -275,120 +283,6 @@ def unvalidated_warnings(items: list[FetchItem]) -> list[str]:
         "a cached copy is reused only when --sha256 or --tag pins the content, so without "
         "them every call fetches it from the origin again"
     ]
-
-
-def _failed(node: placement.NodeInfo, error: str) -> NodeResult:
-    return NodeResult(node.node_id, node.node_ip, node.hostname, "", error=error)
-
-
-def _collect(
-    refs: dict[Any, placement.NodeInfo],
-    scheduler: Any,
-    request: FetchRequest,
-    progress: ProgressFn | None,
-    timeout: float | None,
-) -> list[NodeResult]:
-    """Wait for every node, reporting progress; a dead node or peer becomes a failed node.
-
-    A peer that cannot be reached is asked again (its download is single-flight, so a repeated
-    fetch joins the running one) until it answers, its node is declared dead, or
-    :data:`UNREACHABLE_WAIT_S` passes.
-    """
-    results: dict[str, NodeResult] = {}
-    nodes = dict(refs)
-    unreachable: dict[str, float] = {}
-    pending = list(refs)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
-        for ref in ready:
-            node = nodes.pop(ref)
-            outcome = _outcome(ref, node, scheduler, request, unreachable)
-            if isinstance(outcome, NodeResult):
-                results[node.node_id] = outcome
-            else:
-                nodes[outcome] = node
-                pending.append(outcome)
-        if progress is not None:
-            _progress(progress, scheduler, request, refs, len(results))
-        if deadline is not None and time.monotonic() > deadline and pending:
-            for ref in pending:
-                node = nodes[ref]
-                results[node.node_id] = _failed(node, f"timed out after {timeout}s")
-            break
-    return [results[n.node_id] for n in refs.values()]
-
-
-def _outcome(
-    ref: Any,
-    node: placement.NodeInfo,
-    scheduler: Any,
-    request: FetchRequest,
-    unreachable: dict[str, float],
-) -> NodeResult | Any:
-    """A node's result, or a new fetch reference when its peer was briefly unreachable.
-
-    A SIGKILLed node's peer is first unreachable (until Ray declares the node dead), then dead;
-    Ray's node table may say so a moment after the actor table, hence the wait for it.
-    """
-    try:
-        result: NodeResult = ray.get(ref)
-        return result
-    except RayTaskError as exc:
-        return _failed(node, f"peer failed: {unwrap(exc)}")
-    except RayActorError as exc:
-        if isinstance(exc, ActorUnavailableError):
-            first = unreachable.setdefault(node.node_id, time.monotonic())
-            if _node_alive(node.node_id) and time.monotonic() - first < UNREACHABLE_WAIT_S:
-                time.sleep(backoff(3))
-                again = _fetch_again(node, request)
-                if again is not None:
-                    return again
-        scheduler.peer_lost.remote(node.node_id)  # checked there: forgotten if gone
-        lag = NODE_TABLE_LAG_S if node.node_id in unreachable else 0.0
-        if _node_dead_within(node.node_id, lag):
-            return _failed(node, f"node {node.node_id} died")
-        return _failed(node, f"peer on node {node.node_id} failed: {first_line(exc)}")
-
-
-def _fetch_again(node: placement.NodeInfo, request: FetchRequest) -> Any:
-    """Ask the node's peer again (it joins its running download); None if it is gone."""
-    try:
-        return ray.get_actor(PEER_PREFIX + node.node_id, namespace=NAMESPACE).fetch.remote(request)
-    except ValueError:
-        return None
-
-
-def _node_alive(node_id: str) -> bool:
-    return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
-
-
-def _node_dead_within(node_id: str, seconds: float) -> bool:
-    """True once Ray's node table says ``node_id`` is dead, looking for up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while _node_alive(node_id):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.25)
-    return True
-
-
-def _progress(
-    progress: ProgressFn,
-    scheduler: Any,
-    request: FetchRequest,
-    refs: dict[Any, placement.NodeInfo],
-    nodes_done: int,
-) -> None:
-    """Report bytes held across the target nodes (skipped while the scheduler restarts)."""
-    task_ids = [i.task.task_id for i in request.items]
-    total = sum(i.task.length for i in request.items) * len(refs)
-    try:
-        done = ray.get(scheduler.progress.remote(task_ids), timeout=5)
-    except (RayActorError, GetTimeoutError):
-        return
-    held = sum(done.get(n.node_id, 0) for n in refs.values())
-    progress(min(total, held), total, nodes_done, len(refs))
 
 
 __all__ = ["RayflyError", "Report", "distribute"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,53 @@ def connect(
             "up"
         ) from None
     return ray.get_runtime_context().gcs_address
+
+
+def _probe(address: str) -> None:
+    """Fail fast when ``host:port`` does not accept TCP (ray.init would retry for minutes)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return
+    except OSError as exc:
+        raise ClusterError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
+            "`ray start --head`, or pass --address / set RAY_ADDRESS to a running cluster"
+        ) from None
+
+
+def _last_started() -> str:
+    """The address the last ``ray start`` on this machine wrote ('' if none or unknown)."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address(None) or ""
+    except (ImportError, AttributeError, OSError):
+        return ""
+
+
+def connect_existing(address: str | None = None) -> None:
+    """Connect to a running cluster (``address``, else ``RAY_ADDRESS``, else ``auto``)."""
+    if ray.is_initialized():
+        return
+    _env()
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    _probe(_last_started() if target == "auto" else target)
+    try:
+        ray.init(
+            address=target,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(
+            f"no Ray cluster found at {target}: {exc} Start one with `ray start --head`, or "
+            "pass --address / set RAY_ADDRESS to a running cluster"
+        ) from None
 
 
 def start_local_cluster(nodes: int, object_store_memory: int = 512 << 20) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rayfly.errors import InvalidInput
+from rayfly.scheduling import piece_policy
 
 NAMESPACE = "rayfly"
 SCHEDULER_NAME = "rayfly-scheduler"
@@ -121,6 +122,12 @@ def node_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base).expanduser() / "rayfly"
 
 
+def _check_policy(name: str) -> str:
+    """``name`` if it names a piece policy, else :class:`InvalidInput` listing the known ones."""
+    piece_policy(name)
+    return name
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     """How a node's peer stores and moves pieces (its cache directory is the node's own:
@@ -134,13 +141,21 @@ class PeerConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """How the scheduler hands out pieces."""
+    """How the scheduler hands out pieces.
+
+    ``policy`` (``RAYFLY_POLICY``): the piece order of a task registered without one
+    (:data:`rayfly.scheduling.POLICIES`: ``rarest-first``, ``sequential``); an unknown name
+    fails here.
+    """
 
     origin_parallelism: int = 8
     lease_timeout_s: float = 60.0
     long_poll_s: float = 0.5
-    policy: str = "rarest-first"
+    policy: str = dataclasses.field(default="rarest-first", metadata={"parse": _check_policy})
     wake_per_piece: int = 8
+
+    def __post_init__(self) -> None:
+        _check_policy(self.policy)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,15 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from rayfly import source
-from rayfly.actors import durable, placement
-from rayfly.actors.peer import FetchRequest
+from rayfly import durable, source
+from rayfly.actors import placement
+from rayfly.actors.gcs_store import GcsStore
+from rayfly.actors.retry import unwrap
 from rayfly.config import NAMESPACE, PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput, TaskNotFound
+from rayfly.fanout import fetch_on
 from rayfly.filters import FileFilter
+from rayfly.protocol import FetchRequest
 
 PINNER_NAME = "rayfly-pins"
 
@@ -91,7 +94,7 @@ class Pinner:
 
     def __init__(self, config: PinConfig) -> None:
         self.config = config
-        self.kv: durable.KeyValue = durable.GcsStore()
+        self.kv: durable.KeyValue = GcsStore()
         self.pins = {pid: PinState(p) for pid, p in durable.load_all(self.kv, durable.PINS).items()}
         self._loop: asyncio.Task[None] | None = None
         self.sweeps = 0
@@ -155,8 +158,7 @@ class Pinner:
 
     async def _fetch(self, state: PinState, node: placement.NodeInfo) -> None:
         try:
-            peer = placement.get_or_create_peer(node, state.pin.peer_config)
-            result = await peer.fetch.remote(state.pin.request)
+            result = await fetch_on(node, state.pin.request, state.pin.peer_config)
             if result.ok:
                 state.done.add(node.node_id)
                 for record in (state.errors, state.failures, state.retry_at):
@@ -226,7 +228,7 @@ def pin(
             source_url, options, tag, sha256, piece_size, scheduler, source_node, files_filter
         )
     except RayTaskError as exc:
-        raise api.unwrap(exc) from None
+        raise unwrap(exc) from None
     request = FetchRequest(items, dest, concurrency or peer_config.concurrency)
     record = Pin(
         pin_id_of([i.task.task_id for i in items], dest),
@@ -247,8 +249,6 @@ def unpin(key: str) -> list[str]:
     try:
         return ray.get(pinner.remove.remote(key))
     except RayTaskError as exc:
-        from rayfly.api import unwrap
-
         raise unwrap(exc) from None
 
 

@@ -1,93 +1,15 @@
-"""Results of a distribution: per-file and per-node rows, totals, JSON and table forms."""
+"""How a distribution is shown: the :class:`Report` (totals, JSON, tables, plots, text).
+
+The per-node and per-file records it shows are in :mod:`rayfly.protocol`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-NODE_COLUMNS = (
-    "node_id",
-    "node_ip",
-    "hostname",
-    "path",
-    "bytes",
-    "sha256",
-    "seconds",
-    "bytes_from_origin",
-    "bytes_from_peers",
-    "ok",
-    "error",
-)
-
-
-@dataclass
-class FileResult:
-    """One file on one node."""
-
-    relpath: str
-    path: str
-    bytes: int
-    sha256: str | None
-    seconds: float
-    bytes_from_origin: int
-    bytes_from_peers: int
-    ok: bool
-    error: str | None = None
-    cached: bool = False
-
-
-@dataclass
-class NodeResult:
-    """Everything one node did for one distribution.
-
-    ``timeline`` holds ``(unix_time, nbytes, from_origin)`` for every piece the node fetched.
-    For a prefix, ``sha256`` is the digest of the node's ``sha256sum``-style listing
-    (``"<sha256>  <relpath>\\n"`` per file, sorted by path), so equal trees have equal digests.
-    """
-
-    node_id: str
-    node_ip: str
-    hostname: str
-    path: str
-    bytes: int = 0
-    sha256: str | None = None
-    seconds: float = 0.0
-    bytes_from_origin: int = 0
-    bytes_from_peers: int = 0
-    ok: bool = False
-    error: str | None = None
-    files: list[FileResult] = field(default_factory=list)
-    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
-
-    def row(self) -> dict[str, Any]:
-        """The node as one flat row of :data:`NODE_COLUMNS`."""
-        return {c: getattr(self, c) for c in NODE_COLUMNS}
-
-
-def tree_digest(files: list[FileResult]) -> str:
-    """sha256 of the sorted ``"<sha256>  <relpath>"`` lines of ``files``."""
-    lines = sorted(f"{f.sha256}  {f.relpath}\n" for f in files)
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def summarize_node(node: NodeResult, single: bool) -> NodeResult:
-    """Fill a node's totals from its files."""
-    node.bytes = sum(f.bytes for f in node.files if f.ok)
-    node.bytes_from_origin = sum(f.bytes_from_origin for f in node.files)
-    node.bytes_from_peers = sum(f.bytes_from_peers for f in node.files)
-    node.ok = bool(node.files) and all(f.ok for f in node.files) and node.error is None
-    errors = [
-        f"{f.relpath}: {f.error}" if not single else str(f.error) for f in node.files if not f.ok
-    ]
-    if errors and node.error is None:
-        node.error = "; ".join(errors[:3]) + (
-            f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-        )
-    if node.ok:
-        node.sha256 = node.files[0].sha256 if single else tree_digest(node.files)
-    return node
+from rayfly.protocol import NodeResult
 
 
 @dataclass

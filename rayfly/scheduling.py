@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rayfly.errors import InvalidInput
+from rayfly.protocol import Assignment
 
 MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
@@ -58,20 +59,6 @@ class PeerLoad:
     uploads: int
     slots: int
     throughput: float = 0.0
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None.
-
-    ``stream``: read the whole object from the origin in one sequential stream (it ignores
-    ``Range``), storing and reporting each piece as it arrives.
-    """
-
-    piece: int
-    parent: str | None
-    digest: str | None = None
-    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,6 +178,14 @@ def _candidates(
     return free, alive
 
 
+def _missing(view: TaskView, have: Set[int], busy: Set[int], origin_budget: int) -> list[int]:
+    """Pieces a peer neither holds nor fetches; without origin budget, only held ones (only
+    those can be handed out)."""
+    if origin_budget > 0:
+        return [i for i in range(view.n_pieces) if i not in have and i not in busy]
+    return [i for i, h in view.holders.items() if h and i not in have and i not in busy]
+
+
 def plan_batch(
     view: TaskView,
     peer_id: str,
@@ -219,12 +214,8 @@ def plan_batch(
     origin_budget = view.origin_parallelism - len(view.origin_inflight)
     if origin_quota is not None:
         origin_budget = min(origin_budget, origin_quota)
-    if origin_budget > 0:
-        missing = [i for i in range(view.n_pieces) if i not in have and i not in busy]
-    else:  # only pieces someone holds can be handed out
-        missing = [i for i, h in view.holders.items() if h and i not in have and i not in busy]
     out: list[Assignment] = []
-    for piece in order_fn(missing, view, peer_salt(peer_id)):
+    for piece in order_fn(_missing(view, have, busy, origin_budget), view, peer_salt(peer_id)):
         if len(out) >= want:
             break
         free, alive = _candidates(view.holders.get(piece, ()), peer_id, load_of)

@@ -7,65 +7,16 @@ already runs: they never start Ray and never create actors.
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import socket
 from typing import Any
 
 import ray
 
 from rayfly.actors import placement
+from rayfly.cluster import connect_existing
 from rayfly.config import NAMESPACE, SCHEDULER_NAME
-from rayfly.errors import ClusterError, NodeNotFound, TaskNotFound
+from rayfly.errors import NodeNotFound, TaskNotFound
 
 ACTOR_TIMEOUT_S = 10.0
-
-
-def _probe(address: str) -> None:
-    """Fail fast when ``host:port`` does not accept TCP (ray.init would retry for minutes)."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host, int(port)), timeout=3):
-            return
-    except OSError as exc:
-        raise ClusterError(
-            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
-            "`ray start --head`, or pass --address / set RAY_ADDRESS to a running cluster"
-        ) from None
-
-
-def _last_started() -> str:
-    """The address the last ``ray start`` on this machine wrote ('' if none or unknown)."""
-    try:
-        from ray._private.utils import read_ray_address
-
-        return read_ray_address(None) or ""
-    except (ImportError, AttributeError, OSError):
-        return ""
-
-
-def connect_existing(address: str | None = None) -> None:
-    """Connect to a running cluster (``address``, else ``RAY_ADDRESS``, else ``auto``)."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
-    _probe(_last_started() if target == "auto" else target)
-    try:
-        ray.init(
-            address=target,
-            namespace=NAMESPACE,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(
-            f"no Ray cluster found at {target}: {exc} Start one with `ray start --head`, or "
-            "pass --address / set RAY_ADDRESS to a running cluster"
-        ) from None
 
 
 def _scheduler() -> Any:
@@ -77,17 +28,8 @@ def _scheduler() -> Any:
 
 def _gather(refs: dict[str, Any]) -> dict[str, Any]:
     """Results by key; an actor that fails or does not answer in time gives an error dict."""
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=ACTOR_TIMEOUT_S)
-    out: dict[str, Any] = {}
-    for key, ref in refs.items():
-        if ref not in ready:
-            out[key] = {"error": f"no answer within {ACTOR_TIMEOUT_S}s"}
-            continue
-        try:
-            out[key] = ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            out[key] = {"error": type(exc).__name__}
-    return out
+    answers = placement.gather(refs, ACTOR_TIMEOUT_S)
+    return {k: {"error": error} if error else answer for k, (answer, error) in answers.items()}
 
 
 def task_rows() -> list[dict[str, Any]]:

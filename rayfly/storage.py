@@ -57,6 +57,17 @@ class TaskEntry:
         return piece_count(self.length, self.piece_size)
 
 
+def _parse_meta(meta: Path) -> TaskEntry:
+    """The complete entry a task's ``meta.json`` records (raises when unreadable)."""
+    raw = json.loads(meta.read_text())
+    raw.pop("n_pieces", None)
+    entry = TaskEntry(**raw)
+    entry.digests = {int(k): v for k, v in entry.digests.items()}
+    entry.have = set(range(entry.n_pieces))
+    entry.last_used = meta.stat().st_mtime
+    return entry
+
+
 @dataclass
 class _OpenFile:
     """A task's open data file and how many threads use it right now."""
@@ -97,18 +108,30 @@ class PieceStore:
 
     def _load(self) -> None:
         for d in (self.root / "tasks").iterdir():
-            meta = d / "meta.json"
             try:
-                raw = json.loads(meta.read_text())
-                raw.pop("n_pieces", None)
-                entry = TaskEntry(**raw)
+                entry = _parse_meta(d / "meta.json")
             except (OSError, ValueError, TypeError, KeyError):
                 shutil.rmtree(d, ignore_errors=True)
                 continue
-            entry.digests = {int(k): v for k, v in entry.digests.items()}
-            entry.have = set(range(entry.n_pieces))
-            entry.last_used = meta.stat().st_mtime
             self._entries[entry.task_id] = entry
+
+    @staticmethod
+    def read_entry(root: str | Path, task_id: str) -> TaskEntry | None:
+        """The complete, verified entry of ``task_id`` in the store at ``root``, or None.
+
+        Read-only and without opening the store: for another process on the node (the mirror)
+        that reads what the node's peer stored. Its data is at :meth:`data_path_at`.
+        """
+        try:
+            entry = _parse_meta(Path(root) / "tasks" / validate_task_id(task_id) / "meta.json")
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return entry if entry.complete else None
+
+    @staticmethod
+    def data_path_at(root: str | Path, task_id: str) -> Path:
+        """Path of a task's data file in the store at ``root`` (see :meth:`read_entry`)."""
+        return Path(root) / "tasks" / validate_task_id(task_id) / "data"
 
     def begin(self, task_id: str, length: int, piece_size: int, source: str = "") -> TaskEntry:
         """Make room for a task and open its data file; an existing entry is returned as is."""
@@ -306,7 +329,7 @@ class PieceStore:
 
     def data_path(self, task_id: str) -> Path:
         """Path of a task's data file."""
-        return self._dir(task_id) / "data"
+        return self.data_path_at(self.root, task_id)
 
     def publish(self, task_id: str, dest: str | Path) -> str:
         """Make a complete task appear at ``dest`` atomically; returns ``"link"`` or ``"copy"``."""

@@ -101,7 +101,7 @@ def origin_root(session_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def origin_server(origin_root: Path) -> Iterator[object]:
     """An HTTP origin on loopback that counts the bytes it serves."""
-    from rayfly.origin import OriginServer
+    from rayfly.demo_origin import OriginServer
 
     server = OriginServer(origin_root).start()
     yield server

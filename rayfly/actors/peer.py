@@ -34,7 +34,6 @@ from ray.exceptions import (
 from rayfly import dest as dest_paths
 from rayfly import identity, metrics, source
 from rayfly.actors.retry import call_async, first_line
-from rayfly.actors.scheduler import Batch, Done, Failed
 from rayfly.config import (
     NAMESPACE,
     PEER_PREFIX,
@@ -54,32 +53,22 @@ from rayfly.errors import (
     SourceError,
 )
 from rayfly.eviction import GcPolicy
+from rayfly.protocol import (
+    Batch,
+    Done,
+    Failed,
+    FetchItem,
+    FetchRequest,
+    FileResult,
+    NodeResult,
+    summarize_node,
+)
 from rayfly.ratelimit import TokenBucket, take_all
-from rayfly.report import FileResult, NodeResult, summarize_node
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo, piece_bounds
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FetchItem:
-    """One task of a request, and where it lands relative to the destination."""
-
-    task: TaskInfo
-    relpath: str | None = None
-
-
-@dataclass(frozen=True)
-class FetchRequest:
-    """What a client asks of a peer: these tasks, published under ``dest`` (a template)."""
-
-    items: list[FetchItem]
-    dest: str | None
-    concurrency: int = 8
-    files_in_parallel: int = 4
-    limit_rate: float | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from rayfly.errors import SchedulerUnavailable
 
@@ -21,6 +21,13 @@ T = TypeVar("T")
 
 SCHEDULER_RETRY_S = 60.0
 """How long a caller keeps retrying a scheduler that does not answer (a restart takes seconds)."""
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original exception behind a Ray task error."""
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc
 
 
 def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:

@@ -1,522 +1,33 @@
-"""The Scheduler actor: Dragonfly's supernode, one per cluster.
+"""The Scheduler actor: a thin Ray wrapper around :class:`rayfly.scheduler_core.SchedulerCore`.
 
-It registers each task once (size and version as the client's listing found them), fixes the
-piece layout, keeps which peer holds which piece and hands out work in batches. It never
-touches piece bytes. Its methods run one at a time on the
-actor's event loop (they only yield at ``await``), so the state below has a single writer.
-
-Per task, a piece goes through: *missing* -> *leased* (a peer fetches it, from the origin or a
-parent, until it reports or its lease expires) -> *held* by that peer. A task is *failed* when the
-origin refuses it (not found, denied) or a piece failed from the origin too often.
-
-A peer is *live* (joined), *suspect* (a child could not reach it: not chosen as a parent for
-:data:`SUSPECT_S`, or until it is heard from again) or *lost* (its node died, its actor was
-replaced: everything it held is forgotten). Registered tasks are kept in a key-value store (Ray's
-GCS on a cluster): a restarted scheduler reloads them and rebuilds who holds what from the peers'
-rejoins and announcements.
+One per cluster, on the head node. It adds what needs Ray: single-flight task registration (a stat
+of the origin when the client gave no listing), the GCS key-value store that outlives a restart,
+the node table watch that forgets the peers of dead nodes, and the check of a peer's incarnation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import math
-import random
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from rayfly import source
-from rayfly.actors import durable
+from rayfly.actors.gcs_store import GcsStore
 from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
-from rayfly.errors import InvalidInput, RayflyError, TaskNotFound
-from rayfly.scheduling import (
-    Assignment,
-    TaskView,
-    origin_quota,
-    plan_batch,
-    takes_stream,
-    wake_count,
-)
+from rayfly.errors import InvalidInput
+from rayfly.protocol import Batch, Done, Failed
+from rayfly.scheduler_core import SchedulerCore
 from rayfly.task import SourceSpec, TaskInfo, default_piece_size
 from rayfly.version import identity
 
-MAX_ORIGIN_FAILURES = 3
-EXPIRY_PERIOD_S = 1.0
-ACTIVE_PERIOD_S = 1.0
-WAITERS_PRUNE_AT = 4096
 PEER_CHECK_TIMEOUT_S = 10.0
-SUSPECT_S = 20.0
-MAX_KEPT_TASKS = 4096
 NODE_WATCH_PERIOD_S = 1.0
-RESTORE_GRACE_S = 3.0
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Lease:
-    """A piece handed to a peer, from ``parent`` (None: the origin), valid until ``deadline``.
-
-    ``incarnation`` is the parent actor's id when the lease was made: a report that this parent
-    died only counts while the same actor still stands for its node.
-    """
-
-    parent: str | None
-    deadline: float
-    incarnation: str = ""
-
-
-@dataclass
-class TaskState:
-    """The scheduler's record of one task.
-
-    ``stream``: the origin ignores ``Range``; ``streamer`` is the one peer reading it front to
-    back, until ``stream_deadline`` (renewed by each of its reports).
-    """
-
-    info: TaskInfo
-    order: str = "rarest-first"
-    holders: dict[int, set[str]] = field(default_factory=dict)
-    have: dict[str, set[int]] = field(default_factory=dict)
-    leases: dict[str, dict[int, Lease]] = field(default_factory=dict)
-    origin_inflight: set[int] = field(default_factory=set)
-    origin_failures: dict[int, int] = field(default_factory=dict)
-    digests: dict[int, str] = field(default_factory=dict)
-    finished: dict[str, str | None] = field(default_factory=dict)
-    error: str | None = None
-    created: float = 0.0
-    active: int = 0
-    active_at: float = -math.inf
-    stream: bool = False
-    streamer: str | None = None
-    stream_deadline: float = 0.0
-
-
-@dataclass
-class PeerState:
-    """The scheduler's record of one peer: where it is, which actor it is, how busy it is."""
-
-    peer_id: str
-    host: str
-    slots: int
-    incarnation: str = ""
-    uploads: int = 0
-    throughput: float = 0.0
-    suspect_until: float = -math.inf
-
-
-class _Reachable(Mapping[str, PeerState]):
-    """The peers that may be chosen as parents now: every known peer but the suspects."""
-
-    def __init__(self, peers: dict[str, PeerState], now: float):
-        self.peers, self.now = peers, now
-
-    def __getitem__(self, peer_id: str) -> PeerState:
-        p = self.peers[peer_id]
-        if p.suspect_until > self.now:
-            raise KeyError(peer_id)
-        return p
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.peers)
-
-    def __len__(self) -> int:
-        return len(self.peers)
-
-
-@dataclass(frozen=True)
-class Done:
-    """A peer's report of a verified piece."""
-
-    piece: int
-    digest: str
-    parent: str | None
-    nbytes: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A peer's report of a piece it could not get.
-
-    ``parent_dead``: the parent's actor is gone, forget everything it held. ``parent_lacks``: the
-    parent answered that it does not hold the piece (or sent corrupt bytes), forget that piece
-    there. ``parent_unreachable``: the parent could not be reached (its node may have died and
-    not been declared dead yet): it is not chosen as a parent for a while. None (a timeout): the
-    parent keeps its pieces. ``range_ignored``: the origin answered a ranged read with the whole
-    object: the task switches to one sequential stream.
-    """
-
-    piece: int
-    parent: str | None
-    reason: str
-    parent_dead: bool = False
-    parent_lacks: bool = False
-    range_ignored: bool = False
-    parent_unreachable: bool = False
-
-
-@dataclass(frozen=True)
-class Batch:
-    """The scheduler's answer to a peer: new assignments, or the task's failure.
-
-    ``rejoin``: the scheduler does not know this peer in this task (it was taken for dead, or the
-    scheduler restarted); the peer joins again with what it holds and asks again.
-    """
-
-    assignments: list[Assignment]
-    error: str | None = None
-    rejoin: bool = False
-
-
-class SchedulerCore:
-    """The scheduler's state machine, usable without Ray (the actor wraps it)."""
-
-    def __init__(
-        self,
-        config: SchedulerConfig,
-        clock: Callable[[], float] = time.monotonic,
-        kv: durable.KeyValue | None = None,
-    ):
-        self.config = config
-        self.clock = clock
-        self.tasks: dict[str, TaskState] = {}
-        self.peers: dict[str, PeerState] = {}
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._rng = random.Random()
-        self._expired_at = -math.inf
-        self.kv: durable.KeyValue = kv if kv is not None else durable.MemoryStore()
-        self._quiet_until = -math.inf
-        self._restore()
-
-    def _restore(self) -> None:
-        """Reload the tasks registered before a restart. Who holds what comes from the peers'
-        rejoins and announcements: for :data:`RESTORE_GRACE_S` no origin read is handed out,
-        so that a piece some peer holds but has not declared yet is not read again."""
-        for task_id, (info, order, created) in durable.load_all(self.kv, durable.TASKS).items():
-            self.tasks[task_id] = TaskState(
-                info, order=order, created=created, stream=not info.ranges
-            )
-        if self.tasks:
-            self._quiet_until = self.clock() + RESTORE_GRACE_S
-
-    def _notify(self, wake: int | None = None) -> None:
-        """Wake ``wake`` long-polling peers, the longest waiting first (None: all of them)."""
-        woken = 0
-        while self._waiters and (wake is None or woken < wake):
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                woken += 1
-
-    async def wait_change(self, timeout: float) -> None:
-        """Long-poll: return when a change wakes this waiter, or after ``timeout``."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(fut, timeout)
-        if len(self._waiters) > WAITERS_PRUNE_AT:
-            self._waiters = deque(f for f in self._waiters if not f.done())
-
-    def _task(self, task_id: str) -> TaskState:
-        try:
-            return self.tasks[task_id]
-        except KeyError:
-            raise TaskNotFound(f"unknown task {task_id}") from None
-
-    def add_task(self, info: TaskInfo, order: str) -> TaskState:
-        """Record a new task (replacing a failed one of the same id) and keep it in the store,
-        so that a restarted scheduler knows it; the oldest idle tasks beyond
-        :data:`MAX_KEPT_TASKS` are dropped."""
-        state = TaskState(info, order=order, created=time.time(), stream=not info.ranges)
-        self.tasks[info.task_id] = state
-        durable.save(self.kv, durable.TASKS, info.task_id, (info, order, state.created))
-        self._prune()
-        return state
-
-    def _prune(self) -> None:
-        excess = len(self.tasks) - MAX_KEPT_TASKS
-        if excess <= 0:
-            return
-        idle = [tid for tid, t in self.tasks.items() if not any(t.leases.values())]
-        for tid in sorted(idle, key=lambda tid: self.tasks[tid].created)[:excess]:
-            del self.tasks[tid]
-            durable.drop(self.kv, durable.TASKS, tid)
-
-    def announce(
-        self, peer_id: str, host: str, slots: int, incarnation: str, have: dict[str, dict[int, str]]
-    ) -> list[str]:
-        """A peer tells what complete tasks it holds (after a restart of either side); returns
-        the task ids this scheduler knows, now recorded as held there."""
-        known = [tid for tid in have if tid in self.tasks and not self.tasks[tid].error]
-        for tid in known:
-            self.join(tid, peer_id, host, slots, have[tid], incarnation)
-            if len(self.tasks[tid].have[peer_id]) == self.tasks[tid].info.n_pieces:
-                self.tasks[tid].finished[peer_id] = None
-        return known
-
-    def suspect(self, peer_id: str) -> None:
-        """A child could not reach ``peer_id``: choose other parents (or the origin) for a while."""
-        if peer_id in self.peers:
-            self.peers[peer_id].suspect_until = self.clock() + SUSPECT_S
-
-    def join(
-        self,
-        task_id: str,
-        peer_id: str,
-        host: str,
-        slots: int,
-        have: dict[int, str] | None = None,
-        incarnation: str = "",
-    ) -> None:
-        """A peer joins a task, possibly holding pieces already (from its cache).
-
-        A new ``incarnation`` for a known peer id is a restarted actor on the same node: what the
-        old actor held or was fetching is forgotten first.
-        """
-        t = self._task(task_id)
-        known = self.peers.get(peer_id)
-        if known is not None and known.incarnation != incarnation:
-            self.peer_lost(peer_id)
-        self.peers.setdefault(peer_id, PeerState(peer_id, host, slots, incarnation))
-        self.peers[peer_id].host, self.peers[peer_id].slots = host, slots
-        t.have.setdefault(peer_id, set())
-        t.leases.setdefault(peer_id, {})
-        t.finished.pop(peer_id, None)
-        for piece, digest in (have or {}).items():
-            self._hold(t, peer_id, piece, digest)
-        self._notify(wake_count(len(have or {}), 0, self.config.wake_per_piece))
-
-    def _hold(self, t: TaskState, peer_id: str, piece: int, digest: str) -> None:
-        t.have.setdefault(peer_id, set()).add(piece)
-        t.holders.setdefault(piece, set()).add(peer_id)
-        t.digests.setdefault(piece, digest)
-
-    def _release(self, t: TaskState, peer_id: str, piece: int) -> Lease | None:
-        lease = t.leases.get(peer_id, {}).pop(piece, None)
-        if lease is None:
-            return None
-        if lease.parent is None:
-            t.origin_inflight.discard(piece)
-        elif lease.parent in self.peers:
-            self.peers[lease.parent].uploads = max(0, self.peers[lease.parent].uploads - 1)
-        return lease
-
-    def report(self, task_id: str, peer_id: str, done: list[Done], failed: list[Failed]) -> None:
-        """Apply a peer's batch of finished and failed pieces."""
-        t = self._task(task_id)
-        known = self.knows(task_id, peer_id)  # a forgotten peer declares its pieces on rejoin
-        if t.streamer == peer_id:
-            t.stream_deadline = self.clock() + self.config.lease_timeout_s
-        for d in done:
-            self._release(t, peer_id, d.piece)
-            if d.parent in self.peers and d.seconds > 0:
-                p = self.peers[d.parent]
-                p.throughput = 0.7 * p.throughput + 0.3 * d.nbytes / d.seconds
-            if known:
-                self._hold(t, peer_id, d.piece, d.digest)
-        for f in failed:
-            lease = self._release(t, peer_id, f.piece)
-            if f.range_ignored:
-                t.stream = True
-            elif f.parent is None:
-                if t.streamer == peer_id:
-                    t.streamer = None
-                n = t.origin_failures[f.piece] = t.origin_failures.get(f.piece, 0) + 1
-                if n >= MAX_ORIGIN_FAILURES:
-                    t.error = f"piece {f.piece} failed from the origin {n} times: {f.reason}"
-            elif f.parent_dead and lease is not None and lease.parent == f.parent:
-                self.peer_lost(f.parent, lease.incarnation)
-            elif f.parent_lacks:
-                t.holders.get(f.piece, set()).discard(f.parent)
-                t.have.get(f.parent, set()).discard(f.piece)
-            elif f.parent_unreachable:
-                self.suspect(f.parent)
-        if done or failed:
-            self._notify(wake_count(len(done), len(failed), self.config.wake_per_piece))
-
-    def expire_leases(self) -> None:
-        """Release every lease past its deadline, so its piece is handed out again.
-
-        Leases last tens of seconds, so the scan runs at most every :data:`EXPIRY_PERIOD_S`.
-        """
-        now = self.clock()
-        if now - self._expired_at < EXPIRY_PERIOD_S:
-            return
-        self._expired_at = now
-        for t in self.tasks.values():
-            for peer_id, leases in t.leases.items():
-                for piece in [p for p, lease in leases.items() if lease.deadline < now]:
-                    self._release(t, peer_id, piece)
-            if t.streamer is not None and t.stream_deadline < now:
-                t.streamer = None
-
-    def knows(self, task_id: str, peer_id: str) -> bool:
-        """True when ``peer_id`` is a live member of the task (it joined and was not lost)."""
-        t = self.tasks.get(task_id)
-        return t is not None and peer_id in self.peers and peer_id in t.have
-
-    def plan(self, task_id: str, peer_id: str, want: int) -> Batch:
-        """Hand ``peer_id`` up to ``want`` new pieces, leasing them."""
-        t = self._task(task_id)
-        if t.error:
-            return Batch([], t.error)
-        if not self.knows(task_id, peer_id):
-            return Batch([], rejoin=True)
-        if t.stream and (streamed := self._plan_stream(t, peer_id)) is not None:
-            return streamed
-        me = self.peers[peer_id]
-        me.suspect_until = -math.inf  # it is asking, so it is reachable
-        view = TaskView(
-            t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
-        )
-        leases = t.leases.setdefault(peer_id, {})
-        mine = sum(1 for lease in leases.values() if lease.parent is None)
-        parallelism = self.config.origin_parallelism
-        quota = origin_quota(parallelism, self._active(t), t.info.source_node, peer_id) - mine
-        if t.stream:
-            quota = 0  # the origin is read by the streamer only
-        if self.clock() < self._quiet_until:
-            quota = 0
-        batch = plan_batch(
-            view,
-            peer_id,
-            me.host,
-            t.have.get(peer_id, set()),
-            set(leases),
-            _Reachable(self.peers, self.clock()),
-            want,
-            t.order,
-            self._rng,
-            max(0, quota),
-        )
-        deadline = self.clock() + self.config.lease_timeout_s
-        for a in batch:
-            if a.parent is None:
-                leases[a.piece] = Lease(None, deadline)
-                t.origin_inflight.add(a.piece)
-            else:
-                parent = self.peers[a.parent]
-                leases[a.piece] = Lease(a.parent, deadline, parent.incarnation)
-                parent.uploads += 1
-        return Batch(batch)
-
-    def _plan_stream(self, t: TaskState, peer_id: str) -> Batch | None:
-        """For an origin that ignores ``Range``: the stream for ``peer_id`` if it takes it over,
-        nothing more for the streamer, None for the others (they get held pieces only)."""
-        now = self.clock()
-        unheld = any(not t.holders.get(i) for i in range(t.info.n_pieces))
-        if takes_stream(t.streamer, t.stream_deadline < now, peer_id, unheld):
-            t.streamer = peer_id
-            t.stream_deadline = now + self.config.lease_timeout_s
-            return Batch([Assignment(0, None, stream=True)])
-        return Batch([]) if t.streamer == peer_id else None
-
-    def _active(self, t: TaskState) -> int:
-        """Peers still fetching ``t``, counted at most every :data:`ACTIVE_PERIOD_S` (it only
-        splits the origin budget, and counting is O(peers))."""
-        now = self.clock()
-        if now - t.active_at >= ACTIVE_PERIOD_S:
-            n = t.info.n_pieces
-            t.active = sum(1 for p, h in t.have.items() if len(h) < n and p not in t.finished)
-            t.active_at = now
-        return t.active
-
-    def finish(self, task_id: str, peer_id: str, error: str | None, fatal: bool = False) -> None:
-        """A peer is done with a task (``error`` None: every piece verified).
-
-        A peer that failed drops what it held; a ``fatal`` error (the whole file's digest is
-        wrong, the origin refused the object) fails the task for everyone.
-        """
-        t = self._task(task_id)
-        t.finished[peer_id] = error
-        if t.streamer == peer_id:
-            t.streamer = None
-        for piece in list(t.leases.get(peer_id, {})):
-            self._release(t, peer_id, piece)
-        if error:
-            for piece in t.have.pop(peer_id, set()):
-                t.holders.get(piece, set()).discard(peer_id)
-            self._check_source(t, peer_id, f"failed ({error})")
-        if fatal:
-            t.error = error
-        if error:  # its pieces may have to come from elsewhere; a fatal error reaches everyone
-            self._notify()
-
-    def peer_lost(self, peer_id: str, incarnation: str | None = None) -> None:
-        """Forget a dead peer: its pieces, its leases, its uploads.
-
-        With ``incarnation``, only if that actor still stands for the peer id (a report about an
-        actor that was since replaced by a new one on the same node changes nothing).
-        """
-        known = self.peers.get(peer_id)
-        if incarnation is not None and known is not None and known.incarnation != incarnation:
-            return
-        for t in self.tasks.values():
-            for piece in t.have.pop(peer_id, set()):
-                t.holders.get(piece, set()).discard(peer_id)
-            for piece in list(t.leases.get(peer_id, {})):
-                self._release(t, peer_id, piece)
-            t.leases.pop(peer_id, None)
-            if t.streamer == peer_id:
-                t.streamer = None
-            self._check_source(t, peer_id, "is gone")
-        self.peers.pop(peer_id, None)
-        self._notify()
-
-    @staticmethod
-    def _check_source(t: TaskState, peer_id: str, what: str) -> None:
-        """Fail a node-local task whose source node ``peer_id`` dropped out while some piece is
-        held nowhere else: only that node can read the origin, so the others would wait forever."""
-        if t.info.source_node != peer_id or t.error:
-            return
-        if any(not t.holders.get(i) for i in range(t.info.n_pieces)):
-            t.error = (
-                f"{source.redact_url(t.info.url)} is only on node {peer_id}, whose peer {what} "
-                "before every piece left it"
-            )
-
-    def progress(self, task_ids: list[str]) -> dict[str, int]:
-        """Bytes each peer holds across ``task_ids``."""
-        out: dict[str, int] = {}
-        for tid in task_ids:
-            t = self.tasks.get(tid)
-            if t is None:
-                continue
-            for peer_id, have in t.have.items():
-                nbytes = sum(b - a for a, b in map(t.info.piece_range, have))
-                out[peer_id] = out.get(peer_id, 0) + nbytes
-        return out
-
-    def status(self) -> list[dict[str, Any]]:
-        """One summary row per task."""
-        rows = []
-        for tid, t in self.tasks.items():
-            complete = sum(1 for h in t.have.values() if len(h) == t.info.n_pieces)
-            rows.append(
-                {
-                    "task_id": tid,
-                    "url": source.redact_url(t.info.url),
-                    "length": t.info.length,
-                    "piece_size": t.info.piece_size,
-                    "pieces": t.info.n_pieces,
-                    "peers": len(t.have),
-                    "nodes_done": complete,
-                    "state": "failed"
-                    if t.error
-                    else ("done" if complete and complete == len(t.have) else "running"),
-                    "error": t.error,
-                }
-            )
-        return rows
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -530,7 +41,7 @@ class Scheduler:
     """
 
     def __init__(self, config: SchedulerConfig):
-        self.core = SchedulerCore(config, kv=durable.GcsStore())
+        self.core = SchedulerCore(config, kv=GcsStore())
         self._watch: asyncio.Task[None] | None = None
         self._asked: asyncio.Task[None] | None = None
         ray.get_runtime_context().current_actor.start.remote()
@@ -578,7 +89,7 @@ class Scheduler:
         self,
         spec: SourceSpec,
         piece_size: int | None = None,
-        order: str = "rarest-first",
+        order: str | None = None,
         listed: source.SourceFile | None = None,
     ) -> TaskInfo:
         """The task for ``spec``; concurrent and later calls for the same task share one.
@@ -586,7 +97,8 @@ class Scheduler:
         ``listed``: the file as the client's listing found it (size, version, ranges): no
         request to the origin here. Without it the origin is stat'ed once, and, unless ``spec``
         names its task id, the version found is folded into the id (:func:`version.identity`);
-        a node-local file (``spec.source_node``) must come listed by its node.
+        a node-local file (``spec.source_node``) must come listed by its node. ``order``: the
+        piece policy (None: the scheduler's configured one, ``RAYFLY_POLICY``).
         """
         if spec.task_id is not None and (known := self._registered(spec.resolved_task_id())):
             return known
@@ -717,6 +229,3 @@ def _existing_peers() -> list[Any]:
     from rayfly.actors.placement import existing_peers
 
     return list(existing_peers().values())
-
-
-__all__ = ["Batch", "Done", "Failed", "RayflyError", "Scheduler", "SchedulerCore"]

@@ -15,11 +15,10 @@ from typing import Any
 
 import aiohttp
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayfly import metrics
 from rayfly.actors import placement
-from rayfly.config import NAMESPACE, PeerConfig, SchedulerConfig, from_env
+from rayfly.config import PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import ClusterError
 from rayfly.proxy.p2p import P2PBlobs
 from rayfly.proxy.server import Mirror, MirrorSettings, make_clients, start_server
@@ -121,15 +120,9 @@ def get_or_create_proxy(
     docker_config: str | None = None,
 ) -> Any:
     """The proxy actor of ``node``, pinned there with hard node affinity; created if missing."""
-    strategy = NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False)
-    return Proxy.options(
-        name=proxy_name(node.node_id),
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        scheduling_strategy=strategy,
-        max_concurrency=1000,
-    ).remote(node.node_id, settings, host, port, docker_config)
+    return placement.node_actor(
+        Proxy, proxy_name(node.node_id), node, node.node_id, settings, host, port, docker_config
+    )
 
 
 def ports_for(
@@ -173,11 +166,7 @@ def start_mirrors(
 
 def existing_proxies() -> dict[str, Any]:
     """Proxy actors that exist now, by node id (none is created)."""
-    out = {}
-    for node in placement.alive_nodes():
-        with contextlib.suppress(ValueError):
-            out[node.node_id] = ray.get_actor(proxy_name(node.node_id), namespace=NAMESPACE)
-    return out
+    return placement.existing_node_actors(proxy_name)
 
 
 def mirror_status(timeout_s: float = 5.0) -> list[dict[str, Any]]:
@@ -187,19 +176,12 @@ def mirror_status(timeout_s: float = 5.0) -> list[dict[str, Any]]:
     from rayfly.proxy.keeper import kept_rows
 
     kept = kept_rows()
-    proxies = existing_proxies()
-    refs = {node_id: actor.status.remote() for node_id, actor in proxies.items()}
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    refs = {node_id: actor.status.remote() for node_id, actor in existing_proxies().items()}
     out = []
-    for node_id, ref in refs.items():
-        if ref in ready:
-            try:
-                out.append({**ray.get(ref), "last_answer": time.time()})
-                continue
-            except ray.exceptions.RayError as exc:
-                error = type(exc).__name__
-        else:
-            error = f"no answer within {timeout_s}s"
+    for node_id, (answer, error) in placement.gather(refs, timeout_s).items():
+        if error is None:
+            out.append({**answer, "last_answer": time.time()})
+            continue
         last = kept.get(node_id, {}).get("last_answer") or None
         out.append({"node_id": node_id, "healthy": False, "error": error, "last_answer": last})
     return out

@@ -9,7 +9,6 @@ peer fetches pieces from other peers or, for pieces nobody holds, from the upstr
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,19 +16,15 @@ from typing import Any
 
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from rayfly.actors.retry import unwrap
 from rayfly.errors import RayflyError
 from rayfly.proxy.blobs import BlobHandle, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
+from rayfly.storage import PieceStore, TaskEntry
 from rayfly.task import SourceSpec, TaskInfo, default_piece_size
 
 _PREPARE_GRACE_S = 10.0
 READ_AHEAD = 2
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
-        exc = exc.cause
-    return exc
 
 
 def blob_spec(url: str, headers: dict[str, str], digest: Digest) -> SourceSpec:
@@ -103,7 +98,7 @@ class _P2PHandle:
                 raise
             except RayTaskError as exc:
                 self._shared.forget(index, ref)
-                cause = _unwrap(exc)
+                cause = unwrap(exc)
                 # The peer records a task a moment after prepare() returns: retry briefly.
                 if "not prepared" not in str(cause) or loop.time() > deadline:
                     raise cause from None
@@ -127,7 +122,7 @@ class _P2PHandle:
         try:
             result = await self._owner.call("wait_complete", self._digest.task_id)
         except RayTaskError as exc:
-            raise _unwrap(exc) from None
+            raise unwrap(exc) from None
         if result.get("sha256") != self._digest.hex:
             raise BlobDigestMismatch(f"bytes on this node do not match {self._digest}")
         self._owner.count(self._digest, result)
@@ -137,7 +132,7 @@ class _FileHandle:
     """A blob complete and verified in the node's piece store, read from its data file.
 
     The proxy runs on the same node as the peer, so the store's documented layout
-    (``<root>/tasks/<task_id>/{data,meta.json}``) is readable here; the file is opened once, so
+    is readable here (:meth:`PieceStore.read_entry`); the file is opened once, so
     an eviction during the response does not cut it short.
     """
 
@@ -158,20 +153,10 @@ class _FileHandle:
             self._fd = -1
 
 
-def _task_dir(root: Path, digest: Digest) -> Path:
-    """Where the piece store keeps the blob's task (``data`` and ``meta.json``)."""
-    return root / "tasks" / digest.task_id
-
-
-def _read_meta(root: Path, digest: Digest) -> dict[str, Any] | None:
-    """The store's record of a complete task for ``digest``, if its sha256 matches."""
-    try:
-        meta = json.loads((_task_dir(root, digest) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not meta.get("complete") or meta.get("sha256") != digest.hex:
-        return None
-    return meta
+def _stored(root: Path | None, digest: Digest) -> TaskEntry | None:
+    """The piece store's complete entry for ``digest``, if its sha256 matches."""
+    entry = PieceStore.read_entry(root, digest.task_id) if root is not None else None
+    return entry if entry is not None and entry.sha256 == digest.hex else None
 
 
 class P2PBlobs:
@@ -213,27 +198,27 @@ class P2PBlobs:
             return await getattr(self.peer, method).remote(*args)
 
     def _open_local(self, digest: Digest) -> _FileHandle | None:
-        meta = _read_meta(self._root, digest) if self._root else None
-        if meta is None or self._root is None:
+        entry = _stored(self._root, digest)
+        if entry is None or self._root is None:
             return None
         try:
-            fd = os.open(_task_dir(self._root, digest) / "data", os.O_RDONLY)
+            fd = os.open(PieceStore.data_path_at(self._root, digest.task_id), os.O_RDONLY)
         except OSError:
             return None
-        return _FileHandle(fd, int(meta["length"]), int(meta["piece_size"]))
+        return _FileHandle(fd, entry.length, entry.piece_size)
 
     async def local_path(self, digest: Digest) -> Path | None:
         """The piece store's data file of the blob, if complete and verified on this node."""
-        if self._root is None or _read_meta(self._root, digest) is None:
+        if self._root is None or _stored(self._root, digest) is None:
             return None
-        path = _task_dir(self._root, digest) / "data"
+        path = PieceStore.data_path_at(self._root, digest.task_id)
         return path if path.is_file() else None
 
     async def cached_length(self, digest: Digest) -> int | None:
         """The blob's length if complete and verified in this node's cache."""
-        meta = _read_meta(self._root, digest) if self._root else None
-        if meta is not None:
-            return int(meta["length"])
+        entry = _stored(self._root, digest)
+        if entry is not None:
+            return entry.length
         if not await self.call("has_task", digest.task_id):
             return None
         try:
@@ -267,7 +252,7 @@ class P2PBlobs:
                 # A client streams the blob front to back: fetch pieces in index order.
                 info = await self.scheduler.register.remote(spec, None, "sequential")
             except RayTaskError as exc:
-                raise _unwrap(exc) from None
+                raise unwrap(exc) from None
             if info.length != src.length:
                 raise UpstreamError(f"{digest}: upstream length changed ({info.length})")
             future.set_result(info)

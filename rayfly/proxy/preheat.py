@@ -20,12 +20,13 @@ import aiohttp
 import ray
 from ray.exceptions import RayTaskError
 
-from rayfly import api
 from rayfly.actors import placement
-from rayfly.actors.peer import FetchItem, FetchRequest
+from rayfly.actors.retry import unwrap
 from rayfly.cluster import connect
 from rayfly.config import PeerConfig, SchedulerConfig, from_env
 from rayfly.errors import InvalidInput
+from rayfly.fanout import fetch_everywhere
+from rayfly.protocol import FetchItem, FetchRequest, NodeResult
 from rayfly.proxy.oci import (
     Descriptor,
     ImageIndex,
@@ -43,7 +44,7 @@ from rayfly.proxy.upstream import (
     default_upstreams,
     load_docker_config,
 )
-from rayfly.report import NodeResult, Report
+from rayfly.report import Report
 from rayfly.task import TaskInfo
 
 T = TypeVar("T")
@@ -156,9 +157,7 @@ def _fetch_everywhere(
     try:
         tasks: list[TaskInfo] = ray.get([scheduler.register.remote(s) for s in specs])
     except RayTaskError as exc:
-        raise api.unwrap(exc) from None
+        raise unwrap(exc) from None
     items = [FetchItem(t, str(p.descriptor.digest)) for t, p in zip(tasks, plans, strict=True)]
     request = FetchRequest(items, None, peer_config.concurrency)
-    peers = {n.node_id: placement.get_or_create_peer(n, peer_config) for n in targets}
-    refs = {peers[n.node_id].fetch.remote(request): n for n in targets}
-    return tasks, api._collect(refs, scheduler, request, None, timeout)
+    return tasks, fetch_everywhere(request, targets, scheduler, peer_config, None, timeout)

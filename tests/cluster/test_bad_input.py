@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from rayfly.actors.placement import alive_nodes
 from rayfly.cli import main
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import CLUSTER_NODES, sha256_file
 
 MiB = 1 << 20

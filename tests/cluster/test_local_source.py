@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayfly.actors import placement
 from rayfly.cli import main
 from rayfly.config import SchedulerConfig, from_env
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import sha256_file
 from tests.support.raynode import RayNode, start_node
 

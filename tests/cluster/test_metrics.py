@@ -14,7 +14,7 @@ import ray
 
 import rayfly
 from rayfly import metrics
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 
 MiB = 1 << 20
 pytestmark = pytest.mark.cluster

@@ -23,7 +23,7 @@ import ray
 import rayfly
 from rayfly.actors import placement
 from rayfly.config import NAMESPACE, PEER_PREFIX
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import CLUSTER_NODES, sha256_file
 from tests.support.raynode import RayNode, start_node
 

@@ -11,7 +11,7 @@ import ray
 
 import rayfly
 from rayfly.actors import placement
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import sha256_file
 from tests.support.raynode import RayNode, start_node
 

@@ -13,7 +13,7 @@ import rayfly
 from rayfly import status
 from rayfly.actors import placement
 from rayfly.cli import main
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import sha256_file
 from tests.support.raynode import start_node
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,21 +11,17 @@ import ray
 
 from rayfly import pin, status
 from rayfly.actors import placement
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import CLUSTER_NODES, sha256_file
+from tests.support.cli import rayfly_cli
 
 MiB = 1 << 20
 pytestmark = pytest.mark.cluster
 
 
 def cli(*args, timeout=180):
-    return subprocess.run(
-        [sys.executable, "-m", "rayfly.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "RAY_ADDRESS": "", "RAYFLY_PIN_INTERVAL_S": "1"},
-    )
+    env = {**os.environ, "RAY_ADDRESS": "", "RAYFLY_PIN_INTERVAL_S": "1"}
+    return rayfly_cli(*args, env=env, timeout=timeout)
 
 
 def wait_file(path: Path, want: str, timeout: float) -> bool:

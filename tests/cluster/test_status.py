@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +11,16 @@ import ray
 import rayfly
 from rayfly import status
 from rayfly.actors import placement
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import CLUSTER_NODES, cache_file, free_port
+from tests.support.cli import rayfly_cli
 
 MiB = 1 << 20
 pytestmark = pytest.mark.cluster
 
 
 def cli(*args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "rayfly.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
+    return rayfly_cli(*args, timeout=timeout)
 
 
 @pytest.fixture

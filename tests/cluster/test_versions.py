@@ -17,8 +17,9 @@ import rayfly
 from rayfly import pin
 from rayfly.actors import placement
 from rayfly.config import NAMESPACE, PEER_PREFIX
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import CLUSTER_NODES, free_port, sha256_file
+from tests.support.cli import rayfly_cli
 
 MiB = 1 << 20
 pytestmark = pytest.mark.cluster
@@ -27,13 +28,7 @@ CHANGED = "changed at the origin during the distribution; run it again to get th
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``rayfly ...`` in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "rayfly.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
+    return rayfly_cli(*args, timeout=300)
 
 
 def copies(report: rayfly.Report) -> set[str]:

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayfly.origin import make_file
+from rayfly.demo_origin import make_file
 from tests.conftest import free_port, sha256_file
+from tests.support import cli
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
@@ -204,20 +205,13 @@ def run(head: Head, args: list[str], timeout: float = 300) -> subprocess.Complet
     RAY_AUTH_MODE=token)."""
     mode = {"RAY_AUTH_MODE": "token"} if head.auth == "token" else {}
     env = {**_without_auth(os.environ), "RAY_ADDRESS": "", **head.client_env, **mode}
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    return cli.run(args, env, timeout)
 
 
 def rayfly(head: Head | None, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The rayfly CLI without RAY_AUTH_MODE: it must find the token (if any) itself."""
     env = {**_without_auth(os.environ), "RAY_ADDRESS": "", **(head.client_env if head else {})}
-    return subprocess.run(
-        [sys.executable, "-m", "rayfly.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=env,
-    )
+    return cli.rayfly_cli(*args, env=env, timeout=timeout)
 
 
 def report_in(output: str) -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run as run_command
+
 REPO = Path(__file__).resolve().parents[2]
 PREFIX, SUBNET = "rfs", "10.213.1"
 
@@ -42,9 +44,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REFUSED is not None, reason=RE
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return run_command(argv, env, timeout)
 
 
 def _leftovers() -> list[str]:

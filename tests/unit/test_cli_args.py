@@ -23,3 +23,23 @@ def test_image_excludes_source_and_dest():
 def test_bad_dest_template_fails_fast():
     result = run("/etc/hostname", "--dest", "/tmp/{nodeid}/x")
     assert result.exit_code == 2 and "unknown placeholder {nodeid}" in result.output
+
+
+def test_insecure_means_a_registry_name_on_distribute_and_mirror():
+    from rayfly.cli.common import plain_http
+    from rayfly.cli.distribute import distribute
+    from rayfly.cli.mirror import preheat, start
+
+    image = ["--image", "127.0.0.1:5000/team/app:dev"]
+    named = distribute.make_context("distribute", [*image, "--insecure", "127.0.0.1:5000"])
+    bare = distribute.make_context("distribute", [*image, "--insecure"])
+    other = distribute.make_context("distribute", [*image, "--insecure", "lab"])
+    assert plain_http("127.0.0.1:5000", named.params["insecure"])
+    assert plain_http("127.0.0.1:5000", bare.params["insecure"])  # the old flag still works
+    assert not plain_http("127.0.0.1:5000", other.params["insecure"])
+    assert not plain_http("127.0.0.1:5000", ())
+    args = ["--insecure", "Lab", "--insecure", "127.0.0.1:5000"]
+    assert start.make_context("start", args).params["insecure"] == ("Lab", "127.0.0.1:5000")
+    pre = preheat.make_context("preheat", ["127.0.0.1:5000/a:1", "--insecure", "127.0.0.1:5000"])
+    assert plain_http("127.0.0.1:5000", pre.params["insecure"])
+    assert plain_http("lab", ("LAB",))

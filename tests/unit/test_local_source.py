@@ -4,11 +4,12 @@ import os
 
 import pytest
 
-from rayfly.actors.scheduler import Done, SchedulerCore
 from rayfly.api import locate
 from rayfly.config import SchedulerConfig
 from rayfly.errors import InvalidInput, NodeNotFound
 from rayfly.nodes import NodeInfo, match_node
+from rayfly.protocol import Done
+from rayfly.scheduler_core import SchedulerCore
 from rayfly.scheduling import origin_quota
 from rayfly.task import SourceSpec, TaskInfo, task_id_for
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from rayfly.cli import main
+from rayfly.cli.mirror import build_settings
 from rayfly.errors import InvalidInput
-from rayfly.proxy.cli import build_settings
 
 
 def test_config_containerd_writes_hosts_toml(tmp_path):

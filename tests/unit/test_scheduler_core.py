@@ -1,7 +1,8 @@
 """The scheduler's state machine without Ray: leases, reports, failures, dead peers."""
 
-from rayfly.actors.scheduler import Done, Failed, SchedulerCore
 from rayfly.config import SchedulerConfig
+from rayfly.protocol import Done, Failed
+from rayfly.scheduler_core import SchedulerCore
 from rayfly.task import TaskInfo
 
 MiB = 1 << 20
@@ -149,7 +150,7 @@ def test_a_verified_piece_wakes_a_bounded_number_of_long_pollers():
 
 
 def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
-    from rayfly.actors.durable import TASKS, MemoryStore
+    from rayfly.durable import TASKS, MemoryStore
 
     kv = MemoryStore()
     first = SchedulerCore(SchedulerConfig(), kv=kv)
@@ -171,8 +172,8 @@ def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
 
 
 def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():
-    from rayfly.actors.durable import MemoryStore
-    from rayfly.actors.scheduler import RESTORE_GRACE_S
+    from rayfly.durable import MemoryStore
+    from rayfly.scheduler_core import RESTORE_GRACE_S
 
     kv = MemoryStore()
     SchedulerCore(SchedulerConfig(), kv=kv).add_task(TaskInfo("t", "u", 8 * MiB, MiB), "sequential")
@@ -187,8 +188,8 @@ def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():
 
 
 def test_kept_tasks_are_bounded(monkeypatch):
-    from rayfly.actors import scheduler
-    from rayfly.actors.durable import TASKS, MemoryStore
+    from rayfly import scheduler_core as scheduler
+    from rayfly.durable import TASKS, MemoryStore
 
     monkeypatch.setattr(scheduler, "MAX_KEPT_TASKS", 3)
     kv = MemoryStore()
@@ -200,7 +201,7 @@ def test_kept_tasks_are_bounded(monkeypatch):
 
 
 def test_an_unreachable_parent_is_passed_over_until_heard_from_or_the_time_is_up():
-    from rayfly.actors.scheduler import SUSPECT_S
+    from rayfly.scheduler_core import SUSPECT_S
 
     c, now = core()
     c.join("t", "a", "ha", 4, have={i: "d" for i in range(8)})
@@ -216,3 +217,29 @@ def test_an_unreachable_parent_is_passed_over_until_heard_from_or_the_time_is_up
     assert [x.parent for x in c.plan("t", "b", 1).assignments] == [None]
     c.plan("t", "a", 1)  # a asks the scheduler itself: it is reachable
     assert [x.parent for x in c.plan("t", "b", 1).assignments] == ["a"]
+
+
+def test_the_configured_piece_policy_orders_tasks_registered_without_one():
+    c = SchedulerCore(SchedulerConfig(policy="sequential", origin_parallelism=8))
+    state = c.add_task(TaskInfo("s", "http://o/x", 8 * MiB, MiB))
+    assert state.order == "sequential"
+    c.join("s", "a", "h-a", 8)
+    assert [x.piece for x in c.plan("s", "a", 4).assignments] == [0, 1, 2, 3]
+    assert c.add_task(TaskInfo("r", "http://o/y", MiB, MiB), "rarest-first").order == (
+        "rarest-first"
+    )
+    default = SchedulerCore(SchedulerConfig())
+    assert default.add_task(TaskInfo("d", "http://o/z", MiB, MiB)).order == "rarest-first"
+
+
+def test_an_unknown_piece_policy_is_a_clear_error_naming_it():
+    import pytest
+
+    from rayfly.config import from_env
+    from rayfly.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"unknown piece policy 'fastest'.*rarest-first"):
+        SchedulerConfig(policy="fastest")
+    with pytest.raises(InvalidInput, match=r"RAYFLY_POLICY='fastest'.*sequential"):
+        from_env(SchedulerConfig, {"RAYFLY_POLICY": "fastest"})
+    assert from_env(SchedulerConfig, {"RAYFLY_POLICY": "sequential"}).policy == "sequential"

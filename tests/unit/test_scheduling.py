@@ -3,8 +3,8 @@ import random
 import pytest
 
 from rayfly.errors import InvalidInput
+from rayfly.protocol import Assignment
 from rayfly.scheduling import (
-    Assignment,
     PeerLoad,
     TaskView,
     choose_parent,

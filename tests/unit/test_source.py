@@ -3,8 +3,8 @@
 import pytest
 
 from rayfly import source
+from rayfly.demo_origin import OriginServer
 from rayfly.errors import OriginUnreachable, SourceNotFound
-from rayfly.origin import OriginServer
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ import sys
 import pytest
 
 from rayfly import plot, submit
-from rayfly.cli_status import load_runtime_env
+from rayfly.cli.distribute import load_runtime_env
 from rayfly.errors import InvalidInput, MissingDependency
 from rayfly.progress import ProgressBar
-from rayfly.report import NodeResult, Report
+from rayfly.protocol import NodeResult
+from rayfly.report import Report
 from rayfly.status import format_status
 
 
@@ -101,7 +102,7 @@ def test_job_entrypoint_round_trips_every_option():
 
 
 def test_job_forwards_the_source_node():
-    from rayfly.cli import distribute
+    from rayfly.cli.distribute import distribute
 
     args = submit.distribute_args("/ckpt/x", "/data/x", source_node="worker-1")
     assert args[args.index("--source-node") + 1] == "worker-1"

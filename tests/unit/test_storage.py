@@ -76,6 +76,22 @@ def test_incomplete_tasks_are_dropped_on_restart_complete_kept(tmp_path):
     assert bytes(again.read_piece("done", 1)) == b"a" * 904
 
 
+def test_read_entry_reads_only_complete_tasks_without_opening_the_store(tmp_path):
+    store = PieceStore(tmp_path, quota=1 << 20)
+    data = b"a" * 5000
+    fill(store, "done", data, 4096)
+    store.complete("done", "11" * 32)
+    store.begin("partial", 5000, 4096)
+    store.write_piece("partial", 0, b"b" * 4096)
+    entry = PieceStore.read_entry(tmp_path, "done")
+    assert entry is not None and entry.complete and entry.sha256 == "11" * 32
+    assert (entry.length, entry.piece_size, entry.have) == (5000, 4096, {0, 1})
+    assert PieceStore.data_path_at(tmp_path, "done").read_bytes() == data
+    assert PieceStore.read_entry(tmp_path, "partial") is None
+    assert PieceStore.read_entry(tmp_path, "absent") is None
+    assert (tmp_path / "tasks" / "partial").exists()  # a reader removes nothing
+
+
 def test_lru_eviction_and_quota(tmp_path):
     now = [0.0]
     store = PieceStore(tmp_path, quota=10_000, clock=lambda: now[0])

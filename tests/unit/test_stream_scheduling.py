@@ -1,7 +1,8 @@
 """Origins that ignore Range: one peer streams, the others fetch from it (no Ray)."""
 
-from rayfly.actors.scheduler import Done, Failed, SchedulerCore
 from rayfly.config import SchedulerConfig
+from rayfly.protocol import Done, Failed
+from rayfly.scheduler_core import SchedulerCore
 from rayfly.scheduling import takes_stream
 from rayfly.task import TaskInfo
 

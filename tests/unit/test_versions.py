@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from rayfly import source
+from rayfly.demo_origin import OriginServer
 from rayfly.errors import OriginChanged, RangeIgnored
-from rayfly.origin import OriginServer
 from rayfly.task import SourceSpec, task_id_for
 from rayfly.version import Version, from_info, identity
 

@@ -2,8 +2,9 @@
 
 The cluster-wide actors (the scheduler, the pinner) keep their registered tasks and pins here, so
 that a restarted actor rebuilds from them. On a cluster the store is Ray's GCS key-value store
-(:class:`GcsStore`, namespace ``rayfly``, keys like ``rayfly/tasks/<id>``); :class:`MemoryStore`
-is the same interface in memory, for tests and for code running without Ray.
+(:class:`rayfly.actors.gcs_store.GcsStore`, namespace ``rayfly``, keys like
+``rayfly/tasks/<id>``); :class:`MemoryStore` is the same interface in memory, for tests and for
+code running without Ray.
 """
 
 from __future__ import annotations
@@ -48,30 +49,6 @@ class MemoryStore:
 
     def keys(self, prefix: str) -> list[str]:
         return [k for k in self.data if k.startswith(prefix)]
-
-
-class GcsStore:
-    """:class:`KeyValue` in Ray's GCS key-value store (works in the driver and in actors)."""
-
-    def put(self, key: str, value: bytes) -> None:
-        from ray.experimental import internal_kv
-
-        internal_kv._internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
-
-    def get(self, key: str) -> bytes | None:
-        from ray.experimental import internal_kv
-
-        return internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
-
-    def delete(self, key: str) -> None:
-        from ray.experimental import internal_kv
-
-        internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
-
-    def keys(self, prefix: str) -> list[str]:
-        from ray.experimental import internal_kv
-
-        return [k.decode() for k in internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE)]
 
 
 def save(kv: KeyValue, prefix: str, record_id: str, record: Any) -> None:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,14 @@ from typing import Any
 
 import click
 
+from rayfly.cli.common import (
+    EXIT_FAILED,
+    NODES_HELP,
+    connect_existing,
+    fail,
+    insecure_option,
+    plain_http,
+)
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.proxy import runtimes
 from rayfly.proxy.containerd_config import (
@@ -23,26 +30,9 @@ from rayfly.proxy.containerd_config import (
     installed_containerd_major,
     with_config_path,
 )
-from rayfly.proxy.oci import DOCKER_HUB
+from rayfly.proxy.oci import DOCKER_HUB, parse_image_ref
 from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream, default_upstreams, parse_upstream
-
-EXIT_BAD_INPUT = 2
-NODES_HELP = (
-    "Which nodes (repeatable; several intersect): 'all', N, P%, label:KEY=VALUE, "
-    "resource:NAME, or node ids."
-)
-
-
-def _fail(exc: BaseException) -> None:
-    click.echo(f"rayfly: error: {exc}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
-
-
-def _connect(address: str | None) -> None:
-    from rayfly.cluster import connect
-
-    connect(address or os.environ.get("RAY_ADDRESS") or "auto")
 
 
 def build_settings(
@@ -84,7 +74,7 @@ def mirror() -> None:
     metavar="NAME",
     help="Upstream for requests without ?ns= (default docker.io).",
 )
-@click.option("--insecure", multiple=True, metavar="NAME", help="Allow plain http to NAME.")
+@insecure_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -126,13 +116,12 @@ def start(
 
     try:
         settings = build_settings(upstreams, default_upstream, insecure, tag_ttl, verify_access)
-        _connect(address)
+        connect_existing(address)
         here = ray.get_runtime_context().get_node_id()
         spec = MirrorSpec(settings, host, port, docker_config, list(nodes), exclude_head, here)
         endpoints = keep_mirrors(spec)
     except RayflyError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     if as_json:
         click.echo(json.dumps(endpoints, indent=2))
     for e in endpoints:
@@ -140,7 +129,7 @@ def start(
             click.echo(f"rayfly: mirror on {e['node_id'][:12]}: {e['keeper_error']}", err=True)
         elif not as_json:
             click.echo(f"{e['node_id'][:12]}  {e['node_ip']:<15}  {e['url']}")
-    sys.exit(0 if all(e.get("url") for e in endpoints) else 1)
+    sys.exit(0 if all(e.get("url") for e in endpoints) else EXIT_FAILED)
 
 
 @mirror.command()
@@ -150,11 +139,10 @@ def stop(address: str | None) -> None:
     from rayfly.proxy.actor import stop_mirrors
 
     try:
-        _connect(address)
+        connect_existing(address)
         count = stop_mirrors()
     except RayflyError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     click.echo(f"stopped {count} mirror(s)")
 
 
@@ -166,11 +154,10 @@ def status(address: str | None, as_json: bool) -> None:
     from rayfly.proxy.actor import mirror_status
 
     try:
-        _connect(address)
+        connect_existing(address)
         rows = mirror_status()
     except RayflyError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -178,7 +165,7 @@ def status(address: str | None, as_json: bool) -> None:
         click.echo("no mirror is running")
     for r in rows:
         click.echo(_status_line(r))
-    sys.exit(0 if rows and all(r.get("healthy") for r in rows) else 1)
+    sys.exit(0 if rows and all(r.get("healthy") for r in rows) else EXIT_FAILED)
 
 
 def _status_line(r: dict[str, Any]) -> str:
@@ -200,7 +187,7 @@ def _status_line(r: dict[str, Any]) -> str:
 @click.option("--nodes", multiple=True, default=["all"], show_default=True, help=NODES_HELP)
 @click.option("--exclude-head", is_flag=True, help="Leave the head node out.")
 @click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL")
-@click.option("--insecure", multiple=True, metavar="NAME", help="Allow plain http to NAME.")
+@insecure_option(bare=True)
 @click.option("--docker-config", default=None, help="A Docker config.json with credentials.")
 @click.option("--address", default=None, help="Ray address (default RAY_ADDRESS, else auto).")
 @click.option("--timeout", default=None, type=float)
@@ -222,22 +209,21 @@ def preheat(
 
     try:
         settings = build_settings(upstreams, None, insecure)
-        _connect(address)
+        connect_existing(address)
         report = run_preheat(
             image,
             platform=platform,
             nodes=list(nodes),
             exclude_head=exclude_head,
             upstreams=settings.upstreams,
-            insecure=bool(insecure),
+            insecure=plain_http(parse_image_ref(image).registry, insecure),
             docker_config=docker_config,
             timeout=timeout,
         )
     except RayflyError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     click.echo(report.to_json() if as_json else str(report))
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if report.ok else EXIT_FAILED)
 
 
 @mirror.group()
@@ -303,7 +289,7 @@ def containerd(
             runtimes.write_keeping_original(Path(config_toml), merged)
             click.echo(f"wrote {config_toml} (restart containerd to apply it)")
     except (RayflyError, OSError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _registries(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
@@ -315,7 +301,7 @@ def _registries(registries: tuple[str, ...], mirror_url: str, write: str | None)
         else:
             click.echo(text, nl=False)
     except RayflyError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 _REG_HELP = (
@@ -369,4 +355,4 @@ def docker(daemon_json: str, mirror_url: str, write: bool) -> None:
         existing = path.read_text() if path.exists() else None
         click.echo(runtimes.docker_daemon_json(existing, mirror_url), nl=False)
     except (RayflyError, OSError) as exc:
-        _fail(exc)
+        fail(exc)

@@ -100,95 +100,98 @@ class OriginServer:
         os.replace(tmp, target)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+        """The request handler class serving this origin."""
+        return type("Handler", (_Handler,), {"origin": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:
-                return
+class _Handler(BaseHTTPRequestHandler):
+    """Serves files of :attr:`origin` (set on the subclass :meth:`OriginServer._handler` makes)."""
 
-            def _file(self) -> Path | None:
-                rel = unquote(urlsplit(self.path).path).lstrip("/")
-                path = (server.root / rel).resolve()
-                if server.root not in path.parents or not path.is_file():
-                    return None
-                return path
+    origin: OriginServer
+    protocol_version = "HTTP/1.1"
 
-            def _error(self, code: int) -> None:
-                self.send_response(code)
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+    def _file(self) -> Path | None:
+        rel = unquote(urlsplit(self.path).path).lstrip("/")
+        path = (self.origin.root / rel).resolve()
+        if self.origin.root not in path.parents or not path.is_file():
+            return None
+        return path
+
+    def _error(self, code: int) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        rel = urlsplit(self.path).path
+        if self.origin.fail_paths.get(rel, 0) > 0:
+            self.origin.fail_paths[rel] -= 1
+            return self._error(503)
+        path = self._file()
+        if path is None:
+            return self._error(404)
+        with open(path, "rb") as fh:
+            self._answer(fh, rel, body)
+
+    def _answer(self, fh: BinaryIO, rel: str, body: bool) -> None:
+        st = os.fstat(fh.fileno())
+        size = st.st_size
+        etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"'
+        if not _conditions_hold(self.headers, etag, st.st_mtime):
+            return self._error(412)
+        start, end = 0, size
+        m = _RANGE.match(self.headers.get("Range", ""))
+        if m and (m.group(1) or m.group(2)):
+            if m.group(1):
+                start = int(m.group(1))
+                end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+            else:
+                start = max(0, size - int(m.group(2)))
+            if start >= size and size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
-                self.end_headers()
+                return self.end_headers()
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        else:
+            self.send_response(200)
+        self.send_header("Accept-Ranges", "bytes")
+        if self.origin.validators:
+            self.send_header("ETag", etag)
+            lm = email.utils.formatdate(st.st_mtime, usegmt=True)
+            self.send_header("Last-Modified", lm)
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        if body:
+            self._send(fh, start, end, rel)
 
-            def do_HEAD(self) -> None:
-                self._serve(body=False)
-
-            def do_GET(self) -> None:
-                self._serve(body=True)
-
-            def _serve(self, body: bool) -> None:
-                rel = urlsplit(self.path).path
-                if server.fail_paths.get(rel, 0) > 0:
-                    server.fail_paths[rel] -= 1
-                    return self._error(503)
-                path = self._file()
-                if path is None:
-                    return self._error(404)
-                with open(path, "rb") as fh:
-                    self._answer(fh, rel, body)
-
-            def _answer(self, fh: BinaryIO, rel: str, body: bool) -> None:
-                st = os.fstat(fh.fileno())
-                size = st.st_size
-                etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"'
-                if not _conditions_hold(self.headers, etag, st.st_mtime):
-                    return self._error(412)
-                start, end = 0, size
-                m = _RANGE.match(self.headers.get("Range", ""))
-                if m and (m.group(1) or m.group(2)):
-                    if m.group(1):
-                        start = int(m.group(1))
-                        end = min(size, int(m.group(2)) + 1) if m.group(2) else size
-                    else:
-                        start = max(0, size - int(m.group(2)))
-                    if start >= size and size:
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{size}")
-                        self.send_header("Content-Length", "0")
-                        return self.end_headers()
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-                else:
-                    self.send_response(200)
-                self.send_header("Accept-Ranges", "bytes")
-                if server.validators:
-                    self.send_header("ETag", etag)
-                    lm = email.utils.formatdate(st.st_mtime, usegmt=True)
-                    self.send_header("Last-Modified", lm)
-                self.send_header("Content-Length", str(end - start))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.end_headers()
-                if body:
-                    self._send(fh, start, end, rel)
-
-            def _send(self, fh: BinaryIO, start: int, end: int, rel: str) -> None:
-                sent = 0
-                t0 = time.monotonic()
-                fh.seek(start)
-                while sent < end - start:
-                    chunk = fh.read(min(_CHUNK, end - start - sent))
-                    if not chunk:
-                        break
-                    try:
-                        self.wfile.write(chunk)
-                    except OSError:
-                        break
-                    sent += len(chunk)
-                    if server.rate:
-                        time.sleep(max(0.0, sent / server.rate - (time.monotonic() - t0)))
-                server._count(rel, start, end, sent)
-
-        return Handler
+    def _send(self, fh: BinaryIO, start: int, end: int, rel: str) -> None:
+        sent = 0
+        t0 = time.monotonic()
+        fh.seek(start)
+        while sent < end - start:
+            chunk = fh.read(min(_CHUNK, end - start - sent))
+            if not chunk:
+                break
+            try:
+                self.wfile.write(chunk)
+            except OSError:
+                break
+            sent += len(chunk)
+            if self.origin.rate:
+                time.sleep(max(0.0, sent / self.origin.rate - (time.monotonic() - t0)))
+        self.origin._count(rel, start, end, sent)
 
 
 def _conditions_hold(headers: Any, etag: str, mtime: float) -> bool:

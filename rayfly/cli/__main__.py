@@ -1,0 +1,5 @@
+"""``python -m rayfly.cli``."""
+
+from rayfly.cli import main
+
+main()

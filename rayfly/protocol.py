@@ -1,0 +1,176 @@
+"""What the parts of rayfly say to each other, without Ray.
+
+A client asks a peer for a :class:`FetchRequest` (of :class:`FetchItem`); the scheduler hands a
+peer :class:`Assignment` in a :class:`Batch`; a peer reports :class:`Done` and :class:`Failed`
+pieces; a peer answers a request with one :class:`NodeResult` (of :class:`FileResult`).
+This module imports nothing from rayfly but :mod:`rayfly.task`, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayfly.task import TaskInfo
+
+
+@dataclass(frozen=True)
+class FetchItem:
+    """One task of a request, and where it lands relative to the destination."""
+
+    task: TaskInfo
+    relpath: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """What a client asks of a peer: these tasks, published under ``dest`` (a template)."""
+
+    items: list[FetchItem]
+    dest: str | None
+    concurrency: int = 8
+    files_in_parallel: int = 4
+    limit_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None.
+
+    ``stream``: read the whole object from the origin in one sequential stream (it ignores
+    ``Range``), storing and reporting each piece as it arrives.
+    """
+
+    piece: int
+    parent: str | None
+    digest: str | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Done:
+    """A peer's report of a verified piece."""
+
+    piece: int
+    digest: str
+    parent: str | None
+    nbytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A peer's report of a piece it could not get.
+
+    ``parent_dead``: the parent's actor is gone, forget everything it held. ``parent_lacks``: the
+    parent answered that it does not hold the piece (or sent corrupt bytes), forget that piece
+    there. ``parent_unreachable``: the parent could not be reached (its node may have died and
+    not been declared dead yet): it is not chosen as a parent for a while. None (a timeout): the
+    parent keeps its pieces. ``range_ignored``: the origin answered a ranged read with the whole
+    object: the task switches to one sequential stream.
+    """
+
+    piece: int
+    parent: str | None
+    reason: str
+    parent_dead: bool = False
+    parent_lacks: bool = False
+    range_ignored: bool = False
+    parent_unreachable: bool = False
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The scheduler's answer to a peer: new assignments, or the task's failure.
+
+    ``rejoin``: the scheduler does not know this peer in this task (it was taken for dead, or the
+    scheduler restarted); the peer joins again with what it holds and asks again.
+    """
+
+    assignments: list[Assignment]
+    error: str | None = None
+    rejoin: bool = False
+
+
+NODE_COLUMNS = (
+    "node_id",
+    "node_ip",
+    "hostname",
+    "path",
+    "bytes",
+    "sha256",
+    "seconds",
+    "bytes_from_origin",
+    "bytes_from_peers",
+    "ok",
+    "error",
+)
+
+
+@dataclass
+class FileResult:
+    """One file on one node."""
+
+    relpath: str
+    path: str
+    bytes: int
+    sha256: str | None
+    seconds: float
+    bytes_from_origin: int
+    bytes_from_peers: int
+    ok: bool
+    error: str | None = None
+    cached: bool = False
+
+
+@dataclass
+class NodeResult:
+    """Everything one node did for one distribution.
+
+    ``timeline`` holds ``(unix_time, nbytes, from_origin)`` for every piece the node fetched.
+    For a prefix, ``sha256`` is the digest of the node's ``sha256sum``-style listing
+    (``"<sha256>  <relpath>\\n"`` per file, sorted by path), so equal trees have equal digests.
+    """
+
+    node_id: str
+    node_ip: str
+    hostname: str
+    path: str
+    bytes: int = 0
+    sha256: str | None = None
+    seconds: float = 0.0
+    bytes_from_origin: int = 0
+    bytes_from_peers: int = 0
+    ok: bool = False
+    error: str | None = None
+    files: list[FileResult] = field(default_factory=list)
+    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        """The node as one flat row of :data:`NODE_COLUMNS`."""
+        return {c: getattr(self, c) for c in NODE_COLUMNS}
+
+
+def tree_digest(files: list[FileResult]) -> str:
+    """sha256 of the sorted ``"<sha256>  <relpath>"`` lines of ``files``."""
+    lines = sorted(f"{f.sha256}  {f.relpath}\n" for f in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def summarize_node(node: NodeResult, single: bool) -> NodeResult:
+    """Fill a node's totals from its files."""
+    node.bytes = sum(f.bytes for f in node.files if f.ok)
+    node.bytes_from_origin = sum(f.bytes_from_origin for f in node.files)
+    node.bytes_from_peers = sum(f.bytes_from_peers for f in node.files)
+    node.ok = bool(node.files) and all(f.ok for f in node.files) and node.error is None
+    errors = [
+        f"{f.relpath}: {f.error}" if not single else str(f.error) for f in node.files if not f.ok
+    ]
+    if errors and node.error is None:
+        node.error = "; ".join(errors[:3]) + (
+            f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        )
+    if node.ok:
+        node.sha256 = node.files[0].sha256 if single else tree_digest(node.files)
+    return node
