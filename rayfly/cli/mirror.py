@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -309,33 +310,37 @@ _REG_HELP = (
 )
 
 
+def _registries_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of the registries.conf writers (CRI-O, podman)."""
+    for option in reversed(
+        [
+            click.option(
+                "--registry",
+                "registries",
+                multiple=True,
+                default=[DOCKER_HUB],
+                show_default=True,
+                help="A registry whose pulls go through the mirror (repeatable).",
+            ),
+            click.option(
+                "--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True
+            ),
+            click.option("--write", default=None, metavar="FILE", help=_REG_HELP),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @config.command()
-@click.option(
-    "--registry",
-    "registries",
-    multiple=True,
-    default=[DOCKER_HUB],
-    show_default=True,
-    help="A registry whose pulls go through the mirror (repeatable).",
-)
-@click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
-@click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
+@_registries_options
 def crio(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     """Print (or write) a registries.conf mirror entry for CRI-O."""
     _registries(registries, mirror_url, write)
 
 
 @config.command()
-@click.option(
-    "--registry",
-    "registries",
-    multiple=True,
-    default=[DOCKER_HUB],
-    show_default=True,
-    help="A registry whose pulls go through the mirror (repeatable).",
-)
-@click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
-@click.option("--write", default=None, metavar="FILE", help=_REG_HELP)
+@_registries_options
 def podman(registries: tuple[str, ...], mirror_url: str, write: str | None) -> None:
     """Print (or write) a registries.conf mirror entry for podman."""
     _registries(registries, mirror_url, write)
