@@ -223,23 +223,23 @@ def _run(params: dict[str, Any], progress: Progress | None) -> Report:
     return api.distribute(
         params["source"],
         params["dest"],
-        nodes=list(params["nodes"]),
-        exclude_head=params["exclude_head"],
-        piece_size=params["piece_size"],
-        concurrency=params["concurrency"],
-        limit_rate=params["limit_rate"],
-        sha256=params["sha256"],
         storage_options=parse_storage_options(params["storage_options"]),
-        tag=params["tag"],
         address=params["address"],
         local_nodes=params["local_nodes"],
         progress=progress,
-        timeout=params["timeout"],
-        source_node=params["source_node"],
-        include=params["include"],
-        exclude=params["exclude"],
-        max_files=params["max_files"],
+        **_shared_options(params),
     )
+
+
+_SHARED = (
+    "exclude_head", "piece_size", "concurrency", "limit_rate", "sha256", "tag", "timeout",
+    "source_node", "include", "exclude", "max_files",
+)  # fmt: skip
+
+
+def _shared_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The options a distribution takes alike here and as a submitted job's arguments."""
+    return {"nodes": list(params["nodes"]), **{k: params[k] for k in _SHARED}}
 
 
 def _print(report: Report, as_json: bool, out: TextIO) -> None:
@@ -293,21 +293,10 @@ def submit_distribution(params: dict[str, Any]) -> NoReturn:
         args = submit.distribute_args(
             params["source"],
             params["dest"],
-            nodes=list(params["nodes"]),
-            exclude_head=params["exclude_head"],
-            piece_size=params["piece_size"],
-            concurrency=params["concurrency"],
-            limit_rate=params["limit_rate"],
-            sha256=params["sha256"],
             storage_options=params["storage_options"],
-            tag=params["tag"],
-            timeout=params["timeout"],
-            source_node=params["source_node"],
-            include=params["include"],
-            exclude=params["exclude"],
-            max_files=params["max_files"],
             pin=params["pin"],
             as_json=params["as_json"],
+            **_shared_options(params),
         )
         submit.submit(
             args,
