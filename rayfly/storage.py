@@ -255,6 +255,11 @@ class PieceStore:
         """The entry of ``task_id``, or None."""
         return self._entries.get(task_id)
 
+    def has(self, task_id: str) -> bool:
+        """True when ``task_id`` is complete and verified here."""
+        entry = self._entries.get(task_id)
+        return entry is not None and entry.complete
+
     def write_piece(self, task_id: str, index: int, data: Any, expected: str | None = None) -> str:
         """Verify ``data`` against ``expected`` (if given), write it, and return its digest."""
         entry = self._require(task_id)

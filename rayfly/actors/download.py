@@ -1,0 +1,423 @@
+"""One node's downloads: every task a peer fetches, piece by piece, into its piece store.
+
+A task goes: *joining* (tell the scheduler what the cache holds) -> *fetching* (ask the
+scheduler for batches, fetch each piece from its parent or the origin, verify its digest, write
+it, report) -> *hashing* (the whole-file sha256 is computed in order as pieces land, so it
+finishes with the last piece) -> *complete* (recorded in the piece store) or *failed*
+(discarded). Downloads are single-flight per task: every request for the task awaits the same
+download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    ObjectLostError,
+    RayActorError,
+    RayTaskError,
+)
+
+from rayfly import metrics, source
+from rayfly.actors.links import Links, ParentGone
+from rayfly.actors.retry import first_line
+from rayfly.config import PeerConfig
+from rayfly.errors import (
+    DigestMismatch,
+    IntegrityError,
+    OriginUnreachable,
+    PieceCorrupt,
+    RangeIgnored,
+    RayflyError,
+    SourceError,
+)
+from rayfly.protocol import Batch, Done, Failed
+from rayfly.ratelimit import TokenBucket, take_all
+from rayfly.storage import PieceStore
+from rayfly.task import TaskInfo
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskOutcome:
+    """How a task download went on this node."""
+
+    sha256: str
+    length: int
+    seconds: float = 0.0
+    bytes_from_origin: int = 0
+    bytes_from_peers: int = 0
+    cached: bool = False
+    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
+
+
+class _Fatal(Exception):
+    """A piece error that fails the whole task (the origin refused, the disk failed)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class NodeLimits:
+    """The node's rate limits (token buckets shared by every task), and each call's own."""
+
+    download: TokenBucket
+    upload: TokenBucket
+    origin: TokenBucket
+    per_task: dict[str, TokenBucket] = field(default_factory=dict)
+
+
+class Downloads:
+    """Every download of one node's peer, with the per-piece readiness it serves from."""
+
+    def __init__(
+        self,
+        node_id: str,
+        config: PeerConfig,
+        store: PieceStore,
+        links: Links,
+        limits: NodeLimits,
+        join: Callable[[TaskInfo, dict[int, str]], Awaitable[None]],
+        evicted: Callable[[], Awaitable[None]],
+    ):
+        self.node_id = node_id
+        self.config = config
+        self.store = store
+        self.links = links
+        self.limits = limits
+        self._join = join
+        self._evicted = evicted
+        self.jobs: dict[str, asyncio.Task[TaskOutcome]] = {}
+        self._ready: dict[str, list[asyncio.Event]] = {}
+        self._origin_pool = ThreadPoolExecutor(64, thread_name_prefix="rayfly-origin")
+        self._disk_pool = ThreadPoolExecutor(8, thread_name_prefix="rayfly-disk")
+
+    async def disk_io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking disk and hashing work on the disk pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._disk_pool, fn, *args)
+
+    def events(self, task: TaskInfo) -> list[asyncio.Event]:
+        """One event per piece of ``task``, set when the piece is verified here."""
+        if task.task_id not in self._ready:
+            self._ready[task.task_id] = [asyncio.Event() for _ in range(task.n_pieces)]
+        return self._ready[task.task_id]
+
+    def tracked(self, task_id: str) -> bool:
+        """Whether this node downloads (or downloaded) ``task_id`` since the peer started."""
+        return task_id in self._ready
+
+    async def wait_verified(self, task_id: str, index: int) -> None:
+        """Wait until piece ``index`` of a tracked task is here (raises if its download fails)."""
+        waiter = asyncio.ensure_future(self._ready[task_id][index].wait())
+        download = self.jobs.get(task_id)
+        if download is not None:
+            await asyncio.wait([waiter, download], return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                waiter.cancel()
+                download.result()
+        await waiter
+
+    def forget(self, task_id: str) -> None:
+        """Drop a finished download's record (its cache entry left)."""
+        self.jobs.pop(task_id, None)
+
+    def start(
+        self, task: TaskInfo, slots: asyncio.Semaphore, limit: TokenBucket | None = None
+    ) -> asyncio.Task[TaskOutcome]:
+        """The download of ``task``: the running one, the finished one if its entry is still
+        complete, or a new one."""
+        running = self.jobs.get(task.task_id)
+        if running is not None and not running.done():
+            return running
+        if (
+            running is not None
+            and not running.cancelled()
+            and running.exception() is None
+            and self.store.has(task.task_id)
+        ):
+            return running
+        self.events(task)  # wait_piece may be called as soon as prepare() returns
+        if limit is not None and limit.rate:
+            self.limits.per_task[task.task_id] = limit
+        else:
+            self.limits.per_task.pop(task.task_id, None)
+        job = asyncio.ensure_future(self._download(task, slots))
+        self.jobs[task.task_id] = job
+        return job
+
+    async def _download(self, task: TaskInfo, slots: asyncio.Semaphore) -> TaskOutcome:
+        tid = task.task_id
+        entry = self.store.entry(tid)
+        if entry is not None and entry.complete:
+            for event in self.events(task):
+                event.set()
+            await self._join(task, entry.digests)
+            return TaskOutcome(entry.sha256 or "", entry.length, cached=True)
+        out = TaskOutcome("", task.length)
+        t0 = time.time()
+        try:
+            await self._ask_seed(task)
+            entry = await self.disk_io(
+                self.store.begin, tid, task.length, task.piece_size, task.url
+            )
+            await self._evicted()
+            events = self.events(task)
+            for i in entry.have:
+                events[i].set()
+            await self._join(task, dict(entry.digests))
+            hasher = asyncio.ensure_future(self._hash(task))
+            try:
+                await self._fetch_all(task, slots, out)
+                out.sha256 = await hasher
+            finally:
+                hasher.cancel()
+            if task.expected_sha256 and out.sha256 != task.expected_sha256.lower():
+                raise DigestMismatch(
+                    f"sha256 of {source.redact_url(task.url)} is {out.sha256}, "
+                    f"expected {task.expected_sha256}"
+                )
+            await self.disk_io(self.store.complete, tid, out.sha256)
+            await self.links.ask("finish", tid, self.node_id, None)
+        except BaseException as exc:
+            fatal = isinstance(exc, IntegrityError | SourceError)
+            with contextlib.suppress(Exception):
+                await self.links.ask("finish", tid, self.node_id, str(exc), fatal)
+            self.store.discard(tid)
+            self._ready.pop(tid, None)
+            raise
+        out.seconds = time.time() - t0
+        return out
+
+    async def _ask_seed(self, task: TaskInfo) -> None:
+        """A node-local file is read on its source node only: make sure that node's peer fetches
+        it too, into its cache (a no-op there when under way or done), so it serves the pieces."""
+        if task.source_node is None or task.source_node == self.node_id:
+            return
+        for attempt in range(2):  # a cached handle may name an actor since replaced
+            try:
+                await self.links.peer(task.source_node).prepare.remote(task)
+                return
+            except (RayActorError, ParentGone) as exc:
+                self.links.forget(task.source_node)
+                if attempt:
+                    raise RayflyError(
+                        f"{source.redact_url(task.url)} is on node {task.source_node} only, "
+                        f"and no peer answers there: {exc}"
+                    ) from None
+
+    async def _hash(self, task: TaskInfo) -> str:
+        h = hashlib.sha256()
+        buf = np.empty(min(task.piece_size, task.length), dtype=np.uint8)
+        for i, event in enumerate(self.events(task)):
+            await event.wait()
+            await self.disk_io(self._hash_piece, h, task.task_id, i, buf)
+        return h.hexdigest()
+
+    def _hash_piece(self, h: Any, task_id: str, index: int, buf: np.ndarray) -> None:
+        h.update(self.store.read_piece(task_id, index, into=buf))
+
+    async def _fetch_all(self, task: TaskInfo, slots: asyncio.Semaphore, out: TaskOutcome) -> None:
+        """The fetch loop: ask for batches, run them with bounded concurrency, report."""
+        entry = self.store.entry(task.task_id)
+        assert entry is not None
+        inflight: dict[asyncio.Future[Done | Failed], int] = {}
+        done: list[Done] = []
+        failed: list[Failed] = []
+        try:
+            while len(entry.have) < entry.n_pieces:
+                want = await self._take_slots(slots, len(inflight))
+                if want or done or failed:
+                    batch = await self._exchange(task, done, failed, want, not inflight)
+                    done, failed = [], []
+                    for _ in range(want - len(batch.assignments)):
+                        slots.release()
+                    for a in batch.assignments:
+                        inflight[asyncio.ensure_future(self._piece(task, a, out))] = a.piece
+                if inflight:
+                    finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    self._settle(finished, inflight, slots, done, failed)
+            if inflight:
+                # every piece is stored, but the last ones' coroutines may not have returned
+                # yet: wait for them, or their Done would never reach the scheduler
+                finished, _ = await asyncio.wait(inflight)
+                self._settle(finished, inflight, slots, done, failed)
+            if done or failed:
+                await self._exchange(task, done, failed, 0, False)
+        except _Fatal as exc:
+            raise exc.error from None
+        finally:
+            for fut in inflight:
+                fut.cancel()
+                slots.release()
+
+    async def _exchange(
+        self, task: TaskInfo, done: list[Done], failed: list[Failed], want: int, wait: bool
+    ) -> Batch:
+        """Report pieces and ask for ``want`` more; rejoin (with what the cache holds) when the
+        scheduler no longer knows this peer, e.g. after it restarted."""
+        batch: Batch = await self.links.ask(
+            "exchange", task.task_id, self.node_id, done, failed, want, wait
+        )
+        if batch.error:
+            raise SourceError(batch.error)
+        if batch.rejoin:
+            entry = self.store.entry(task.task_id)
+            await self._join(task, dict(entry.digests) if entry else {})
+        return batch
+
+    def _settle(
+        self,
+        finished: set[asyncio.Future[Done | Failed]],
+        inflight: dict[asyncio.Future[Done | Failed], int],
+        slots: asyncio.Semaphore,
+        done: list[Done],
+        failed: list[Failed],
+    ) -> None:
+        """Move finished piece futures out of ``inflight`` into the next report."""
+        for fut in finished:
+            inflight.pop(fut)
+            slots.release()
+            result = fut.result()
+            metrics.piece_result(self.node_id, result)
+            if isinstance(result, Failed):
+                log.warning(
+                    "piece %d from %s failed: %s",
+                    result.piece,
+                    result.parent or "the origin",
+                    result.reason,
+                )
+            (done if isinstance(result, Done) else failed).append(result)
+
+    @staticmethod
+    async def _take_slots(slots: asyncio.Semaphore, inflight: int) -> int:
+        want = 0
+        if inflight == 0:
+            await slots.acquire()
+            want = 1
+        while not slots.locked():
+            await slots.acquire()
+            want += 1
+        return want
+
+    async def _from_parent(self, task: TaskInfo, parent: str, index: int) -> np.ndarray:
+        """Piece ``index`` from ``parent``'s peer as a Ray object.
+
+        A cached handle may point at an actor that died and was replaced on the same node: on an
+        actor error the handle is looked up again once, so only a parent that is really gone is
+        reported dead.
+        """
+        for attempt in range(2):
+            ref = self.links.peer(parent).read_piece.remote(task.task_id, index)
+            try:
+                return await asyncio.wait_for(ref, self.config.piece_timeout_s)
+            except ActorUnavailableError:
+                raise
+            except RayActorError:
+                self.links.forget(parent)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _piece(self, task: TaskInfo, a: Any, out: TaskOutcome) -> Done | Failed:
+        """Fetch, verify and store one piece; a failure becomes a :class:`Failed` report."""
+        if a.stream:
+            return await self._stream(task, out)
+        start, end = task.piece_range(a.piece)
+        t0 = time.time()
+        await self._take_rate(task, a.parent is None, end - start)
+        try:
+            if a.parent is None:
+                data: Any = (
+                    b""
+                    if start == end
+                    else await source.read_range_async(
+                        task.url, task.storage_options, start, end, self._origin_pool, task.version
+                    )
+                )
+            else:
+                data = await self._from_parent(task, a.parent, a.piece)
+            digest = await self.disk_io(
+                self.store.write_piece, task.task_id, a.piece, data, a.digest
+            )
+            del data
+        except OriginUnreachable as exc:
+            return Failed(a.piece, None, str(exc))
+        except RangeIgnored as exc:
+            return Failed(a.piece, None, str(exc), range_ignored=True)
+        except (asyncio.TimeoutError, GetTimeoutError):
+            return Failed(a.piece, a.parent, "timed out")
+        except (ActorUnavailableError, ObjectLostError) as exc:  # its node may have died
+            reason = f"parent unreachable: {first_line(exc)}"
+            return Failed(a.piece, a.parent, reason, parent_unreachable=True)
+        except (RayActorError, ParentGone) as exc:
+            self.links.forget(a.parent)
+            return Failed(a.piece, a.parent, f"parent died: {first_line(exc)}", parent_dead=True)
+        except (RayTaskError, PieceCorrupt) as exc:
+            return Failed(a.piece, a.parent, f"{type(exc).__name__}: {exc}", parent_lacks=True)
+        except (SourceError, OSError) as exc:
+            raise _Fatal(exc) from exc
+        seconds = time.time() - t0
+        self.events(task)[a.piece].set()
+        nbytes = end - start
+        if a.parent is None:
+            out.bytes_from_origin += nbytes
+        else:
+            out.bytes_from_peers += nbytes
+        out.timeline.append((time.time(), nbytes, a.parent is None))
+        return Done(a.piece, digest, a.parent, nbytes, seconds)
+
+    async def _take_rate(self, task: TaskInfo, from_origin: bool, nbytes: int) -> None:
+        """Wait until the node's and the call's rate limits allow ``nbytes`` more."""
+        buckets = [self.limits.download, self.limits.per_task.get(task.task_id)]
+        if from_origin:
+            buckets.append(self.limits.origin)
+        await take_all([b for b in buckets if b is not None], nbytes)
+
+    async def _stream(self, task: TaskInfo, out: TaskOutcome) -> Done | Failed:
+        """Read an origin that ignores ``Range`` in one stream (this peer is the task's one
+        streamer): store, signal and report each piece as it arrives, so that the other peers
+        fetch it from here at once; pieces held already are skipped. Returns the last report."""
+        entry = self.store.entry(task.task_id)
+        assert entry is not None
+        last: Done | None = None
+        t0 = time.time()
+        try:
+            async for index, data in source.stream_pieces(
+                task.url, task.storage_options, task.version, task.length, task.piece_size
+            ):
+                out.bytes_from_origin += len(data)
+                await self._take_rate(task, True, len(data))  # slows the stream down
+                if index not in entry.have:
+                    digest = await self.disk_io(
+                        self.store.write_piece, task.task_id, index, data, None
+                    )
+                    self.events(task)[index].set()
+                    out.timeline.append((time.time(), len(data), True))
+                    if last is not None:  # the last one is reported by the fetch loop
+                        metrics.piece_result(self.node_id, last)
+                        await self.links.scheduler().exchange.remote(
+                            task.task_id, self.node_id, [last], [], 0, False
+                        )
+                    last = Done(index, digest, None, len(data), time.time() - t0)
+                t0 = time.time()
+        except OriginUnreachable as exc:
+            missing = min(set(range(task.n_pieces)) - entry.have, default=0)
+            return Failed(missing, None, str(exc))
+        except (SourceError, OSError) as exc:
+            raise _Fatal(exc) from exc
+        return last or Failed(0, None, "the origin's stream brought no missing piece")

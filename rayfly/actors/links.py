@@ -1,0 +1,53 @@
+"""A peer's links to the rest of the cluster: the scheduler (called with retries while it
+restarts) and the other nodes' peers (handles cached, looked up again when replaced)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from rayfly.actors.retry import call_async
+from rayfly.config import NAMESPACE, PEER_PREFIX, SCHEDULER_NAME
+
+
+class ParentGone(Exception):
+    """The parent's actor no longer exists."""
+
+
+class Links:
+    """Handles to the scheduler and to other peers, looked up lazily and forgotten on error."""
+
+    def __init__(self) -> None:
+        self._scheduler: Any = None
+        self._handles: dict[str, Any] = {}
+
+    def scheduler(self) -> Any:
+        """The scheduler's handle (ValueError when there is none yet)."""
+        if self._scheduler is None:
+            self._scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
+        return self._scheduler
+
+    async def ask(self, method: str, *args: Any) -> Any:
+        """Call the scheduler; while it restarts, retry with backoff (see :mod:`retry`),
+        looking its handle up again each time."""
+
+        def forget() -> None:
+            self._scheduler = None
+
+        return await call_async(
+            lambda: getattr(self.scheduler(), method).remote(*args), repr(method), forget
+        )
+
+    def peer(self, peer_id: str) -> Any:
+        """The peer actor of node ``peer_id`` (:class:`ParentGone` when it has none)."""
+        if peer_id not in self._handles:
+            try:
+                self._handles[peer_id] = ray.get_actor(PEER_PREFIX + peer_id, namespace=NAMESPACE)
+            except ValueError:
+                raise ParentGone(f"no peer actor for node {peer_id}") from None
+        return self._handles[peer_id]
+
+    def forget(self, peer_id: str | None) -> None:
+        """Drop a cached peer handle (its actor may have been replaced)."""
+        self._handles.pop(peer_id or "", None)
