@@ -162,7 +162,9 @@ class SchedulerConfig:
 class NodeConfig:
     """Settings a node reads from its own environment (its raylet's, which Ray's workers on the
     node inherit), not from the client: rates in bytes/s (None: unlimited) for pieces fetched,
-    pieces served and origin reads; the cache's TTL, disk watermarks and GC period."""
+    pieces served and origin reads; the cache's TTL, disk watermarks and GC period; and how many
+    bytes of recently received or served pieces the peer keeps referenced in Ray's object store
+    to serve them again without a disk read (``serve_memory``; 0: always from disk)."""
 
     download_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
     upload_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
@@ -173,6 +175,7 @@ class NodeConfig:
     cache_high_watermark: float = dataclasses.field(default=0.80, metadata={"parse": parse_percent})
     cache_low_watermark: float = dataclasses.field(default=0.60, metadata={"parse": parse_percent})
     gc_interval: float | None = dataclasses.field(default=900.0, metadata={"parse": parse_duration})
+    serve_memory: int = 256 << 20
 
 
 def _coerce(raw: str, kind: type) -> Any:

@@ -4,8 +4,10 @@ Nothing here touches Ray or the network: the Scheduler actor keeps the state and
 :func:`plan_batch`; tests and the scale simulation call it directly.
 
 Rules:
-- Pieces are ordered rarest first (fewest holders), ties broken by a per-peer rotation so that
-  peers asking at the same time start at different places and spread the load.
+- Pieces are ordered rarest first (fewest holders), ties in index order: pieces then arrive
+  close to file order, so a peer hashes them (sha256, in order) from memory as they land
+  instead of reading them back from disk. Peers still spread: a piece read from the origin is
+  read by one peer at a time, and parents' upload slots bound how many children share one.
 - A piece nobody holds is read from the origin by exactly one peer at a time, within the task's
   origin parallelism; a piece someone is already reading from the origin is waited for.
 - A node-local file (a task with a source node) is read from the origin by that node's peer only.
@@ -73,9 +75,9 @@ class TaskView:
 
 
 def rarest_first(missing: Sequence[int], view: TaskView, salt: int) -> list[int]:
-    """Missing pieces ordered by holder count, ties rotated by ``salt``."""
-    n = max(1, view.n_pieces)
-    return sorted(missing, key=lambda i: (len(view.holders.get(i, ())), (i - salt) % n))
+    """Missing pieces ordered by holder count, ties in index order (``salt`` is unused: the
+    signature is every policy's)."""
+    return sorted(missing, key=lambda i: (len(view.holders.get(i, ())), i))
 
 
 def sequential(missing: Sequence[int], view: TaskView, salt: int) -> list[int]:

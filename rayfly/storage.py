@@ -308,6 +308,14 @@ class PieceStore:
             entry.last_used = self._clock()
         return buf
 
+    def piece_length(self, task_id: str, index: int) -> int:
+        """The length of piece ``index``, which this store holds (else PieceUnavailable)."""
+        entry = self._require(task_id)
+        if index not in entry.have:
+            raise PieceUnavailable(f"piece {index} of task {task_id} is not held here")
+        start, end = piece_bounds(entry.length, entry.piece_size, index)
+        return end - start
+
     def _require(self, task_id: str) -> TaskEntry:
         entry = self._entries.get(task_id)
         if entry is None:

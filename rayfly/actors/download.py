@@ -25,6 +25,7 @@ from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
     ObjectLostError,
+    OwnerDiedError,
     RayActorError,
     RayTaskError,
 )
@@ -42,6 +43,7 @@ from rayfly.errors import (
     RayflyError,
     SourceError,
 )
+from rayfly.piecemem import HashWindow, HotPieces
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.ratelimit import TokenBucket, take_all
 from rayfly.storage import PieceStore
@@ -64,6 +66,21 @@ class TaskOutcome:
     timeline: list[tuple[float, int, bool]] = field(default_factory=list)
 
 
+HASH_WINDOW_MAX = 256 << 20
+
+
+def hash_window_bytes(piece_size: int) -> int:
+    """How many bytes of pieces that arrived ahead of the in-order hash a task keeps in memory:
+    16 pieces, at most :data:`HASH_WINDOW_MAX` (and always one piece)."""
+    return max(piece_size, min(HASH_WINDOW_MAX, 16 * piece_size))
+
+
+async def _unbox(box: Any) -> tuple[Any, Any]:
+    """A parent answers with ``[reference]``: the reference, and its value pulled here."""
+    refs = await box
+    return refs[0], await refs[0]
+
+
 class _Fatal(Exception):
     """A piece error that fails the whole task (the origin refused, the disk failed)."""
 
@@ -83,7 +100,10 @@ class NodeLimits:
 
 
 class Downloads:
-    """Every download of one node's peer, with the per-piece readiness it serves from."""
+    """Every download of one node's peer, with the per-piece readiness it serves from.
+
+    ``hot`` holds object references of pieces this node received from parents (and served),
+    so that the peer serves them onwards without a disk read or a new copy."""
 
     def __init__(
         self,
@@ -92,6 +112,7 @@ class Downloads:
         store: PieceStore,
         links: Links,
         limits: NodeLimits,
+        hot: HotPieces[Any],
         join: Callable[[TaskInfo, dict[int, str]], Awaitable[None]],
         evicted: Callable[[], Awaitable[None]],
     ):
@@ -103,6 +124,7 @@ class Downloads:
         self._join = join
         self._evicted = evicted
         self.jobs: dict[str, asyncio.Task[TaskOutcome]] = {}
+        self.hot = hot
         self._ready: dict[str, list[asyncio.Event]] = {}
         self._origin_pool = ThreadPoolExecutor(64, thread_name_prefix="rayfly-origin")
         self._disk_pool = ThreadPoolExecutor(8, thread_name_prefix="rayfly-disk")
@@ -180,12 +202,14 @@ class Downloads:
             for i in entry.have:
                 events[i].set()
             await self._join(task, dict(entry.digests))
-            hasher = asyncio.ensure_future(self._hash(task))
+            window = HashWindow(hash_window_bytes(task.piece_size))
+            hasher = asyncio.ensure_future(self._hash(task, window))
             try:
-                await self._fetch_all(task, slots, out)
+                await self._fetch_all(task, slots, out, window)
                 out.sha256 = await hasher
             finally:
                 hasher.cancel()
+                window.clear()
             if task.expected_sha256 and out.sha256 != task.expected_sha256.lower():
                 raise DigestMismatch(
                     f"sha256 of {source.redact_url(task.url)} is {out.sha256}, "
@@ -198,6 +222,7 @@ class Downloads:
             with contextlib.suppress(Exception):
                 await self.links.ask("finish", tid, self.node_id, str(exc), fatal)
             self.store.discard(tid)
+            self.hot.drop_task(tid)
             self._ready.pop(tid, None)
             raise
         out.seconds = time.time() - t0
@@ -220,18 +245,24 @@ class Downloads:
                         f"and no peer answers there: {exc}"
                     ) from None
 
-    async def _hash(self, task: TaskInfo) -> str:
+    async def _hash(self, task: TaskInfo, window: HashWindow) -> str:
+        """The task's sha256, in piece order as pieces land: from the bytes the window kept
+        when they arrived, else read back from the store."""
         h = hashlib.sha256()
-        buf = np.empty(min(task.piece_size, task.length), dtype=np.uint8)
+        buf: np.ndarray | None = None
         for i, event in enumerate(self.events(task)):
             await event.wait()
-            await self.disk_io(self._hash_piece, h, task.task_id, i, buf)
+            data = window.take(i)
+            if data is None:
+                if buf is None:
+                    buf = np.empty(min(task.piece_size, task.length), dtype=np.uint8)
+                data = await self.disk_io(self.store.read_piece, task.task_id, i, buf)
+            await self.disk_io(h.update, data)
         return h.hexdigest()
 
-    def _hash_piece(self, h: Any, task_id: str, index: int, buf: np.ndarray) -> None:
-        h.update(self.store.read_piece(task_id, index, into=buf))
-
-    async def _fetch_all(self, task: TaskInfo, slots: asyncio.Semaphore, out: TaskOutcome) -> None:
+    async def _fetch_all(
+        self, task: TaskInfo, slots: asyncio.Semaphore, out: TaskOutcome, window: HashWindow
+    ) -> None:
         """The fetch loop: ask for batches, run them with bounded concurrency, report."""
         entry = self.store.entry(task.task_id)
         assert entry is not None
@@ -247,7 +278,7 @@ class Downloads:
                     for _ in range(want - len(batch.assignments)):
                         slots.release()
                     for a in batch.assignments:
-                        inflight[asyncio.ensure_future(self._piece(task, a, out))] = a.piece
+                        inflight[asyncio.ensure_future(self._piece(task, a, out, window))] = a.piece
                 if inflight:
                     finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     self._settle(finished, inflight, slots, done, failed)
@@ -314,17 +345,18 @@ class Downloads:
             want += 1
         return want
 
-    async def _from_parent(self, task: TaskInfo, parent: str, index: int) -> np.ndarray:
-        """Piece ``index`` from ``parent``'s peer as a Ray object.
+    async def _from_parent(self, task: TaskInfo, parent: str, index: int) -> tuple[Any, Any]:
+        """Piece ``index`` from ``parent``'s peer: its object reference and the bytes, pulled
+        into this node's object store (the reference is kept to serve the piece onwards).
 
         A cached handle may point at an actor that died and was replaced on the same node: on an
         actor error the handle is looked up again once, so only a parent that is really gone is
         reported dead.
         """
         for attempt in range(2):
-            ref = self.links.peer(parent).read_piece.remote(task.task_id, index)
+            box = self.links.peer(parent).read_piece.remote(task.task_id, index)
             try:
-                return await asyncio.wait_for(ref, self.config.piece_timeout_s)
+                return await asyncio.wait_for(_unbox(box), self.config.piece_timeout_s)
             except ActorUnavailableError:
                 raise
             except RayActorError:
@@ -333,27 +365,34 @@ class Downloads:
                     raise
         raise AssertionError("unreachable")
 
-    async def _piece(self, task: TaskInfo, a: Any, out: TaskOutcome) -> Done | Failed:
+    async def _read(self, task: TaskInfo, a: Any) -> Any:
+        """The bytes of assignment ``a``, from the origin or the parent (kept hot for serving)."""
+        start, end = task.piece_range(a.piece)
+        if a.parent is not None:
+            ref, data = await self._from_parent(task, a.parent, a.piece)
+            self.hot.put(task.task_id, a.piece, ref, end - start)
+            return data
+        if start == end:
+            return b""
+        return await source.read_range_async(
+            task.url, task.storage_options, start, end, self._origin_pool, task.version
+        )
+
+    async def _piece(
+        self, task: TaskInfo, a: Any, out: TaskOutcome, window: HashWindow
+    ) -> Done | Failed:
         """Fetch, verify and store one piece; a failure becomes a :class:`Failed` report."""
         if a.stream:
-            return await self._stream(task, out)
+            return await self._stream(task, out, window)
         start, end = task.piece_range(a.piece)
         t0 = time.time()
         await self._take_rate(task, a.parent is None, end - start)
         try:
-            if a.parent is None:
-                data: Any = (
-                    b""
-                    if start == end
-                    else await source.read_range_async(
-                        task.url, task.storage_options, start, end, self._origin_pool, task.version
-                    )
-                )
-            else:
-                data = await self._from_parent(task, a.parent, a.piece)
+            data = await self._read(task, a)
             digest = await self.disk_io(
                 self.store.write_piece, task.task_id, a.piece, data, a.digest
             )
+            window.offer(a.piece, data, end - start)
             del data
         except OriginUnreachable as exc:
             return Failed(a.piece, None, str(exc))
@@ -361,6 +400,10 @@ class Downloads:
             return Failed(a.piece, None, str(exc), range_ignored=True)
         except (asyncio.TimeoutError, GetTimeoutError):
             return Failed(a.piece, a.parent, "timed out")
+        except OwnerDiedError as exc:  # a piece the parent relayed, whose first holder is gone
+            self.hot.drop(task.task_id, a.piece)
+            reason = f"relayed piece lost: {first_line(exc)}"
+            return Failed(a.piece, a.parent, reason, parent_lacks=True)
         except (ActorUnavailableError, ObjectLostError) as exc:  # its node may have died
             reason = f"parent unreachable: {first_line(exc)}"
             return Failed(a.piece, a.parent, reason, parent_unreachable=True)
@@ -388,7 +431,7 @@ class Downloads:
             buckets.append(self.limits.origin)
         await take_all([b for b in buckets if b is not None], nbytes)
 
-    async def _stream(self, task: TaskInfo, out: TaskOutcome) -> Done | Failed:
+    async def _stream(self, task: TaskInfo, out: TaskOutcome, window: HashWindow) -> Done | Failed:
         """Read an origin that ignores ``Range`` in one stream (this peer is the task's one
         streamer): store, signal and report each piece as it arrives, so that the other peers
         fetch it from here at once; pieces held already are skipped. Returns the last report."""
@@ -406,6 +449,7 @@ class Downloads:
                     digest = await self.disk_io(
                         self.store.write_piece, task.task_id, index, data, None
                     )
+                    window.offer(index, data, len(data))
                     self.events(task)[index].set()
                     out.timeline.append((time.time(), len(data), True))
                     if last is not None:  # the last one is reported by the fetch loop

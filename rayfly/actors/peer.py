@@ -22,10 +22,11 @@ from rayfly.actors.links import Links
 from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
 from rayfly.errors import PieceCorrupt, RayflyError, SourceError
 from rayfly.eviction import GcPolicy
+from rayfly.piecemem import HotPieces
 from rayfly.protocol import FetchItem, FetchRequest, FileResult, NodeResult, summarize_node
 from rayfly.ratelimit import TokenBucket
 from rayfly.storage import PieceStore
-from rayfly.task import TaskInfo, piece_bounds
+from rayfly.task import TaskInfo
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,19 @@ class Peer:
         )
         self._upload_limit = limits.upload
         self.links = Links()
+        self.hot: HotPieces[ray.ObjectRef] = HotPieces(node.serve_memory)
         self.downloads = Downloads(
-            node_id, config, self.store, self.links, limits, self._join, self._report_evictions
+            node_id,
+            config,
+            self.store,
+            self.links,
+            limits,
+            self.hot,
+            self._join,
+            self._report_evictions,
         )
+        # test-only fault hook: serve every piece with one byte flipped (see tests/cluster)
+        self._corrupt_served = os.environ.get("RAYFLY_TEST_CORRUPT_SERVED") == "1"
         self._gc_loop = asyncio.ensure_future(self._collect_garbage())
         self.uploads = 0
         self.pieces_served = 0
@@ -136,23 +147,39 @@ class Peer:
         return known
 
     # --- serving ------------------------------------------------------------------------------
-    async def read_piece(self, task_id: str, index: int) -> np.ndarray:
-        """A verified piece for another peer; raises PieceUnavailable if not held."""
+    async def read_piece(self, task_id: str, index: int) -> list[ray.ObjectRef]:
+        """A verified piece for another peer, as ``[object reference]`` (the caller pulls it
+        from whichever node's object store holds it); raises PieceUnavailable if not held.
+
+        A piece this node received from a parent or served lately is handed out as the reference
+        it already has (no disk read, no copy); any other is read from disk, checked against its
+        digest, put into the object store once and kept hot for the next child."""
         self.uploads += 1
         try:
-            entry = self.store.entry(task_id)
-            if entry is not None and self._upload_limit.rate:
-                start, end = piece_bounds(entry.length, entry.piece_size, index)
-                await self._upload_limit.take(end - start)
-            data = await self.downloads.disk_io(self.store.read_piece, task_id, index, None, True)
+            nbytes = self.store.piece_length(task_id, index)  # PieceUnavailable if not held
+            if self._upload_limit.rate:
+                await self._upload_limit.take(nbytes)
+            ref = None if self._corrupt_served else self.hot.get(task_id, index)
+            if ref is None:
+                ref = await self.downloads.disk_io(self._put_piece, task_id, index)
             self.pieces_served += 1
             metrics.piece_served(self.node_id)
-            return data
+            return [ref]
         except PieceCorrupt:
             await self._evict_corrupt(task_id)
             raise
         finally:
             self.uploads -= 1
+
+    def _put_piece(self, task_id: str, index: int) -> ray.ObjectRef:
+        """Read a piece from disk, verified, into the object store (kept hot)."""
+        data = self.store.read_piece(task_id, index, None, True)
+        if self._corrupt_served:
+            data[len(data) // 2] ^= 0xFF
+            return ray.put(data)
+        ref = ray.put(data)
+        self.hot.put(task_id, index, ref, len(data))
+        return ref
 
     async def _evict_corrupt(self, task_id: str) -> None:
         """A complete cached task whose bytes changed on disk: drop it here and tell the
@@ -334,6 +361,7 @@ class Peer:
         does not know a task has nothing to forget)."""
         for task_id in task_ids:
             self.downloads.forget(task_id)
+            self.hot.drop_task(task_id)
         metrics.cache_bytes(self.node_id, self.store.used_bytes())
         for task_id in task_ids:
             with contextlib.suppress(Exception):

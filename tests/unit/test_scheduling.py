@@ -27,11 +27,18 @@ def test_rarest_first_orders_by_holder_count():
     assert rarest_first([0, 1, 2, 3], v, salt=0) == [2, 1, 0, 3]
 
 
-def test_ties_rotate_by_peer_so_peers_spread():
-    v = view(8)
-    a = rarest_first(list(range(8)), v, salt=0)
-    b = rarest_first(list(range(8)), v, salt=4)
-    assert a[0] == 0 and b[0] == 4
+def test_ties_come_in_file_order_so_the_hash_keeps_up_from_memory():
+    v = view(8, {5: {"a"}, 6: {"a"}})
+    assert rarest_first([7, 6, 5, 4, 3], v, salt=4) == [3, 4, 7, 5, 6]
+
+
+def test_peers_asking_together_still_read_different_pieces_from_the_origin():
+    v = view(8, parallelism=4)
+    loads = {p: PeerLoad(p, p, 0, 4) for p in ("a", "b")}
+    first = plan_batch(v, "a", "a", set(), set(), loads, want=2, origin_quota=2)
+    v = view(8, origin_inflight={a.piece for a in first}, parallelism=4)
+    second = plan_batch(v, "b", "b", set(), set(), loads, want=2, origin_quota=2)
+    assert [a.piece for a in first] == [0, 1] and [a.piece for a in second] == [2, 3]
 
 
 def test_unheld_pieces_come_from_origin_once():

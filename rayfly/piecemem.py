@@ -1,0 +1,93 @@
+"""Pieces kept in memory, bounded by bytes: what a peer holds on to so that bytes it just
+received are not read back from disk (pure: no Ray, no files).
+
+- :class:`HashWindow`: pieces that arrived ahead of the task's in-order sha256, kept until the
+  hash reaches them; a piece that does not fit is read back from the store at its turn.
+- :class:`HotPieces`: a least-recently-used map of pieces a peer can serve again without a disk
+  read or a new copy (for the peer: Ray object references of received and served pieces).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class HashWindow:
+    """Pieces of one task waiting for the in-order hash, at most ``limit`` bytes of them."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.next = 0
+        self._pieces: dict[int, Any] = {}
+
+    def offer(self, index: int, data: Any, nbytes: int) -> bool:
+        """Keep ``data`` (piece ``index``) for the hash if it is still ahead and fits; the next
+        piece in order is always kept (the hash takes it at once)."""
+        if index < self.next or index in self._pieces:
+            return False
+        if index != self.next and self.held + nbytes > self.limit:
+            return False
+        self._pieces[index] = (data, nbytes)
+        self.held += nbytes
+        return True
+
+    def take(self, index: int) -> Any | None:
+        """The bytes of piece ``index`` if kept (None: read them from the store); the hash has
+        moved past it."""
+        self.next = index + 1
+        kept = self._pieces.pop(index, None)
+        if kept is None:
+            return None
+        self.held -= kept[1]
+        return kept[0]
+
+    def clear(self) -> None:
+        """Drop every kept piece."""
+        self._pieces.clear()
+        self.held = 0
+
+
+class HotPieces(Generic[V]):
+    """Up to ``limit`` bytes of values keyed by ``(task_id, piece)``, least recently used out."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._items: OrderedDict[tuple[str, int], tuple[V, int]] = OrderedDict()
+
+    def get(self, task_id: str, index: int) -> V | None:
+        """The value of a piece, marked as just used; None if not held."""
+        item = self._items.get((task_id, index))
+        if item is None:
+            return None
+        self._items.move_to_end((task_id, index))
+        return item[0]
+
+    def put(self, task_id: str, index: int, value: V, nbytes: int) -> None:
+        """Hold ``value``; the least recently used values go until the total fits."""
+        if nbytes > self.limit:
+            return
+        self.drop(task_id, index)
+        self._items[(task_id, index)] = (value, nbytes)
+        self.held += nbytes
+        while self.held > self.limit:
+            _, (_, size) = self._items.popitem(last=False)
+            self.held -= size
+
+    def drop(self, task_id: str, index: int) -> None:
+        """Forget one piece."""
+        item = self._items.pop((task_id, index), None)
+        if item is not None:
+            self.held -= item[1]
+
+    def drop_task(self, task_id: str) -> None:
+        """Forget every piece of ``task_id`` (it left the cache)."""
+        for key in [k for k in self._items if k[0] == task_id]:
+            self.held -= self._items.pop(key)[1]
+
+    def __len__(self) -> int:
+        return len(self._items)

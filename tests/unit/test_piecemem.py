@@ -1,0 +1,62 @@
+"""The in-memory piece windows: the in-order hash window and the hot pieces a peer serves."""
+
+from rayfly.actors.download import HASH_WINDOW_MAX, hash_window_bytes
+from rayfly.piecemem import HashWindow, HotPieces
+
+
+def test_hash_window_keeps_pieces_ahead_until_their_turn():
+    w = HashWindow(limit=10)
+    assert w.offer(1, b"b", 4) and w.offer(2, b"c", 4)
+    assert not w.offer(3, b"d", 4)  # over the limit: read back from the store at its turn
+    assert w.take(0) is None  # never offered: the caller reads it back
+    assert w.take(1) == b"b" and w.take(2) == b"c" and w.take(3) is None
+    assert w.held == 0
+
+
+def test_hash_window_always_keeps_the_next_piece_and_nothing_behind():
+    w = HashWindow(limit=4)
+    assert w.offer(1, b"x", 4)
+    assert w.offer(0, b"y", 4)  # the next piece in order: the hash takes it at once
+    assert w.take(0) == b"y" and w.take(1) == b"x"
+    assert not w.offer(1, b"late", 4)  # the hash is past it
+
+
+def test_hash_window_clear_drops_everything():
+    w = HashWindow(limit=100)
+    w.offer(3, b"z", 10)
+    w.clear()
+    assert w.held == 0 and w.take(3) is None
+
+
+def test_hash_window_size_follows_the_piece_size_within_bounds():
+    assert hash_window_bytes(4 << 20) == 64 << 20
+    assert hash_window_bytes(64 << 20) == HASH_WINDOW_MAX
+    assert hash_window_bytes(512 << 20) == 512 << 20  # always one piece
+
+
+def test_hot_pieces_evict_least_recently_used_to_stay_within_bytes():
+    hot: HotPieces[str] = HotPieces(limit=10)
+    hot.put("t", 0, "a", 4)
+    hot.put("t", 1, "b", 4)
+    assert hot.get("t", 0) == "a"  # 0 is now the most recently used
+    hot.put("t", 2, "c", 4)
+    assert hot.get("t", 1) is None and hot.get("t", 0) == "a" and hot.get("t", 2) == "c"
+    assert hot.held == 8
+
+
+def test_hot_pieces_skip_what_cannot_fit_and_forget_a_task():
+    hot: HotPieces[str] = HotPieces(limit=5)
+    hot.put("t", 0, "big", 6)
+    assert hot.get("t", 0) is None and hot.held == 0
+    hot.put("t", 1, "x", 2)
+    hot.put("u", 1, "y", 2)
+    hot.put("t", 1, "x2", 3)  # replacing a piece counts its new size only
+    assert hot.held == 5
+    hot.drop_task("t")
+    assert hot.get("t", 1) is None and hot.get("u", 1) == "y" and hot.held == 2 and len(hot) == 1
+
+
+def test_hot_pieces_off_holds_nothing():
+    hot: HotPieces[str] = HotPieces(limit=0)
+    hot.put("t", 0, "a", 1)
+    assert len(hot) == 0
