@@ -155,8 +155,10 @@ class Downloads:
         await waiter
 
     def forget(self, task_id: str) -> None:
-        """Drop a finished download's record (its cache entry left)."""
+        """Drop a finished download's record and its pieces' readiness (its cache entry left:
+        fetched again, the task starts with no piece ready)."""
         self.jobs.pop(task_id, None)
+        self._ready.pop(task_id, None)
 
     def start(
         self, task: TaskInfo, slots: asyncio.Semaphore, limit: TokenBucket | None = None

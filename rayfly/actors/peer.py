@@ -75,6 +75,7 @@ class Peer:
         self._gc_loop = asyncio.ensure_future(self._collect_garbage())
         self.uploads = 0
         self.pieces_served = 0
+        self.pieces_served_hot = 0
         self._incarnation = ray.get_runtime_context().get_actor_id() or ""
         ray.get_runtime_context().current_actor.announce.remote()
 
@@ -109,6 +110,8 @@ class Peer:
             "downloads_inflight": sum(not d.done() for d in self.downloads.jobs.values()),
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
+            "pieces_served_from_memory": self.pieces_served_hot,
+            "serve_memory": {"limit": self.hot.limit, "held": self.hot.held},
         }
 
     def incarnation(self) -> str:
@@ -162,6 +165,8 @@ class Peer:
             ref = None if self._corrupt_served else self.hot.get(task_id, index)
             if ref is None:
                 ref = await self.downloads.disk_io(self._put_piece, task_id, index)
+            else:
+                self.pieces_served_hot += 1
             self.pieces_served += 1
             metrics.piece_served(self.node_id)
             return [ref]

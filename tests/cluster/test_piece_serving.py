@@ -1,0 +1,85 @@
+"""Pieces served as object references: from memory while hot, from disk once evicted, and a copy
+corrupted in transit caught by the receiver's digest (a test-only fault hook on the parent)."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+import rayfly
+from rayfly import status
+from rayfly.actors import placement
+from rayfly.demo_origin import make_file
+from tests.conftest import sha256_file
+from tests.support.raynode import start_node
+
+MiB = 1 << 20
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def node_with(ray_cluster, tmp_path, request):
+    """A worker node started with the environment the test is parametrized with."""
+    node = start_node(ray_cluster.address, tmp_path / "logs", env=request.param)
+    yield node
+    node.kill()
+    node.wait_dead()
+
+
+def _seed_then_fetch(seed: str, origin, url: str, tmp_path, others: int):
+    """Put the file on ``seed`` only, then distribute it to ``others`` other nodes; the second
+    report and the nodes it went to."""
+    first = rayfly.distribute(url, str(tmp_path / "seed.bin"), nodes=seed, piece_size=MiB)
+    assert first.ok, first
+    chosen = [n.node_id for n in placement.alive_nodes() if n.node_id != seed][:others]
+    origin.reset()
+    report = rayfly.distribute(
+        url, str(tmp_path / "{node_id}.bin"), nodes=",".join(chosen), piece_size=MiB
+    )
+    return report, chosen
+
+
+def _served(node_id: str) -> dict:
+    return ray.get(placement.existing_peers()[node_id].info.remote())
+
+
+@pytest.mark.parametrize("node_with", [{"RAYFLY_SERVE_MEMORY": "1MiB"}], indirect=True)
+def test_a_parent_serves_pieces_evicted_from_memory_from_disk(
+    node_with, origin, origin_root, tmp_path
+):
+    """The seed keeps one piece in memory: asked for every piece twice, it serves the pieces
+    evicted from memory from its disk, verified; nothing comes from the origin."""
+    src = make_file(origin_root / "served.bin", 8 * MiB, seed=61)
+    url, seed = origin.url + "served.bin", node_with.node_id
+    report, chosen = _seed_then_fetch(seed, origin, url, tmp_path, 1)
+    assert report.ok, str(report)
+    before = _served(seed)
+    assert status.cache_rm(report.task_ids[0], chosen[0][:12]) == chosen
+    again = rayfly.distribute(
+        url, str(tmp_path / "again" / "{node_id}.bin"), nodes=chosen[0], piece_size=MiB
+    )
+    assert again.ok, str(again)
+    after = _served(seed)
+    for dest in (tmp_path / f"{chosen[0]}.bin", tmp_path / "again" / f"{chosen[0]}.bin"):
+        assert sha256_file(dest) == sha256_file(src)
+    assert origin.served("/served.bin") == 0
+    assert again.nodes[0].bytes_from_peers == 8 * MiB
+    assert after["pieces_served"] - before["pieces_served"] == 8
+    assert after["pieces_served_from_memory"] - before["pieces_served_from_memory"] <= 1
+    assert after["serve_memory"]["held"] <= MiB
+
+
+@pytest.mark.parametrize("node_with", [{"RAYFLY_TEST_CORRUPT_SERVED": "1"}], indirect=True)
+def test_a_piece_corrupted_in_transit_is_caught_by_the_receiver(
+    node_with, origin, origin_root, tmp_path
+):
+    """Every piece the seed serves has a byte flipped after its own check: the child's digest
+    check refuses each one, the pieces come from the origin instead, and the file is right."""
+    src = make_file(origin_root / "corrupt.bin", 8 * MiB, seed=62)
+    url = origin.url + "corrupt.bin"
+    report, chosen = _seed_then_fetch(node_with.node_id, origin, url, tmp_path, 1)
+    assert report.ok, str(report)
+    assert sha256_file(tmp_path / f"{chosen[0]}.bin") == sha256_file(src)
+    assert report.nodes[0].bytes_from_peers == 0
+    assert origin.served("/corrupt.bin") == 8 * MiB
+    assert _served(node_with.node_id)["pieces_served"] > 0  # it did serve, and was refused
