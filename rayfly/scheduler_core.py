@@ -94,6 +94,7 @@ class PeerState:
     uploads: int = 0
     throughput: float = 0.0
     suspect_until: float = -math.inf
+    upload_rate: float | None = None
 
 
 class _Reachable(Mapping[str, PeerState]):
@@ -192,13 +193,19 @@ class SchedulerCore:
             durable.drop(self.kv, durable.TASKS, tid)
 
     def announce(
-        self, peer_id: str, host: str, slots: int, incarnation: str, have: dict[str, dict[int, str]]
+        self,
+        peer_id: str,
+        host: str,
+        slots: int,
+        incarnation: str,
+        have: dict[str, dict[int, str]],
+        upload_rate: float | None = None,
     ) -> list[str]:
         """A peer tells what complete tasks it holds (after a restart of either side); returns
         the task ids this scheduler knows, now recorded as held there."""
         known = [tid for tid in have if tid in self.tasks and not self.tasks[tid].error]
         for tid in known:
-            self.join(tid, peer_id, host, slots, have[tid], incarnation)
+            self.join(tid, peer_id, host, slots, have[tid], incarnation, upload_rate)
             if len(self.tasks[tid].have[peer_id]) == self.tasks[tid].info.n_pieces:
                 self.tasks[tid].finished[peer_id] = None
         return known
@@ -216,8 +223,10 @@ class SchedulerCore:
         slots: int,
         have: dict[int, str] | None = None,
         incarnation: str = "",
+        upload_rate: float | None = None,
     ) -> None:
-        """A peer joins a task, possibly holding pieces already (from its cache).
+        """A peer joins a task, possibly holding pieces already (from its cache), with the
+        upload slots it offers and its node's upload limit (None: none).
 
         A new ``incarnation`` for a known peer id is a restarted actor on the same node: what the
         old actor held or was fetching is forgotten first.
@@ -227,7 +236,8 @@ class SchedulerCore:
         if known is not None and known.incarnation != incarnation:
             self.peer_lost(peer_id)
         self.peers.setdefault(peer_id, PeerState(peer_id, host, slots, incarnation))
-        self.peers[peer_id].host, self.peers[peer_id].slots = host, slots
+        me = self.peers[peer_id]
+        me.host, me.slots, me.upload_rate = host, slots, upload_rate
         t.have.setdefault(peer_id, set())
         t.leases.setdefault(peer_id, {})
         t.finished.pop(peer_id, None)
@@ -319,13 +329,7 @@ class SchedulerCore:
             t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
         )
         leases = t.leases.setdefault(peer_id, {})
-        mine = sum(1 for lease in leases.values() if lease.parent is None)
-        parallelism = self.config.origin_parallelism
-        quota = origin_quota(parallelism, self._active(t), t.info.source_node, peer_id) - mine
-        if t.stream:
-            quota = 0  # the origin is read by the streamer only
-        if self.clock() < self._quiet_until:
-            quota = 0
+        quota = self._origin_quota(t, me, leases)
         batch = plan_batch(
             view,
             peer_id,
@@ -369,6 +373,28 @@ class SchedulerCore:
             t.active = sum(1 for p, h in t.have.items() if len(h) < n and p not in t.finished)
             t.active_at = now
         return t.active
+
+    def _origin_quota(self, t: TaskState, me: PeerState, leases: dict[int, Lease]) -> int:
+        """How many more origin reads ``me`` may start for ``t`` (see :func:`origin_quota`)."""
+        if t.stream or self.clock() < self._quiet_until:
+            return 0  # the origin is read by the streamer only / a restarted scheduler waits
+        mine = sum(1 for lease in leases.values() if lease.parent is None)
+        defer = me.upload_rate is not None and self._unlimited_fetching(t, me.peer_id)
+        parallelism = self.config.origin_parallelism
+        quota = origin_quota(parallelism, self._active(t), t.info.source_node, me.peer_id, defer)
+        return quota - mine
+
+    def _unlimited_fetching(self, t: TaskState, peer_id: str) -> bool:
+        """Whether a peer other than ``peer_id`` without an upload limit still fetches ``t``."""
+        n = t.info.n_pieces
+        return any(
+            p != peer_id
+            and len(h) < n
+            and p not in t.finished
+            and p in self.peers
+            and self.peers[p].upload_rate is None
+            for p, h in t.have.items()
+        )
 
     def finish(self, task_id: str, peer_id: str, error: str | None, fatal: bool = False) -> None:
         """A peer is done with a task (``error`` None: every piece verified).

@@ -12,7 +12,10 @@ Rules:
   origin parallelism; a piece someone is already reading from the origin is waited for.
 - A node-local file (a task with a source node) is read from the origin by that node's peer only.
 - A parent is chosen among the piece's holders with a free upload slot: the same host first,
-  then the lowest load, then the best recent throughput.
+  then a parent without an upload limit, then the lowest load, then the best recent
+  throughput. A node with an upload limit offers as many slots as serve a piece in about
+  :data:`SERVE_TARGET_S` (:func:`upload_slots`), and reads no piece from the origin while a
+  peer without a limit fetches the task (its pieces would be rare, and slow to spread).
 - An origin that ignores ``Range`` is read by one peer at a time, in one sequential stream
   (:func:`takes_stream`); the others get its pieces from peers as they arrive.
 """
@@ -30,6 +33,7 @@ from rayfly.protocol import Assignment
 
 MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
+SERVE_TARGET_S = 2.0
 
 
 class Load(Protocol):
@@ -51,6 +55,9 @@ class Load(Protocol):
     @property
     def throughput(self) -> float: ...
 
+    @property
+    def upload_rate(self) -> float | None: ...
+
 
 @dataclass(frozen=True)
 class PeerLoad:
@@ -61,6 +68,7 @@ class PeerLoad:
     uploads: int
     slots: int
     throughput: float = 0.0
+    upload_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,9 @@ def peer_salt(peer_id: str) -> int:
 def choose_parent(candidates: Sequence[Load], host: str, rng: random.Random) -> Load | None:
     """The best holder with a free upload slot, or None when every holder is busy.
 
-    Score: same host first, then the smallest share of slots in use, then the best recent
-    throughput; at most :data:`MAX_CANDIDATES` holders (a random sample) are considered.
+    Score: same host first, then no upload limit, then the smallest share of slots in use,
+    then the best recent throughput; at most :data:`MAX_CANDIDATES` holders (a random sample)
+    are considered.
     """
     free = [c for c in candidates if c.uploads < c.slots]
     if len(free) > MAX_CANDIDATES:
@@ -118,8 +127,24 @@ def choose_parent(candidates: Sequence[Load], host: str, rng: random.Random) -> 
     if not free:
         return None
     return min(
-        free, key=lambda c: (c.host != host, c.uploads / c.slots, -c.throughput, rng.random())
+        free,
+        key=lambda c: (
+            c.host != host,
+            c.upload_rate is not None,
+            c.uploads / c.slots,
+            -c.throughput,
+            rng.random(),
+        ),
     )
+
+
+def upload_slots(slots: int, upload_rate: float | None, piece_size: int) -> int:
+    """How many pieces a node serves at once: ``slots``, or with an upload limit as many as
+    the limit serves in about :data:`SERVE_TARGET_S` (at least one), so that a child is not
+    handed a piece that takes a minute to arrive while other parents have room."""
+    if not upload_rate:
+        return slots
+    return max(1, min(slots, int(upload_rate * SERVE_TARGET_S // max(1, piece_size))))
 
 
 def wake_count(done: int, failed: int, per_piece: int) -> int:
@@ -145,15 +170,22 @@ def origin_share(origin_parallelism: int, peers: int) -> int:
     return max(1, -(-origin_parallelism // max(1, peers)))
 
 
-def origin_quota(origin_parallelism: int, peers: int, source_node: str | None, peer_id: str) -> int:
+def origin_quota(
+    origin_parallelism: int,
+    peers: int,
+    source_node: str | None,
+    peer_id: str,
+    defer: bool = False,
+) -> int:
     """How many origin reads ``peer_id`` may have in flight for a task.
 
     Anyone may read an origin every node sees (``source_node`` None): the budget is split over
-    the peers (:func:`origin_share`). A node-local file is read by its node alone, with the whole
-    budget; every other peer gets its pieces from peers.
+    the peers (:func:`origin_share`), except that a node with an upload limit ``defer``s to the
+    peers without one while any fetches the task. A node-local file is read by its node alone,
+    with the whole budget; every other peer gets its pieces from peers.
     """
     if source_node is None:
-        return origin_share(origin_parallelism, peers)
+        return 0 if defer else origin_share(origin_parallelism, peers)
     return origin_parallelism if peer_id == source_node else 0
 
 
@@ -186,6 +218,11 @@ def _missing(view: TaskView, have: Set[int], busy: Set[int], origin_budget: int)
     if origin_budget > 0:
         return [i for i in range(view.n_pieces) if i not in have and i not in busy]
     return [i for i, h in view.holders.items() if h and i not in have and i not in busy]
+
+
+def _one_more_upload(p: Load) -> PeerLoad:
+    """``p``'s load with one more upload in flight."""
+    return PeerLoad(p.peer_id, p.host, p.uploads + 1, p.slots, p.throughput, p.upload_rate)
 
 
 def plan_batch(
@@ -230,8 +267,6 @@ def plan_batch(
         parent = choose_parent(free, host, rng)
         if parent is None:
             continue
-        bumped[parent.peer_id] = PeerLoad(
-            parent.peer_id, parent.host, parent.uploads + 1, parent.slots, parent.throughput
-        )
+        bumped[parent.peer_id] = _one_more_upload(parent)
         out.append(Assignment(piece, parent.peer_id, view.digests.get(piece)))
     return out

@@ -25,6 +25,7 @@ from rayfly.eviction import GcPolicy
 from rayfly.piecemem import HotPieces
 from rayfly.protocol import FetchItem, FetchRequest, FileResult, NodeResult, summarize_node
 from rayfly.ratelimit import TokenBucket
+from rayfly.scheduling import upload_slots
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
 
@@ -119,15 +120,10 @@ class Peer:
         return self._incarnation
 
     async def _join(self, task: TaskInfo, have: dict[int, str]) -> None:
-        await self.links.ask(
-            "join",
-            task.task_id,
-            self.node_id,
-            self.node_ip,
-            self.config.upload_slots,
-            have,
-            self._incarnation,
-        )
+        rate = self.node.upload_rate
+        slots = upload_slots(self.config.upload_slots, rate, task.piece_size)
+        args = (task.task_id, self.node_id, self.node_ip, slots, have, self._incarnation, rate)
+        await self.links.ask("join", *args)
 
     async def announce(self, task_ids: list[str] | None = None) -> list[str]:
         """Tell the scheduler which complete tasks this node holds (those of ``task_ids``, or
@@ -145,7 +141,8 @@ class Peer:
             return []  # no scheduler yet: it learns of this cache when asked for a task
         if not have:
             return []
-        args = (self.node_id, self.node_ip, self.config.upload_slots, self._incarnation, have)
+        rate = self.node.upload_rate
+        args = (self.node_id, self.node_ip, self.config.upload_slots, self._incarnation, have, rate)
         known: list[str] = await self.links.ask("announce", *args)
         return known
 

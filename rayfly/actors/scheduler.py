@@ -80,10 +80,16 @@ class Scheduler:
                     self.core.peer_lost(n["NodeID"])
 
     def announce(
-        self, peer_id: str, host: str, slots: int, incarnation: str, have: dict[str, dict[int, str]]
+        self,
+        peer_id: str,
+        host: str,
+        slots: int,
+        incarnation: str,
+        have: dict[str, dict[int, str]],
+        upload_rate: float | None = None,
     ) -> list[str]:
         """See :meth:`SchedulerCore.announce`."""
-        return self.core.announce(peer_id, host, slots, incarnation, have)
+        return self.core.announce(peer_id, host, slots, incarnation, have, upload_rate)
 
     async def register(
         self,
@@ -143,9 +149,10 @@ class Scheduler:
         slots: int,
         have: dict[int, str] | None = None,
         incarnation: str = "",
+        upload_rate: float | None = None,
     ) -> None:
         """See :meth:`SchedulerCore.join`."""
-        self.core.join(task_id, peer_id, host, slots, have, incarnation)
+        self.core.join(task_id, peer_id, host, slots, have, incarnation, upload_rate)
 
     async def exchange(
         self,

@@ -243,3 +243,21 @@ def test_an_unknown_piece_policy_is_a_clear_error_naming_it():
     with pytest.raises(InvalidInput, match=r"RAYFLY_POLICY='fastest'.*sequential"):
         from_env(SchedulerConfig, {"RAYFLY_POLICY": "fastest"})
     assert from_env(SchedulerConfig, {"RAYFLY_POLICY": "sequential"}).policy == "sequential"
+
+
+def test_a_node_with_an_upload_limit_reads_no_origin_piece_while_an_unlimited_peer_fetches():
+    c, _ = core(parallelism=8)
+    c.join("t", "slow", "slow", 1, upload_rate=2 * MiB)
+    c.join("t", "fast", "fast", 4)
+    assert c.plan("t", "slow", 8).assignments == []
+    fast = c.plan("t", "fast", 8).assignments
+    assert fast and all(a.parent is None for a in fast)
+    c.report("t", "fast", [Done(a.piece, f"d{a.piece}", None, MiB, 0.1) for a in fast], [])
+    slow = c.plan("t", "slow", 8).assignments
+    assert slow and all(a.parent == "fast" for a in slow)
+
+
+def test_a_node_with_an_upload_limit_alone_reads_the_origin():
+    c, _ = core(parallelism=8)
+    c.join("t", "slow", "slow", 1, upload_rate=2 * MiB)
+    assert [a.parent for a in c.plan("t", "slow", 8).assignments] == [None] * 8

@@ -12,6 +12,7 @@ from rayfly.scheduling import (
     piece_policy,
     plan_batch,
     rarest_first,
+    upload_slots,
     wake_count,
 )
 
@@ -117,3 +118,18 @@ def test_a_piece_held_by_thousands_scans_only_a_few():
     (a,) = plan_batch(view(1, {0: holders}), "me", "h", set(), set(), Loads(), want=1)
     assert a.parent in holders
     assert len(looked) <= 128
+
+
+def test_a_parent_without_upload_limit_is_preferred_over_an_idle_limited_one():
+    limited = PeerLoad("slow", "h1", 0, 8, throughput=50e6, upload_rate=2e6)
+    busy = PeerLoad("fast", "h2", 6, 8, throughput=10e6)
+    assert choose_parent([limited, busy], "h3", random.Random(0)).peer_id == "fast"
+    full = PeerLoad("fast", "h2", 8, 8)
+    assert choose_parent([limited, full], "h3", random.Random(0)).peer_id == "slow"
+
+
+def test_upload_slots_follow_the_upload_limit():
+    assert upload_slots(8, None, 4 << 20) == 8
+    assert upload_slots(8, 2 << 20, 4 << 20) == 1  # a 4 MiB piece takes 2 s at 2 MiB/s
+    assert upload_slots(8, 16 << 20, 4 << 20) == 8
+    assert upload_slots(8, 8 << 20, 4 << 20) == 4
