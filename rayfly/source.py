@@ -7,6 +7,8 @@ them (fsspec caches the instances).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import inspect
 import json
 import os
@@ -22,7 +24,7 @@ import fsspec
 import fsspec.asyn
 from fsspec.core import url_to_fs
 
-from rayfly import source_http, source_s3
+from rayfly import http_direct, source_http, source_s3
 from rayfly.dest import decode_relpath
 from rayfly.errors import (
     InvalidStorageOption,
@@ -160,14 +162,19 @@ def _cause(exc: BaseException) -> BaseException:
 def _is_transient(exc: BaseException) -> bool:
     import aiohttp
 
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, aiohttp.ClientResponseError | source_http.OriginStatus):
         return exc.status >= 500 or exc.status == 429
     if isinstance(
         exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError
     ):
         return False
     return isinstance(
-        exc, OSError | asyncio.TimeoutError | aiohttp.ClientError | fsspec.exceptions.FSTimeoutError
+        exc,
+        OSError
+        | asyncio.TimeoutError
+        | aiohttp.ClientError
+        | fsspec.exceptions.FSTimeoutError
+        | http.client.HTTPException,
     )
 
 
@@ -280,7 +287,7 @@ def list_files(url: str, options: dict[str, Any]) -> list[SourceFile]:
     return with_retries(run, url)
 
 
-def _check_length(data: bytes, url: str, start: int, end: int) -> bytes:
+def _check_length(data: Any, url: str, start: int, end: int) -> Any:
     if len(data) != end - start:
         raise SourceError(
             f"origin returned {len(data)} bytes for range {start}-{end} of {redact_url(url)}"
@@ -367,6 +374,11 @@ async def read_range_async(
     :class:`~rayfly.errors.RangeIgnored`.
     """
     version = version or Version()
+    if http_direct.applies(url, options):
+        with contextlib.suppress(http_direct.NotDirect):  # a redirect: the fsspec path
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, _read_direct, url, start, end, version
+            )
     found = await _async_fs(url, options)
     if found is None:
         loop = asyncio.get_running_loop()
@@ -379,6 +391,13 @@ async def read_range_async(
         except Exception as exc:
             await asyncio.sleep(_retry_delay(exc, url, attempt, RETRY_ATTEMPTS, RETRY_BASE_S))
     raise AssertionError("unreachable")
+
+
+def _read_direct(url: str, start: int, end: int, version: Version) -> Any:
+    """:func:`http_direct.read_range`, retried like every other read."""
+    shown = redact_url(url)
+    data = with_retries(lambda: http_direct.read_range(url, shown, start, end, version), url)
+    return _check_length(data, url, start, end)
 
 
 async def stream_pieces(

@@ -15,8 +15,16 @@ from rayfly.errors import OriginChanged, RangeIgnored
 from rayfly.task import piece_count
 from rayfly.version import Version, from_info
 
-_IDENTITY = {"Accept-Encoding": "identity"}  # the bytes as stored, and their validators
+IDENTITY = {"Accept-Encoding": "identity"}  # the bytes as stored, and their validators
 STREAM_CHUNK = 1 << 20
+
+
+class OriginStatus(Exception):
+    """An HTTP error status from the origin (5xx and 429 are worth retrying)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status = status
 
 
 def changed(shown: str, detail: str) -> OriginChanged:
@@ -38,7 +46,7 @@ async def head(fs: Any, url: str) -> tuple[int, Version, bool] | None:
     URL signed for GET only, a 405) or gives no size: the caller falls back to fsspec's own
     ``info``, which tries a GET."""
     session = await fs.set_session()
-    kw = _request_kwargs(fs, _IDENTITY)
+    kw = _request_kwargs(fs, IDENTITY)
     kw.pop("allow_redirects", None)
     async with session.head(fs.encode_url(url), allow_redirects=True, **kw) as r:
         if r.status == 404:
@@ -86,7 +94,7 @@ async def read_range(
     """Bytes ``[start, end)``, conditional on ``version``; :class:`RangeIgnored` (before the
     body is read) when the server answers with the whole object instead."""
     session = await fs.set_session()
-    ranged = {**_IDENTITY, **conditions(version), "Range": f"bytes={start}-{end - 1}"}
+    ranged = {**IDENTITY, **conditions(version), "Range": f"bytes={start}-{end - 1}"}
     kw = _request_kwargs(fs, ranged)
     async with session.get(fs.encode_url(url), **kw) as r:
         check_response(r, shown, version)
@@ -114,7 +122,7 @@ async def stream(
     n = piece_count(length, piece_size)
     sizes = [min(piece_size, length - i * piece_size) for i in range(n)]
     session = await fs.set_session()
-    kw = _request_kwargs(fs, {**_IDENTITY, **conditions(version)})
+    kw = _request_kwargs(fs, {**IDENTITY, **conditions(version)})
     async with session.get(fs.encode_url(url), **kw) as r:
         check_response(r, shown, version)
         sent = r.headers.get("Content-Length")

@@ -193,9 +193,11 @@ class PieceStore:
         return out
 
     def disk(self) -> Disk:
-        """The cache filesystem's size and use."""
+        """The cache filesystem's use as ``df`` shows it: used blocks of those usable (blocks
+        reserved for root count as neither)."""
         st = os.statvfs(self.root)
-        return Disk(st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bavail) * st.f_frsize)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        return Disk(used + st.f_bavail * st.f_frsize, used)
 
     def _plan(self, policy: GcPolicy, need: int = 0) -> GcPlan:
         return plan_gc(self._candidates(), policy, self._clock(), self._used(), self.disk(), need)

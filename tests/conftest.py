@@ -76,6 +76,10 @@ def ray_cluster(session_dir: Path) -> Iterator[object]:
 
     os.environ["RAYFLY_CACHE_DIR"] = str(session_dir / "cache")
     os.environ.setdefault("RAYFLY_PIECE_TIMEOUT_S", "20")
+    # the test machine's own disk must not evict what tests cached (tests of the watermarks
+    # set their own, on a small tmpfs)
+    os.environ.setdefault("RAYFLY_CACHE_HIGH_WATERMARK", "100%")
+    os.environ.setdefault("RAYFLY_CACHE_LOW_WATERMARK", "100%")
     os.environ.setdefault("RAYFLY_LEASE_TIMEOUT_S", "20")
     # ray.util.metrics reach the Prometheus endpoint within ~1 s instead of 10 (test_metrics)
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")

@@ -9,8 +9,11 @@ import pytest
 
 from rayfly.config import node_cache_dir
 from rayfly.errors import StorageError
+from rayfly.eviction import GcPolicy
 from rayfly.identity import open_node_cache
 from rayfly.storage import PieceStore
+
+NO_WATERMARKS = GcPolicy(1 << 20, high=1.0, low=1.0)  # the machine's own disk must not decide
 
 OLD_NODE = "ab" * 28  # a Ray node id: the store layout before cache ids
 OTHER_NODE = "cd" * 28
@@ -18,7 +21,7 @@ OTHER_NODE = "cd" * 28
 
 def test_the_same_directory_is_the_same_cache_after_a_restart(tmp_path):
     first = open_node_cache(tmp_path, {"node_id": "n1"})
-    store = PieceStore(first.store_dir, 1 << 20)
+    store = PieceStore(first.store_dir, 1 << 20, policy=NO_WATERMARKS)
     store.begin("t1", 5, 5)
     store.write_piece("t1", 0, b"hello")
     store.complete("t1", "sha")
@@ -27,7 +30,7 @@ def test_the_same_directory_is_the_same_cache_after_a_restart(tmp_path):
     again = open_node_cache(tmp_path, {"node_id": "n2"})  # a new Ray node id
     assert again.cache_id == first.cache_id and not again.shared
     assert (tmp_path / "cache-id").read_text().strip() == first.cache_id
-    assert PieceStore(again.store_dir, 1 << 20).entry("t1").complete
+    assert PieceStore(again.store_dir, 1 << 20, policy=NO_WATERMARKS).entry("t1").complete
 
 
 def test_a_second_live_peer_never_shares_the_store(tmp_path):

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
+from rayfly.eviction import GcPolicy
 from rayfly.storage import PieceStore, piece_digest
+
+
+def make_store(root, quota, **kw):
+    """A store with disk watermarks off: the test machine's own disk must not decide what is
+    evicted (the watermarks are tested on a small tmpfs of their own)."""
+    return PieceStore(root, quota, policy=GcPolicy(quota, high=1.0, low=1.0), **kw)
 
 
 def fill(store, tid, data, piece):
@@ -14,7 +21,7 @@ def fill(store, tid, data, piece):
 
 
 def test_write_verify_read_back(tmp_path):
-    store = PieceStore(tmp_path, quota=1 << 20)
+    store = make_store(tmp_path, quota=1 << 20)
     data = os.urandom(10_000)
     store.begin("t1", len(data), 4096)
     d = store.write_piece("t1", 1, data[4096:8192], expected=piece_digest(data[4096:8192]))
@@ -25,7 +32,7 @@ def test_write_verify_read_back(tmp_path):
 
 
 def test_corrupt_piece_is_refused_and_not_recorded(tmp_path):
-    store = PieceStore(tmp_path, quota=1 << 20)
+    store = make_store(tmp_path, quota=1 << 20)
     store.begin("t1", 8192, 4096)
     good = os.urandom(4096)
     bad = bytearray(good)
@@ -38,7 +45,7 @@ def test_corrupt_piece_is_refused_and_not_recorded(tmp_path):
 
 
 def test_complete_publish_is_atomic_and_read_only(tmp_path):
-    store = PieceStore(tmp_path / "cache", quota=1 << 20)
+    store = make_store(tmp_path / "cache", quota=1 << 20)
     data = os.urandom(9000)
     fill(store, "t1", data, 4096)
     with pytest.raises(StorageError, match="not complete"):
@@ -52,7 +59,7 @@ def test_complete_publish_is_atomic_and_read_only(tmp_path):
 
 
 def test_publish_failure_leaves_nothing(tmp_path):
-    store = PieceStore(tmp_path / "cache", quota=1 << 20)
+    store = make_store(tmp_path / "cache", quota=1 << 20)
     fill(store, "t1", b"x" * 10, 4096)
     store.complete("t1", "00" * 32)
     blocker = tmp_path / "file"
@@ -62,13 +69,13 @@ def test_publish_failure_leaves_nothing(tmp_path):
 
 
 def test_incomplete_tasks_are_dropped_on_restart_complete_kept(tmp_path):
-    store = PieceStore(tmp_path, quota=1 << 20)
+    store = make_store(tmp_path, quota=1 << 20)
     fill(store, "done", b"a" * 5000, 4096)
     store.complete("done", "11" * 32)
     store.begin("partial", 5000, 4096)
     store.write_piece("partial", 0, b"b" * 4096)
     store.close()
-    again = PieceStore(tmp_path, quota=1 << 20)
+    again = make_store(tmp_path, quota=1 << 20)
     assert again.entry("partial") is None
     assert not (tmp_path / "tasks" / "partial").exists()
     entry = again.entry("done")
@@ -77,7 +84,7 @@ def test_incomplete_tasks_are_dropped_on_restart_complete_kept(tmp_path):
 
 
 def test_read_entry_reads_only_complete_tasks_without_opening_the_store(tmp_path):
-    store = PieceStore(tmp_path, quota=1 << 20)
+    store = make_store(tmp_path, quota=1 << 20)
     data = b"a" * 5000
     fill(store, "done", data, 4096)
     store.complete("done", "11" * 32)
@@ -94,7 +101,7 @@ def test_read_entry_reads_only_complete_tasks_without_opening_the_store(tmp_path
 
 def test_lru_eviction_and_quota(tmp_path):
     now = [0.0]
-    store = PieceStore(tmp_path, quota=10_000, clock=lambda: now[0])
+    store = make_store(tmp_path, quota=10_000, clock=lambda: now[0])
     for name in ("old", "new"):
         now[0] += 1
         fill(store, name, b"z" * 4000, 4096)
@@ -108,7 +115,7 @@ def test_lru_eviction_and_quota(tmp_path):
 
 
 def test_pieces_accept_numpy_views(tmp_path):
-    store = PieceStore(tmp_path, quota=1 << 20)
+    store = make_store(tmp_path, quota=1 << 20)
     arr = np.frombuffer(os.urandom(4096), dtype=np.uint8)
     arr.flags.writeable = False
     store.begin("t", 4096, 4096)
@@ -117,7 +124,7 @@ def test_pieces_accept_numpy_views(tmp_path):
 
 
 def test_a_piece_changed_on_disk_is_caught_when_read_with_verify(tmp_path):
-    store = PieceStore(tmp_path, quota=1 << 20)
+    store = make_store(tmp_path, quota=1 << 20)
     data = os.urandom(8192)
     fill(store, "t1", data, 4096)
     store.complete("t1", "whatever")
@@ -133,7 +140,7 @@ def test_a_piece_changed_on_disk_is_caught_when_read_with_verify(tmp_path):
 
 def test_gc_dry_run_says_why_and_evicts_nothing(tmp_path):
     now = [1000.0]
-    store = PieceStore(tmp_path, quota=10_000, clock=lambda: now[0])
+    store = make_store(tmp_path, quota=10_000, clock=lambda: now[0])
     fill(store, "old", b"z" * 4000, 4096)
     store.complete("old", "00" * 32)
     plan = store.gc(keep_bytes=0, dry_run=True)
@@ -143,7 +150,7 @@ def test_gc_dry_run_says_why_and_evicts_nothing(tmp_path):
 
 
 def test_quota_evictions_are_queued_for_the_owner_to_report(tmp_path):
-    store = PieceStore(tmp_path, quota=6000)
+    store = make_store(tmp_path, quota=6000)
     fill(store, "a", b"a" * 4000, 4096)
     store.complete("a", "00" * 32)
     store.begin("b", 4000, 4096)
@@ -152,7 +159,7 @@ def test_quota_evictions_are_queued_for_the_owner_to_report(tmp_path):
 
 
 def test_a_published_entry_frees_nothing(tmp_path):
-    store = PieceStore(tmp_path / "c", quota=1 << 20)
+    store = make_store(tmp_path / "c", quota=1 << 20)
     fill(store, "p", b"p" * 8192, 4096)
     store.complete("p", "00" * 32)
     store.publish("p", tmp_path / "out" / "p.bin")
@@ -167,7 +174,7 @@ def test_reads_racing_evictions_never_return_another_tasks_bytes(tmp_path):
     PieceUnavailable, never bytes of a file opened meanwhile under a reused descriptor."""
     import threading
 
-    store = PieceStore(tmp_path, quota=1 << 30)
+    store = make_store(tmp_path, quota=1 << 30)
     mine = b"m" * 4096
     stop = threading.Event()
     bad: list[object] = []
@@ -238,6 +245,8 @@ def test_watermarks_on_a_real_small_filesystem(small_tmpfs):
     assert (small_tmpfs / "out" / "published.bin").stat().st_size == 3 * MiB
     plan = store.gc(dry_run=True)
     assert plan.task_ids == []  # back under the high watermark
+
+
 def test_reads_racing_completion_and_removal_never_hit_a_closed_file(tmp_path):
     """A peer serves pieces on several threads while the download completes the task (its
     read-write fd is replaced) or the task is removed. Every read gets the piece's bytes or
@@ -246,7 +255,7 @@ def test_reads_racing_completion_and_removal_never_hit_a_closed_file(tmp_path):
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    store = PieceStore(tmp_path, quota=1 << 30)
+    store = make_store(tmp_path, quota=1 << 30)
     data = os.urandom(3 * 65536)
     errors: list[BaseException] = []
 
