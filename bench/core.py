@@ -61,6 +61,33 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
+def raylet_pids(gcs_address: str) -> list[int]:
+    """The raylets of the cluster at ``gcs_address`` (other clusters on the machine excluded)."""
+    flag = f"--gcs-address={gcs_address}"
+    return [
+        p.pid
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "raylet" and flag in (p.info["cmdline"] or [])
+    ]
+
+
+HASH = (
+    "import hashlib, sys\n"
+    "h = hashlib.sha256()\n"
+    "with open(sys.argv[1], 'rb') as f:\n"
+    "    while b := f.read(1 << 22): h.update(b)\n"
+)
+
+
+def sha256_cpu(path: Path) -> float:
+    """CPU seconds of a fresh process computing the sha256 of ``path`` (what a user verifying
+    a plain download spends on top of it)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", HASH, str(path)], check=True, timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
 def settle(dest: Path, report: rayfly.Report | None = None) -> None:
     """Leave nothing of a run behind, as each method would on a fresh machine: remove its files
     (and rayfly's cache entries), and write back dirty pages so the next run does not pay for
@@ -124,8 +151,9 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     url = origin.url + "payload.bin"
     peer = next(iter(placement.existing_peers().values()))
     pid = ray.get(peer.info.remote())["pid"]
+    raylets = raylet_pids(ray.get_runtime_context().gcs_address)
     times: dict[str, list[float]] = {"fsspec": [], "rayfly": []}
-    cpu: dict[str, list[float]] = {"fsspec": [], "rayfly": []}
+    cpu: dict[str, list[float]] = {"fsspec": [], "rayfly": [], "raylet": [], "sha256": []}
     ratios = []
     for i in range(args.runs):
         for method in ("fsspec", "rayfly") if i % 2 == 0 else ("rayfly", "fsspec"):
@@ -134,15 +162,19 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             report = None
             if method == "fsspec":
                 seconds, used = plain_fsspec(url, dest / "payload.bin")
+                cpu["sha256"].append(sha256_cpu(dest / "payload.bin"))
             else:
-                c0 = cpu_seconds(pid)
+                c0, r0 = cpu_seconds(pid), sum(map(cpu_seconds, raylets))
                 seconds, report = rayfly_once(url, str(dest / "payload.bin"))
                 used = cpu_seconds(pid) - c0
+                cpu["raylet"].append(sum(map(cpu_seconds, raylets)) - r0)
             times[method].append(seconds)
             cpu[method].append(used)
             settle(dest, report)
         ratios.append(times["rayfly"][-1] / times["fsspec"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+    gib = args.size / 2**30
     return {
         "bench": "single",
         "size": args.size,
@@ -151,7 +183,10 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "median_s": med,
         "median_of_run_ratios": statistics.median(ratios),
         "ratio_rayfly_over_fsspec": med["rayfly"] / med["fsspec"],
-        "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "median_cpu_s": cpu_med,
+        "cpu_s_per_gib": {k: v / gib for k, v in cpu_med.items()},
+        "peer_cpu_over_plain_plus_sha256": cpu_med["rayfly"]
+        / (cpu_med["fsspec"] + cpu_med["sha256"]),
         "load_avg_1m": os.getloadavg()[0],
         "mb_per_s": {k: args.size / v / 1e6 for k, v in med.items()},
     }

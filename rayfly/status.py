@@ -125,7 +125,9 @@ def format_status(status: dict[str, Any]) -> str:
             f"cache {p.get('cache_id', '?')[:12]}{shared} "
             f"{_mib(p['cache_used'])}/{_mib(p['cache_quota'])} "
             f"uploads={p['uploads']} downloads={p.get('downloads_inflight', 0)} "
-            f"served={p['pieces_served']}"
+            f"served={p['pieces_served']} "
+            f"(from memory {p.get('pieces_served_from_memory', 0)}, "
+            f"{_mib(p.get('serve_memory', {}).get('held', 0))} held)"
         )
         lines.append(f"  {'':12} {_limits(p.get('limits', {}), p.get('gc', {}))}")
     lines.append(f"mirrors ({len(status['mirrors'])}):")
