@@ -218,6 +218,8 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     origin, _ = setup(args.nodes, work, args.size)
     url = origin.url + "payload.bin"
     nodes = sorted((n for n in ray.nodes() if n["Alive"]), key=lambda n: n["NodeID"])
+    peers = [ray.get(p.info.remote())["pid"] for p in placement.existing_peers().values()]
+    raylets = raylet_pids(ray.get_runtime_context().gcs_address)
     methods = ["rayfly", "plain", "ray"]
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for i in range(args.runs):
@@ -225,13 +227,20 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             dest = work / "dest" / method
             origin.reset()
             report = None
+            c0 = [sum(map(cpu_seconds, pids)) for pids in (peers, raylets)]
             t0 = time.perf_counter()
             if method == "rayfly":
                 report = rayfly_once(url, str(dest / "{node_id}" / "payload.bin"))[1]
             else:
                 run_tasks(method, url, nodes, dest, "payload.bin")
+            c1 = [sum(map(cpu_seconds, pids)) for pids in (peers, raylets)]
             runs[method].append(
-                {"makespan_s": time.perf_counter() - t0, "origin_bytes": origin.bytes_served}
+                {
+                    "makespan_s": time.perf_counter() - t0,
+                    "origin_bytes": origin.bytes_served,
+                    "peers_cpu_s": c1[0] - c0[0],
+                    "raylets_cpu_s": c1[1] - c0[1],
+                }
             )
             settle(dest, report)
     summary = {

@@ -367,18 +367,18 @@ class Downloads:
                     raise
         raise AssertionError("unreachable")
 
-    async def _read(self, task: TaskInfo, a: Any) -> Any:
-        """The bytes of assignment ``a``, from the origin or the parent (kept hot for serving)."""
+    async def _read(self, task: TaskInfo, a: Any) -> tuple[Any, Any]:
+        """The bytes of assignment ``a``, and their object reference when they came from a
+        parent (None from the origin)."""
         start, end = task.piece_range(a.piece)
         if a.parent is not None:
-            ref, data = await self._from_parent(task, a.parent, a.piece)
-            self.hot.put(task.task_id, a.piece, ref, end - start)
-            return data
+            return await self._from_parent(task, a.parent, a.piece)
         if start == end:
-            return b""
-        return await source.read_range_async(
+            return None, b""
+        data = await source.read_range_async(
             task.url, task.storage_options, start, end, self._origin_pool, task.version
         )
+        return None, data
 
     async def _piece(
         self, task: TaskInfo, a: Any, out: TaskOutcome, window: HashWindow
@@ -390,12 +390,14 @@ class Downloads:
         t0 = time.time()
         await self._take_rate(task, a.parent is None, end - start)
         try:
-            data = await self._read(task, a)
+            ref, data = await self._read(task, a)
             digest = await self.disk_io(
                 self.store.write_piece, task.task_id, a.piece, data, a.digest
             )
+            if ref is not None:  # verified: serve it onwards as it is
+                self.hot.put(task.task_id, a.piece, ref, end - start)
             window.offer(a.piece, data, end - start)
-            del data
+            del data, ref
         except OriginUnreachable as exc:
             return Failed(a.piece, None, str(exc))
         except RangeIgnored as exc:

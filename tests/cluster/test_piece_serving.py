@@ -83,3 +83,13 @@ def test_a_piece_corrupted_in_transit_is_caught_by_the_receiver(
     assert report.nodes[0].bytes_from_peers == 0
     assert origin.served("/corrupt.bin") == 8 * MiB
     assert _served(node_with.node_id)["pieces_served"] > 0  # it did serve, and was refused
+    # the child kept none of the refused copies to serve onwards: a third node gets every
+    # piece from it (or the seed, refused again), none from the origin
+    third = next(
+        n.node_id for n in placement.alive_nodes() if n.node_id not in {node_with.node_id, *chosen}
+    )
+    origin.reset()
+    again = rayfly.distribute(url, str(tmp_path / "{node_id}.bin"), nodes=third, piece_size=MiB)
+    assert again.ok, str(again)
+    assert sha256_file(tmp_path / f"{third}.bin") == sha256_file(src)
+    assert origin.served("/corrupt.bin") == 0
