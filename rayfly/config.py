@@ -164,7 +164,8 @@ class NodeConfig:
     node inherit), not from the client: rates in bytes/s (None: unlimited) for pieces fetched,
     pieces served and origin reads; the cache's TTL, disk watermarks and GC period; and how many
     bytes of recently received or served pieces the peer keeps referenced in Ray's object store
-    to serve them again without a disk read (``serve_memory``; 0: always from disk)."""
+    to serve them again without a disk read (``serve_memory``; default: a quarter of the node's
+    object store, at most 256 MiB; 0: always from disk)."""
 
     download_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
     upload_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
@@ -175,7 +176,7 @@ class NodeConfig:
     cache_high_watermark: float = dataclasses.field(default=0.80, metadata={"parse": parse_percent})
     cache_low_watermark: float = dataclasses.field(default=0.60, metadata={"parse": parse_percent})
     gc_interval: float | None = dataclasses.field(default=900.0, metadata={"parse": parse_duration})
-    serve_memory: int = 256 << 20
+    serve_memory: int | None = dataclasses.field(default=None, metadata={"parse": parse_size})
 
 
 def _coerce(raw: str, kind: type) -> Any:

@@ -37,6 +37,19 @@ def _alive_node_ids() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
+SERVE_MEMORY_MAX = 256 << 20
+
+
+def _serve_memory(node: NodeConfig, node_id: str) -> int:
+    """Bytes of pieces kept referenced for serving: the node's setting, else a quarter of its
+    object store (at most :data:`SERVE_MEMORY_MAX`), so that they never crowd it out."""
+    if node.serve_memory is not None:
+        return node.serve_memory
+    mine = [n for n in ray.nodes() if n["NodeID"] == node_id]
+    store = mine[0]["Resources"].get("object_store_memory", 0) if mine else 0
+    return min(SERVE_MEMORY_MAX, int(store) // 4)
+
+
 @ray.remote(num_cpus=0)
 class Peer:
     """A node's peer: piece store, downloader and piece server."""
@@ -60,7 +73,7 @@ class Peer:
         )
         self._upload_limit = limits.upload
         self.links = Links()
-        self.hot: HotPieces[ray.ObjectRef] = HotPieces(node.serve_memory)
+        self.hot: HotPieces[ray.ObjectRef] = HotPieces(_serve_memory(node, node_id))
         self.downloads = Downloads(
             node_id,
             config,
