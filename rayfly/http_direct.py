@@ -19,6 +19,8 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from rayfly.errors import RangeIgnored, RayflyError
 from rayfly.source_http import IDENTITY, OriginStatus, check_response, conditions
 from rayfly.version import Version
@@ -67,7 +69,7 @@ def _drop(scheme: str, netloc: str) -> None:
         conn.close()
 
 
-def read_range(url: str, shown: str, start: int, end: int, version: Version) -> bytearray:
+def read_range(url: str, shown: str, start: int, end: int, version: Version) -> memoryview:
     """Bytes ``[start, end)`` of ``url`` into a new buffer, conditional on ``version``
     (blocking: run it on a thread). Errors as the fsspec path raises them."""
     parts = urlsplit(url)
@@ -88,20 +90,20 @@ def read_range(url: str, shown: str, start: int, end: int, version: Version) -> 
 
 def _body(
     r: http.client.HTTPResponse, shown: str, start: int, end: int, version: Version
-) -> bytearray:
+) -> memoryview:
     if 300 <= r.status < 400:
         raise NotDirect(f"{shown} redirects")
     check_response(_Answer(r), shown, version)
     whole = int(r.headers.get("Content-Length", -1))
     if r.status == 200 and (start > 0 or whole != end - start):
         raise RangeIgnored(f"{shown} ignores Range (answered 200 with {whole} bytes)")
-    buf = bytearray(end - start)
-    view, got = memoryview(buf), 0
-    while got < len(buf):
+    view = memoryview(np.empty(end - start, dtype=np.uint8))  # not zeroed: it is overwritten
+    got = 0
+    while got < len(view):
         n = r.readinto(view[got:])
         if not n:
             break
         got += n
-    if got < len(buf):
-        raise http.client.IncompleteRead(b"", len(buf) - got)
-    return buf
+    if got < len(view):
+        raise http.client.IncompleteRead(b"", len(view) - got)
+    return view

@@ -31,7 +31,7 @@ def read(url: str, start: int, end: int, version: Version | None = None):
 
 def test_reads_the_range_into_a_buffer(server):
     data = read(server.url + "a.bin", 100, 5000)
-    assert isinstance(data, bytearray) and data == DATA[100:5000]
+    assert isinstance(data, memoryview) and data == DATA[100:5000]
     assert server.bytes_served == 4900
 
 
