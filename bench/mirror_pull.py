@@ -133,6 +133,57 @@ def pull_modes(
     return rows
 
 
+def timed_get(url: str) -> tuple[float, float, str]:
+    """Seconds to the whole body and to its first chunk, and the body's sha256."""
+    t0 = time.perf_counter()
+    first, sha = None, hashlib.sha256()
+    with requests.get(url, stream=True, timeout=600) as resp:
+        resp.raise_for_status()
+        for chunk in resp.iter_content(1 << 20):
+            first = time.perf_counter() - t0 if first is None else first
+            sha.update(chunk)
+    return time.perf_counter() - t0, first or 0.0, sha.hexdigest()
+
+
+def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: list[str]) -> list:
+    """One fresh blob per run, GET in the order of the pull modes: direct, cold (node 0),
+    peer (node N-1, cached on node 0 only), local (node N-1 again, now in its own cache)."""
+    rows = []
+    for run in range(args.runs):
+        image = build_image(f"bench/blob{run}", "v1", [args.layer_mib * MiB], seed=4000 + run)
+        push_image(registry.url, image)
+        digest = image.layer_digests[0]
+        row: dict = {"run": run, "blob_bytes": len(image.blobs[digest])}
+        bases = {"direct": front.url, "cold": mirrors[0], "peer": mirrors[-1], "local": mirrors[-1]}
+        for mode, base in bases.items():
+            total, first, sha = timed_get(f"{base}/v2/{image.name}/blobs/{digest}")
+            assert "sha256:" + sha == digest, f"{mode}: wrong bytes"
+            row[f"{mode}_s"], row[f"{mode}_first_s"] = total, first
+        rows.append(row)
+        print(f"run {run}: " + " ".join(f"{m} {row[m + '_s']:.2f}s" for m in bases), flush=True)
+    return rows
+
+
+def blob_table(blobs: list[dict], args: dict) -> str:
+    lines = [
+        f"GET of one {args['layer_mib']} MiB blob (Python client, sha256 while reading), "
+        f"{len(blobs)} runs:",
+        "",
+        "| path | median s | median ratio to direct | median s to first byte |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for mode in ("direct", "cold", "peer", "local"):
+        lines.append(
+            f"| {mode} | {med(blobs, mode + '_s'):.2f} | "
+            f"{ratio_median(blobs, mode + '_s', 'direct_s'):.2f}x | "
+            f"{med(blobs, mode + '_first_s'):.3f} |"
+        )
+    per_run = "; ".join(
+        " / ".join(f"{r[m + '_s']:.2f}" for m in ("direct", "cold", "peer", "local")) for r in blobs
+    )
+    return "\n".join([*lines, "", f"Per run (s): {per_run} (direct / cold / peer / local)."])
+
+
 def concurrent_clients(
     args, front: CountingFront, registry: RegistryProcess, mirrors: list[str]
 ) -> list[dict]:
@@ -176,9 +227,10 @@ def ratio_median(rows: list[dict], key: str, base: str) -> float:
     return statistics.median(r[key] / r[base] for r in rows)
 
 
-def report(pulls: list[dict], many: list[dict], args: dict) -> str:
+def report(pulls: list[dict], many: list[dict], args: dict, blobs: list[dict] = ()) -> str:
     parts = [pull_table(pulls, args)] if pulls else []
     parts += [concurrent_table(many, args)] if many else []
+    parts += [blob_table(list(blobs), args)] if blobs else []
     return "\n\n".join(parts)
 
 
@@ -247,7 +299,7 @@ def main() -> None:
     parser.add_argument("--layer-mib", type=int, default=64)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--json", default=None, help="Write the raw figures here.")
-    parser.add_argument("--only", choices=("pull", "concurrent"), default=None)
+    parser.add_argument("--only", choices=("pull", "concurrent", "blob"), default=None)
     parser.add_argument("--from-json", default=None, help="Only print the tables of a --json.")
     parser.add_argument(
         "--upstream-mbps",
@@ -257,11 +309,11 @@ def main() -> None:
         "a WAN link would be (0: loopback speed).",
     )
     args = parser.parse_args()
-    if args.nodes < 2 and args.only != "concurrent":
+    if args.nodes < 2 and args.only != "concurrent":  # pull and blob have a peer mode
         parser.error("--nodes must be at least 2: the peer mode pulls through another node")
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
-        print(report(doc["pulls"], doc["concurrent"], doc["args"]))
+        print(report(doc["pulls"], doc["concurrent"], doc["args"], doc.get("blobs", [])))
         return
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="rayfly-mirror-bench-"))
@@ -277,19 +329,24 @@ def main() -> None:
         upstreams = {front.host: Upstream(front.host, front.url, insecure=True)}
         endpoints = start_mirrors(MirrorSettings(upstreams, front.host), port=0)
         mirrors = [e["url"] for e in endpoints]
-        pulls = (
-            []
-            if args.only == "concurrent"
-            else pull_modes(args, work, front, registry, mirrors, upstreams)
+        only = args.only
+        pulls = []
+        if only in (None, "pull"):
+            pulls = pull_modes(args, work, front, registry, mirrors, upstreams)
+        many = (
+            concurrent_clients(args, front, registry, mirrors)
+            if only in (None, "concurrent")
+            else []
         )
-        many = [] if args.only == "pull" else concurrent_clients(args, front, registry, mirrors)
-        text = report(pulls, many, vars(args))
+        blobs = blob_gets(args, registry, front, mirrors) if only == "blob" else []
+        text = report(pulls, many, vars(args), blobs)
         print("\n" + text)
         print(f"\nload average (1, 5, 15 min): start {load_start}, end {os.getloadavg()}")
         if args.json:
             doc = {
                 "pulls": pulls,
                 "concurrent": many,
+                "blobs": blobs,
                 "args": vars(args),
                 "loadavg_start": load_start,
                 "loadavg_end": os.getloadavg(),
