@@ -4,7 +4,13 @@ and 20 concurrent clients pulling one blob through one node's mirror.
 Everything on loopback: Debian's docker-registry (upstream), a counting front before it (to
 read the bytes that reach upstream), a local Ray cluster with a mirror on every node, and one
 containerd per mode. Each run pushes a fresh image (new random layers), so "cold" is truly
-cold; the three modes of a run pull the same-sized image side by side.
+cold; the modes of a run pull the same-sized image side by side:
+
+- direct: from the registry;
+- cold: through node 0's mirror, no node holds a blob;
+- peer: the cold image again, through node N-1's mirror: every blob is cached on another node
+  (node 0) only, so it travels peer to peer before it is served;
+- warm: a second image preheated to every node, through node N-1's mirror (its own cache).
 
     python bench/mirror_pull.py --runs 5 --nodes 2 --layer-mib 64
 
@@ -47,6 +53,7 @@ from tests.support.registry import (
 )
 
 MiB = 1 << 20
+MODES = ("direct", "cold", "peer", "warm")
 
 
 def timed_pull(ctd: Containerd, ref: str) -> float:
@@ -66,12 +73,13 @@ def pull_modes(
     mirrors: list[str],
     upstreams: dict[str, Upstream],
 ) -> list[dict]:
-    ctds = {m: Containerd(work / f"ctd-{m}") for m in ("direct", "cold", "warm")}
-    # direct: the registry itself; cold/warm: through node 0's / node 1's mirror.
+    ctds = {m: Containerd(work / f"ctd-{m}") for m in MODES}
+    # direct: the registry itself; cold: node 0's mirror; peer/warm: node N-1's mirror.
     direct_dir = ctds["direct"].hosts_dir / front.host
     direct_dir.mkdir(parents=True, exist_ok=True)
     (direct_dir / "hosts.toml").write_text(f'server = "{front.url}"\n')
     ctds["cold"].use_mirror(front.host, mirrors[0], front.url)
+    ctds["peer"].use_mirror(front.host, mirrors[-1], front.url)
     ctds["warm"].use_mirror(front.host, mirrors[-1], front.url)
     sizes = [args.layer_mib * MiB, 6 * MiB, MiB, 20_000]
     rows = []
@@ -86,6 +94,9 @@ def pull_modes(
             front.state.reset()
             cold = timed_pull(ctds["cold"], ref)
             cold_bytes = front.state.blob_bytes
+            front.state.reset()
+            peer = timed_pull(ctds["peer"], ref)
+            peer_bytes = front.state.blob_bytes
             # warm: a second image, preheated to every node, then pulled through node N-1.
             warm_image = build_image(f"bench/warm{run}", "v1", sizes, seed=2000 + run)
             push_image(registry.url, warm_image)
@@ -101,22 +112,76 @@ def pull_modes(
                     "image_bytes": image.total_blob_bytes,
                     "direct_s": direct,
                     "cold_s": cold,
+                    "peer_s": peer,
                     "warm_s": warm,
+                    "loadavg": os.getloadavg()[0],
                     "preheat_s": preheat_s,
                     "direct_upstream_bytes": direct_bytes,
                     "cold_upstream_bytes": cold_bytes,
+                    "peer_upstream_blob_bytes": peer_bytes,
                     "warm_upstream_blob_bytes": front.state.blob_bytes,
                 }
             )
             print(
-                f"run {run}: direct {direct:.2f}s cold {cold:.2f}s warm {warm:.2f}s "
-                f"(preheat {preheat_s:.2f}s)",
+                f"run {run}: direct {direct:.2f}s cold {cold:.2f}s peer {peer:.2f}s "
+                f"warm {warm:.2f}s (preheat {preheat_s:.2f}s)",
                 flush=True,
             )
     finally:
         for ctd in ctds.values():
             ctd.stop()
     return rows
+
+
+def timed_get(url: str) -> tuple[float, float, str]:
+    """Seconds to the whole body and to its first chunk, and the body's sha256."""
+    t0 = time.perf_counter()
+    first, sha = None, hashlib.sha256()
+    with requests.get(url, stream=True, timeout=600) as resp:
+        resp.raise_for_status()
+        for chunk in resp.iter_content(1 << 20):
+            first = time.perf_counter() - t0 if first is None else first
+            sha.update(chunk)
+    return time.perf_counter() - t0, first or 0.0, sha.hexdigest()
+
+
+def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: list[str]) -> list:
+    """One fresh blob per run, GET in the order of the pull modes: direct, cold (node 0),
+    peer (node N-1, cached on node 0 only), local (node N-1 again, now in its own cache)."""
+    rows = []
+    for run in range(args.runs):
+        image = build_image(f"bench/blob{run}", "v1", [args.layer_mib * MiB], seed=4000 + run)
+        push_image(registry.url, image)
+        digest = image.layer_digests[0]
+        row: dict = {"run": run, "blob_bytes": len(image.blobs[digest])}
+        bases = {"direct": front.url, "cold": mirrors[0], "peer": mirrors[-1], "local": mirrors[-1]}
+        for mode, base in bases.items():
+            total, first, sha = timed_get(f"{base}/v2/{image.name}/blobs/{digest}")
+            assert "sha256:" + sha == digest, f"{mode}: wrong bytes"
+            row[f"{mode}_s"], row[f"{mode}_first_s"] = total, first
+        rows.append(row)
+        print(f"run {run}: " + " ".join(f"{m} {row[m + '_s']:.2f}s" for m in bases), flush=True)
+    return rows
+
+
+def blob_table(blobs: list[dict], args: dict) -> str:
+    lines = [
+        f"GET of one {args['layer_mib']} MiB blob (Python client, sha256 while reading), "
+        f"{len(blobs)} runs:",
+        "",
+        "| path | median s | median ratio to direct | median s to first byte |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for mode in ("direct", "cold", "peer", "local"):
+        lines.append(
+            f"| {mode} | {med(blobs, mode + '_s'):.2f} | "
+            f"{ratio_median(blobs, mode + '_s', 'direct_s'):.2f}x | "
+            f"{med(blobs, mode + '_first_s'):.3f} |"
+        )
+    per_run = "; ".join(
+        " / ".join(f"{r[m + '_s']:.2f}" for m in ("direct", "cold", "peer", "local")) for r in blobs
+    )
+    return "\n".join([*lines, "", f"Per run (s): {per_run} (direct / cold / peer / local)."])
 
 
 def concurrent_clients(
@@ -162,15 +227,24 @@ def ratio_median(rows: list[dict], key: str, base: str) -> float:
     return statistics.median(r[key] / r[base] for r in rows)
 
 
-def report(pulls: list[dict], many: list[dict], args: dict) -> str:
+def report(pulls: list[dict], many: list[dict], args: dict, blobs: list[dict] = ()) -> str:
     parts = [pull_table(pulls, args)] if pulls else []
     parts += [concurrent_table(many, args)] if many else []
+    parts += [blob_table(list(blobs), args)] if blobs else []
     return "\n\n".join(parts)
 
 
+_MODE_ROWS = (
+    ("direct", "direct from the registry", "direct_upstream_bytes"),
+    ("cold", "through a cold mirror", "cold_upstream_bytes"),
+    ("peer", "through a mirror, blob cached on another node", "peer_upstream_blob_bytes"),
+    ("warm", "through a warm (preheated) mirror", "warm_upstream_blob_bytes"),
+)
+
+
 def pull_table(pulls: list[dict], args: dict) -> str:
-    d, c, w = med(pulls, "direct_s"), med(pulls, "cold_s"), med(pulls, "warm_s")
     image = pulls[0]["image_bytes"]
+    modes = [m for m in _MODE_ROWS if f"{m[0]}_s" in pulls[0]]  # older JSONs have no "peer"
     lines = [
         f"`ctr images pull` of a {image / MiB:.1f} MiB image (4 uncompressed layers, largest "
         f"{args['layer_mib']} MiB), native snapshotter, {args['nodes']}-node local Ray, "
@@ -180,24 +254,26 @@ def pull_table(pulls: list[dict], args: dict) -> str:
             if args.get("upstream_mbps")
             else "at loopback speed"
         )
-        + "; the three modes of a run pull side by side (same load):",
+        + "; the modes of a run pull side by side (same load):",
         "",
         "| mode | median s | median of per-run ratios to direct | upstream blob bytes / image |",
         "| --- | ---: | ---: | ---: |",
-        f"| direct from the registry | {d:.2f} | 1.00x | "
-        f"{med(pulls, 'direct_upstream_bytes') / image:.2f} |",
-        f"| through a cold mirror | {c:.2f} | {ratio_median(pulls, 'cold_s', 'direct_s'):.2f}x | "
-        f"{med(pulls, 'cold_upstream_bytes') / image:.2f} |",
-        f"| through a warm (preheated) mirror | {w:.2f} | "
-        f"{ratio_median(pulls, 'warm_s', 'direct_s'):.2f}x | "
-        f"{med(pulls, 'warm_upstream_blob_bytes') / image:.2f} |",
+    ]
+    for mode, label, up in modes:
+        lines.append(
+            f"| {label} | {med(pulls, mode + '_s'):.2f} | "
+            f"{ratio_median(pulls, mode + '_s', 'direct_s'):.2f}x | {med(pulls, up) / image:.2f} |"
+        )
+    per_run = "; ".join(" / ".join(f"{r[m + '_s']:.2f}" for m, _, _ in modes) for r in pulls)
+    lines += [
         "",
-        "Per run (s): "
-        + "; ".join(f"{r['direct_s']:.2f} / {r['cold_s']:.2f} / {r['warm_s']:.2f}" for r in pulls)
-        + " (direct / cold / warm).",
+        f"Per run (s): {per_run} ({' / '.join(m for m, _, _ in modes)}).",
         f"Preheat of the image to all {args['nodes']} nodes: median "
         f"{med(pulls, 'preheat_s'):.2f} s.",
     ]
+    if "loadavg" in pulls[0]:
+        loads = ", ".join(f"{r['loadavg']:.1f}" for r in pulls)
+        lines.append(f"Load average (1 min) at the end of each run: {loads}.")
     return "\n".join(lines)
 
 
@@ -223,7 +299,7 @@ def main() -> None:
     parser.add_argument("--layer-mib", type=int, default=64)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--json", default=None, help="Write the raw figures here.")
-    parser.add_argument("--only", choices=("pull", "concurrent"), default=None)
+    parser.add_argument("--only", choices=("pull", "concurrent", "blob"), default=None)
     parser.add_argument("--from-json", default=None, help="Only print the tables of a --json.")
     parser.add_argument(
         "--upstream-mbps",
@@ -233,9 +309,11 @@ def main() -> None:
         "a WAN link would be (0: loopback speed).",
     )
     args = parser.parse_args()
+    if args.nodes < 2 and args.only != "concurrent":  # pull and blob have a peer mode
+        parser.error("--nodes must be at least 2: the peer mode pulls through another node")
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
-        print(report(doc["pulls"], doc["concurrent"], doc["args"]))
+        print(report(doc["pulls"], doc["concurrent"], doc["args"], doc.get("blobs", [])))
         return
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="rayfly-mirror-bench-"))
@@ -251,19 +329,24 @@ def main() -> None:
         upstreams = {front.host: Upstream(front.host, front.url, insecure=True)}
         endpoints = start_mirrors(MirrorSettings(upstreams, front.host), port=0)
         mirrors = [e["url"] for e in endpoints]
-        pulls = (
-            []
-            if args.only == "concurrent"
-            else pull_modes(args, work, front, registry, mirrors, upstreams)
+        only = args.only
+        pulls = []
+        if only in (None, "pull"):
+            pulls = pull_modes(args, work, front, registry, mirrors, upstreams)
+        many = (
+            concurrent_clients(args, front, registry, mirrors)
+            if only in (None, "concurrent")
+            else []
         )
-        many = [] if args.only == "pull" else concurrent_clients(args, front, registry, mirrors)
-        text = report(pulls, many, vars(args))
+        blobs = blob_gets(args, registry, front, mirrors) if only == "blob" else []
+        text = report(pulls, many, vars(args), blobs)
         print("\n" + text)
         print(f"\nload average (1, 5, 15 min): start {load_start}, end {os.getloadavg()}")
         if args.json:
             doc = {
                 "pulls": pulls,
                 "concurrent": many,
+                "blobs": blobs,
                 "args": vars(args),
                 "loadavg_start": load_start,
                 "loadavg_end": os.getloadavg(),

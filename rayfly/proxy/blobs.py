@@ -31,11 +31,13 @@ PIECE_SIZE = 4 << 20
 
 @dataclass(frozen=True)
 class BlobSource:
-    """Where to fetch a blob from: its upstream URL, the auth headers to use, its length."""
+    """Where to fetch a blob from: its upstream URL, the auth headers to use, its length,
+    and whether the upstream serves byte ranges of it."""
 
     url: str
     headers: dict[str, str] = field(repr=False)
     length: int
+    ranges: bool = True
 
 
 SourceFactory = Callable[[], Awaitable[BlobSource]]

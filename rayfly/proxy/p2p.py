@@ -18,10 +18,11 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from rayfly.actors.retry import unwrap
 from rayfly.errors import RayflyError
-from rayfly.proxy.blobs import BlobHandle, SourceFactory
+from rayfly.proxy.blobs import BlobHandle, BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
+from rayfly.source import SourceFile, Version
 from rayfly.storage import PieceStore, TaskEntry
-from rayfly.task import SourceSpec, TaskInfo, default_piece_size
+from rayfly.task import SourceSpec, TaskInfo
 
 _PREPARE_GRACE_S = 10.0
 READ_AHEAD = 2
@@ -31,6 +32,12 @@ def blob_spec(url: str, headers: dict[str, str], digest: Digest) -> SourceSpec:
     """The P2P source of a blob: upstream URL, auth headers for fsspec, digest as task id."""
     options: dict[str, Any] = {"headers": dict(headers)} if headers else {}
     return SourceSpec(url, options, task_id=digest.task_id, expected_sha256=digest.hex)
+
+
+def blob_listing(src: BlobSource) -> SourceFile:
+    """The upstream blob as the mirror's HEAD found it: the scheduler registers it without
+    asking the upstream again (no version: the blob is named, and checked, by its digest)."""
+    return SourceFile(src.url, "", src.length, Version(), src.ranges)
 
 
 class _SharedPieces:
@@ -232,9 +239,6 @@ class P2PBlobs:
         local = self._open_local(digest)
         if local is not None:
             return local
-        length = await self.cached_length(digest)
-        if length is not None:
-            return _P2PHandle(self, digest, length, default_piece_size(length))
         info = await self._register(digest, source)
         await self.call("prepare", info, self.concurrency)
         return _P2PHandle(self, digest, info.length, info.piece_size)
@@ -250,7 +254,9 @@ class P2PBlobs:
             try:
                 spec = blob_spec(src.url, src.headers, digest)
                 # A client streams the blob front to back: fetch pieces in index order.
-                info = await self.scheduler.register.remote(spec, None, "sequential")
+                info = await self.scheduler.register.remote(
+                    spec, None, "sequential", blob_listing(src)
+                )
             except RayTaskError as exc:
                 raise unwrap(exc) from None
             if info.length != src.length:

@@ -165,7 +165,8 @@ class Mirror:
 
         async def source() -> BlobSource:
             head = await client.head_blob(name, digest, auth)
-            return BlobSource(client.blob_url(name, digest), head.auth_headers, head.length)
+            url = client.blob_url(name, digest)
+            return BlobSource(url, head.auth_headers, head.length, head.ranges)
 
         return await self.blobs.open(digest, source)
 

@@ -159,10 +159,12 @@ class ManifestReply:
 
 @dataclass(frozen=True)
 class BlobHead:
-    """What a HEAD on a blob told: its length, and the auth headers that were accepted."""
+    """What a HEAD on a blob told: its length, the auth headers that were accepted, and
+    whether the registry serves byte ranges of it."""
 
     length: int
     auth_headers: dict[str, str] = field(repr=False)
+    ranges: bool = True
 
 
 class RegistryClient:
@@ -239,9 +241,10 @@ class RegistryClient:
                 raise BlobUnknown(f"blob {digest} unknown to {self.upstream.name}/{name}")
             _raise_for_status(resp, self.upstream.name, path)
             length = int(resp.headers.get("Content-Length", "-1"))
+            ranges = "bytes" in resp.headers.get("Accept-Ranges", "").lower()
         if length < 0:
             raise UpstreamError(f"HEAD {path} on {self.upstream.name}: no Content-Length")
-        return BlobHead(length, dict(req.used_auth))
+        return BlobHead(length, dict(req.used_auth), ranges)
 
     def request(
         self, method: str, path: str, name: str, client_auth: str | None, headers: dict[str, str]

@@ -156,6 +156,32 @@ def test_corrupt_upstream_in_p2p_nothing_cached(mirrors, front, registry):
     assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
 
 
+def test_cold_blob_asks_upstream_one_head_and_reads_it_once(mirrors, front, registry):
+    """A cold blob through a node's mirror: the mirror's HEAD is the only one upstream sees
+    (the scheduler registers the blob from that HEAD's answer instead of asking again), and
+    the bytes streamed to the client while pieces arrive are the whole blob."""
+    image = fresh_image(registry, "rayfly/onehead", 51, [9 * MiB + 7])
+    digest = image.layer_digests[0]
+    resp = requests.get(blob_url(next(iter(mirrors.values())), image, digest), timeout=60)
+    assert resp.status_code == 200
+    assert "sha256:" + hashlib.sha256(resp.content).hexdigest() == digest
+    assert front.state.blob_heads[digest] == 1
+    assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])
+
+
+def test_registry_without_ranges_is_read_as_one_stream(mirrors, front, registry):
+    """The HEAD announces no ``Accept-Ranges`` and GETs answer whole: the blob, registered
+    from that HEAD, is read once front to back, not in ranged pieces that come back whole."""
+    image = fresh_image(registry, "rayfly/noranges", 61, [13 * MiB + 3])
+    digest = image.layer_digests[0]
+    front.state.ignore_ranges = True
+    resp = requests.get(blob_url(list(mirrors.values())[1], image, digest), timeout=60)
+    assert resp.status_code == 200
+    assert "sha256:" + hashlib.sha256(resp.content).hexdigest() == digest
+    assert front.state.blob_gets[digest] == 1
+    assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])
+
+
 def test_mirror_heals_after_its_peer_dies(mirrors, front, registry):
     """The node's peer actor dies: the mirror on that node looks it up again (a new one is
     created) instead of failing every later request; the blob is still right and P2P."""

@@ -247,6 +247,7 @@ class FrontState:
     tokens: set[str] = field(default_factory=set)
     corrupt: set[str] = field(default_factory=set)
     rate: float = 0.0  # bytes/s of all bodies together (0: unlimited): a registry far away
+    ignore_ranges: bool = False  # answer every GET whole, announce no Accept-Ranges
 
     def reset(self) -> None:
         self.blob_gets.clear()
@@ -258,6 +259,7 @@ class FrontState:
         self.require_token, self.credentials = False, None
         self.tokens.clear()
         self.corrupt.clear()
+        self.ignore_ranges = False
 
 
 class CountingFront:
@@ -326,11 +328,8 @@ class CountingFront:
         return await self._relay(request, blob["digest"] if blob else None)
 
     async def _relay(self, request: web.Request, digest: str | None) -> web.StreamResponse:
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() in ("accept", "range", "content-type")
-        }
+        forward = {"accept", "content-type"} | (set() if self.state.ignore_ranges else {"range"})
+        headers = {k: v for k, v in request.headers.items() if k.lower() in forward}
         body = await request.read()
         async with self._session.request(
             request.method,
@@ -346,7 +345,7 @@ class CountingFront:
                 "content-range",
                 "location",
                 "docker-distribution-api-version",
-                "accept-ranges",
+                *(() if self.state.ignore_ranges else ("accept-ranges",)),
             )
             resp = web.StreamResponse(
                 status=up.status, headers={k: v for k, v in up.headers.items() if k.lower() in keep}

@@ -39,6 +39,7 @@ MANIFEST = json.dumps(
     }
 ).encode()
 BLOB = b"hello blob" * 100
+WHOLE = b"no ranges here" * 100
 
 
 class FakeRegistry:
@@ -93,7 +94,12 @@ class FakeRegistry:
         if tail == f"lib/app/blobs/{digest_of(BLOB)}":
             return web.Response(
                 body=None if request.method == "HEAD" else BLOB,
-                headers={"Content-Length": str(len(BLOB))},
+                headers={"Content-Length": str(len(BLOB)), "Accept-Ranges": "bytes"},
+            )
+        if tail == f"lib/app/blobs/{digest_of(WHOLE)}":  # no Accept-Ranges: served whole only
+            return web.Response(
+                body=None if request.method == "HEAD" else WHOLE,
+                headers={"Content-Length": str(len(WHOLE))},
             )
         if tail.startswith("lib/secret/"):
             return web.Response(status=403)
@@ -140,6 +146,18 @@ def test_anonymous_token_flow_and_token_reuse():
     assert head.length == len(BLOB)
     assert head.auth_headers == {"Authorization": "Bearer tok0"}
     assert fake.token_requests == 1, "the token is cached for the repository scope"
+
+
+def test_head_blob_tells_whether_the_registry_serves_ranges():
+    """The mirror registers a blob from its HEAD: a registry that does not announce
+    ``Accept-Ranges`` is read as one stream by the peers, not in ranged pieces."""
+
+    async def body(client):
+        return [await client.head_blob("lib/app", digest_of(b)) for b in (BLOB, WHOLE)]
+
+    ranged, whole = run(FakeRegistry(), body)
+    assert (ranged.ranges, ranged.length) == (True, len(BLOB))
+    assert (whole.ranges, whole.length) == (False, len(WHOLE))
 
 
 def test_token_expiry_follows_injected_clock():
