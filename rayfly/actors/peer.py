@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import ray
 
 from rayfly import dest as dest_paths
@@ -205,13 +204,18 @@ class Peer:
         self.store.discard(task_id)
         await self._removed([task_id], "cached copy corrupt")
 
-    async def wait_piece(self, task_id: str, index: int) -> np.ndarray:
-        """Wait until piece ``index`` of a prepared task is verified here, and return it."""
+    async def wait_piece(self, task_id: str, index: int) -> list[ray.ObjectRef]:
+        """Wait until piece ``index`` of a prepared task is verified here; ``[its reference]``
+        (for the node's mirror): the one kept hot when the piece came from another node, else
+        the piece read from disk into the object store once."""
         if self.downloads.tracked(task_id):
             await self.downloads.wait_verified(task_id, index)
         elif not self.store.has(task_id):
             raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
-        return await self.downloads.disk_io(self.store.read_piece, task_id, index)
+        ref = self.hot.get(task_id, index)
+        if ref is None:
+            ref = await self.downloads.disk_io(self._put_piece, task_id, index)
+        return [ref]
 
     def has_task(self, task_id: str) -> bool:
         """True when the task is complete and verified in this node's cache."""

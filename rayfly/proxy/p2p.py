@@ -97,7 +97,8 @@ class _P2PHandle:
         while True:
             ref = self._shared.ref(index)
             try:
-                return await ref
+                box = await ref  # [the piece's reference]: pulled into this node's store once
+                return await box[0]
             except RayActorError:
                 # the node's peer died; a new one must download the blob again, so restart it
                 self._shared.forget(index, ref)
