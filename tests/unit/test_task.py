@@ -20,11 +20,11 @@ MiB = 1 << 20
         (0, 4 * MiB),
         (1, 4 * MiB),
         (256 * MiB, 4 * MiB),
-        (2000 * MiB, 4 * MiB),
-        (2001 * MiB, 8 * MiB),
-        (4 << 30, 16 * MiB),
-        (100 << 30, 64 * MiB),
-        (1 << 40, 64 * MiB),
+        (257 * MiB, 8 * MiB),
+        (1 << 30, 16 * MiB),
+        (4 << 30, 32 * MiB),
+        (100 << 30, 32 * MiB),
+        (1 << 40, 32 * MiB),
     ],
 )
 def test_piece_size_rule(length, expected):
