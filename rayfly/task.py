@@ -18,7 +18,7 @@ from rayfly.errors import InvalidInput
 from rayfly.version import Version
 
 MIN_PIECE = 4 << 20
-MAX_PIECE = 32 << 20
+MAX_PIECE = 16 << 20
 TARGET_PIECES = 64
 
 # Query parameters that sign a URL rather than name an object.
@@ -119,13 +119,14 @@ def task_id_for(
 
 
 def default_piece_size(length: int) -> int:
-    """The next power of two of ``length / 64``, clamped to 4..32 MiB.
+    """The next power of two of ``length / 64``, clamped to 4..16 MiB.
 
     Dragonfly aims at ~500 pieces (``length / 500``); a rayfly piece costs more to move (an
     actor call and an object in Ray's object store, ~10 ms of CPU per piece across peer and
     raylet on this machine), so pieces are larger: 1 GiB is 64 pieces of 16 MiB, which took 4
     nodes 16 s and 3.9 CPU-s per peer against 22 s and 5.7 CPU-s with 4 MiB pieces
-    (docs/BENCHMARKS.md). 32 MiB at most keeps a peer's buffers bounded (8 pieces in flight)."""
+    (docs/BENCHMARKS.md). 16 MiB at most keeps a peer's memory bounded: 8 pieces in flight and
+    the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
     return min(MAX_PIECE, max(MIN_PIECE, size))

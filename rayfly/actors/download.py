@@ -66,7 +66,7 @@ class TaskOutcome:
     timeline: list[tuple[float, int, bool]] = field(default_factory=list)
 
 
-HASH_WINDOW_MAX = 256 << 20
+HASH_WINDOW_MAX = 128 << 20
 
 
 def hash_window_bytes(piece_size: int) -> int:

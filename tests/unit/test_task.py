@@ -22,9 +22,9 @@ MiB = 1 << 20
         (256 * MiB, 4 * MiB),
         (257 * MiB, 8 * MiB),
         (1 << 30, 16 * MiB),
-        (4 << 30, 32 * MiB),
-        (100 << 30, 32 * MiB),
-        (1 << 40, 32 * MiB),
+        (4 << 30, 16 * MiB),
+        (100 << 30, 16 * MiB),
+        (1 << 40, 16 * MiB),
     ],
 )
 def test_piece_size_rule(length, expected):
