@@ -160,6 +160,10 @@ def main() -> None:
     args.prefix = f"ds-{args.files}x{size}"
     work = Path(tempfile.mkdtemp(prefix="rayfly-smallfiles-"))
     os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
+    # this VM's disk is ~80% used as statvfs counts it (reserved blocks): at the default
+    # watermarks every new task would evict complete ones, even before they are published
+    os.environ.setdefault("RAYFLY_CACHE_HIGH_WATERMARK", "99%")
+    os.environ.setdefault("RAYFLY_CACHE_LOW_WATERMARK", "98%")
     server = CountingS3Server().start()
     upload_s = upload(server, args.prefix, args.files, size)
     cluster = start_local_cluster(args.nodes, object_store_memory=400 << 20)

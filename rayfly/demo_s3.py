@@ -15,7 +15,9 @@ ADDRESS = "127.0.0.1"
 
 class CountingS3Server:
     """moto's S3 server on ``127.0.0.1``; ``gets[key]``/``heads[key]`` count the requests for
-    each object (``bucket/key``), ``lists`` the bucket listings."""
+    each object (``bucket/key``), ``lists`` the bucket listings. ``before_get``, if set, is
+    called with the key of each object GET before it is served (a test changes the origin
+    there, between a listing and the reads)."""
 
     def __init__(self, port: int = 0):
         self._port = port
@@ -25,6 +27,7 @@ class CountingS3Server:
         self.gets: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
         self.lists = 0
+        self.before_get: Callable[[str], None] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -86,7 +89,11 @@ class CountingS3Server:
 
     def _counting(self, app: Callable[..., Any]) -> Callable[..., Any]:
         def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-            self._count(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
+            method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+            self._count(method, path)
+            key = path.lstrip("/")
+            if method == "GET" and "/" in key.rstrip("/") and self.before_get is not None:
+                self.before_get(key)
             return app(environ, start_response)
 
         return counted

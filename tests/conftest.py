@@ -83,6 +83,10 @@ def ray_cluster(session_dir: Path) -> Iterator[object]:
     # a node that is alive but loaded answers within the 10 s check timeout (test_node_loss)
     os.environ.setdefault("RAY_health_check_period_ms", "1000")
     os.environ.setdefault("RAY_health_check_failure_threshold", "5")
+    # a shared CI/VM disk may sit above the default 80% watermark (statvfs counts reserved
+    # blocks as used): every new task would then evict complete ones, even unpublished ones
+    os.environ.setdefault("RAYFLY_CACHE_HIGH_WATERMARK", "99%")
+    os.environ.setdefault("RAYFLY_CACHE_LOW_WATERMARK", "98%")
     cluster = start_local_cluster(CLUSTER_NODES, object_store_memory=400 << 20)
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     yield cluster

@@ -44,6 +44,7 @@ from rayfly.errors import (
 )
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.ratelimit import TokenBucket, take_all
+from rayfly.source_pack import read_task_range
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
 
@@ -242,7 +243,12 @@ class Downloads:
             while len(entry.have) < entry.n_pieces:
                 want = await self._take_slots(slots, len(inflight))
                 if want or done or failed:
-                    batch = await self._exchange(task, done, failed, want, not inflight)
+                    try:
+                        batch = await self._exchange(task, done, failed, want, not inflight)
+                    except BaseException:  # the task failed: the slots taken go back
+                        for _ in range(want):
+                            slots.release()
+                        raise
                     done, failed = [], []
                     for _ in range(want - len(batch.assignments)):
                         slots.release()
@@ -342,13 +348,7 @@ class Downloads:
         await self._take_rate(task, a.parent is None, end - start)
         try:
             if a.parent is None:
-                data: Any = (
-                    b""
-                    if start == end
-                    else await source.read_range_async(
-                        task.url, task.storage_options, start, end, self._origin_pool, task.version
-                    )
-                )
+                data: Any = await read_task_range(task, start, end, self._origin_pool)
             else:
                 data = await self._from_parent(task, a.parent, a.piece)
             digest = await self.disk_io(
