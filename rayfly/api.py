@@ -184,6 +184,7 @@ def _items(
         for i in groups.singles
     ]
     for g in groups.packs:
+        piece = pack.piece_size_for([files[i].size for i in g], piece_size)
         task = pack.pack_task([files[i] for i in g], [versions[i] for i in g], base, piece)
         items.append(FetchItem(task, None, tuple(files[i].relpath for i in g)))
     return items

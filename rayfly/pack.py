@@ -30,6 +30,10 @@ from rayfly.task import (
 from rayfly.version import Version
 
 MIN_MEMBERS = 2
+MEMBERS_PER_PIECE = 128
+"""About how many members of average size a pack's piece holds: an origin read of a piece is
+that many GETs, which must finish well within the scheduler's lease."""
+MIN_PACK_PIECE = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,21 @@ class PackPlan:
 def piece_size_of(pack_size: int, piece_size: int | None = None) -> int:
     """The piece size of packs: ``piece_size`` if given, else the default for a full pack."""
     return piece_size or default_piece_size(pack_size)
+
+
+def piece_size_for(sizes: Sequence[int], piece_size: int | None = None) -> int:
+    """The piece size of a pack of members of ``sizes``: ``piece_size`` if given, else room for
+    about :data:`MEMBERS_PER_PIECE` members of their average size (a power of two between
+    :data:`MIN_PACK_PIECE` and the default piece size), and never less than the largest."""
+    if piece_size:
+        return piece_size
+    mean = sum(sizes) // max(1, len(sizes))
+    target = min(_pow2(mean * MEMBERS_PER_PIECE), default_piece_size(sum(sizes)))
+    return max(target, _pow2(max(sizes, default=0)), MIN_PACK_PIECE)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def plan(sizes: Sequence[int], threshold: int, pack_size: int, piece: int) -> PackPlan:

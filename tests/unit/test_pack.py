@@ -87,3 +87,11 @@ def test_pack_settings_come_from_the_environment():
     assert (cfg.pack_threshold, cfg.pack_size) == (64 * KiB, 8 * MiB)
     with pytest.raises(InvalidInput, match="RAYFLY_PACK_SIZE"):
         from_env(PackConfig, {"RAYFLY_PACK_SIZE": "0"})
+
+
+def test_a_piece_of_a_pack_holds_a_bounded_number_of_members():
+    assert pack.piece_size_for([4 * KiB] * 20000) == 512 * KiB  # 128 members a piece
+    assert pack.piece_size_for([32 * KiB] * 1000) == 4 * MiB
+    assert pack.piece_size_for([10] * 50) == pack.MIN_PACK_PIECE
+    assert pack.piece_size_for([1 * KiB] * 1000 + [1 * MiB]) == 1 * MiB  # the largest fits
+    assert pack.piece_size_for([4 * KiB] * 10, piece_size=8 * MiB) == 8 * MiB
