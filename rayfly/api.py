@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -13,18 +14,18 @@ import ray
 from ray.exceptions import RayTaskError
 
 from rayfly import dest as dest_paths
-from rayfly import source
+from rayfly import pack, source
 from rayfly.actors import placement
 from rayfly.actors.retry import call_sync, unwrap
 from rayfly.cluster import connect
-from rayfly.config import PeerConfig, SchedulerConfig, from_env, parse_rate
+from rayfly.config import PackConfig, PeerConfig, SchedulerConfig, from_env, parse_rate
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.fanout import ProgressFn, fetch_everywhere
 from rayfly.filters import FileFilter
 from rayfly.protocol import FetchItem, FetchRequest, NodeResult
 from rayfly.report import Report
-from rayfly.task import SourceSpec, TaskInfo
-from rayfly.version import identity
+from rayfly.task import SourceSpec, TaskInfo, info_for
+from rayfly.version import Version, identity
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 LOCAL_PROTOCOLS = (None, "file", "local")
@@ -132,7 +133,8 @@ def plan(
     source_node: str | None = None,
     files_filter: FileFilter | None = None,
 ) -> list[FetchItem]:
-    """Resolve the source into tasks (one per file) registered with the scheduler.
+    """Resolve the source into tasks registered with the scheduler in one call: one per file,
+    the small files of a prefix in shared packs (:mod:`rayfly.pack`).
 
     A local path is listed by the peer of its node (see :func:`locate`), and its tasks are
     read from the origin there only. ``files_filter`` keeps the files of a prefix it takes.
@@ -150,22 +152,54 @@ def plan(
             f"--sha256 applies to one file, but {source_url} holds {len(files)} files"
         )
     node_id = origin.node.node_id if origin.node else None
-    specs = [(_spec(f, options, tag, sha256, node_id), f) for f in files]
+    base = SourceSpec(origin.url, options, tag, source_node=node_id)
+    versions = [identity(f.version, tag, sha256) for f in files]
+    items = _items(files, versions, base, sha256, piece_size, single)
     tasks: list[TaskInfo] = call_sync(
-        lambda: ray.get(
-            [scheduler.register.remote(spec, piece_size, None, f) for spec, f in specs]
-        ),
+        lambda: ray.get(scheduler.register_tasks.remote([i.task for i in items])),
         "registering the tasks",
     )
-    return [FetchItem(t, None if single else f.relpath) for t, f in zip(tasks, files, strict=True)]
+    return [dataclasses.replace(i, task=t) for i, t in zip(items, tasks, strict=True)]
 
 
-def _spec(
-    f: source.SourceFile, options: dict[str, Any], tag: str, sha256: str | None, node: str | None
-) -> SourceSpec:
-    """The task source of one listed file (its version folded into the task id)."""
-    version = identity(f.version, tag, sha256)
-    return SourceSpec(f.url, options, tag, None, sha256, version=version, source_node=node)
+def _items(
+    files: list[source.SourceFile],
+    versions: list[Version],
+    base: SourceSpec,
+    sha256: str | None,
+    piece_size: int | None,
+    single: bool,
+) -> list[FetchItem]:
+    """The items of a listing: a task per file, but the small files of a prefix in packs
+    (:mod:`rayfly.pack`, sized by :class:`~rayfly.config.PackConfig`)."""
+    packing = from_env(PackConfig)
+    piece = pack.piece_size_of(packing.pack_size, piece_size)
+    threshold = 0 if single else packing.pack_threshold
+    groups = pack.plan([f.size for f in files], threshold, packing.pack_size, piece)
+    items = [
+        FetchItem(
+            _task(files[i], base, versions[i], sha256, piece_size),
+            None if single else files[i].relpath,
+        )
+        for i in groups.singles
+    ]
+    for g in groups.packs:
+        piece = pack.piece_size_for([files[i].size for i in g], piece_size)
+        task = pack.pack_task([files[i] for i in g], [versions[i] for i in g], base, piece)
+        items.append(FetchItem(task, None, tuple(files[i].relpath for i in g)))
+    return items
+
+
+def _task(
+    f: source.SourceFile,
+    base: SourceSpec,
+    version: Version,
+    sha256: str | None,
+    piece_size: int | None,
+) -> TaskInfo:
+    """The task of one listed file (its version folded into the task id)."""
+    spec = dataclasses.replace(base, url=f.url, expected_sha256=sha256, version=version)
+    return info_for(spec, f.size, f.ranges, piece_size)
 
 
 def _check_name(items: list[FetchItem], dest: str) -> None:
@@ -264,7 +298,7 @@ def _report(
         source.redact_url(source_url),
         dest,
         results,
-        sum(i.task.length for i in items),
+        sum(pack.content_length(i.task) for i in items),
         seconds,
         [i.task.task_id for i in items],
         unvalidated_warnings(items),
@@ -273,10 +307,13 @@ def _report(
 
 def unvalidated_warnings(items: list[FetchItem]) -> list[str]:
     """What to tell the user about files whose origin gives no validator."""
-    bare = [i.task for i in items if not i.task.version.validated]
+    files = [(m.url, m.version) for i in items for m in i.task.members] + [
+        (i.task.url, i.task.version) for i in items if not i.task.members
+    ]
+    bare = [url for url, version in files if not version.validated]
     if not bare:
         return []
-    names = ", ".join(source.redact_url(t.url) for t in bare[:3])
+    names = ", ".join(source.redact_url(url) for url in bare[:3])
     more = f" (+{len(bare) - 3} more)" if len(bare) > 3 else ""
     return [
         f"the origin gives no validator (ETag, Last-Modified, version) for {names}{more}: "

@@ -140,6 +140,23 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class PackConfig:
+    """How the client packs a prefix of small files (:mod:`rayfly.pack`): files of at most
+    ``pack_threshold`` bytes (``RAYFLY_PACK_THRESHOLD``; 0: never) go, in listing order, into
+    shared tasks of at most ``pack_size`` bytes (``RAYFLY_PACK_SIZE``)."""
+
+    pack_threshold: int = 1 << 20
+    pack_size: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if self.pack_threshold < 0 or self.pack_size <= 0:
+            raise InvalidInput(
+                f"pack threshold {self.pack_threshold} and pack size {self.pack_size}: "
+                "use a size >= 0 for RAYFLY_PACK_THRESHOLD and > 0 for RAYFLY_PACK_SIZE"
+            )
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     """How the scheduler hands out pieces.
 

@@ -17,10 +17,12 @@ from rayfly.task import TaskInfo
 
 @dataclass(frozen=True)
 class FetchItem:
-    """One task of a request, and where it lands relative to the destination."""
+    """One task of a request, and where it lands relative to the destination; for a pack
+    (``task.members``), where each member lands (``relpaths``, in the members' order)."""
 
     task: TaskInfo
     relpath: str | None = None
+    relpaths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

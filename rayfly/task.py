@@ -51,6 +51,19 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class PackMember:
+    """One small file inside a pack task (:mod:`rayfly.pack`): its URL and version, where its
+    bytes lie in the pack (``offset``, ``size``; a member never crosses a piece boundary), and
+    the id of its task when fetched alone."""
+
+    url: str
+    size: int
+    offset: int
+    version: Version = field(default_factory=Version)
+    task_id: str = ""
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     """A task as the scheduler fixed it: where it comes from and how it is cut into pieces.
 
@@ -67,6 +80,7 @@ class TaskInfo:
     version: Version = field(default_factory=Version)
     ranges: bool = True
     source_node: str | None = None  # a node-local file: only this node reads the origin
+    members: tuple[PackMember, ...] = ()  # a pack of small files: each read from its own URL
 
     @property
     def n_pieces(self) -> int:
@@ -76,6 +90,21 @@ class TaskInfo:
     def piece_range(self, index: int) -> tuple[int, int]:
         """``(start, end)`` byte offsets of piece ``index``, end exclusive."""
         return piece_bounds(self.length, self.piece_size, index)
+
+
+def info_for(spec: SourceSpec, size: int, ranges: bool, piece_size: int | None) -> TaskInfo:
+    """The task of ``spec``, an object of ``size`` bytes (``piece_size`` None: the default)."""
+    return TaskInfo(
+        spec.resolved_task_id(),
+        spec.url,
+        size,
+        piece_size or default_piece_size(size),
+        spec.storage_options,
+        spec.expected_sha256,
+        spec.version,
+        ranges,
+        spec.source_node,
+    )
 
 
 def validate_task_id(task_id: str) -> str:

@@ -46,6 +46,7 @@ from rayfly.errors import (
 from rayfly.piecemem import HashWindow, HotPieces
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.ratelimit import TokenBucket, take_all
+from rayfly.source_pack import read_task_range
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
 
@@ -275,7 +276,12 @@ class Downloads:
             while len(entry.have) < entry.n_pieces:
                 want = await self._take_slots(slots, len(inflight))
                 if want or done or failed:
-                    batch = await self._exchange(task, done, failed, want, not inflight)
+                    try:
+                        batch = await self._exchange(task, done, failed, want, not inflight)
+                    except BaseException:  # the task failed: the slots taken go back
+                        for _ in range(want):
+                            slots.release()
+                        raise
                     done, failed = [], []
                     for _ in range(want - len(batch.assignments)):
                         slots.release()
@@ -373,12 +379,7 @@ class Downloads:
         start, end = task.piece_range(a.piece)
         if a.parent is not None:
             return await self._from_parent(task, a.parent, a.piece)
-        if start == end:
-            return None, b""
-        data = await source.read_range_async(
-            task.url, task.storage_options, start, end, self._origin_pool, task.version
-        )
-        return None, data
+        return None, await read_task_range(task, start, end, self._origin_pool)
 
     async def _piece(
         self, task: TaskInfo, a: Any, out: TaskOutcome, window: HashWindow

@@ -18,6 +18,7 @@ from rayfly import dest as dest_paths
 from rayfly import identity, metrics, source
 from rayfly.actors.download import Downloads, NodeLimits
 from rayfly.actors.links import Links
+from rayfly.actors.packs import fetch_pack
 from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
 from rayfly.errors import PieceCorrupt, RayflyError, SourceError
 from rayfly.eviction import GcPolicy
@@ -47,6 +48,19 @@ def _serve_memory(node: NodeConfig, node_id: str) -> int:
     mine = [n for n in ray.nodes() if n["NodeID"] == node_id]
     store = mine[0]["Resources"].get("object_store_memory", 0) if mine else 0
     return min(SERVE_MEMORY_MAX, int(store) // 4)
+
+
+def _single(request: FetchRequest) -> bool:
+    """True when the request is one file put at ``dest`` itself (not a prefix, not a pack)."""
+    if len(request.items) != 1:
+        return False
+    return request.items[0].relpath is None and not request.items[0].task.members
+
+
+def _succeeded(job: asyncio.Task[Any] | None) -> bool:
+    """True for a download that finished well (a pack's may have failed, its files fetched
+    one by one instead)."""
+    return job is not None and job.done() and not job.cancelled() and job.exception() is None
 
 
 @ray.remote(num_cpus=0)
@@ -260,21 +274,26 @@ class Peer:
         gate = asyncio.Semaphore(max(1, request.files_in_parallel))
         limit = TokenBucket(request.limit_rate)  # this call's rate, for every task it starts
 
+        target = rendered if request.dest else None
+
         async def one(item: FetchItem) -> FileResult:
             async with gate:
-                target = rendered if request.dest else None
                 return await self._fetch_one(item, target, slots, limit)
 
-        node.files = list(await asyncio.gather(*(one(i) for i in request.items)))
-        for item, f in zip(request.items, node.files, strict=True):
+        async def files(item: FetchItem) -> list[FileResult]:
+            if item.task.members:  # not gated: its pieces share ``slots``, its fallback the gate
+                return await fetch_pack(self, item, target, slots, limit, one)
+            return [await one(item)]
+
+        done = await asyncio.gather(*(files(i) for i in request.items))
+        node.files = [f for fs in done for f in fs]
+        for item, fs in zip(request.items, done, strict=True):
             job = self.downloads.jobs.get(item.task.task_id)
-            if f.ok and not f.cached and job is not None and job.done():
+            if fs[0].ok and not fs[0].cached and _succeeded(job):
                 node.timeline.extend(job.result().timeline)
         node.seconds = time.time() - t0
         metrics.cache_bytes(self.node_id, self.store.used_bytes())
-        return summarize_node(
-            node, single=len(request.items) == 1 and request.items[0].relpath is None
-        )
+        return summarize_node(node, single=_single(request))
 
     async def _fetch_one(
         self,

@@ -21,7 +21,7 @@ from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import InvalidInput
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
-from rayfly.task import SourceSpec, TaskInfo, default_piece_size
+from rayfly.task import SourceSpec, TaskInfo, info_for
 from rayfly.version import identity
 
 PEER_CHECK_TIMEOUT_S = 10.0
@@ -118,19 +118,20 @@ class Scheduler:
         task_id = spec.resolved_task_id()
         if (known := self._registered(task_id)) is not None:
             return known  # no await since the check: the actor's one thread makes it single-flight
-        info = TaskInfo(
-            task_id,
-            spec.url,
-            listed.size,
-            piece_size or default_piece_size(listed.size),
-            spec.storage_options,
-            spec.expected_sha256,
-            spec.version,
-            listed.ranges,
-            spec.source_node,
-        )
+        info = info_for(spec, listed.size, listed.ranges, piece_size)
         self.core.add_task(info, order)
         return info
+
+    def register_tasks(self, infos: list[TaskInfo], order: str | None = None) -> list[TaskInfo]:
+        """Many tasks the client fixed itself (:func:`rayfly.task.info_for`, packs) in one call:
+        each the registered one of its id if there is one, else recorded as given."""
+        out = []
+        for info in infos:
+            known = self._registered(info.task_id)
+            if known is None:
+                self.core.add_task(info, order)
+            out.append(known or info)
+        return out
 
     def _registered(self, task_id: str) -> TaskInfo | None:
         """The task ``task_id`` if it is registered and has not failed."""

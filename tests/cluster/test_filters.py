@@ -51,7 +51,9 @@ def test_only_matching_files_arrive_in_their_relative_paths(prefix, s3_options, 
     for rel in got:
         assert (tmp_path / "ckpt" / rel).read_bytes() == FILES[rel]
     report = json.loads(out.output)
-    assert len(report["task_ids"]) == 2 and report["nodes"][0]["ok"]
+    rows = [f["relpath"] for f in report["nodes"][0]["files"]]
+    assert sorted(rows) == got and report["nodes"][0]["ok"]
+    assert len(report["task_ids"]) == 1  # the two small files share one pack
 
 
 @pytest.mark.parametrize(

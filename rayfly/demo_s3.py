@@ -1,0 +1,99 @@
+"""An S3 origin on loopback for tests and benchmarks: moto's server, counting the requests that
+reach it (GETs and HEADs per object key, listings per bucket). moto is a test dependency: it is
+imported only when a server starts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+ADDRESS = "127.0.0.1"
+
+
+class CountingS3Server:
+    """moto's S3 server on ``127.0.0.1``; ``gets[key]``/``heads[key]`` count the requests for
+    each object (``bucket/key``), ``lists`` the bucket listings. ``before_get``, if set, is
+    called with the key of each object GET before it is served (a test changes the origin
+    there, between a listing and the reads)."""
+
+    def __init__(self, port: int = 0):
+        self._port = port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.gets: Counter[str] = Counter()
+        self.heads: Counter[str] = Counter()
+        self.lists = 0
+        self.before_get: Callable[[str], None] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{ADDRESS}:{self._server.server_address[1]}"
+
+    def options(self) -> dict[str, Any]:
+        """fsspec (s3fs) storage options for this server (moto's test credentials)."""
+        return {
+            "endpoint_url": self.endpoint,
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"region_name": "us-west-2"},
+        }
+
+    def start(self) -> CountingS3Server:
+        """Serve in a daemon thread."""
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(ADDRESS, self._port, self._counting(app), threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        with self._lock:
+            self.gets.clear()
+            self.heads.clear()
+            self.lists = 0
+
+    def object_gets(self, keys: Iterable[str] | None = None) -> int:
+        """GET requests for objects (of ``keys`` only, if given)."""
+        with self._lock:
+            if keys is None:
+                return sum(self.gets.values())
+            return sum(self.gets[k] for k in keys)
+
+    def _count(self, method: str, path: str) -> None:
+        key = path.lstrip("/")
+        with self._lock:
+            if "/" not in key.rstrip("/"):
+                self.lists += method == "GET"
+            elif method == "GET":
+                self.gets[key] += 1
+            elif method == "HEAD":
+                self.heads[key] += 1
+
+    def _counting(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+            self._count(method, path)
+            key = path.lstrip("/")
+            if method == "GET" and "/" in key.rstrip("/") and self.before_get is not None:
+                self.before_get(key)
+            return app(environ, start_response)
+
+        return counted
