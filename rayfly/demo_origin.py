@@ -77,8 +77,9 @@ class OriginServer:
             return sum(sent for p, _, _, sent in self.log if p == path)
 
     def swap_after(self, path: str, reads: int, content: bytes) -> None:
-        """Replace the file at URL ``path`` with ``content`` (a new inode, so a new ETag) once
-        ``reads`` more bodies of it have been served."""
+        """Replace the file at URL ``path`` with ``content`` (a new inode, so a new ETag) when
+        the GET after the next ``reads`` ones arrives: those ``reads`` see the old file, every
+        later GET the new one, however many are in flight at once."""
         with self._lock:
             self._swaps[path] = (reads, content)
 
@@ -87,17 +88,21 @@ class OriginServer:
             self.bytes_served += nbytes
             self.requests[path] += 1
             self.log.append((path, start, end, nbytes))
-            left, content = self._swaps.get(path, (0, b""))
-            if left <= 0:
+
+    def _get_arrived(self, path: str) -> None:
+        """Count a GET of URL ``path`` before its file is opened; swap the file if it is due."""
+        with self._lock:
+            left, content = self._swaps.get(path, (-1, b""))
+            if left < 0:
                 return
-            if left > 1:
+            if left > 0:
                 self._swaps[path] = (left - 1, content)
                 return
             del self._swaps[path]
-        target = self.root / unquote(path).lstrip("/")
-        tmp = target.with_name(target.name + ".swap")
-        tmp.write_bytes(content)
-        os.replace(tmp, target)
+            target = self.root / unquote(path).lstrip("/")
+            tmp = target.with_name(target.name + ".swap")
+            tmp.write_bytes(content)
+            os.replace(tmp, target)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         """The request handler class serving this origin."""
@@ -136,6 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.origin.fail_paths.get(rel, 0) > 0:
             self.origin.fail_paths[rel] -= 1
             return self._error(503)
+        if body:
+            self.origin._get_arrived(rel)
         path = self._file()
         if path is None:
             return self._error(404)
