@@ -91,6 +91,16 @@ def parse_percent(text: str | float) -> float:
     return value
 
 
+def parse_switch(text: str | bool) -> bool:
+    """Parse an on/off setting: ``1/true/yes/on`` or ``0/false/no/off``."""
+    raw = str(text).strip().lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise InvalidInput(f"invalid switch {text!r}: use on or off")
+
+
 def parse_rate(text: str | float | None) -> float | None:
     """Parse a byte rate, ``"100MiB"`` or ``"100MiB/s"`` (binary units), into bytes/s; ``"0"``,
     ``"unlimited"`` or None mean no limit (None)."""
@@ -182,7 +192,9 @@ class NodeConfig:
     pieces served and origin reads; the cache's TTL, disk watermarks and GC period; and how many
     bytes of recently received or served pieces the peer keeps referenced in Ray's object store
     to serve them again without a disk read (``serve_memory``; default: a quarter of the node's
-    object store, at most 256 MiB; 0: always from disk)."""
+    object store, at most 256 MiB; 0: always from disk); and whether a piece held by a parent on
+    this host, whose piece store this node sees, is read from that store's file directly
+    instead of through the object store (``local_reads``, default on)."""
 
     download_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
     upload_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
@@ -194,6 +206,7 @@ class NodeConfig:
     cache_low_watermark: float = dataclasses.field(default=0.60, metadata={"parse": parse_percent})
     gc_interval: float | None = dataclasses.field(default=900.0, metadata={"parse": parse_duration})
     serve_memory: int | None = dataclasses.field(default=None, metadata={"parse": parse_size})
+    local_reads: bool = dataclasses.field(default=True, metadata={"parse": parse_switch})
 
 
 def _coerce(raw: str, kind: type) -> Any:

@@ -133,6 +133,35 @@ class PieceStore:
         """Path of a task's data file in the store at ``root`` (see :meth:`read_entry`)."""
         return Path(root) / "tasks" / validate_task_id(task_id) / "data"
 
+    @staticmethod
+    def read_range_at(
+        root: str | Path, task_id: str, start: int, end: int, expected: str
+    ) -> np.ndarray:
+        """Bytes ``start..end`` of a task's data file in the store at ``root`` (another peer's
+        store on this host), checked against the piece digest ``expected``.
+
+        :class:`PieceCorrupt` when they do not match (that store is evicting or rewriting the
+        task, or its file changed), :class:`StorageError` on a short read, OSError when the
+        file is gone.
+        """
+        buf = np.empty(end - start, dtype=np.uint8)
+        fd = os.open(PieceStore.data_path_at(root, task_id), os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [buf], start)
+        finally:
+            os.close(fd)
+        if got != end - start:
+            raise StorageError(f"short read of bytes {start}-{end} of task {task_id} at {root}")
+        if piece_digest(buf) != expected:
+            raise PieceCorrupt(f"bytes {start}-{end} of task {task_id} at {root} do not match")
+        return buf
+
+    def identity(self) -> tuple[int, int]:
+        """``(device, inode)`` of the store's root: a process that finds the same pair at
+        :attr:`root` sees this very store (the same host and the same mount)."""
+        st = os.stat(self.root)
+        return st.st_dev, st.st_ino
+
     def begin(self, task_id: str, length: int, piece_size: int, source: str = "") -> TaskEntry:
         """Make room for a task and open its data file; an existing entry is returned as is."""
         with self._lock:

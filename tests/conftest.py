@@ -81,6 +81,9 @@ def ray_cluster(session_dir: Path) -> Iterator[object]:
     os.environ.setdefault("RAYFLY_CACHE_HIGH_WATERMARK", "100%")
     os.environ.setdefault("RAYFLY_CACHE_LOW_WATERMARK", "100%")
     os.environ.setdefault("RAYFLY_LEASE_TIMEOUT_S", "20")
+    # the simulated nodes share this host and its disk; pieces move between them through the
+    # object store, as between real hosts (tests/cluster/test_local_reads.py turns it on)
+    os.environ.setdefault("RAYFLY_LOCAL_READS", "off")
     # ray.util.metrics reach the Prometheus endpoint within ~1 s instead of 10 (test_metrics)
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     # a SIGKILLed node is declared dead after 5 failed checks a second apart (default: ~17 s);

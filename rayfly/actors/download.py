@@ -116,8 +116,11 @@ class Downloads:
         hot: HotPieces[Any],
         join: Callable[[TaskInfo, dict[int, str]], Awaitable[None]],
         evicted: Callable[[], Awaitable[None]],
+        local_ip: str | None = None,
     ):
         self.node_id = node_id
+        self.local_ip = local_ip  # read same-host parents' files directly (None: never)
+        self.pieces_read_local = 0
         self.config = config
         self.store = store
         self.links = links
@@ -377,9 +380,34 @@ class Downloads:
         """The bytes of assignment ``a``, and their object reference when they came from a
         parent (None from the origin)."""
         start, end = task.piece_range(a.piece)
-        if a.parent is not None:
-            return await self._from_parent(task, a.parent, a.piece)
-        return None, await read_task_range(task, start, end, self._origin_pool)
+        if a.parent is None:
+            return None, await read_task_range(task, start, end, self._origin_pool)
+        data = await self._read_local(task, a) if self.local_ip and a.digest else None
+        if data is not None:
+            return None, data
+        return await self._from_parent(task, a.parent, a.piece)
+
+    async def _read_local(self, task: TaskInfo, a: Any) -> np.ndarray | None:
+        """Piece ``a.piece`` read straight from the file of a parent on this host whose piece
+        store this process sees, checked against its digest; None when that cannot be done
+        (another host, a store out of sight, a file gone or not matching): the caller then
+        asks the parent, which checks its own copy and drops it if it is corrupt."""
+        try:
+            root = await self.links.store_of(a.parent, self.local_ip or "")
+        except (RayActorError, ParentGone):
+            return None
+        if root is None:
+            return None
+        start, end = task.piece_range(a.piece)
+        try:
+            data = await self.disk_io(
+                PieceStore.read_range_at, root, task.task_id, start, end, a.digest
+            )
+        except (OSError, RayflyError) as exc:
+            log.info("piece %d: not read from %s's store (%s)", a.piece, a.parent, exc)
+            return None
+        self.pieces_read_local += 1
+        return data
 
     async def _piece(
         self, task: TaskInfo, a: Any, out: TaskOutcome, window: HashWindow

@@ -96,6 +96,7 @@ class Peer:
             self.hot,
             self._join,
             self._report_evictions,
+            self.node_ip if node.local_reads else None,
         )
         # test-only fault hook: serve every piece with one byte flipped (see tests/cluster)
         self._corrupt_served = os.environ.get("RAYFLY_TEST_CORRUPT_SERVED") == "1"
@@ -138,8 +139,16 @@ class Peer:
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
             "pieces_served_from_memory": self.pieces_served_hot,
+            "pieces_read_from_local_stores": self.downloads.pieces_read_local,
+            "local_reads": self.node.local_reads,
             "serve_memory": {"limit": self.hot.limit, "held": self.hot.held},
         }
+
+    def store_view(self) -> dict[str, Any]:
+        """Where this peer's piece store is, so that a peer on the same host that sees the same
+        store reads pieces from its files directly (:func:`links.visible_store`)."""
+        dev, ino = self.store.identity()
+        return {"node_ip": self.node_ip, "root": str(self.store.root), "dev": dev, "ino": ino}
 
     def incarnation(self) -> str:
         """This actor's id: a restarted peer on the same node is a different incarnation."""

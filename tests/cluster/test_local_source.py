@@ -24,7 +24,7 @@ from rayfly.cli import main
 from rayfly.config import SchedulerConfig, from_env
 from rayfly.demo_origin import make_file
 from tests.conftest import sha256_file
-from tests.support.raynode import RayNode, start_node
+from tests.support.raynode import RayNode, mount_tmpfs, start_node
 
 MiB = 1 << 20
 pytestmark = pytest.mark.cluster
@@ -68,20 +68,11 @@ def hidden(ray_cluster, session_dir: Path) -> Iterator[RayNode]:
     ray.get(placement.get_scheduler().peer_lost.remote(node.node_id))
 
 
-def tmpfs(where: Path, pid: int | None = None) -> None:
-    """Mount a small tmpfs at ``where`` (inside ``pid``'s mount namespace if given)."""
-    enter = ["nsenter", "-t", str(pid), "-m"] if pid else []
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [*enter, "mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)], check=True
-    )
-
-
 @pytest.fixture
 def driver_tmpfs(hidden: RayNode, tmp_path: Path) -> Iterator[Path]:
     """A tmpfs mounted on the driver's side after the hidden node started: it cannot see it."""
     where = tmp_path / "driver-only"
-    tmpfs(where)
+    mount_tmpfs(where)
     yield where
     subprocess.run(["umount", str(where)], check=True)
 
@@ -135,7 +126,7 @@ def test_driver_local_directory_keeps_relative_paths(hidden, driver_tmpfs, tmp_p
 def test_file_only_on_one_worker_named_with_source_node(hidden, tmp_path):
     staged = make_file(tmp_path / "staged.bin", 12 * MiB, seed=84)
     where = tmp_path / "worker-only"
-    tmpfs(where, hidden.proc.pid)
+    mount_tmpfs(where, hidden.proc.pid)
     subprocess.run(
         ["nsenter", "-t", str(hidden.proc.pid), "-m", "cp", str(staged), str(where / "ckpt.bin")],
         check=True,

@@ -103,6 +103,16 @@ class RayNode:
         raise TimeoutError(f"node {self.node_id} still alive {timeout}s after it was killed")
 
 
+def mount_tmpfs(where: Path, pid: int | None = None) -> None:
+    """Mount a small tmpfs at ``where`` (inside ``pid``'s mount namespace if given: with a
+    :class:`RayNode` started with ``private_mounts``, only that node sees it)."""
+    enter = ["nsenter", "-t", str(pid), "-m"] if pid else []
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [*enter, "mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)], check=True
+    )
+
+
 def start_node(address: str, log_dir: Path, attempts: int = 2, **kwargs: Any) -> RayNode:
     """Start a worker node and wait for it to join; see :class:`RayNode`. A node whose raylet
     did not register in time (Ray allows 30 s; a loaded 2-core machine can exceed it) is

@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from rayfly.config import NodeConfig, from_env, parse_duration, parse_percent, parse_rate
+from rayfly.config import (
+    NodeConfig,
+    from_env,
+    parse_duration,
+    parse_percent,
+    parse_rate,
+    parse_switch,
+)
 from rayfly.errors import InvalidInput
 from rayfly.ratelimit import TokenBucket
 
@@ -19,6 +26,8 @@ def test_parsers():
     assert parse_duration("7d") == 7 * 86400 and parse_duration("15m") == 900
     assert parse_duration("off") is None and parse_duration("90") == 90
     assert parse_percent("80%") == 0.8 and parse_percent("0.6") == 0.6
+    assert parse_switch("on") is parse_switch("1") is parse_switch(" True ") is True
+    assert parse_switch("off") is parse_switch("0") is parse_switch("no") is False
 
 
 @pytest.mark.parametrize(
@@ -28,6 +37,7 @@ def test_parsers():
         (parse_duration, "soon", "invalid duration"),
         (parse_duration, "-1h", "invalid duration"),
         (parse_percent, "150%", "invalid share"),
+        (parse_switch, "maybe", "invalid switch 'maybe': use on or off"),
     ],
 )
 def test_bad_values_are_clear_errors(fn, text, message):
@@ -46,6 +56,8 @@ def test_node_config_from_the_environment():
     assert node.download_rate == 100 * MiB and node.upload_rate is None
     assert node.cache_ttl == 7200 and node.cache_high_watermark == 0.9
     assert node.gc_interval is None
+    assert node.local_reads is True
+    assert from_env(NodeConfig, {"RAYFLY_LOCAL_READS": "off"}).local_reads is False
     with pytest.raises(InvalidInput, match="RAYFLY_UPLOAD_RATE='fast'"):
         from_env(NodeConfig, {"RAYFLY_UPLOAD_RATE": "fast"})
 

@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from rayfly.actors.links import visible_store
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
 from rayfly.eviction import GcPolicy
 from rayfly.storage import PieceStore, piece_digest
@@ -284,3 +285,22 @@ def test_reads_racing_completion_and_removal_never_hit_a_closed_file(tmp_path):
     finally:
         sys.setswitchinterval(interval)
     assert not errors, errors[:3]
+
+
+def test_another_store_on_this_host_is_read_directly_only_where_it_is_seen(tmp_path):
+    store = PieceStore(tmp_path / "parent", 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
+    store.begin("t" * 64, 3000, 1024)
+    digest = store.write_piece("t" * 64, 1, b"x" * 1024)
+    dev, ino = store.identity()
+    view = {"node_ip": "10.0.0.1", "root": str(store.root), "dev": dev, "ino": ino}
+    root = visible_store(view, "10.0.0.1")
+    assert root == store.root
+    got = PieceStore.read_range_at(root, "t" * 64, 1024, 2048, digest)
+    assert bytes(got) == b"x" * 1024
+    with pytest.raises(PieceCorrupt):  # piece 0 was never written: its zeros do not match
+        PieceStore.read_range_at(root, "t" * 64, 0, 1024, digest)
+    with pytest.raises(FileNotFoundError):
+        PieceStore.read_range_at(root, "u" * 64, 0, 1024, digest)
+    assert visible_store(view, "10.0.0.2") is None  # another host, even on a shared disk
+    assert visible_store({**view, "ino": ino + 1}, "10.0.0.1") is None  # another mount
+    assert visible_store({**view, "root": str(tmp_path / "gone")}, "10.0.0.1") is None
