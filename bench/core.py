@@ -220,10 +220,10 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     nodes = sorted((n for n in ray.nodes() if n["Alive"]), key=lambda n: n["NodeID"])
     peers = [ray.get(p.info.remote())["pid"] for p in placement.existing_peers().values()]
     raylets = raylet_pids(ray.get_runtime_context().gcs_address)
-    methods = ["rayfly", "plain", "ray"]
+    methods = args.methods.split(",")
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for i in range(args.runs):
-        for method in methods[i % 3 :] + methods[: i % 3]:
+        for method in methods[i % len(methods) :] + methods[: i % len(methods)]:
             dest = work / "dest" / method
             origin.reset()
             report = None
@@ -252,6 +252,7 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     return {
         "bench": "cluster",
+        "local_reads": os.environ.get("RAYFLY_LOCAL_READS", "on"),
         "nodes": args.nodes,
         "size": args.size,
         "runs": runs,
@@ -269,7 +270,19 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument(
+        "--methods",
+        default="rayfly,plain,plain_sha256,ray",
+        help="cluster: comma-separated, of rayfly, plain, plain_sha256 (plain, hashing), ray",
+    )
+    parser.add_argument(
+        "--local-reads",
+        choices=["on", "off"],
+        default="on",
+        help="cluster: RAYFLY_LOCAL_READS of the simulated nodes (they share this host)",
+    )
     args = parser.parse_args()
+    os.environ["RAYFLY_LOCAL_READS"] = args.local_reads
     work = Path(tempfile.mkdtemp(prefix="rayfly-bench-"))
     try:
         doc = {"single": single, "memory": memory, "cluster": cluster}[args.which](args, work)

@@ -5,7 +5,8 @@ fsspec's aiohttp client hands a body over in chunks that are joined afterwards, 
 work on the peer's event loop for every chunk: about 1.3 CPU-s per GiB here. A blocking
 HTTP/1.1 request on one of the peer's origin threads (a keep-alive connection per thread and
 origin) reads the body into the piece's buffer with ``readinto``: one copy, out of the event
-loop, about 0.55 CPU-s per GiB (docs/BENCHMARKS.md). The request and the checks of the answer
+loop, about 0.55 CPU-s per GiB (docs/BENCHMARKS.md). Buffers come from :data:`BUFFERS`; the
+peer gives each back once its bytes are written and hashed. The request and the checks of the answer
 are the same (conditional headers, validators, ``Content-Range``, a 200 to a ranged read);
 anything this path does not handle (a redirect, credentials in the URL, storage options) is
 left to the fsspec path (:class:`NotDirect`).
@@ -19,14 +20,14 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from rayfly.errors import RangeIgnored, RayflyError
+from rayfly.piecemem import BufferPool
 from rayfly.source_http import IDENTITY, OriginStatus, check_response, conditions
 from rayfly.version import Version
 
 TIMEOUT_S = 60.0
 _local = threading.local()
+BUFFERS = BufferPool(64 << 20)  # free piece buffers kept for the next reads of this process
 
 
 class NotDirect(RayflyError):
@@ -97,7 +98,7 @@ def _body(
     whole = int(r.headers.get("Content-Length", -1))
     if r.status == 200 and (start > 0 or whole != end - start):
         raise RangeIgnored(f"{shown} ignores Range (answered 200 with {whole} bytes)")
-    view = memoryview(np.empty(end - start, dtype=np.uint8))  # not zeroed: it is overwritten
+    view = memoryview(BUFFERS.take(end - start))  # not zeroed: it is overwritten
     got = 0
     while got < len(view):
         n = r.readinto(view[got:])

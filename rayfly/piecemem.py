@@ -5,12 +5,19 @@ received are not read back from disk (pure: no Ray, no files).
   hash reaches them; a piece that does not fit is read back from the store at its turn.
 - :class:`HotPieces`: a least-recently-used map of pieces a peer can serve again without a disk
   read or a new copy (for the peer: Ray object references of received and served pieces).
+- :class:`BufferPool`: piece buffers handed back once their bytes are written and hashed, so
+  that the next read lands in memory already mapped instead of fresh pages the kernel must
+  fault in and zero (an eighth of a peer's CPU before).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 V = TypeVar("V")
 
@@ -91,3 +98,41 @@ class HotPieces(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class BufferPool:
+    """Uninitialised byte buffers for piece reads, reused: :meth:`take` one, :meth:`give` it
+    back when nothing uses its bytes any more; up to ``keep`` bytes of free buffers are kept.
+
+    Only buffers this pool made are taken back (anything else given is ignored), so a caller
+    may hand back whatever a read returned. Thread-safe.
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.free_bytes = 0
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._made: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A buffer of exactly ``nbytes`` (contents undefined)."""
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                self.free_bytes -= nbytes
+                return free.pop()
+        buf = np.empty(nbytes, dtype=np.uint8)
+        with self._lock:
+            self._made[id(buf)] = buf
+        return buf
+
+    def give(self, data: Any) -> None:
+        """Take back the buffer behind ``data`` (an array or memoryview of it) if this pool made
+        it and there is room; the caller must hold no other reference to its bytes."""
+        buf = data.obj if isinstance(data, memoryview) else data
+        with self._lock:
+            if self._made.get(id(buf)) is not buf or self.free_bytes + buf.nbytes > self.keep:
+                return
+            self._free.setdefault(buf.nbytes, []).append(buf)
+            self.free_bytes += buf.nbytes

@@ -135,16 +135,17 @@ class PieceStore:
 
     @staticmethod
     def read_range_at(
-        root: str | Path, task_id: str, start: int, end: int, expected: str
+        root: str | Path, task_id: str, start: int, end: int, expected: str, into: np.ndarray
     ) -> np.ndarray:
         """Bytes ``start..end`` of a task's data file in the store at ``root`` (another peer's
-        store on this host), checked against the piece digest ``expected``.
+        store on this host) read into ``into`` (``end - start`` bytes), checked against the
+        piece digest ``expected``.
 
         :class:`PieceCorrupt` when they do not match (that store is evicting or rewriting the
         task, or its file changed), :class:`StorageError` on a short read, OSError when the
         file is gone.
         """
-        buf = np.empty(end - start, dtype=np.uint8)
+        buf = into[: end - start]
         fd = os.open(PieceStore.data_path_at(root, task_id), os.O_RDONLY)
         try:
             got = os.preadv(fd, [buf], start)

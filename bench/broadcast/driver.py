@@ -14,6 +14,7 @@ every node, so worker start-up is not measured for any method).  Prints one JSON
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -44,13 +45,17 @@ def warm_up() -> str:
 
 
 @ray.remote(num_cpus=1, max_retries=0)
-def download(url: str, path: str) -> tuple[float, int]:
-    """Stream ``url`` into ``path``; return (wall-clock end, bytes)."""
+def download(url: str, path: str, verify: bool = False) -> tuple[float, int]:
+    """Stream ``url`` into ``path`` (computing its sha256 on the way with ``verify``, as a user
+    who checks what arrived would); return (wall-clock end, bytes)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     nbytes = 0
+    digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp, open(path, "wb") as out:
         while chunk := resp.read(CHUNK):
             out.write(chunk)
+            if verify:
+                digest.update(chunk)
             nbytes += len(chunk)
     return time.time(), nbytes
 
@@ -78,7 +83,8 @@ def fetch_into_array(url: str) -> np.ndarray:
 
 
 def run_tasks(method: str, url: str, nodes: list[dict], dest: Path, name: str) -> list[dict]:
-    """Methods ``plain`` and ``ray``; per-node end times relative to the start of this call."""
+    """Methods ``plain``, ``plain_sha256`` (plain, hashing what arrives) and ``ray``; per-node
+    end times relative to the start of this call."""
     t0 = time.time()
     refs = []
     extra: dict[str, float] = {}
@@ -88,8 +94,8 @@ def run_tasks(method: str, url: str, nodes: list[dict], dest: Path, name: str) -
     for node in nodes:
         path = str(dest / node["NodeID"] / name)
         options = {"scheduling_strategy": pinned(node["NodeID"])}
-        if method == "plain":
-            refs.append(download.options(**options).remote(url, path))
+        if method in ("plain", "plain_sha256"):
+            refs.append(download.options(**options).remote(url, path, method == "plain_sha256"))
         else:
             refs.append(write_array.options(**options).remote(data, path))
     results = ray.get(refs, timeout=3600)

@@ -43,6 +43,7 @@ from rayfly.errors import (
     RayflyError,
     SourceError,
 )
+from rayfly.http_direct import BUFFERS
 from rayfly.piecemem import HashWindow, HotPieces
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.ratelimit import TokenBucket, take_all
@@ -264,6 +265,7 @@ class Downloads:
                     buf = np.empty(min(task.piece_size, task.length), dtype=np.uint8)
                 data = await self.disk_io(self.store.read_piece, task.task_id, i, buf)
             await self.disk_io(h.update, data)
+            BUFFERS.give(data)
         return h.hexdigest()
 
     async def _fetch_all(
@@ -399,12 +401,14 @@ class Downloads:
         if root is None:
             return None
         start, end = task.piece_range(a.piece)
+        buf = BUFFERS.take(end - start)
         try:
             data = await self.disk_io(
-                PieceStore.read_range_at, root, task.task_id, start, end, a.digest
+                PieceStore.read_range_at, root, task.task_id, start, end, a.digest, buf
             )
         except (OSError, RayflyError) as exc:
             log.info("piece %d: not read from %s's store (%s)", a.piece, a.parent, exc)
+            BUFFERS.give(buf)
             return None
         self.pieces_read_local += 1
         return data
@@ -425,7 +429,8 @@ class Downloads:
             )
             if ref is not None:  # verified: serve it onwards as it is
                 self.hot.put(task.task_id, a.piece, ref, end - start)
-            window.offer(a.piece, data, end - start)
+            if not window.offer(a.piece, data, end - start):
+                BUFFERS.give(data)  # written, and the hash reads it back later
             del data, ref
         except OriginUnreachable as exc:
             return Failed(a.piece, None, str(exc))

@@ -1,7 +1,9 @@
 """The in-memory piece windows: the in-order hash window and the hot pieces a peer serves."""
 
+import numpy as np
+
 from rayfly.actors.download import HASH_WINDOW_MAX, hash_window_bytes
-from rayfly.piecemem import HashWindow, HotPieces
+from rayfly.piecemem import BufferPool, HashWindow, HotPieces
 
 
 def test_hash_window_keeps_pieces_ahead_until_their_turn():
@@ -60,3 +62,20 @@ def test_hot_pieces_off_holds_nothing():
     hot: HotPieces[str] = HotPieces(limit=0)
     hot.put("t", 0, "a", 1)
     assert len(hot) == 0
+
+
+def test_buffer_pool_reuses_only_its_own_buffers_within_its_limit():
+    pool = BufferPool(keep=2048)
+    a = pool.take(1024)
+    a[:] = 7
+    pool.give(memoryview(a))  # handed back as the memoryview a read returned
+    b = pool.take(1024)
+    assert b is a  # the same memory, not fresh pages
+    foreign = np.zeros(1024, dtype=np.uint8)
+    pool.give(foreign)  # not made here: ignored
+    assert pool.take(1024) is not foreign
+    c, d, e = pool.take(1024), pool.take(1024), pool.take(1024)
+    for buf in (c, d, e):
+        pool.give(buf)
+    assert pool.free_bytes == 2048  # the third did not fit
+    assert pool.take(512) is not c  # another size: a new buffer

@@ -295,12 +295,13 @@ def test_another_store_on_this_host_is_read_directly_only_where_it_is_seen(tmp_p
     view = {"node_ip": "10.0.0.1", "root": str(store.root), "dev": dev, "ino": ino}
     root = visible_store(view, "10.0.0.1")
     assert root == store.root
-    got = PieceStore.read_range_at(root, "t" * 64, 1024, 2048, digest)
+    buf = np.empty(1024, dtype=np.uint8)
+    got = PieceStore.read_range_at(root, "t" * 64, 1024, 2048, digest, buf)
     assert bytes(got) == b"x" * 1024
     with pytest.raises(PieceCorrupt):  # piece 0 was never written: its zeros do not match
-        PieceStore.read_range_at(root, "t" * 64, 0, 1024, digest)
+        PieceStore.read_range_at(root, "t" * 64, 0, 1024, digest, buf)
     with pytest.raises(FileNotFoundError):
-        PieceStore.read_range_at(root, "u" * 64, 0, 1024, digest)
+        PieceStore.read_range_at(root, "u" * 64, 0, 1024, digest, buf)
     assert visible_store(view, "10.0.0.2") is None  # another host, even on a shared disk
     assert visible_store({**view, "ino": ino + 1}, "10.0.0.1") is None  # another mount
     assert visible_store({**view, "root": str(tmp_path / "gone")}, "10.0.0.1") is None
