@@ -395,9 +395,10 @@ class Downloads:
         (another host, a store out of sight, a file gone or not matching): the caller then
         asks the parent, which checks its own copy and drops it if it is corrupt."""
         try:
-            root = await self.links.store_of(a.parent, self.local_ip or "")
-        except (RayActorError, ParentGone):
-            return None
+            where = self.links.store_of(a.parent, self.local_ip or "")
+            root = await asyncio.wait_for(where, self.config.piece_timeout_s)
+        except (RayActorError, RayTaskError, ParentGone, asyncio.TimeoutError):
+            return None  # the parent's actor path reports what is wrong with it
         if root is None:
             return None
         start, end = task.piece_range(a.piece)
