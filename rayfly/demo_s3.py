@@ -56,6 +56,24 @@ class CountingS3Server:
         self._thread.start()
         return self
 
+    def put_in_backend(self, bucket: str, objects: Iterable[tuple[str, bytes]]) -> int:
+        """Create ``bucket`` (if it does not exist) and ``objects`` (key, bytes) straight in
+        moto's in-memory backend, which this server (in this process) serves: no HTTP request,
+        so ~10,000 objects/s where PUTs through s3fs make ~40-400. They are the same objects a
+        PUT makes (ETag, last-modified) and are listed and served like them; nothing is counted.
+        Returns the number of objects put."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        if bucket not in backend.buckets:
+            backend.create_bucket(bucket, "us-east-1")
+        count = 0
+        for key, value in objects:
+            backend.put_object(bucket, key, value)
+            count += 1
+        return count
+
     def stop(self) -> None:
         """Stop serving."""
         if self._server is not None:
