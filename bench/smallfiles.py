@@ -118,11 +118,17 @@ def settle(dest: Path, report: Any = None) -> None:
     os.sync()
 
 
+def since(t0: float, t: float | None) -> float | None:
+    """Seconds from ``t0`` to ``t`` (None if ``t`` is)."""
+    return None if t is None else round(t - t0, 1)
+
+
 def one_run(method: str, args: argparse.Namespace, server: CountingS3Server, work: Path) -> dict:
     """One timed run of ``method``: makespan, per-file cost, origin GETs per object."""
     dest = work / f"dest-{method}"
     server.reset()
     report = None
+    t0 = time.monotonic()
     if method == "plain":
         seconds = plain(args.prefix, server.options(), args.node_ids, dest)
     else:
@@ -134,6 +140,8 @@ def one_run(method: str, args: argparse.Namespace, server: CountingS3Server, wor
         "gets_per_object": round(server.object_gets() / args.files, 3),
         "heads": sum(server.heads.values()),
         "lists": server.lists,
+        "last_list_s": since(t0, server.last_list),
+        "first_get_s": since(t0, server.first_get),
         "load": os.getloadavg()[0],
     }
     settle(dest, report)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,7 +16,9 @@ ADDRESS = "127.0.0.1"
 
 class CountingS3Server:
     """moto's S3 server on ``127.0.0.1``; ``gets[key]``/``heads[key]`` count the requests for
-    each object (``bucket/key``), ``lists`` the bucket listings. ``before_get``, if set, is
+    each object (``bucket/key``), ``lists`` the bucket listings; ``last_list`` and
+    ``first_get`` are when (``time.monotonic()``) the last listing request and the first object
+    GET since the last :meth:`reset` arrived (None: none yet). ``before_get``, if set, is
     called with the key of each object GET before it is served (a test changes the origin
     there, between a listing and the reads)."""
 
@@ -27,6 +30,8 @@ class CountingS3Server:
         self.gets: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
         self.lists = 0
+        self.last_list: float | None = None
+        self.first_get: float | None = None
         self.before_get: Callable[[str], None] | None = None
 
     @property
@@ -87,6 +92,7 @@ class CountingS3Server:
             self.gets.clear()
             self.heads.clear()
             self.lists = 0
+            self.last_list = self.first_get = None
 
     def object_gets(self, keys: Iterable[str] | None = None) -> int:
         """GET requests for objects (of ``keys`` only, if given)."""
@@ -99,9 +105,12 @@ class CountingS3Server:
         key = path.lstrip("/")
         with self._lock:
             if "/" not in key.rstrip("/"):
-                self.lists += method == "GET"
+                if method == "GET":
+                    self.lists += 1
+                    self.last_list = time.monotonic()
             elif method == "GET":
                 self.gets[key] += 1
+                self.first_get = self.first_get or time.monotonic()
             elif method == "HEAD":
                 self.heads[key] += 1
 
