@@ -3,6 +3,9 @@ local cluster, rayfly against every node running ``s3fs get`` itself, side by si
 
     python -m bench.smallfiles --files 1000 --size 32KiB --nodes 4 --runs 3
 
+The objects are made straight in moto's in-memory backend (``--upload backend``, ~10,000
+objects/s) unless ``--upload http`` asks for PUTs through s3fs (~40-400 objects/s here).
+
 The origin is moto's S3 server on loopback behind a request counter (:mod:`rayfly.demo_s3`),
 so each run also reports the GETs per object that reached it. Methods alternate their order
 per run; each rayfly run is a new task set (a fresh tag) and its cache entries are removed
@@ -57,14 +60,25 @@ def warm_up() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def upload(server: CountingS3Server, prefix: str, files: int, size: int) -> float:
-    """Put ``files`` objects of ``size`` bytes under ``prefix``; seconds it took."""
+def object_key(prefix: str, i: int) -> str:
+    """The key of object ``i``: 100 directories, so the dataset is a tree to list."""
+    return f"{prefix}/d{i % 100:02d}/f{i:06d}"
+
+
+def upload(server: CountingS3Server, prefix: str, files: int, size: int, how: str) -> float:
+    """Put ``files`` objects of ``size`` bytes under ``prefix``; seconds it took. ``how``:
+    "backend" creates them straight in moto's in-memory backend (this process's server),
+    "http" PUTs them through s3fs in batches."""
+    t0 = time.perf_counter()
+    if how == "backend":
+        objects = ((object_key(prefix, i), os.urandom(size)) for i in range(files))
+        server.put_in_backend(BUCKET, objects)
+        return time.perf_counter() - t0
     fs = s3fs.S3FileSystem(**server.options())
     fs.mkdir(BUCKET)
-    t0 = time.perf_counter()
     for first in range(0, files, UPLOAD_BATCH):
         batch = range(first, min(files, first + UPLOAD_BATCH))
-        fs.pipe({f"{BUCKET}/{prefix}/d{i % 100:02d}/f{i:06d}": os.urandom(size) for i in batch})
+        fs.pipe({f"{BUCKET}/{object_key(prefix, i)}": os.urandom(size) for i in batch})
     return time.perf_counter() - t0
 
 
@@ -104,11 +118,17 @@ def settle(dest: Path, report: Any = None) -> None:
     os.sync()
 
 
+def since(t0: float, t: float | None) -> float | None:
+    """Seconds from ``t0`` to ``t`` (None if ``t`` is)."""
+    return None if t is None else round(t - t0, 1)
+
+
 def one_run(method: str, args: argparse.Namespace, server: CountingS3Server, work: Path) -> dict:
     """One timed run of ``method``: makespan, per-file cost, origin GETs per object."""
     dest = work / f"dest-{method}"
     server.reset()
     report = None
+    t0 = time.monotonic()
     if method == "plain":
         seconds = plain(args.prefix, server.options(), args.node_ids, dest)
     else:
@@ -120,6 +140,8 @@ def one_run(method: str, args: argparse.Namespace, server: CountingS3Server, wor
         "gets_per_object": round(server.object_gets() / args.files, 3),
         "heads": sum(server.heads.values()),
         "lists": server.lists,
+        "last_list_s": since(t0, server.last_list),
+        "first_get_s": since(t0, server.first_get),
         "load": os.getloadavg()[0],
     }
     settle(dest, report)
@@ -154,6 +176,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--methods", default="rayfly,plain")
     p.add_argument("--label", default="")
+    p.add_argument(
+        "--upload",
+        choices=("backend", "http"),
+        default="backend",
+        help="make the objects in moto's backend directly (fast) or by HTTP PUTs through s3fs",
+    )
     args = p.parse_args()
     methods = args.methods.split(",")
     size = parse_size(args.size)
@@ -165,7 +193,8 @@ def main() -> None:
     os.environ.setdefault("RAYFLY_CACHE_HIGH_WATERMARK", "99%")
     os.environ.setdefault("RAYFLY_CACHE_LOW_WATERMARK", "98%")
     server = CountingS3Server().start()
-    upload_s = upload(server, args.prefix, args.files, size)
+    upload_s = upload(server, args.prefix, args.files, size, args.upload)
+    print(f"{args.files} objects made ({args.upload}) in {upload_s:.1f} s", flush=True)
     cluster = start_local_cluster(args.nodes, object_store_memory=400 << 20)
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     args.node_ids = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
@@ -182,6 +211,7 @@ def main() -> None:
         "files": args.files,
         "size": size,
         "nodes": args.nodes,
+        "upload": args.upload,
         "upload_seconds": round(upload_s, 1),
         "runs": rows,
         "median": summary(rows, methods),
