@@ -227,16 +227,21 @@ class Peer:
         self.store.discard(task_id)
         await self._removed([task_id], "cached copy corrupt")
 
-    async def wait_piece(self, task_id: str, index: int) -> list[ray.ObjectRef]:
+    async def wait_piece(
+        self, task_id: str, index: int, from_file: bool = False
+    ) -> list[ray.ObjectRef]:
         """Wait until piece ``index`` of a prepared task is verified here; ``[its reference]``
         (for the node's mirror): the one kept hot when the piece came from another node, else
-        the piece read from disk into the object store once."""
+        the piece read from disk into the object store once; with ``from_file`` (a caller on
+        this node that reads the store's data file itself) ``[]`` instead of that copy."""
         if self.downloads.tracked(task_id):
             await self.downloads.wait_verified(task_id, index)
         elif not self.store.has(task_id):
             raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
         ref = self.hot.get(task_id, index)
         if ref is None:
+            if from_file:
+                return []
             ref = await self.downloads.disk_io(self._put_piece, task_id, index)
         return [ref]
 

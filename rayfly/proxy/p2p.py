@@ -56,7 +56,8 @@ class _SharedPieces:
     def ref(self, index: int) -> Any:
         """The (one) request for piece ``index``."""
         if index not in self._refs:
-            self._refs[index] = self._owner.peer.wait_piece.remote(self._task_id, index)
+            from_file = self._owner.store_root is not None
+            self._refs[index] = self._owner.peer.wait_piece.remote(self._task_id, index, from_file)
         return self._refs[index]
 
     def forget(self, index: int, ref: Any) -> None:
@@ -98,6 +99,10 @@ class _P2PHandle:
             ref = self._shared.ref(index)
             try:
                 box = await ref  # [the piece's reference]: pulled into this node's store once
+                if not box:  # verified in the node's store and not in memory: read its file
+                    start = index * self.piece_size
+                    size = min(self.piece_size, self.length - start)
+                    return await self._owner.read_stored(self._digest, start, size)
                 return await box[0]
             except RayActorError:
                 # the node's peer died; a new one must download the blob again, so restart it
@@ -181,7 +186,7 @@ class P2PBlobs:
         self.peer, self.scheduler = peer, scheduler
         self._get_peer = get_peer
         self.concurrency = concurrency
-        self._root = Path(store_root) if store_root else None
+        self.store_root = Path(store_root) if store_root else None
         self._opening: dict[str, asyncio.Future[TaskInfo]] = {}
         self._counted: set[str] = set()
         self._shared: dict[str, _SharedPieces] = {}
@@ -206,25 +211,40 @@ class P2PBlobs:
             return await getattr(self.peer, method).remote(*args)
 
     def _open_local(self, digest: Digest) -> _FileHandle | None:
-        entry = _stored(self._root, digest)
-        if entry is None or self._root is None:
+        entry = _stored(self.store_root, digest)
+        if entry is None or self.store_root is None:
             return None
         try:
-            fd = os.open(PieceStore.data_path_at(self._root, digest.task_id), os.O_RDONLY)
+            fd = os.open(PieceStore.data_path_at(self.store_root, digest.task_id), os.O_RDONLY)
         except OSError:
             return None
         return _FileHandle(fd, entry.length, entry.piece_size)
 
+    async def read_stored(self, digest: Digest, start: int, size: int) -> bytes:
+        """Bytes of the blob's data file in the node's piece store (pieces the peer verified
+        there while the blob downloads); OSError if the file is gone."""
+        assert self.store_root is not None
+        path = PieceStore.data_path_at(self.store_root, digest.task_id)
+
+        def pread() -> bytes:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return os.pread(fd, size, start)
+            finally:
+                os.close(fd)
+
+        return await asyncio.to_thread(pread)
+
     async def local_path(self, digest: Digest) -> Path | None:
         """The piece store's data file of the blob, if complete and verified on this node."""
-        if self._root is None or _stored(self._root, digest) is None:
+        if self.store_root is None or _stored(self.store_root, digest) is None:
             return None
-        path = PieceStore.data_path_at(self._root, digest.task_id)
+        path = PieceStore.data_path_at(self.store_root, digest.task_id)
         return path if path.is_file() else None
 
     async def cached_length(self, digest: Digest) -> int | None:
         """The blob's length if complete and verified in this node's cache."""
-        entry = _stored(self._root, digest)
+        entry = _stored(self.store_root, digest)
         if entry is not None:
             return entry.length
         if not await self.call("has_task", digest.task_id):
