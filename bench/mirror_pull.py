@@ -24,6 +24,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -358,6 +359,7 @@ def main() -> None:
         cluster.shutdown()
         front.stop()
         registry.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the registry and caches: GiBs per run
         loop.stop()
 
 

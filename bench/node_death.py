@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -120,11 +121,14 @@ def main() -> None:
     cluster = start_local_cluster(args.nodes, object_store_memory=400 << 20)
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     runs = []
-    for _ in range(args.runs):
-        for kill_at in (None, args.kill_at):
-            runs.append(one_run(origin, size, work, cluster.address, kill_at))
-            print(json.dumps(runs[-1]), flush=True)
-    origin.stop()
+    try:
+        for _ in range(args.runs):
+            for kill_at in (None, args.kill_at):
+                runs.append(one_run(origin, size, work, cluster.address, kill_at))
+                print(json.dumps(runs[-1]), flush=True)
+    finally:
+        origin.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the origin file and every node's cache
     base = statistics.median(r["survivors_s"] for r in runs if not r["killed"])
     kill = statistics.median(r["survivors_s"] for r in runs if r["killed"])
     doc = {
