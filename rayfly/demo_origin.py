@@ -25,7 +25,8 @@ _CHUNK = 1 << 20
 
 class OriginServer:
     """Serve ``root`` at ``http://host:port/``; ``bytes_served`` and ``requests`` count traffic,
-    ``log`` keeps ``(path, start, end, bytes sent)`` of every body served.
+    ``log`` keeps ``(path, start, end, bytes sent)`` of every body served (counted once sent,
+    paced: see ``rate``), ``gets_arrived`` the GETs per path as they arrive.
 
     ``rate`` (bytes/s per response) slows responses down; ``fail_paths`` maps a URL path to a
     number of requests to answer with 503 first; ``validators = False`` sends no ``ETag`` and no
@@ -39,6 +40,7 @@ class OriginServer:
         self.rate = rate
         self.bytes_served = 0
         self.requests: Counter[str] = Counter()
+        self.gets_arrived: Counter[str] = Counter()  # GETs as they arrive, before any byte
         self.log: list[tuple[str, int, int, int]] = []
         self.fail_paths: dict[str, int] = {}
         self.validators = True
@@ -69,6 +71,7 @@ class OriginServer:
         with self._lock:
             self.bytes_served = 0
             self.requests.clear()
+            self.gets_arrived.clear()
             self.log.clear()
 
     def served(self, path: str) -> int:
@@ -92,6 +95,7 @@ class OriginServer:
     def _get_arrived(self, path: str) -> None:
         """Count a GET of URL ``path`` before its file is opened; swap the file if it is due."""
         with self._lock:
+            self.gets_arrived[path] += 1
             left, content = self._swaps.get(path, (-1, b""))
             if left < 0:
                 return

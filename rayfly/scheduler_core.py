@@ -263,6 +263,7 @@ class SchedulerCore:
     def report(self, task_id: str, peer_id: str, done: list[Done], failed: list[Failed]) -> None:
         """Apply a peer's batch of finished and failed pieces."""
         t = self._task(task_id)
+        self._renew(t, peer_id)
         known = self.knows(task_id, peer_id)  # a forgotten peer declares its pieces on rejoin
         if t.streamer == peer_id:
             t.stream_deadline = self.clock() + self.config.lease_timeout_s
@@ -292,6 +293,14 @@ class SchedulerCore:
                 self.suspect(f.parent)
         if done or failed:
             self._notify(wake_count(len(done), len(failed), self.config.wake_per_piece))
+
+    def _renew(self, t: TaskState, peer_id: str) -> None:
+        """A peer that reports (pieces, or a heartbeat while its reads go on) is alive and
+        working: its leases on the task start over, so that a slow origin piece is not handed
+        out again and read twice. A peer that stops reporting loses them at the deadline."""
+        deadline = self.clock() + self.config.lease_timeout_s
+        for lease in t.leases.get(peer_id, {}).values():
+            lease.deadline = deadline
 
     def expire_leases(self) -> None:
         """Release every lease past its deadline, so its piece is handed out again.

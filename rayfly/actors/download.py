@@ -69,6 +69,9 @@ class TaskOutcome:
 
 
 HASH_WINDOW_MAX = 128 << 20
+# while pieces are in flight and none finishes, the peer reports this often (renewing its
+# leases): well under the scheduler's lease timeout (60 s by default)
+HEARTBEAT_S = 5.0
 
 
 def hash_window_bytes(piece_size: int) -> int:
@@ -293,7 +296,11 @@ class Downloads:
                     for a in batch.assignments:
                         inflight[asyncio.ensure_future(self._piece(task, a, out, window))] = a.piece
                 if inflight:
-                    finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    finished, _ = await asyncio.wait(
+                        inflight, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not finished:  # slow reads: tell the scheduler this peer is still at it
+                        await self._exchange(task, [], [], 0, False)
                     self._settle(finished, inflight, slots, done, failed)
             if inflight:
                 # every piece is stored, but the last ones' coroutines may not have returned

@@ -38,6 +38,23 @@ def test_large_file_reaches_every_node_once_from_origin(ray_cluster, origin, ori
     assert report.to_arrow().num_rows == CLUSTER_NODES
 
 
+def test_an_origin_piece_slower_than_the_lease_is_read_once(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    """The reading peer's heartbeats renew its lease (20 s in this session): the piece is not
+    handed to another node and read from the origin a second time (it was: 2 GETs, 2.00x)."""
+    src = make_file(origin_root / "slow.bin", 4 * MiB, seed=5)
+    origin.rate = 140 * 1024  # the piece's last byte leaves after ~22 s
+    try:
+        url = origin.url + "slow.bin"
+        report = rayfly.distribute(url, str(tmp_path / "{node_id}.bin"), piece_size=4 * MiB)
+    finally:
+        origin.rate = None
+    assert report.ok, str(report)
+    assert {sha256_file(p) for p in tmp_path.glob("*.bin")} == {sha256_file(src)}
+    assert origin.gets_arrived["/slow.bin"] == 1
+
+
 def test_later_request_is_served_from_caches(ray_cluster, origin, origin_root, tmp_path):
     make_file(origin_root / "again.bin", 6 * MiB, seed=2)
     url = origin.url + "again.bin"

@@ -61,6 +61,24 @@ def test_expired_lease_is_handed_out_again():
     assert again.parent is None
 
 
+def test_a_peer_that_reports_keeps_its_leases_past_the_timeout():
+    """A slow origin piece (a pack of small files, a throttled origin) outlives the lease; the
+    peer's reports, heartbeats included, renew it, so the piece is not read twice."""
+    c, now = core(parallelism=1)
+    c.join("t", "a", "ha", 4)
+    c.join("t", "b", "hb", 4)
+    (lease,) = c.plan("t", "a", 1).assignments
+    for _ in range(3):  # 24 s of a 10 s lease, a heartbeat every 8 s
+        now[0] += 8
+        c.report("t", "a", [], [])
+        c.expire_leases()
+    assert lease.piece in c.tasks["t"].origin_inflight
+    assert c.plan("t", "b", 8).assignments == []  # nothing handed out twice
+    now[0] += 11  # the peer went quiet: its lease runs out
+    c.expire_leases()
+    assert c.plan("t", "b", 1).assignments[0].piece == lease.piece
+
+
 def test_dead_parent_is_forgotten_and_its_pieces_come_from_origin_again():
     c, _ = core()
     c.join("t", "a", "ha", 4, have={i: "d" for i in range(8)})
