@@ -32,6 +32,7 @@ from ray.exceptions import (
 
 from rayfly import metrics, source
 from rayfly.actors.links import Links, ParentGone
+from rayfly.actors.piece_reads import PieceReader
 from rayfly.actors.retry import first_line
 from rayfly.config import PeerConfig
 from rayfly.errors import (
@@ -47,7 +48,6 @@ from rayfly.http_direct import BUFFERS
 from rayfly.piecemem import HashWindow, HotPieces
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.ratelimit import TokenBucket, take_all
-from rayfly.source_pack import read_task_range
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
 
@@ -78,12 +78,6 @@ def hash_window_bytes(piece_size: int) -> int:
     """How many bytes of pieces that arrived ahead of the in-order hash a task keeps in memory:
     16 pieces, at most :data:`HASH_WINDOW_MAX` (and always one piece)."""
     return max(piece_size, min(HASH_WINDOW_MAX, 16 * piece_size))
-
-
-async def _unbox(box: Any) -> tuple[Any, Any]:
-    """A parent answers with ``[reference]``: the reference, and its value pulled here."""
-    refs = await box
-    return refs[0], await refs[0]
 
 
 class _Fatal(Exception):
@@ -123,8 +117,6 @@ class Downloads:
         local_ip: str | None = None,
     ):
         self.node_id = node_id
-        self.local_ip = local_ip  # read same-host parents' files directly (None: never)
-        self.pieces_read_local = 0
         self.config = config
         self.store = store
         self.links = links
@@ -134,8 +126,8 @@ class Downloads:
         self.jobs: dict[str, asyncio.Task[TaskOutcome]] = {}
         self.hot = hot
         self._ready: dict[str, list[asyncio.Event]] = {}
-        self._origin_pool = ThreadPoolExecutor(64, thread_name_prefix="rayfly-origin")
         self._disk_pool = ThreadPoolExecutor(8, thread_name_prefix="rayfly-disk")
+        self.reader = PieceReader(config, links, local_ip, self.disk_io)
 
     async def disk_io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking disk and hashing work on the disk pool."""
@@ -365,62 +357,6 @@ class Downloads:
             want += 1
         return want
 
-    async def _from_parent(self, task: TaskInfo, parent: str, index: int) -> tuple[Any, Any]:
-        """Piece ``index`` from ``parent``'s peer: its object reference and the bytes, pulled
-        into this node's object store (the reference is kept to serve the piece onwards).
-
-        A cached handle may point at an actor that died and was replaced on the same node: on an
-        actor error the handle is looked up again once, so only a parent that is really gone is
-        reported dead.
-        """
-        for attempt in range(2):
-            box = self.links.peer(parent).read_piece.remote(task.task_id, index)
-            try:
-                return await asyncio.wait_for(_unbox(box), self.config.piece_timeout_s)
-            except ActorUnavailableError:
-                raise
-            except RayActorError:
-                self.links.forget(parent)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _read(self, task: TaskInfo, a: Any) -> tuple[Any, Any]:
-        """The bytes of assignment ``a``, and their object reference when they came from a
-        parent (None from the origin)."""
-        start, end = task.piece_range(a.piece)
-        if a.parent is None:
-            return None, await read_task_range(task, start, end, self._origin_pool)
-        data = await self._read_local(task, a) if self.local_ip and a.digest else None
-        if data is not None:
-            return None, data
-        return await self._from_parent(task, a.parent, a.piece)
-
-    async def _read_local(self, task: TaskInfo, a: Any) -> np.ndarray | None:
-        """Piece ``a.piece`` read straight from the file of a parent on this host whose piece
-        store this process sees, checked against its digest; None when that cannot be done
-        (another host, a store out of sight, a file gone or not matching): the caller then
-        asks the parent, which checks its own copy and drops it if it is corrupt."""
-        try:
-            where = self.links.store_of(a.parent, self.local_ip or "")
-            root = await asyncio.wait_for(where, self.config.piece_timeout_s)
-        except (RayActorError, RayTaskError, ParentGone, asyncio.TimeoutError):
-            return None  # the parent's actor path reports what is wrong with it
-        if root is None:
-            return None
-        start, end = task.piece_range(a.piece)
-        buf = BUFFERS.take(end - start)
-        try:
-            data = await self.disk_io(
-                PieceStore.read_range_at, root, task.task_id, start, end, a.digest, buf
-            )
-        except (OSError, RayflyError) as exc:
-            log.info("piece %d: not read from %s's store (%s)", a.piece, a.parent, exc)
-            BUFFERS.give(buf)
-            return None
-        self.pieces_read_local += 1
-        return data
-
     async def _piece(
         self, task: TaskInfo, a: Any, out: TaskOutcome, window: HashWindow
     ) -> Done | Failed:
@@ -431,7 +367,7 @@ class Downloads:
         t0 = time.time()
         await self._take_rate(task, a.parent is None, end - start)
         try:
-            ref, data = await self._read(task, a)
+            ref, data = await self.reader.read(task, a)
             digest = await self.disk_io(
                 self.store.write_piece, task.task_id, a.piece, data, a.digest
             )

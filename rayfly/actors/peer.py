@@ -139,7 +139,7 @@ class Peer:
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
             "pieces_served_from_memory": self.pieces_served_hot,
-            "pieces_read_from_local_stores": self.downloads.pieces_read_local,
+            "pieces_read_from_local_stores": self.downloads.reader.pieces_read_local,
             "local_reads": self.node.local_reads,
             "serve_memory": {"limit": self.hot.limit, "held": self.hot.held},
         }

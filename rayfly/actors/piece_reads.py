@@ -1,0 +1,107 @@
+"""Where a piece's bytes come from: the origin, the store of a parent on this host (read from
+its file), or a parent's actor (through Ray's object store)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+from rayfly.actors.links import Links, ParentGone
+from rayfly.config import PeerConfig
+from rayfly.errors import RayflyError
+from rayfly.http_direct import BUFFERS
+from rayfly.source_pack import read_task_range
+from rayfly.storage import PieceStore
+from rayfly.task import TaskInfo
+
+log = logging.getLogger(__name__)
+
+
+async def _unbox(box: Any) -> tuple[Any, Any]:
+    """A parent answers with ``[reference]``: the reference, and its value pulled here."""
+    refs = await box
+    return refs[0], await refs[0]
+
+
+class PieceReader:
+    """Reads the bytes of one assignment for a node's downloads.
+
+    ``local_ip``: this node's IP, to read pieces of same-host parents whose store this process
+    sees straight from their files (None: never); ``disk_io`` runs blocking reads off the loop.
+    """
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        links: Links,
+        local_ip: str | None,
+        disk_io: Callable[..., Awaitable[Any]],
+    ):
+        self.config = config
+        self.links = links
+        self.local_ip = local_ip
+        self.disk_io = disk_io
+        self.origin_pool = ThreadPoolExecutor(64, thread_name_prefix="rayfly-origin")
+        self.pieces_read_local = 0
+
+    async def _from_parent(self, task: TaskInfo, parent: str, index: int) -> tuple[Any, Any]:
+        """Piece ``index`` from ``parent``'s peer: its object reference and the bytes, pulled
+        into this node's object store (the reference is kept to serve the piece onwards).
+
+        A cached handle may point at an actor that died and was replaced on the same node: on an
+        actor error the handle is looked up again once, so only a parent that is really gone is
+        reported dead.
+        """
+        for attempt in range(2):
+            box = self.links.peer(parent).read_piece.remote(task.task_id, index)
+            try:
+                return await asyncio.wait_for(_unbox(box), self.config.piece_timeout_s)
+            except ActorUnavailableError:
+                raise
+            except RayActorError:
+                self.links.forget(parent)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def read(self, task: TaskInfo, a: Any) -> tuple[Any, Any]:
+        """The bytes of assignment ``a``, and their object reference when they came from a
+        parent (None from the origin)."""
+        start, end = task.piece_range(a.piece)
+        if a.parent is None:
+            return None, await read_task_range(task, start, end, self.origin_pool)
+        data = await self._read_local(task, a) if self.local_ip and a.digest else None
+        if data is not None:
+            return None, data
+        return await self._from_parent(task, a.parent, a.piece)
+
+    async def _read_local(self, task: TaskInfo, a: Any) -> np.ndarray | None:
+        """Piece ``a.piece`` read straight from the file of a parent on this host whose piece
+        store this process sees, checked against its digest; None when that cannot be done
+        (another host, a store out of sight, a file gone or not matching): the caller then
+        asks the parent, which checks its own copy and drops it if it is corrupt."""
+        try:
+            where = self.links.store_of(a.parent, self.local_ip or "")
+            root = await asyncio.wait_for(where, self.config.piece_timeout_s)
+        except (RayActorError, RayTaskError, ParentGone, asyncio.TimeoutError):
+            return None  # the parent's actor path reports what is wrong with it
+        if root is None:
+            return None
+        start, end = task.piece_range(a.piece)
+        buf = BUFFERS.take(end - start)
+        try:
+            data = await self.disk_io(
+                PieceStore.read_range_at, root, task.task_id, start, end, a.digest, buf
+            )
+        except (OSError, RayflyError) as exc:
+            log.info("piece %d: not read from %s's store (%s)", a.piece, a.parent, exc)
+            BUFFERS.give(buf)
+            return None
+        self.pieces_read_local += 1
+        return data
