@@ -265,8 +265,6 @@ class SchedulerCore:
         t = self._task(task_id)
         self._renew(t, peer_id)
         known = self.knows(task_id, peer_id)  # a forgotten peer declares its pieces on rejoin
-        if t.streamer == peer_id:
-            t.stream_deadline = self.clock() + self.config.lease_timeout_s
         for d in done:
             self._release(t, peer_id, d.piece)
             if d.parent in self.peers and d.seconds > 0:
@@ -301,6 +299,8 @@ class SchedulerCore:
         deadline = self.clock() + self.config.lease_timeout_s
         for lease in t.leases.get(peer_id, {}).values():
             lease.deadline = deadline
+        if t.streamer == peer_id:
+            t.stream_deadline = deadline
 
     def expire_leases(self) -> None:
         """Release every lease past its deadline, so its piece is handed out again.
