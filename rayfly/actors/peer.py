@@ -182,18 +182,22 @@ class Peer:
         return known
 
     # --- serving ------------------------------------------------------------------------------
-    async def read_piece(self, task_id: str, index: int) -> list[ray.ObjectRef]:
+    async def read_piece(self, task_id: str, index: int, cold: bool = False) -> list[ray.ObjectRef]:
         """A verified piece for another peer, as ``[object reference]`` (the caller pulls it
         from whichever node's object store holds it); raises PieceUnavailable if not held.
 
         A piece this node received from a parent or served lately is handed out as the reference
         it already has (no disk read, no copy); any other is read from disk, checked against its
-        digest, put into the object store once and kept hot for the next child."""
+        digest, put into the object store once and kept hot for the next child. ``cold``: the
+        caller could not pull the reference handed out before (its owner, the node this one
+        received it from, died): it is dropped and the piece read from disk."""
         self.uploads += 1
         try:
             nbytes = self.store.piece_length(task_id, index)  # PieceUnavailable if not held
             if self._upload_limit.rate:
                 await self._upload_limit.take(nbytes)
+            if cold:
+                self.hot.drop(task_id, index)
             ref = None if self._corrupt_served else self.hot.get(task_id, index)
             if ref is None:
                 ref = await self.downloads.disk_io(self._put_piece, task_id, index)
@@ -228,16 +232,19 @@ class Peer:
         await self._removed([task_id], "cached copy corrupt")
 
     async def wait_piece(
-        self, task_id: str, index: int, from_file: bool = False
+        self, task_id: str, index: int, from_file: bool = False, cold: bool = False
     ) -> list[ray.ObjectRef]:
         """Wait until piece ``index`` of a prepared task is verified here; ``[its reference]``
         (for the node's mirror): the one kept hot when the piece came from another node, else
         the piece read from disk into the object store once; with ``from_file`` (a caller on
-        this node that reads the store's data file itself) ``[]`` instead of that copy."""
+        this node that reads the store's data file itself) ``[]`` instead of that copy.
+        ``cold``: the reference handed out before could not be pulled (its owner died)."""
         if self.downloads.tracked(task_id):
             await self.downloads.wait_verified(task_id, index)
         elif not self.store.has(task_id):
             raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
+        if cold:
+            self.hot.drop(task_id, index)
         ref = self.hot.get(task_id, index)
         if ref is None:
             if from_file:

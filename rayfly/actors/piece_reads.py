@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.links import Links, ParentGone
 from rayfly.config import PeerConfig
@@ -56,10 +56,12 @@ class PieceReader:
 
         A cached handle may point at an actor that died and was replaced on the same node: on an
         actor error the handle is looked up again once, so only a parent that is really gone is
-        reported dead.
+        reported dead. A reference the parent relayed whose owner (the node it came from) died
+        cannot be pulled: the parent is asked once more for its own copy, from its disk.
         """
+        cold = False
         for attempt in range(2):
-            box = self.links.peer(parent).read_piece.remote(task.task_id, index)
+            box = self.links.peer(parent).read_piece.remote(task.task_id, index, cold)
             try:
                 return await asyncio.wait_for(_unbox(box), self.config.piece_timeout_s)
             except ActorUnavailableError:
@@ -68,6 +70,10 @@ class PieceReader:
                 self.links.forget(parent)
                 if attempt:
                     raise
+            except OwnerDiedError:
+                if attempt:
+                    raise
+                cold = True
         raise AssertionError("unreachable")
 
     async def read(self, task: TaskInfo, a: Any) -> tuple[Any, Any]:

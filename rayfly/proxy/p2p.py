@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.retry import unwrap
 from rayfly.errors import RayflyError
@@ -53,11 +53,13 @@ class _SharedPieces:
         self._refs: dict[int, Any] = {}
         self._positions: dict[int, int] = {}
 
-    def ref(self, index: int) -> Any:
-        """The (one) request for piece ``index``."""
+    def ref(self, index: int, cold: bool = False) -> Any:
+        """The (one) request for piece ``index``; ``cold``: the peer's reference to it could
+        not be pulled (its owner died), so the peer is asked for its own copy."""
         if index not in self._refs:
             from_file = self._owner.store_root is not None
-            self._refs[index] = self._owner.peer.wait_piece.remote(self._task_id, index, from_file)
+            peer = self._owner.peer
+            self._refs[index] = peer.wait_piece.remote(self._task_id, index, from_file, cold)
         return self._refs[index]
 
     def forget(self, index: int, ref: Any) -> None:
@@ -95,8 +97,9 @@ class _P2PHandle:
     async def _get(self, index: int) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _PREPARE_GRACE_S
+        cold = False
         while True:
-            ref = self._shared.ref(index)
+            ref = self._shared.ref(index, cold)
             try:
                 box = await ref  # [the piece's reference]: pulled into this node's store once
                 if not box:  # verified in the node's store and not in memory: read its file
@@ -104,6 +107,12 @@ class _P2PHandle:
                     size = min(self.piece_size, self.length - start)
                     return await self._owner.read_stored(self._digest, start, size)
                 return await box[0]
+            except OwnerDiedError:
+                # a piece the peer relayed from a node that died since: once, from its disk
+                self._shared.forget(index, ref)
+                if cold:
+                    raise
+                cold = True
             except RayActorError:
                 # the node's peer died; a new one must download the blob again, so restart it
                 self._shared.forget(index, ref)

@@ -190,6 +190,32 @@ def test_pieces_only_the_dead_node_held_come_from_the_origin_once_more(
     assert origin.bytes_served <= 2 * size
 
 
+def test_pieces_relayed_from_a_dead_node_are_served_from_the_relays_disk(
+    ray_cluster, origin, origin_root, tmp_path, extra_node
+):
+    """A peer keeps the references it received to serve them onwards; when the node they came
+    from dies, Ray cannot pull them any more (their owner is gone), yet the relay holds every
+    piece on disk: its children get them from there, not from the origin again."""
+    size, piece = 16 * MiB, 1 * MiB
+    src = make_file(origin_root / "relayed.bin", size, seed=84)
+    url = origin.url + src.name
+    first = rayfly.distribute(
+        url, str(tmp_path / "e.bin"), nodes=[extra_node.node_id], piece_size=piece
+    )
+    assert first.ok and origin.bytes_served == size, str(first)
+    others = [n.node_id for n in placement.alive_nodes() if n.node_id != extra_node.node_id]
+    relay, child = others[:2]
+    relayed = rayfly.distribute(url, str(tmp_path / "relay.bin"), nodes=[relay], piece_size=piece)
+    assert relayed.ok and relayed.origin_bytes == 0, str(relayed)
+    extra_node.kill()
+    extra_node.wait_dead()
+    report = rayfly.distribute(url, str(tmp_path / "child.bin"), nodes=[child], piece_size=piece)
+    assert report.ok, str(report)
+    assert sha256_file(tmp_path / "child.bin") == sha256_file(src)
+    assert origin.bytes_served == size, origin.log  # nothing read twice
+    assert report.origin_bytes == 0, str(report)
+
+
 def test_a_restarted_scheduler_learns_what_the_nodes_hold(
     ray_cluster, origin, origin_root, tmp_path
 ):
