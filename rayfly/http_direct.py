@@ -5,11 +5,11 @@ fsspec's aiohttp client hands a body over in chunks that are joined afterwards, 
 work on the peer's event loop for every chunk: about 1.3 CPU-s per GiB here. A blocking
 HTTP/1.1 request on one of the peer's origin threads (a keep-alive connection per thread and
 origin) reads the body into the piece's buffer with ``readinto``: one copy, out of the event
-loop, about 0.55 CPU-s per GiB (docs/BENCHMARKS.md). Buffers come from :data:`BUFFERS`; the
-peer gives each back once its bytes are written and hashed. The request and the checks of the answer
-are the same (conditional headers, validators, ``Content-Range``, a 200 to a ranged read);
-anything this path does not handle (a redirect, credentials in the URL, storage options) is
-left to the fsspec path (:class:`NotDirect`).
+loop, about 0.55 CPU-s per GiB (docs/BENCHMARKS.md). Buffers come from
+:data:`rayfly.piecemem.BUFFERS`; the peer gives each back once its bytes are written and hashed.
+The request and the checks of the answer are the same (conditional headers, validators,
+``Content-Range``, a 200 to a ranged read); anything this path does not handle (a redirect,
+credentials in the URL, storage options) is left to the fsspec path (:class:`NotDirect`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rayfly.errors import RangeIgnored, RayflyError
-from rayfly.piecemem import BufferPool
+from rayfly.piecemem import BUFFERS
 from rayfly.source_http import IDENTITY, OriginStatus, check_response, conditions
 from rayfly.version import Version
 
 TIMEOUT_S = 60.0
 _local = threading.local()
-BUFFERS = BufferPool(64 << 20)  # free piece buffers kept for the next reads of this process
 
 
 class NotDirect(RayflyError):

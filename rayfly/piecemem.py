@@ -136,3 +136,7 @@ class BufferPool:
                 return
             self._free.setdefault(buf.nbytes, []).append(buf)
             self.free_bytes += buf.nbytes
+
+
+BUFFERS = BufferPool(64 << 20)
+"""Free piece buffers kept for the next reads of this process (origin reads, local reads)."""

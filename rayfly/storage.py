@@ -135,11 +135,16 @@ class PieceStore:
 
     @staticmethod
     def read_range_at(
-        root: str | Path, task_id: str, start: int, end: int, expected: str, into: np.ndarray
+        root: str | Path,
+        task_id: str,
+        start: int,
+        end: int,
+        expected: str | None,
+        into: np.ndarray,
     ) -> np.ndarray:
         """Bytes ``start..end`` of a task's data file in the store at ``root`` (another peer's
-        store on this host) read into ``into`` (``end - start`` bytes), checked against the
-        piece digest ``expected``.
+        store on this host, or the node's store read by its mirror) read into ``into``
+        (``end - start`` bytes), checked against the piece digest ``expected`` if given.
 
         :class:`PieceCorrupt` when they do not match (that store is evicting or rewriting the
         task, or its file changed), :class:`StorageError` on a short read, OSError when the
@@ -153,7 +158,7 @@ class PieceStore:
             os.close(fd)
         if got != end - start:
             raise StorageError(f"short read of bytes {start}-{end} of task {task_id} at {root}")
-        if piece_digest(buf) != expected:
+        if expected is not None and piece_digest(buf) != expected:
             raise PieceCorrupt(f"bytes {start}-{end} of task {task_id} at {root} do not match")
         return buf
 
@@ -292,8 +297,18 @@ class PieceStore:
         entry = self._entries.get(task_id)
         return entry is not None and entry.complete
 
-    def write_piece(self, task_id: str, index: int, data: Any, expected: str | None = None) -> str:
-        """Verify ``data`` against ``expected`` (if given), write it, and return its digest."""
+    def write_piece(
+        self,
+        task_id: str,
+        index: int,
+        data: Any,
+        expected: str | None = None,
+        digest: str | None = None,
+    ) -> str:
+        """Verify ``data`` against ``expected`` (if given), write it, and return its digest.
+
+        ``digest``: the digest of ``data`` when the caller computed it already (it read the
+        bytes and checked them), so that they are not hashed twice."""
         entry = self._require(task_id)
         start, end = piece_bounds(entry.length, entry.piece_size, index)
         view = memoryview(data).cast("B")
@@ -301,7 +316,8 @@ class PieceStore:
             raise PieceCorrupt(
                 f"piece {index} of task {task_id} has {len(view)} bytes, expected {end - start}"
             )
-        digest = piece_digest(view)
+        if digest is None:
+            digest = piece_digest(view)
         if expected is not None and digest != expected:
             raise PieceCorrupt(f"piece {index} of task {task_id}: digest {digest} != {expected}")
         if index in entry.have:

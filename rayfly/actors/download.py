@@ -44,8 +44,7 @@ from rayfly.errors import (
     RayflyError,
     SourceError,
 )
-from rayfly.http_direct import BUFFERS
-from rayfly.piecemem import HashWindow, HotPieces
+from rayfly.piecemem import BUFFERS, HashWindow, HotPieces
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.ratelimit import TokenBucket, take_all
 from rayfly.storage import PieceStore
@@ -367,15 +366,15 @@ class Downloads:
         t0 = time.time()
         await self._take_rate(task, a.parent is None, end - start)
         try:
-            ref, data = await self.reader.read(task, a)
+            got = await self.reader.read(task, a)
             digest = await self.disk_io(
-                self.store.write_piece, task.task_id, a.piece, data, a.digest
+                self.store.write_piece, task.task_id, a.piece, got.data, a.digest, got.digest
             )
-            if ref is not None:  # verified: serve it onwards as it is
-                self.hot.put(task.task_id, a.piece, ref, end - start)
-            if not window.offer(a.piece, data, end - start):
-                BUFFERS.give(data)  # written, and the hash reads it back later
-            del data, ref
+            if got.ref is not None:  # verified: serve it onwards as it is
+                self.hot.put(task.task_id, a.piece, got.ref, end - start)
+            if not window.offer(a.piece, got.data, end - start):
+                BUFFERS.give(got.data)  # written, and the hash reads it back later
+            del got
         except OriginUnreachable as exc:
             return Failed(a.piece, None, str(exc))
         except RangeIgnored as exc:

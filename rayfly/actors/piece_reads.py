@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError,
 from rayfly.actors.links import Links, ParentGone
 from rayfly.config import PeerConfig
 from rayfly.errors import RayflyError
-from rayfly.http_direct import BUFFERS
+from rayfly.piecemem import BUFFERS
 from rayfly.source_pack import read_task_range
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
@@ -27,6 +28,16 @@ async def _unbox(box: Any) -> tuple[Any, Any]:
     """A parent answers with ``[reference]``: the reference, and its value pulled here."""
     refs = await box
     return refs[0], await refs[0]
+
+
+@dataclass
+class Read:
+    """A piece's bytes; ``ref``: their object reference when a parent's actor handed them
+    over (kept to serve them onwards); ``digest``: set when they were checked against it."""
+
+    data: Any
+    ref: Any = None
+    digest: str | None = None
 
 
 class PieceReader:
@@ -76,16 +87,16 @@ class PieceReader:
                 cold = True
         raise AssertionError("unreachable")
 
-    async def read(self, task: TaskInfo, a: Any) -> tuple[Any, Any]:
-        """The bytes of assignment ``a``, and their object reference when they came from a
-        parent (None from the origin)."""
+    async def read(self, task: TaskInfo, a: Any) -> Read:
+        """The bytes of assignment ``a``."""
         start, end = task.piece_range(a.piece)
         if a.parent is None:
-            return None, await read_task_range(task, start, end, self.origin_pool)
+            return Read(await read_task_range(task, start, end, self.origin_pool))
         data = await self._read_local(task, a) if self.local_ip and a.digest else None
         if data is not None:
-            return None, data
-        return await self._from_parent(task, a.parent, a.piece)
+            return Read(data, digest=a.digest)
+        ref, data = await self._from_parent(task, a.parent, a.piece)
+        return Read(data, ref=ref)
 
     async def _read_local(self, task: TaskInfo, a: Any) -> np.ndarray | None:
         """Piece ``a.piece`` read straight from the file of a parent on this host whose piece

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.retry import unwrap
@@ -229,20 +230,15 @@ class P2PBlobs:
             return None
         return _FileHandle(fd, entry.length, entry.piece_size)
 
-    async def read_stored(self, digest: Digest, start: int, size: int) -> bytes:
+    async def read_stored(self, digest: Digest, start: int, size: int) -> np.ndarray:
         """Bytes of the blob's data file in the node's piece store (pieces the peer verified
-        there while the blob downloads); OSError if the file is gone."""
+        there while the blob downloads); OSError if the file is gone, StorageError if short."""
         assert self.store_root is not None
-        path = PieceStore.data_path_at(self.store_root, digest.task_id)
-
-        def pread() -> bytes:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                return os.pread(fd, size, start)
-            finally:
-                os.close(fd)
-
-        return await asyncio.to_thread(pread)
+        buf = np.empty(size, dtype=np.uint8)
+        read = PieceStore.read_range_at
+        return await asyncio.to_thread(
+            read, self.store_root, digest.task_id, start, start + size, None, buf
+        )
 
     async def local_path(self, digest: Digest) -> Path | None:
         """The piece store's data file of the blob, if complete and verified on this node."""

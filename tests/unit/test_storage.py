@@ -302,6 +302,25 @@ def test_another_store_on_this_host_is_read_directly_only_where_it_is_seen(tmp_p
         PieceStore.read_range_at(root, "t" * 64, 0, 1024, digest, buf)
     with pytest.raises(FileNotFoundError):
         PieceStore.read_range_at(root, "u" * 64, 0, 1024, digest, buf)
+    unchecked = PieceStore.read_range_at(root, "t" * 64, 0, 1024, None, buf)  # the mirror's read
+    assert bytes(unchecked) == bytes(1024)
+    with pytest.raises(StorageError):  # past the end of the file: short
+        PieceStore.read_range_at(root, "t" * 64, 2048, 3072 + 1024, None, np.empty(2048, np.uint8))
     assert visible_store(view, "10.0.0.2") is None  # another host, even on a shared disk
     assert visible_store({**view, "ino": ino + 1}, "10.0.0.1") is None  # another mount
     assert visible_store({**view, "root": str(tmp_path / "gone")}, "10.0.0.1") is None
+
+
+def test_a_piece_checked_by_its_reader_is_not_hashed_again(tmp_path, monkeypatch):
+    store = PieceStore(tmp_path / "s", 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
+    store.begin("t" * 64, 2048, 1024)
+    data = b"y" * 1024
+    digest = piece_digest(data)
+    calls = []
+    monkeypatch.setattr("rayfly.storage.piece_digest", lambda v: calls.append(v) or digest)
+    assert store.write_piece("t" * 64, 0, data, digest, digest) == digest
+    assert calls == []  # the reader's digest stands
+    with pytest.raises(PieceCorrupt):  # a reader's digest that is not the expected one
+        store.write_piece("t" * 64, 1, data, digest, "0" * len(digest))
+    assert store.write_piece("t" * 64, 1, data, digest) == digest and len(calls) == 1
+    assert bytes(store.read_piece("t" * 64, 0)) == data
