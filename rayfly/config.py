@@ -194,7 +194,9 @@ class NodeConfig:
     to serve them again without a disk read (``serve_memory``; default: a quarter of the node's
     object store, at most 256 MiB; 0: always from disk); and whether a piece held by a parent on
     this host, whose piece store this node sees, is read from that store's file directly
-    instead of through the object store (``local_reads``, default on)."""
+    instead of through the object store (``local_reads``, default on); and whether the piece
+    store writes aligned pieces with ``O_DIRECT``, past the page cache (``direct_io``, default
+    on where the filesystem allows it)."""
 
     download_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
     upload_rate: float | None = dataclasses.field(default=None, metadata={"parse": parse_rate})
@@ -207,6 +209,7 @@ class NodeConfig:
     gc_interval: float | None = dataclasses.field(default=900.0, metadata={"parse": parse_duration})
     serve_memory: int | None = dataclasses.field(default=None, metadata={"parse": parse_size})
     local_reads: bool = dataclasses.field(default=True, metadata={"parse": parse_switch})
+    direct_io: bool = dataclasses.field(default=True, metadata={"parse": parse_switch})
 
 
 def _coerce(raw: str, kind: type) -> Any:

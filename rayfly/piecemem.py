@@ -100,9 +100,13 @@ class HotPieces(Generic[V]):
         return len(self._items)
 
 
+PAGE = 4096
+
+
 class BufferPool:
     """Uninitialised byte buffers for piece reads, reused: :meth:`take` one, :meth:`give` it
     back when nothing uses its bytes any more; up to ``keep`` bytes of free buffers are kept.
+    Buffers start on a page (:data:`PAGE`), so that the store can write them with ``O_DIRECT``.
 
     Only buffers this pool made are taken back (anything else given is ignored), so a caller
     may hand back whatever a read returned. Thread-safe.
@@ -122,7 +126,9 @@ class BufferPool:
             if free:
                 self.free_bytes -= nbytes
                 return free.pop()
-        buf = np.empty(nbytes, dtype=np.uint8)
+        raw = np.empty(nbytes + PAGE - 1, dtype=np.uint8)
+        skip = -int(raw.ctypes.data) % PAGE
+        buf = raw[skip : skip + nbytes]
         with self._lock:
             self._made[id(buf)] = buf
         return buf

@@ -78,7 +78,9 @@ class Peer:
         policy = GcPolicy(
             config.cache_quota, node.cache_ttl, node.cache_high_watermark, node.cache_low_watermark
         )
-        self.store = PieceStore(self.cache.store_dir, config.cache_quota, policy=policy)
+        self.store = PieceStore(
+            self.cache.store_dir, config.cache_quota, policy=policy, direct_io=node.direct_io
+        )
         limits = NodeLimits(
             TokenBucket(node.download_rate),
             TokenBucket(node.upload_rate),
@@ -141,6 +143,8 @@ class Peer:
             "pieces_served_from_memory": self.pieces_served_hot,
             "pieces_read_from_local_stores": self.downloads.reader.pieces_read_local,
             "local_reads": self.node.local_reads,
+            "direct_io": self.store.direct_io,
+            "pieces_written_direct": self.store.direct_writes,
             "serve_memory": {"limit": self.hot.limit, "held": self.hot.held},
         }
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from rayfly.actors.download import HASH_WINDOW_MAX, hash_window_bytes
-from rayfly.piecemem import BufferPool, HashWindow, HotPieces
+from rayfly.piecemem import PAGE, BufferPool, HashWindow, HotPieces
 
 
 def test_hash_window_keeps_pieces_ahead_until_their_turn():
@@ -79,3 +79,11 @@ def test_buffer_pool_reuses_only_its_own_buffers_within_its_limit():
         pool.give(buf)
     assert pool.free_bytes == 2048  # the third did not fit
     assert pool.take(512) is not c  # another size: a new buffer
+
+
+def test_pool_buffers_start_on_a_page_for_direct_writes():
+    pool = BufferPool(keep=0)
+    for n in (1, 4096, 5000, 1 << 20):
+        buf = pool.take(n)
+        assert len(buf) == n and buf.ctypes.data % PAGE == 0
+        buf[:] = 1  # all of it is writable memory of its own
