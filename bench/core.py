@@ -189,6 +189,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         / (cpu_med["fsspec"] + cpu_med["sha256"]),
         "load_avg_1m": os.getloadavg()[0],
         "mb_per_s": {k: args.size / v / 1e6 for k, v in med.items()},
+        "pieces_written_direct": ray.get(peer.info.remote())["pieces_written_direct"],
     }
 
 
@@ -253,6 +254,10 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "bench": "cluster",
         "local_reads": os.environ.get("RAYFLY_LOCAL_READS", "on"),
+        "pieces_written_direct": sum(
+            ray.get(p.info.remote())["pieces_written_direct"]
+            for p in placement.existing_peers().values()
+        ),
         "nodes": args.nodes,
         "size": args.size,
         "runs": runs,
@@ -281,8 +286,15 @@ def main() -> None:
         default="on",
         help="cluster: RAYFLY_LOCAL_READS of the simulated nodes (they share this host)",
     )
+    parser.add_argument(
+        "--direct-io",
+        choices=["on", "off"],
+        default="on",
+        help="RAYFLY_DIRECT_IO of the nodes: aligned pieces written past the page cache",
+    )
     args = parser.parse_args()
     os.environ["RAYFLY_LOCAL_READS"] = args.local_reads
+    os.environ["RAYFLY_DIRECT_IO"] = args.direct_io
     work = Path(tempfile.mkdtemp(prefix="rayfly-bench-"))
     try:
         doc = {"single": single, "memory": memory, "cluster": cluster}[args.which](args, work)
@@ -290,6 +302,7 @@ def main() -> None:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     doc["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    doc["direct_io"] = args.direct_io
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as fh:
         fh.write(json.dumps(doc) + "\n")

@@ -311,10 +311,10 @@ class PieceStore:
                     f.close()
 
     def _open_direct(self, path: Path) -> int | None:
-        """``path`` opened for ``O_DIRECT`` writes; None (and no more tries) where the
-        filesystem refuses them."""
+        """``path`` opened for ``O_DIRECT`` reads and writes; None (and no more tries) where
+        the filesystem refuses them."""
         try:
-            return os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+            return os.open(path, os.O_RDWR | getattr(os, "O_DIRECT", 0))
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
@@ -392,9 +392,12 @@ class PieceStore:
         """Return the bytes of a verified piece as a uint8 array.
 
         With ``into`` (a buffer at least a piece long, reused by the caller) no memory is
-        allocated and a view of ``into`` is returned. With ``verify`` the bytes are checked
-        against the digest recorded when the piece was written (:class:`PieceCorrupt` if the
-        file changed since: a disk error, or someone writing into the cache).
+        allocated and a view of ``into`` is returned; while the task downloads, an aligned
+        ``into`` is read past the page cache like the writes (the read-back for the task's hash
+        does not fill the page cache with what the writes kept out of it). With ``verify`` the
+        bytes are checked against the digest recorded when the piece was written
+        (:class:`PieceCorrupt` if the file changed since: a disk error, or someone writing into
+        the cache).
         """
         entry = self._require(task_id)
         if index not in entry.have:
@@ -402,7 +405,8 @@ class PieceStore:
         start, end = piece_bounds(entry.length, entry.piece_size, index)
         buf = np.empty(end - start, dtype=np.uint8) if into is None else into[: end - start]
         with self._open(task_id, entry) as f:
-            got = os.preadv(f.fd, [buf], start)
+            direct = f.direct is not None and aligned(memoryview(buf), start)
+            got = os.preadv(f.direct if direct else f.fd, [buf], start)  # type: ignore[arg-type]
         if got != end - start:
             raise StorageError(f"short read of piece {index} of task {task_id}")
         if verify and piece_digest(buf) != entry.digests.get(index):

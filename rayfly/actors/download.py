@@ -248,18 +248,37 @@ class Downloads:
 
     async def _hash(self, task: TaskInfo, window: HashWindow) -> str:
         """The task's sha256, in piece order as pieces land: from the bytes the window kept
-        when they arrived, else read back from the store."""
+        when they arrived, else read back from the store, the next piece's read overlapping
+        this one's hashing (two buffers from the pool, aligned for the store's direct reads)."""
         h = hashlib.sha256()
-        buf: np.ndarray | None = None
-        for i, event in enumerate(self.events(task)):
-            await event.wait()
+        events = self.events(task)
+        size = min(task.piece_size, task.length)
+        bufs: list[np.ndarray | None] = [None, None]
+
+        async def load(i: int) -> Any:
+            await events[i].wait()
             data = window.take(i)
             if data is None:
+                buf = bufs[i % 2]
                 if buf is None:
-                    buf = np.empty(min(task.piece_size, task.length), dtype=np.uint8)
+                    buf = bufs[i % 2] = BUFFERS.take(size)
                 data = await self.disk_io(self.store.read_piece, task.task_id, i, buf)
-            await self.disk_io(h.update, data)
-            BUFFERS.give(data)
+            return data
+
+        nxt = asyncio.ensure_future(load(0))
+        try:
+            for i in range(len(events)):
+                data = await nxt
+                if i + 1 < len(events):
+                    nxt = asyncio.ensure_future(load(i + 1))
+                await self.disk_io(h.update, data)
+                BUFFERS.give(data)
+        except BaseException:
+            nxt.cancel()  # its buffer may still be in a read: left to the garbage collector
+            raise
+        for buf in bufs:
+            if buf is not None:
+                BUFFERS.give(buf)
         return h.hexdigest()
 
     async def _fetch_all(
