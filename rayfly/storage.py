@@ -9,11 +9,12 @@ A task without ``meta.json`` is incomplete; incomplete tasks left by a crash are
 so a cache entry is either whole and verified or absent. Completed data files are made read-only:
 destinations hard-link them. The store knows nothing of Ray or networks.
 
-With ``direct_io``, pieces whose buffer, offset and length fall on :data:`ALIGN` are written
-with ``O_DIRECT``, past the page cache: on the VMs measured here a buffered write costs 1.6-2.3
-CPU-s per GiB when the kernel has to find fresh pages, a direct one 0.03 (docs/BENCHMARKS.md).
-Anything else (the last piece, a buffer from Ray's object store, a filesystem that refuses
-``O_DIRECT``, tmpfs say) is written through the page cache as before.
+With ``direct_io``, pieces whose offset and length fall on :data:`ALIGN` are written with
+``O_DIRECT``, past the page cache (a buffer that does not start on a page, as pieces in Ray's
+object store do, through an aligned copy): on the VMs measured here a buffered write costs
+1.6-2.3 CPU-s per GiB when the kernel has to find fresh pages, a direct one 0.03
+(docs/BENCHMARKS.md). Anything else (a short last piece, a filesystem that refuses
+``O_DIRECT``) is written through the page cache as before.
 """
 
 from __future__ import annotations
@@ -36,17 +37,19 @@ import xxhash
 
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
 from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, plan_gc
+from rayfly.piecemem import BUFFERS
 from rayfly.task import piece_bounds, piece_count, validate_task_id
 
 ALIGN = 4096
 """What ``O_DIRECT`` needs of a write's buffer address, file offset and length."""
 
 
-def aligned(view: memoryview, start: int) -> bool:
-    """Whether ``view`` written at ``start`` meets :data:`ALIGN` (address, offset, length)."""
+def aligned(view: memoryview, start: int, memory: bool = True) -> bool:
+    """Whether ``view`` written at ``start`` meets :data:`ALIGN`: offset, length and (with
+    ``memory``) the buffer's address."""
     if start % ALIGN or len(view) % ALIGN or not len(view):
         return False
-    return int(np.frombuffer(view, np.uint8).ctypes.data) % ALIGN == 0
+    return not memory or int(np.frombuffer(view, np.uint8).ctypes.data) % ALIGN == 0
 
 
 def piece_digest(data: Any) -> str:
@@ -322,16 +325,24 @@ class PieceStore:
             return None
 
     def _pwrite(self, f: _OpenFile, view: memoryview, start: int) -> int:
-        """Write ``view`` at ``start``: past the page cache when it is aligned for it."""
-        if f.direct is not None and aligned(view, start):
+        """Write ``view`` at ``start``: past the page cache when offset and length are aligned
+        for it, through an aligned copy when only the buffer is not (a piece in Ray's object
+        store starts 64 bytes into a page: a copy costs less than a page-cache write)."""
+        if f.direct is not None and aligned(view, start, memory=False):
+            bounce = None if aligned(view, start) else BUFFERS.take(len(view))
             try:
-                written = os.pwrite(f.direct, view, start)
+                if bounce is not None:
+                    np.copyto(bounce, np.frombuffer(view, np.uint8))
+                written = os.pwrite(f.direct, view if bounce is None else bounce, start)
                 self.direct_writes += 1
                 return written
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self.direct_io = False  # refused after all: through the page cache from now on
+            finally:
+                if bounce is not None:
+                    BUFFERS.give(bounce)
         return os.pwrite(f.fd, view, start)
 
     def _retire(self, task_id: str) -> None:
