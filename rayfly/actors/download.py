@@ -67,7 +67,7 @@ class TaskOutcome:
     timeline: list[tuple[float, int, bool]] = field(default_factory=list)
 
 
-HASH_WINDOW_MAX = 128 << 20
+HASH_WINDOW_MAX = 64 << 20
 # while pieces are in flight and none finishes, the peer reports this often (renewing its
 # leases): well under the scheduler's lease timeout (60 s by default)
 HEARTBEAT_S = 5.0
