@@ -154,6 +154,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     raylets = raylet_pids(ray.get_runtime_context().gcs_address)
     times: dict[str, list[float]] = {"fsspec": [], "rayfly": []}
     cpu: dict[str, list[float]] = {"fsspec": [], "rayfly": [], "raylet": [], "sha256": []}
+    tail: list[float] = []  # seconds from rayfly's last piece landing to its call returning
     ratios = []
     for i in range(args.runs):
         for method in ("fsspec", "rayfly") if i % 2 == 0 else ("rayfly", "fsspec"):
@@ -166,6 +167,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             else:
                 c0, r0 = cpu_seconds(pid), sum(map(cpu_seconds, raylets))
                 seconds, report = rayfly_once(url, str(dest / "payload.bin"))
+                tail.append(time.time() - max(t for t, _, _ in report.nodes[0].timeline))
                 used = cpu_seconds(pid) - c0
                 cpu["raylet"].append(sum(map(cpu_seconds, raylets)) - r0)
             times[method].append(seconds)
@@ -179,6 +181,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "bench": "single",
         "size": args.size,
         "runs": times,
+        "rayfly_tail_s": tail,
         "cpu_s": cpu,
         "median_s": med,
         "median_of_run_ratios": statistics.median(ratios),
