@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from rayfly.config import NAMESPACE, RAY_NODE_SETTINGS, node_cache_dir
+from rayfly.config import NAMESPACE, node_cache_dir
 from rayfly.errors import ClusterError
 
 _local: Any = None
@@ -119,8 +119,6 @@ def start_local_cluster(nodes: int, object_store_memory: int = 512 << 20) -> Any
     from ray.cluster_utils import Cluster
 
     _env()
-    for name, value in RAY_NODE_SETTINGS.items():  # the raylets inherit them
-        os.environ.setdefault(name, value)
     base = node_cache_dir()
     args = {"num_cpus": 1, "object_store_memory": object_store_memory}
     with _cache_dir(base):

@@ -18,12 +18,6 @@ from rayfly.errors import InvalidInput
 from rayfly.scheduling import piece_policy
 
 NAMESPACE = "rayfly"
-RAY_NODE_SETTINGS = {"RAY_object_manager_pull_timeout_ms": "60000"}
-"""Ray settings for the environment of every ``ray start`` of a cluster rayfly runs on (set for
-the clusters rayfly starts itself). Ray asks again for an object whose pull has not finished
-within ``object_manager_pull_timeout_ms`` (10 s by default) while the first transfer goes on:
-on 100 Mbit/s links, with 16 pieces of 16 MiB in flight per node, 27 % of the bytes crossed
-the network twice (docs/BENCHMARKS.md)."""
 SCHEDULER_NAME = "rayfly-scheduler"
 PEER_PREFIX = "rayfly-peer-"
 

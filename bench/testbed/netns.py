@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from rayfly.config import RAY_NODE_SETTINGS
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 120.0
 RAY_START_PARALLEL = 2
@@ -306,8 +304,6 @@ class Testbed:
             RAY_ADDRESS=self.config.ray_address,
             RAYFLY_TESTBED_ROOT=str(self.config.root),
         )
-        for name, value in RAY_NODE_SETTINGS.items():
-            env.setdefault(name, value)
         if self.config.nice:
             env["RAY_worker_niceness"] = "0"  # workers keep the testbed's niceness (Ray adds 15)
         env.update(self.config.extra_env)
