@@ -190,7 +190,7 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
         str(dest),
     ]
     for extra in args.rayfly_arg:
-        argv += ["--rayfly-arg", extra]
+        argv.append(f"--rayfly-arg={extra}")  # a value that starts with "--" stays a value
     wire0 = tb.iface_bytes(cfg.origin_ns)
     hosts0 = [tb.iface_bytes(cfg.host_ns(i)) for i in range(cfg.hosts)]
     mine = {os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
