@@ -9,8 +9,9 @@ A task without ``meta.json`` is incomplete; incomplete tasks left by a crash are
 so a cache entry is either whole and verified or absent. Completed data files are made read-only:
 destinations hard-link them. The store knows nothing of Ray or networks.
 
-With ``direct_io``, pieces whose offset and length fall on :data:`ALIGN` are written with
-``O_DIRECT``, past the page cache (a buffer that does not start on a page, as pieces in Ray's
+With ``direct_io``, pieces whose offset and length fall on a page (:data:`~rayfly.piecemem.PAGE`,
+what ``O_DIRECT`` needs of offsets, lengths and buffers) are written with ``O_DIRECT``, past the
+page cache (a buffer that does not start on a page, as pieces in Ray's
 object store do, through an aligned copy): on the VMs measured here a buffered write costs
 1.6-2.3 CPU-s per GiB when the kernel has to find fresh pages, a direct one 0.03
 (docs/BENCHMARKS.md). Anything else (a short last piece, a filesystem that refuses
@@ -37,19 +38,16 @@ import xxhash
 
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
 from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, plan_gc
-from rayfly.piecemem import BUFFERS
+from rayfly.piecemem import BUFFERS, PAGE
 from rayfly.task import piece_bounds, piece_count, validate_task_id
-
-ALIGN = 4096
-"""What ``O_DIRECT`` needs of a write's buffer address, file offset and length."""
 
 
 def aligned(view: memoryview, start: int, memory: bool = True) -> bool:
-    """Whether ``view`` written at ``start`` meets :data:`ALIGN`: offset, length and (with
-    ``memory``) the buffer's address."""
-    if start % ALIGN or len(view) % ALIGN or not len(view):
+    """Whether ``view`` written at ``start`` meets ``O_DIRECT``'s alignment (:data:`PAGE`):
+    offset, length and (with ``memory``) the buffer's address."""
+    if start % PAGE or len(view) % PAGE or not len(view):
         return False
-    return not memory or int(np.frombuffer(view, np.uint8).ctypes.data) % ALIGN == 0
+    return not memory or int(np.frombuffer(view, np.uint8).ctypes.data) % PAGE == 0
 
 
 def piece_digest(data: Any) -> str:
@@ -328,7 +326,7 @@ class PieceStore:
         """Write ``view`` at ``start``: past the page cache when offset and length are aligned
         for it, through an aligned copy when only the buffer is not (a piece in Ray's object
         store starts 64 bytes into a page: a copy costs less than a page-cache write)."""
-        if f.direct is not None and aligned(view, start, memory=False):
+        if self.direct_io and f.direct is not None and aligned(view, start, memory=False):
             bounce = None if aligned(view, start) else BUFFERS.take(len(view))
             try:
                 if bounce is not None:
@@ -416,7 +414,7 @@ class PieceStore:
         start, end = piece_bounds(entry.length, entry.piece_size, index)
         buf = np.empty(end - start, dtype=np.uint8) if into is None else into[: end - start]
         with self._open(task_id, entry) as f:
-            direct = f.direct is not None and aligned(memoryview(buf), start)
+            direct = self.direct_io and f.direct is not None and aligned(memoryview(buf), start)
             got = os.preadv(f.direct if direct else f.fd, [buf], start)  # type: ignore[arg-type]
         if got != end - start:
             raise StorageError(f"short read of piece {index} of task {task_id}")

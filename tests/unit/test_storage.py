@@ -1,4 +1,5 @@
 import errno
+import fcntl
 import hashlib
 import os
 
@@ -376,3 +377,26 @@ def test_a_filesystem_that_refuses_direct_io_gets_buffered_writes(tmp_path, monk
         store.write_piece("t" * 64, i, buf)
     assert store.direct_io is False and store.direct_writes == 0
     assert bytes(store.read_piece("t" * 64, 1)) == bytes([2]) * 4096
+
+
+def test_a_direct_write_refused_once_is_not_tried_again(tmp_path, monkeypatch):
+    """A filesystem that opens with O_DIRECT but refuses the write (EINVAL): the piece is
+    written through the page cache, and no later write tries O_DIRECT again."""
+    real_pwrite, direct_tries = os.pwrite, []
+
+    def refusing_pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_tries.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)  # the kernel's answer there, not ours
+    store = _direct_store(tmp_path / "s", direct_io=True)
+    store.begin("t" * 64, 3 * 4096, 4096)
+    pool = BufferPool(keep=0)
+    for i in range(3):
+        buf = pool.take(4096)
+        buf[:] = i + 1
+        store.write_piece("t" * 64, i, buf)
+    assert direct_tries == [0] and store.direct_io is False and store.direct_writes == 0
+    assert [bytes(store.read_piece("t" * 64, i))[0] for i in range(3)] == [1, 2, 3]
