@@ -6,7 +6,9 @@ A selector is one of:
 - ``N``: the first N nodes (in a stable order), ``P%``: that share of them, rounded up, at least 1;
 - ``label:KEY=VALUE``: nodes whose Ray label KEY is VALUE (``ray start --labels``);
 - ``resource:NAME``: nodes that have the custom or built-in resource NAME (``GPU``, ...);
-- ``ID[,ID...]``: nodes by id (a unique prefix is enough); ids given separately add up.
+- ``ID[,ID...]`` or ``id:ID[,ID...]``: nodes by id (a unique prefix is enough); ids given
+  separately add up. Digits alone are a count up to :data:`COUNT_DIGITS` of them and an id
+  prefix when longer (``5674875569`` is a node, ``12`` is twelve nodes); ``id:`` says it outright.
 
 Several selectors of different kinds intersect: the filters (labels, resources, ids,
 ``exclude_head``) first, then a count or share of what they left.
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from rayfly.errors import InvalidInput, NodeNotFound
 
 HEAD_RESOURCE = "node:__internal_head__"
+COUNT_DIGITS = 6
+"""Digits alone are a count up to this many of them (a million nodes); longer, an id prefix."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,11 @@ def select_nodes(spec: Spec, nodes: list[NodeInfo], exclude_head: bool = False) 
     if len(counts) > 1:
         raise InvalidInput(f"--nodes: give one count or share, not {', '.join(counts)}")
     chosen = [n for n in nodes if not (exclude_head and n.is_head)]
-    ids = [s for s in selectors if s != "all" and not _is_count(s) and ":" not in s]
+    ids = [_id_part(s) for s in selectors if _is_id(s)]
     if ids:  # node ids, repeated or comma-separated, are one selector: any of them
         chosen = _filter(",".join(ids), chosen, nodes)
     for sel in selectors:
-        if ":" in sel:
+        if ":" in sel and not _is_id(sel):
             chosen = _filter(sel, chosen, nodes)
     if not chosen:
         what = " and ".join(selectors) + (" without the head" if exclude_head else "")
@@ -76,7 +80,15 @@ def select_nodes(spec: Spec, nodes: list[NodeInfo], exclude_head: bool = False) 
 
 
 def _is_count(sel: str) -> bool:
-    return sel.isdigit() or sel.endswith("%")
+    return (sel.isdigit() and len(sel) <= COUNT_DIGITS) or sel.endswith("%")
+
+
+def _is_id(sel: str) -> bool:
+    return sel.startswith("id:") or (sel != "all" and ":" not in sel and not _is_count(sel))
+
+
+def _id_part(sel: str) -> str:
+    return sel.removeprefix("id:")
 
 
 def _take(sel: str, chosen: list[NodeInfo], alive: int) -> list[NodeInfo]:
@@ -90,7 +102,10 @@ def _take(sel: str, chosen: list[NodeInfo], alive: int) -> list[NodeInfo]:
         return chosen[: max(1, math.ceil(len(chosen) * share / 100))]
     n = int(sel)
     if not 1 <= n <= len(chosen):
-        raise InvalidInput(f"--nodes {n}: {len(chosen)} node(s) to choose from ({alive} alive)")
+        raise InvalidInput(
+            f"--nodes {sel}: {len(chosen)} node(s) to choose from ({alive} alive); "
+            f"for a node whose id starts with {sel}, give id:{sel}"
+        )
     return chosen[:n]
 
 
@@ -117,7 +132,7 @@ def _by_ids(wanted: Iterable[str], nodes: list[NodeInfo]) -> list[NodeInfo]:
             what = "is not an alive node" if not matches else "matches several nodes"
             raise NodeNotFound(
                 f"--nodes: {w!r} {what} (selectors: all, N, P%, label:K=V, resource:NAME, "
-                f"ids); {_describe(nodes)}"
+                f"ids or id:IDS); {_describe(nodes)}"
             )
         out.append(matches[0])
     return out

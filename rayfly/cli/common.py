@@ -21,7 +21,8 @@ EXIT_BAD_INPUT = 2
 
 NODES_HELP = (
     "Which nodes (repeatable; several intersect): 'all', a count N, a share P% (rounded up), "
-    "label:KEY=VALUE, resource:NAME, or comma-separated node ids (unique prefixes)."
+    "label:KEY=VALUE, resource:NAME, or comma-separated node ids (unique prefixes; "
+    "id:PREFIX for one of 6 digits or fewer, which would read as a count)."
 )
 
 ANY_REGISTRY = "*"

@@ -48,6 +48,8 @@ def ids(chosen: list[NodeInfo]) -> list[str]:
         (["label:zone=b", "resource:GPU"], ["cc3"]),
         (["label:zone=a", "50%"], ["aa1"]),
         (["50%", "label:zone=b"], ["cc3"]),  # filters first, then the share of what is left
+        ("id:cc,dd", ["cc3", "dd4"]),
+        (["id:aa", "label:zone=a"], ["aa1"]),
     ],
 )
 def test_selectors(spec, expected):
@@ -67,6 +69,7 @@ def test_exclude_head():
         ("0%", InvalidInput, "more than 0%"),
         ("fast%", InvalidInput, "share"),
         ("5", InvalidInput, "4 node(s) to choose from"),
+        ("5", InvalidInput, "give id:5"),
         ("label:zone", InvalidInput, "label:KEY=VALUE"),
         ("resource:", InvalidInput, "resource:NAME"),
         (["2", "50%"], InvalidInput, "one count or share"),
@@ -85,3 +88,24 @@ def test_bad_selectors_are_clear_errors(spec, error, message):
 def test_nothing_left_without_the_head():
     with pytest.raises(NodeNotFound, match="without the head"):
         select_nodes("aa", NODES, exclude_head=True)
+
+
+DIGIT_NODES = [node("5674875569ab"), node("5674875570cd"), node("12ef"), node("99aa")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("5674875569", ["5674875569ab"]),  # 10 digits: an id prefix (CI once drew such an id)
+        ("2", ["5674875569ab", "5674875570cd"]),  # 6 digits or fewer: a count
+        ("id:12", ["12ef"]),  # an id prefix that would read as a count
+        ("id:5674875570", ["5674875570cd"]),
+    ],
+)
+def test_digits_are_a_count_when_short_and_an_id_when_long(spec, expected):
+    assert ids(select_nodes(spec, DIGIT_NODES)) == expected
+
+
+def test_a_long_digit_prefix_of_two_nodes_is_refused_as_ambiguous():
+    with pytest.raises(NodeNotFound, match="'5674875' matches several nodes"):
+        select_nodes("5674875", DIGIT_NODES)
