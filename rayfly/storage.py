@@ -332,7 +332,8 @@ class PieceStore:
                 if bounce is not None:
                     np.copyto(bounce, np.frombuffer(view, np.uint8))
                 written = os.pwrite(f.direct, view if bounce is None else bounce, start)
-                self.direct_writes += 1
+                with self._lock:  # writers of several pieces run at once
+                    self.direct_writes += 1
                 return written
             except OSError as exc:
                 if exc.errno != errno.EINVAL:

@@ -28,7 +28,7 @@ import numpy as np
 from bench.broadcast.report import summarize, write_outputs
 from bench.testbed.netns import REPO_ROOT, Testbed, TestbedConfig
 
-METHODS = ("rayfly", "plain", "ray")
+METHODS = ("rayfly", "plain", "ray", "chain")
 
 
 def _netns_inode(pid: str) -> int:

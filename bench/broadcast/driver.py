@@ -5,7 +5,12 @@ Methods (each writes the file to ``{dest_dir}/{node_id}/{name}`` on every node):
 * ``plain``: a task pinned to every node downloads the file from the origin itself;
 * ``ray``: the driver downloads the file once, ``ray.put``s it, and a task pinned to every node
   ``ray.get``s it (as its argument) and writes it: Ray's own broadcast;
-* ``rayfly``: ``rayfly distribute URL --dest ... --json``.
+* ``rayfly``: ``rayfly distribute URL --dest ... --json``;
+* ``chain``: the floor. Host 0 downloads the file, and every host forwards each chunk over a
+  plain TCP connection to the next host while it writes and hashes (sha256) it: a pipelined
+  chain, the least work and the fewest bytes any broadcast that reads the origin once and
+  verifies can do (every link carries S once each way, no control traffic, no object store).
+  What it takes over S/B is what this machine's kernel and links cost.
 
 Times are seconds from the driver's ``t0`` (taken after ``ray.init`` and a warm-up task on
 every node, so worker start-up is not measured for any method).  Prints one JSON document.
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +37,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 CHUNK = 1 << 20
 HTTP_TIMEOUT_S = 60
+CHAIN_PORT = 47123
+CHAIN_CONNECT_S = 60.0
 
 
 def pinned(node_id: str) -> NodeAffinitySchedulingStrategy:
@@ -67,6 +75,77 @@ def write_array(data: np.ndarray, path: str) -> tuple[float, int]:
     with open(path, "wb") as out:
         out.write(memoryview(data))
     return time.time(), int(data.nbytes)
+
+
+def _connect(ip: str, port: int) -> socket.socket:
+    """Connect to the previous host of the chain, retrying until it listens (bounded)."""
+    deadline = time.monotonic() + CHAIN_CONNECT_S
+    while True:
+        try:
+            return socket.create_connection((ip, port), timeout=HTTP_TIMEOUT_S)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def chain_link(
+    upstream: str, listen_ip: str | None, path: str, size: int
+) -> tuple[float, int, str]:
+    """One host of the chain: read ``size`` bytes from ``upstream`` (the origin's URL, or
+    ``ip`` of the previous host), send each chunk on to the next host (when ``listen_ip``),
+    write it and hash it; return (wall-clock end, bytes, sha256)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    server = None
+    if listen_ip:
+        server = socket.create_server((listen_ip, CHAIN_PORT))
+        server.settimeout(CHAIN_CONNECT_S)
+    if upstream.startswith("http"):
+        source: Any = urllib.request.urlopen(upstream, timeout=HTTP_TIMEOUT_S)
+        read = source.read
+    else:
+        source = _connect(upstream, CHAIN_PORT)
+        read = source.recv
+    down = server.accept()[0] if server else None
+    digest, nbytes = hashlib.sha256(), 0
+    with source, open(path, "wb") as out:
+        while nbytes < size and (chunk := read(CHUNK)):
+            if down is not None:
+                down.sendall(chunk)
+            out.write(chunk)
+            digest.update(chunk)
+            nbytes += len(chunk)
+    for sock in (down, server):
+        if sock is not None:
+            sock.close()
+    return time.time(), nbytes, digest.hexdigest()
+
+
+def run_chain(url: str, nodes: list[dict], dest: Path, name: str) -> list[dict]:
+    """Method ``chain``: per-node end times relative to the start of this call."""
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD")) as resp:
+        size = int(resp.headers["Content-Length"])
+    t0 = time.time()
+    refs = []
+    for i, node in enumerate(nodes):
+        upstream = url if i == 0 else nodes[i - 1]["NodeManagerAddress"]
+        listen = node["NodeManagerAddress"] if i + 1 < len(nodes) else None
+        path = str(dest / node["NodeID"] / name)
+        options = {"scheduling_strategy": pinned(node["NodeID"])}
+        refs.append(chain_link.options(**options).remote(upstream, listen, path, size))
+    results = ray.get(refs, timeout=3600)
+    return [
+        {
+            "node_id": node["NodeID"],
+            "node_ip": node["NodeManagerAddress"],
+            "path": str(dest / node["NodeID"] / name),
+            "seconds": end - t0,
+            "bytes": nbytes,
+            "sha256": digest,
+        }
+        for node, (end, nbytes, digest) in zip(nodes, results, strict=True)
+    ]
 
 
 def fetch_into_array(url: str) -> np.ndarray:
@@ -153,7 +232,7 @@ def origin_stats(base: str, reset: bool = False) -> dict:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", choices=["plain", "ray", "rayfly"], required=True)
+    parser.add_argument("--method", choices=["plain", "ray", "rayfly", "chain"], required=True)
     parser.add_argument("--origin", required=True, help="origin base URL")
     parser.add_argument("--name", required=True, help="file name at the origin")
     parser.add_argument("--dest-dir", required=True)
@@ -173,6 +252,9 @@ def main() -> None:
         hosts, extra = run_rayfly(url, dest, args.name, args.rayfly_arg)
         t_end = time.time()
         t_start = t_end - extra["totals"].get("makespan_s", t_end - t_start)
+    elif args.method == "chain":
+        hosts = run_chain(url, nodes, dest, args.name)
+        t_end = time.time()
     else:
         hosts = run_tasks(args.method, url, nodes, dest, args.name)
         t_end = time.time()

@@ -13,7 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-METHOD_LABEL = {"rayfly": "rayfly", "plain": "every host from origin", "ray": "Ray broadcast"}
+METHOD_LABEL = {
+    "rayfly": "rayfly",
+    "plain": "every host from origin",
+    "ray": "Ray broadcast",
+    "chain": "TCP chain (floor)",
+}
 
 
 def ideal_seconds(size: int, rate_mbit: float) -> float:
@@ -38,7 +43,7 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
         makespans = [max(h["seconds"] for h in r["hosts"]) for r in good]
         p50s = [statistics.median(h["seconds"] for h in r["hosts"]) for r in good]
         ratios = {}
-        for other in ("plain", "ray"):
+        for other in ("plain", "ray", "chain"):
             pairs = [
                 (by_run[(n, r["run"], other)], r)
                 for r in good
@@ -113,6 +118,8 @@ def markdown(doc: dict[str, Any]) -> str:
             vs = f"plain {row['plain_over_rayfly']:.2f}x"
             if "ray_over_rayfly" in row:
                 vs += f", Ray {row['ray_over_rayfly']:.2f}x"
+        if row["method"] == "rayfly" and "chain_over_rayfly" in row:
+            vs += (", " if vs else "") + f"{1 / row['chain_over_rayfly']:.2f}x the chain"
         lines.append(
             f"| {row['n']} | {METHOD_LABEL[row['method']]} | {row['size'] >> 20} MiB "
             f"| {row['rate_mbit']:g} Mbit/s | {row['ok_runs']}/{row['runs']} "
