@@ -323,6 +323,19 @@ class SchedulerCore:
         t = self.tasks.get(task_id)
         return t is not None and peer_id in self.peers and peer_id in t.have
 
+    def held(self, task_id: str) -> TaskInfo | None:
+        """The task if it has not failed and every piece has a holder that is not a suspect:
+        a new member then needs nothing from the origin, so nothing about it (its URL, its
+        credentials) has to be asked of the origin first."""
+        t = self.tasks.get(task_id)
+        if t is None or t.error:
+            return None
+        now = self.clock()
+        live = {p for p, s in self.peers.items() if s.suspect_until <= now}
+        if all(t.holders.get(i, set()) & live for i in range(t.info.n_pieces)):
+            return t.info
+        return None
+
     def plan(self, task_id: str, peer_id: str, want: int) -> Batch:
         """Hand ``peer_id`` up to ``want`` new pieces, leasing them."""
         t = self._task(task_id)

@@ -45,6 +45,43 @@ def _runqueue_wait_ns(pid: str) -> int:
         return 0
 
 
+def eth0_bytes(pid: int) -> tuple[int, int] | None:
+    """(rx, tx) bytes of eth0 in the network namespace of process ``pid``, if it has one."""
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, sep, rest = line.partition(":")
+        if sep and name.strip() == "eth0":
+            fields = rest.split()
+            return int(fields[0]), int(fields[8])
+    return None
+
+
+def link_use(
+    series: list[tuple[float, int, int]], start: float, end: float, rate_bps: float
+) -> dict[str, float]:
+    """A link's received and sent bytes per second over ``[start, end]`` as shares of its rate,
+    and when (seconds after ``start``) it had received and sent 99 % of what it did then."""
+    inside = [s for s in series if start <= s[0] <= end]
+    if len(inside) < 2:
+        return {}
+    (t0, rx0, tx0), (t1, rx1, tx1) = inside[0], inside[-1]
+    span = max(1e-9, t1 - t0)
+
+    def done_at(col: int, first: int, last: int) -> float:
+        goal = first + 0.99 * (last - first)
+        return next(s[0] for s in inside if s[col] >= goal) - start
+
+    return {
+        "rx_share": (rx1 - rx0) / span / rate_bps,
+        "tx_share": (tx1 - tx0) / span / rate_bps,
+        "rx_done_s": done_at(1, rx0, rx1),
+        "tx_done_s": done_at(2, tx0, tx1),
+    }
+
+
 def process_ticks() -> dict[int, tuple[int, int, int, str, int]]:
     """Per process: user ticks, system ticks, network-namespace inode, command name, and the
     nanoseconds it has spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
@@ -75,6 +112,7 @@ class CpuSampler:
         self.mine = mine
         self.samples: list[dict[str, float]] = []
         self.by_process: dict[str, list[float]] = {}
+        self.links: dict[int, list[tuple[float, int, int]]] = {}  # netns -> (t, rx, tx) of eth0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._hz = os.sysconf("SC_CLK_TCK")
@@ -92,6 +130,7 @@ class CpuSampler:
             total = max(1, cur[0] - prev[0])
             split = {"mine": 0, "other": 0}
             wait_ns = 0
+            self._sample_links(procs)
             for pid, (user, system, ns, comm, wait) in procs.items():
                 before = prev_procs.get(pid, (0, 0, 0, "", 0))
                 if ns in self.mine:
@@ -112,6 +151,19 @@ class CpuSampler:
                 "mine_runqueue_wait": wait_ns / 1e9 / (now - prev_t),
             })  # fmt: skip
             prev, prev_procs, prev_t = cur, procs, now
+
+    def _sample_links(self, procs: dict[int, tuple[int, int, int, str, int]]) -> None:
+        """eth0's byte counters of every testbed namespace, read through one of its processes
+        (``/proc/PID/net/dev`` shows the process's namespace: no subprocess per sample)."""
+        now = time.time()
+        seen: set[int] = set()
+        for pid, (_, _, ns, _, _) in procs.items():
+            if ns not in self.mine or ns in seen:
+                continue
+            counters = eth0_bytes(pid)
+            if counters is not None:
+                seen.add(ns)
+                self.links.setdefault(ns, []).append((now, *counters))
 
     def __enter__(self) -> CpuSampler:
         """Start sampling."""
@@ -207,9 +259,32 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     out["cpu"].update(quiet)
     top = sorted(cpu.by_process.items(), key=lambda kv: -sum(kv[1]))[:12]
     out["cpu_seconds_by_process"] = {k: {"user": u, "system": sy} for k, (u, sy) in top}
+    start, end = out.get("t_start", 0.0), out.get("t_end", float("inf"))
+    rate = cfg.rate_mbit * 1e6 / 8
+    origin_rate = (cfg.origin_rate_mbit or cfg.rate_mbit) * 1e6 / 8
+    inode = {ns: os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
+    out["links"] = {
+        "origin": link_use(cpu.links.get(inode[cfg.origin_ns], []), start, end, origin_rate),
+        "hosts": [
+            link_use(cpu.links.get(inode[cfg.host_ns(i)], []), start, end, rate)
+            for i in range(cfg.hosts)
+        ],
+    }
     out["origin_wire_tx_bytes"] = wire1["tx"] - wire0["tx"]
     out["host_wire_tx_bytes"] = [b["tx"] - a["tx"] for a, b in zip(hosts0, hosts1, strict=True)]
     return out
+
+
+def links_line(links: dict[str, Any]) -> str:
+    """The origin's link done at, and the hosts' download links' mean use, for the log."""
+    hosts = [h["rx_share"] for h in links.get("hosts", []) if h]
+    origin = links.get("origin") or {}
+    if not hosts or not origin:
+        return ""
+    return (
+        f"origin_done={origin['tx_done_s']:.1f}s "
+        f"host_rx={statistics.fmean(hosts):.0%} (min {min(hosts):.0%})"
+    )
 
 
 def verify(result: dict[str, Any], sha: str, size: int, dest: Path) -> None:
@@ -305,6 +380,7 @@ def bench_hosts(
                     f"N={n} run={run} {method:7s} makespan={max(secs, default=float('nan')):.2f}s "
                     f"origin={result.get('origin', {}).get('bytes_served', 0) / size:.2f}xS "
                     f"cpu={result.get('cpu', {}).get('busy_mean', float('nan')):.2f} "
+                    f"{links_line(result.get('links', {}))} "
                     f"ok={all(h.get('verified') for h in result['hosts'])}"
                     f"{' ERROR ' + result['error'][-300:] if 'error' in result else ''}",
                     flush=True,

@@ -133,6 +133,10 @@ class Scheduler:
             out.append(known or info)
         return out
 
+    def held(self, task_id: str) -> TaskInfo | None:
+        """See :meth:`SchedulerCore.held`."""
+        return self.core.held(task_id)
+
     def _registered(self, task_id: str) -> TaskInfo | None:
         """The task ``task_id`` if it is registered and has not failed."""
         state = self.core.tasks.get(task_id)

@@ -247,13 +247,20 @@ class P2PBlobs:
         path = PieceStore.data_path_at(self.store_root, digest.task_id)
         return path if path.is_file() else None
 
+    async def held(self, digest: Digest) -> TaskInfo | None:
+        """The blob's task if other nodes hold every piece of it (the upstream need not be
+        asked anything to fetch it), else None."""
+        return await self.scheduler.held.remote(digest.task_id)
+
     async def cached_length(self, digest: Digest) -> int | None:
-        """The blob's length if complete and verified in this node's cache."""
+        """The blob's length if complete and verified in this node's cache, or held whole by
+        other nodes of the cluster."""
         entry = _stored(self.store_root, digest)
         if entry is not None:
             return entry.length
         if not await self.call("has_task", digest.task_id):
-            return None
+            held = await self.held(digest)
+            return held.length if held is not None else None
         try:
             result = await self.call("wait_complete", digest.task_id)
         except RayTaskError:
@@ -276,17 +283,9 @@ class P2PBlobs:
         future: asyncio.Future[TaskInfo] = asyncio.get_running_loop().create_future()
         self._opening[key] = future
         try:
-            src = await source()
-            try:
-                spec = blob_spec(src.url, src.headers, digest)
-                # A client streams the blob front to back: fetch pieces in index order.
-                info = await self.scheduler.register.remote(
-                    spec, None, "sequential", blob_listing(src)
-                )
-            except RayTaskError as exc:
-                raise unwrap(exc) from None
-            if info.length != src.length:
-                raise UpstreamError(f"{digest}: upstream length changed ({info.length})")
+            info = await self.held(digest)  # cached elsewhere: no request upstream at all
+            if info is None:
+                info = await self._register_upstream(digest, await source())
             future.set_result(info)
             return info
         except BaseException as exc:
@@ -295,6 +294,17 @@ class P2PBlobs:
             raise
         finally:
             del self._opening[key]
+
+    async def _register_upstream(self, digest: Digest, src: BlobSource) -> TaskInfo:
+        try:
+            spec = blob_spec(src.url, src.headers, digest)
+            # A client streams the blob front to back: fetch pieces in index order.
+            info = await self.scheduler.register.remote(spec, None, "sequential", blob_listing(src))
+        except RayTaskError as exc:
+            raise unwrap(exc) from None
+        if info.length != src.length:
+            raise UpstreamError(f"{digest}: upstream length changed ({info.length})")
+        return info
 
     def shared(self, task_id: str) -> _SharedPieces:
         """The piece requests of ``task_id`` shared by this proxy's open responses."""

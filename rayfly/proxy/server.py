@@ -151,7 +151,8 @@ class Mirror:
     async def blob_length(
         self, client: RegistryClient, name: str, digest: Digest, auth: str | None
     ) -> int:
-        """The blob's length: from the node's cache if there (and access allowed), else a HEAD."""
+        """The blob's length: from the node's or the cluster's cache if there (and access
+        allowed), else a HEAD upstream."""
         length = await self.blobs.cached_length(digest)
         if length is not None and not self.settings.verify_access:
             return length
@@ -161,7 +162,8 @@ class Mirror:
     async def open_blob(
         self, client: RegistryClient, name: str, digest: Digest, auth: str | None
     ) -> BlobHandle:
-        """Open a blob; upstream is asked (HEAD, then the P2P fetch) only on a cache miss."""
+        """Open a blob; upstream is asked (HEAD, then the P2P fetch) only when no node of the
+        cluster holds the whole blob."""
 
         async def source() -> BlobSource:
             head = await client.head_blob(name, digest, auth)

@@ -169,6 +169,26 @@ def test_cold_blob_asks_upstream_one_head_and_reads_it_once(mirrors, front, regi
     assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])
 
 
+def test_a_blob_another_node_holds_is_served_without_asking_upstream(mirrors, front, registry):
+    """Once one node's mirror has a blob, another node's mirror serves HEAD and GET of it from
+    the cluster with no request upstream at all (no HEAD, no token): faster, and a registry
+    that is down does not stop what the cluster already holds."""
+    image = fresh_image(registry, "rayfly/heldelsewhere", 71, [7 * MiB + 11])
+    digest = image.layer_digests[0]
+    bases = list(mirrors.values())
+    first = requests.get(blob_url(bases[0], image, digest), timeout=60)
+    assert "sha256:" + hashlib.sha256(first.content).hexdigest() == digest
+    seen = front.state.requests
+    head = requests.head(blob_url(bases[2], image, digest), timeout=60)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(first.content))
+    resp = requests.get(blob_url(bases[2], image, digest), timeout=60)
+    assert resp.status_code == 200
+    assert "sha256:" + hashlib.sha256(resp.content).hexdigest() == digest
+    assert front.state.requests == seen  # nothing upstream for the second node
+    assert front.state.blob_heads[digest] == 1
+    assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])
+
+
 def test_registry_without_ranges_is_read_as_one_stream(mirrors, front, registry):
     """The HEAD announces no ``Accept-Ranges`` and GETs answer whole: the blob, registered
     from that HEAD, is read once front to back, not in ranged pieces that come back whole."""

@@ -279,3 +279,20 @@ def test_a_node_with_an_upload_limit_alone_reads_the_origin():
     c, _ = core(parallelism=8)
     c.join("t", "slow", "slow", 1, upload_rate=2 * MiB)
     assert [a.parent for a in c.plan("t", "slow", 8).assignments] == [None] * 8
+
+
+def test_held_names_a_task_only_while_live_peers_hold_every_piece():
+    c, now = core()
+    assert c.held("t") is None and c.held("unknown") is None
+    c.join("t", "a", "ha", 4, {i: f"d{i}" for i in range(4)})
+    c.join("t", "b", "hb", 4, {i: f"d{i}" for i in range(4, 8)})
+    assert c.held("t") == c.tasks["t"].info  # every piece somewhere, on two peers
+    c.suspect("b")
+    assert c.held("t") is None  # pieces 4-7 only on a peer nobody reaches now
+    now[0] += 21
+    assert c.held("t") is not None
+    c.peer_lost("a")
+    assert c.held("t") is None
+    c.join("t", "c", "hc", 4, {i: f"d{i}" for i in range(8)})
+    c.finish("t", "c", "sha256 mismatch", fatal=True)
+    assert c.held("t") is None  # a failed task is never handed out as held
