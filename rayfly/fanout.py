@@ -14,7 +14,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from rayfly.actors import placement
-from rayfly.actors.retry import backoff, first_line, unwrap
+from rayfly.actors.retry import backoff, call_sync, first_line, unwrap
 from rayfly.config import NAMESPACE, PeerConfig
 from rayfly.protocol import FetchRequest, NodeResult
 
@@ -42,7 +42,12 @@ def fetch_everywhere(
 ) -> list[NodeResult]:
     """Have the peer of every node of ``targets`` fetch ``request`` (its tasks registered with
     ``scheduler``); one result per target, in order. A node that died, a peer that failed or
-    did not finish within ``timeout`` seconds is a failed result, not an exception."""
+    did not finish within ``timeout`` seconds is a failed result, not an exception.
+
+    The scheduler hears first how many nodes will fetch, so that the first to join keep what
+    they read from the origin in memory for the others."""
+    task_ids = [item.task.task_id for item in request.items]
+    call_sync(lambda: ray.get(scheduler.expect.remote(task_ids, len(targets))), "expecting nodes")
     refs = {fetch_on(n, request, config): n for n in targets}
     return _collect(refs, scheduler, request, progress, timeout)
 

@@ -41,13 +41,16 @@ class Assignment:
     """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None.
 
     ``stream``: read the whole object from the origin in one sequential stream (it ignores
-    ``Range``), storing and reporting each piece as it arrives.
+    ``Range``), storing and reporting each piece as it arrives. ``share``: other peers of the
+    task still fetch it, so a piece read from the origin is about to be asked of this peer:
+    it keeps the piece in its object store to serve, instead of reading it back from disk.
     """
 
     piece: int
     parent: str | None
     digest: str | None = None
     stream: bool = False
+    share: bool = False
 
 
 @dataclass(frozen=True)

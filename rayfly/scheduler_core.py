@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -32,7 +33,14 @@ from rayfly import durable, source
 from rayfly.config import SchedulerConfig
 from rayfly.errors import TaskNotFound
 from rayfly.protocol import Assignment, Batch, Done, Failed
-from rayfly.scheduling import TaskView, origin_quota, plan_batch, takes_stream, wake_count
+from rayfly.scheduling import (
+    TaskView,
+    origin_quota,
+    others_will_ask,
+    plan_batch,
+    takes_stream,
+    wake_count,
+)
 from rayfly.task import TaskInfo
 
 MAX_ORIGIN_FAILURES = 3
@@ -73,6 +81,7 @@ class TaskState:
     origin_inflight: set[int] = field(default_factory=set)
     origin_failures: dict[int, int] = field(default_factory=dict)
     digests: dict[int, str] = field(default_factory=dict)
+    expected: int = 1
     finished: dict[str, str | None] = field(default_factory=dict)
     error: str | None = None
     created: float = 0.0
@@ -323,6 +332,13 @@ class SchedulerCore:
         t = self.tasks.get(task_id)
         return t is not None and peer_id in self.peers and peer_id in t.have
 
+    def expect(self, task_id: str, members: int) -> None:
+        """``members`` nodes are about to fetch the task: until that many have joined, the
+        pieces a peer reads from the origin will be asked of it (``Assignment.share``)."""
+        t = self.tasks.get(task_id)
+        if t is not None:
+            t.expected = max(t.expected, members)
+
     def held(self, task_id: str) -> TaskInfo | None:
         """The task if it has not failed and every piece has a holder that is not a suspect:
         a new member then needs nothing from the origin, so nothing about it (its URL, its
@@ -373,6 +389,9 @@ class SchedulerCore:
                 parent = self.peers[a.parent]
                 leases[a.piece] = Lease(a.parent, deadline, parent.incarnation)
                 parent.uploads += 1
+        origin = any(a.parent is None for a in batch)
+        if origin and others_will_ask(peer_id, t.have, t.finished, t.expected):
+            batch = [dataclasses.replace(a, share=a.parent is None) for a in batch]
         return Batch(batch)
 
     def _plan_stream(self, t: TaskState, peer_id: str) -> Batch | None:

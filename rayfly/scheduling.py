@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -145,6 +145,15 @@ def upload_slots(slots: int, upload_rate: float | None, piece_size: int) -> int:
     if not upload_rate:
         return slots
     return max(1, min(slots, int(upload_rate * SERVE_TARGET_S // max(1, piece_size))))
+
+
+def others_will_ask(
+    peer_id: str, members: Collection[str], finished: Container[str], expected: int
+) -> bool:
+    """True when the pieces ``peer_id`` reads from the origin will be asked of it: fewer than
+    the ``expected`` members have joined, or one other than it has not finished (see
+    ``Assignment.share``)."""
+    return len(members) < expected or any(p != peer_id and p not in finished for p in members)
 
 
 def wake_count(done: int, failed: int, per_piece: int) -> int:

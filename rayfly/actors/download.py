@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+import ray
 from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
@@ -32,7 +33,7 @@ from ray.exceptions import (
 
 from rayfly import metrics, source
 from rayfly.actors.links import Links, ParentGone
-from rayfly.actors.piece_reads import PieceReader
+from rayfly.actors.piece_reads import PieceReader, Read
 from rayfly.actors.retry import first_line
 from rayfly.config import PeerConfig
 from rayfly.errors import (
@@ -124,6 +125,7 @@ class Downloads:
         self._evicted = evicted
         self.jobs: dict[str, asyncio.Task[TaskOutcome]] = {}
         self.hot = hot
+        self.pieces_kept_from_origin = 0
         self._ready: dict[str, list[asyncio.Event]] = {}
         self._disk_pool = ThreadPoolExecutor(8, thread_name_prefix="rayfly-disk")
         self.reader = PieceReader(config, links, local_ip, self.disk_io)
@@ -389,8 +391,7 @@ class Downloads:
             digest = await self.disk_io(
                 self.store.write_piece, task.task_id, a.piece, got.data, a.digest, got.digest
             )
-            if got.ref is not None:  # verified: serve it onwards as it is
-                self.hot.put(task.task_id, a.piece, got.ref, end - start)
+            await self._keep(task, a, got, end - start)
             if not window.offer(a.piece, got.data, end - start):
                 BUFFERS.give(got.data)  # written, and the hash reads it back later
             del got
@@ -423,6 +424,16 @@ class Downloads:
             out.bytes_from_peers += nbytes
         out.timeline.append((time.time(), nbytes, a.parent is None))
         return Done(a.piece, digest, a.parent, nbytes, seconds)
+
+    async def _keep(self, task: TaskInfo, a: Any, got: Read, nbytes: int) -> None:
+        """Keep a verified piece referenced to serve it: one received from a parent as it is,
+        one read from the origin that others will ask for as one copy (no disk read later)."""
+        if got.ref is not None:
+            self.hot.put(task.task_id, a.piece, got.ref, nbytes)
+        elif a.share:
+            ref = await self.disk_io(ray.put, got.data)
+            self.hot.put(task.task_id, a.piece, ref, nbytes)
+            self.pieces_kept_from_origin += 1
 
     async def _take_rate(self, task: TaskInfo, from_origin: bool, nbytes: int) -> None:
         """Wait until the node's and the call's rate limits allow ``nbytes`` more."""

@@ -141,6 +141,7 @@ class Peer:
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
             "pieces_served_from_memory": self.pieces_served_hot,
+            "pieces_kept_from_origin": self.downloads.pieces_kept_from_origin,
             "pieces_read_from_local_stores": self.downloads.reader.pieces_read_local,
             "local_reads": self.node.local_reads,
             "direct_io": self.store.direct_io,

@@ -133,6 +133,11 @@ class Scheduler:
             out.append(known or info)
         return out
 
+    def expect(self, task_ids: list[str], members: int) -> None:
+        """``members`` nodes are about to fetch these tasks (:meth:`SchedulerCore.expect`)."""
+        for task_id in task_ids:
+            self.core.expect(task_id, members)
+
     def held(self, task_id: str) -> TaskInfo | None:
         """See :meth:`SchedulerCore.held`."""
         return self.core.held(task_id)

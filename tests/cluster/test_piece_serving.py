@@ -76,6 +76,31 @@ def test_a_parent_serves_pieces_evicted_from_memory_from_disk(
     assert after["serve_memory"]["held"] <= MiB
 
 
+def test_pieces_read_from_the_origin_are_served_from_memory(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    """Two nodes split the origin reads and swap what they read: a piece read from the origin
+    is kept in the object store for the other node (no read back from disk, no second copy)."""
+    src = make_file(origin_root / "swapped.bin", 8 * MiB, seed=67)
+    nodes = [n.node_id for n in placement.alive_nodes()][:2]
+    peers = placement.existing_peers()
+    keys = ("pieces_served", "pieces_served_from_memory", "pieces_kept_from_origin")
+    before = {n: _served(n) if n in peers else dict.fromkeys(keys, 0) for n in nodes}
+    origin.reset()
+    report = rayfly.distribute(
+        origin.url + "swapped.bin", str(tmp_path / "{node_id}.bin"), nodes=nodes, piece_size=MiB
+    )
+    assert report.ok, str(report)
+    assert origin.served("/swapped.bin") == 8 * MiB
+    for n in nodes:
+        assert sha256_file(tmp_path / f"{n}.bin") == sha256_file(src)
+    delta = {n: {k: _served(n)[k] - before[n][k] for k in keys} for n in nodes}
+    assert sum(d["pieces_served"] for d in delta.values()) > 0, delta
+    for d in delta.values():
+        assert d["pieces_served_from_memory"] == d["pieces_served"], delta
+        assert d["pieces_kept_from_origin"] >= d["pieces_served"], delta
+
+
 @pytest.mark.parametrize("node_with", [{"RAYFLY_TEST_CORRUPT_SERVED": "1"}], indirect=True)
 def test_a_piece_corrupted_in_transit_is_caught_by_the_receiver(
     node_with, origin, origin_root, tmp_path

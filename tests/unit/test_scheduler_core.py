@@ -296,3 +296,23 @@ def test_held_names_a_task_only_while_live_peers_hold_every_piece():
     c.join("t", "c", "hc", 4, {i: f"d{i}" for i in range(8)})
     c.finish("t", "c", "sha256 mismatch", fatal=True)
     assert c.held("t") is None  # a failed task is never handed out as held
+
+
+def test_origin_pieces_are_kept_to_share_only_while_another_peer_fetches():
+    c, _ = core(parallelism=8)
+    c.join("t", "a", "ha", 4)
+    alone = c.plan("t", "a", 2).assignments
+    assert alone and all(x.parent is None and not x.share for x in alone)
+    c.join("t", "b", "hb", 4)
+    shared = c.plan("t", "a", 2).assignments
+    assert shared and all(x.parent is None and x.share for x in shared)
+    c.finish("t", "b", None)
+    assert not any(x.share for x in c.plan("t", "a", 2).assignments)
+
+
+def test_origin_pieces_are_kept_to_share_when_more_members_are_expected():
+    c, _ = core(parallelism=8)
+    c.expect("t", 3)
+    c.join("t", "a", "ha", 4)
+    first = c.plan("t", "a", 2).assignments  # the others have not joined yet
+    assert first and all(x.parent is None and x.share for x in first)
