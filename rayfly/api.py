@@ -154,7 +154,8 @@ def plan(
     node_id = origin.node.node_id if origin.node else None
     base = SourceSpec(origin.url, options, tag, source_node=node_id)
     versions = [identity(f.version, tag, sha256) for f in files]
-    items = _items(files, versions, base, sha256, piece_size, single)
+    cap = None if piece_size else call_sync(lambda: ray.get(scheduler.piece_cap.remote()))
+    items = _items(files, versions, base, sha256, piece_size, single, cap)
     tasks: list[TaskInfo] = call_sync(
         lambda: ray.get(scheduler.register_tasks.remote([i.task for i in items])),
         "registering the tasks",
@@ -169,16 +170,18 @@ def _items(
     sha256: str | None,
     piece_size: int | None,
     single: bool,
+    cap: int | None = None,
 ) -> list[FetchItem]:
     """The items of a listing: a task per file, but the small files of a prefix in packs
-    (:mod:`rayfly.pack`, sized by :class:`~rayfly.config.PackConfig`)."""
+    (:mod:`rayfly.pack`, sized by :class:`~rayfly.config.PackConfig`); ``cap``: the largest
+    default piece size of a file's task (the scheduler's, from the links' measured rate)."""
     packing = from_env(PackConfig)
     piece = pack.piece_size_of(packing.pack_size, piece_size)
     threshold = 0 if single else packing.pack_threshold
     groups = pack.plan([f.size for f in files], threshold, packing.pack_size, piece)
     items = [
         FetchItem(
-            _task(files[i], base, versions[i], sha256, piece_size),
+            _task(files[i], base, versions[i], sha256, piece_size, cap),
             None if single else files[i].relpath,
         )
         for i in groups.singles
@@ -196,10 +199,11 @@ def _task(
     version: Version,
     sha256: str | None,
     piece_size: int | None,
+    cap: int | None = None,
 ) -> TaskInfo:
     """The task of one listed file (its version folded into the task id)."""
     spec = dataclasses.replace(base, url=f.url, expected_sha256=sha256, version=version)
-    return info_for(spec, f.size, f.ranges, piece_size)
+    return info_for(spec, f.size, f.ranges, piece_size, cap)
 
 
 def _check_name(items: list[FetchItem], dest: str) -> None:

@@ -37,6 +37,7 @@ from rayfly.scheduling import (
     TaskView,
     origin_quota,
     others_will_ask,
+    piece_cap,
     plan_batch,
     takes_stream,
     wake_count,
@@ -278,7 +279,8 @@ class SchedulerCore:
             self._release(t, peer_id, d.piece)
             if d.parent in self.peers and d.seconds > 0:
                 p = self.peers[d.parent]
-                p.throughput = 0.7 * p.throughput + 0.3 * d.nbytes / d.seconds
+                rate = d.nbytes / d.seconds  # the first measurement, then a moving average
+                p.throughput = 0.7 * p.throughput + 0.3 * rate if p.throughput else rate
             if known:
                 self._hold(t, peer_id, d.piece, d.digest)
         for f in failed:
@@ -331,6 +333,11 @@ class SchedulerCore:
         """True when ``peer_id`` is a live member of the task (it joined and was not lost)."""
         t = self.tasks.get(task_id)
         return t is not None and peer_id in self.peers and peer_id in t.have
+
+    def piece_cap(self) -> int | None:
+        """The largest piece a new task should have, from the transfers measured so far
+        (:func:`rayfly.scheduling.piece_cap`); None before any."""
+        return piece_cap(p.throughput for p in self.peers.values())
 
     def expect(self, task_id: str, members: int) -> None:
         """``members`` nodes are about to fetch the task: until that many have joined, the

@@ -34,6 +34,7 @@ from rayfly.protocol import Assignment
 MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
 SERVE_TARGET_S = 2.0
+PIECE_TARGET_S = 3.0
 
 
 class Load(Protocol):
@@ -145,6 +146,19 @@ def upload_slots(slots: int, upload_rate: float | None, piece_size: int) -> int:
     if not upload_rate:
         return slots
     return max(1, min(slots, int(upload_rate * SERVE_TARGET_S // max(1, piece_size))))
+
+
+def piece_cap(flow_rates: Iterable[float]) -> int | None:
+    """The largest piece (a power of two) that moves between peers within
+    :data:`PIECE_TARGET_S` at the median of the measured per-transfer rates; None before any
+    was measured. Ray asks again for an object whose pull has not finished after 10 s
+    (``object_manager_pull_timeout_ms``) and sends it twice: on slow links pieces must be
+    small enough to stay well inside that."""
+    rates = sorted(r for r in flow_rates if r > 0)
+    if not rates:
+        return None
+    fits = int(rates[len(rates) // 2] * PIECE_TARGET_S)
+    return 1 << max(0, fits.bit_length() - 1)
 
 
 def others_will_ask(

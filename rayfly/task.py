@@ -92,13 +92,16 @@ class TaskInfo:
         return piece_bounds(self.length, self.piece_size, index)
 
 
-def info_for(spec: SourceSpec, size: int, ranges: bool, piece_size: int | None) -> TaskInfo:
-    """The task of ``spec``, an object of ``size`` bytes (``piece_size`` None: the default)."""
+def info_for(
+    spec: SourceSpec, size: int, ranges: bool, piece_size: int | None, cap: int | None = None
+) -> TaskInfo:
+    """The task of ``spec``, an object of ``size`` bytes (``piece_size`` None: the default,
+    at most ``cap``)."""
     return TaskInfo(
         spec.resolved_task_id(),
         spec.url,
         size,
-        piece_size or default_piece_size(size),
+        piece_size or default_piece_size(size, cap),
         spec.storage_options,
         spec.expected_sha256,
         spec.version,
@@ -147,8 +150,9 @@ def task_id_for(
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def default_piece_size(length: int) -> int:
-    """The next power of two of ``length / 64``, clamped to 4..16 MiB.
+def default_piece_size(length: int, cap: int | None = None) -> int:
+    """The next power of two of ``length / 64``, clamped to 4..16 MiB, and to ``cap`` (at
+    least 4 MiB) when the links are slow (:func:`rayfly.scheduling.piece_cap`).
 
     Dragonfly aims at ~500 pieces (``length / 500``); a rayfly piece costs more to move (an
     actor call and an object in Ray's object store, ~10 ms of CPU per piece across peer and
@@ -158,7 +162,7 @@ def default_piece_size(length: int) -> int:
     the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
-    return min(MAX_PIECE, max(MIN_PIECE, size))
+    return min(MAX_PIECE, max(MIN_PIECE, min(size, cap or size)))
 
 
 def piece_count(length: int, piece_size: int) -> int:

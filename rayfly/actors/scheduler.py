@@ -118,7 +118,7 @@ class Scheduler:
         task_id = spec.resolved_task_id()
         if (known := self._registered(task_id)) is not None:
             return known  # no await since the check: the actor's one thread makes it single-flight
-        info = info_for(spec, listed.size, listed.ranges, piece_size)
+        info = info_for(spec, listed.size, listed.ranges, piece_size, self.core.piece_cap())
         self.core.add_task(info, order)
         return info
 
@@ -132,6 +132,10 @@ class Scheduler:
                 self.core.add_task(info, order)
             out.append(known or info)
         return out
+
+    def piece_cap(self) -> int | None:
+        """See :meth:`SchedulerCore.piece_cap`."""
+        return self.core.piece_cap()
 
     def expect(self, task_ids: list[str], members: int) -> None:
         """``members`` nodes are about to fetch these tasks (:meth:`SchedulerCore.expect`)."""

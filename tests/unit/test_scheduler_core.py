@@ -316,3 +316,18 @@ def test_origin_pieces_are_kept_to_share_when_more_members_are_expected():
     c.join("t", "a", "ha", 4)
     first = c.plan("t", "a", 2).assignments  # the others have not joined yet
     assert first and all(x.parent is None and x.share for x in first)
+
+
+def test_piece_cap_follows_the_measured_transfer_rate():
+    c, _ = core()
+    assert c.piece_cap() is None  # nothing measured yet: the default layout
+    c.join("t", "a", "ha", 4)
+    c.join("t", "b", "hb", 4)
+    first = c.plan("t", "a", 1).assignments
+    c.report("t", "a", [Done(x.piece, "d", None, MiB, 0.1) for x in first], [])
+    (lease,) = [x for x in c.plan("t", "b", 8).assignments if x.parent == "a"]
+    # 1 MiB from a in 0.7 s: 1.5 MB/s per transfer (a 100 Mbit/s link shared 8 ways)
+    c.report("t", "b", [Done(lease.piece, "d", "a", MiB, 0.7)], [])
+    assert c.piece_cap() == 4 * MiB  # 3 s at 1.5 MB/s is 4.5 MB: the power of two below
+    c.report("t", "b", [Done(lease.piece, "d", "a", MiB, 0.01)], [])  # 105 MB/s
+    assert c.piece_cap() >= 64 * MiB  # fast links: no cap below the default sizes

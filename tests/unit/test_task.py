@@ -31,6 +31,21 @@ def test_piece_size_rule(length, expected):
     assert default_piece_size(length) == expected
 
 
+@pytest.mark.parametrize(
+    ("length", "cap", "expected"),
+    [
+        (512 * MiB, None, 8 * MiB),
+        (512 * MiB, 4 * MiB, 4 * MiB),  # slow links: smaller pieces
+        (512 * MiB, 1 * MiB, 4 * MiB),  # never below 4 MiB
+        (1 << 30, 8 * MiB, 8 * MiB),
+        (1 << 30, 1 << 30, 16 * MiB),  # fast links change nothing
+        (100 * MiB, 8 * MiB, 4 * MiB),  # a cap never makes a piece larger
+    ],
+)
+def test_a_piece_size_cap_from_slow_links(length, cap, expected):
+    assert default_piece_size(length, cap) == expected
+
+
 def test_layout_covers_every_byte_once():
     length, size = 10 * MiB + 123, 4 * MiB
     assert piece_count(length, size) == 3
