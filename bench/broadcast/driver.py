@@ -217,7 +217,25 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
         }
         for n in report["nodes"]
     ]
-    return hosts, {"cli_wall_s": wall, "totals": report.get("totals", {})}
+    return hosts, {
+        "cli_wall_s": wall,
+        "totals": report.get("totals", {}),
+        "piece_size": _piece_size(cmd, report.get("task_ids", [])),
+    }
+
+
+def _piece_size(cmd: list[str], task_ids: list[str]) -> int | None:
+    """The piece size the scheduler gave the task (``rayfly status --json``)."""
+    status = [*cmd[: cmd.index("distribute")], "status", "--json"]
+    proc = subprocess.run(status, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 or not task_ids:
+        return None
+    try:
+        doc = json.loads(proc.stdout[proc.stdout.index("{") :])
+        sizes = [t["piece_size"] for t in doc["tasks"] if t["task_id"] == task_ids[0]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return sizes[0] if sizes else None
 
 
 def origin_stats(base: str, reset: bool = False) -> dict:
