@@ -36,21 +36,27 @@ class FetchRequest:
     limit_rate: float | None = None
 
 
+SHARE_HOST = "host"
+SHARE_REMOTE = "remote"
+
+
 @dataclass(frozen=True)
 class Assignment:
     """Fetch ``piece`` from ``parent`` (a peer id), or from the origin when ``parent`` is None.
 
     ``stream``: read the whole object from the origin in one sequential stream (it ignores
-    ``Range``), storing and reporting each piece as it arrives. ``share``: other peers of the
-    task still fetch it, so a piece read from the origin is about to be asked of this peer:
-    it keeps the piece in its object store to serve, instead of reading it back from disk.
+    ``Range``), storing and reporting each piece as it arrives. ``share``: for a piece from the
+    origin, who else of the task will ask this peer for it (:data:`SHARE_REMOTE`: peers on
+    other hosts; :data:`SHARE_HOST`: only peers on this host, which may read its file instead;
+    ``""``: nobody): a peer keeps a piece others will ask for in its object store, instead of
+    reading it back from disk to serve it.
     """
 
     piece: int
     parent: str | None
     digest: str | None = None
     stream: bool = False
-    share: bool = False
+    share: str = ""
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,11 @@ from rayfly.protocol import Assignment, Batch, Done, Failed
 from rayfly.scheduling import (
     TaskView,
     origin_quota,
-    others_will_ask,
     piece_cap,
     plan_batch,
     takes_stream,
     wake_count,
+    who_will_ask,
 )
 from rayfly.task import TaskInfo
 
@@ -396,9 +396,10 @@ class SchedulerCore:
                 parent = self.peers[a.parent]
                 leases[a.piece] = Lease(a.parent, deadline, parent.incarnation)
                 parent.uploads += 1
-        origin = any(a.parent is None for a in batch)
-        if origin and others_will_ask(peer_id, t.have, t.finished, t.expected):
-            batch = [dataclasses.replace(a, share=a.parent is None) for a in batch]
+        if any(a.parent is None for a in batch):
+            hosts = {p: s.host for p, s in self.peers.items()}
+            share = who_will_ask(peer_id, hosts, t.have, t.finished, t.expected)
+            batch = [dataclasses.replace(a, share=share) if a.parent is None else a for a in batch]
         return Batch(batch)
 
     def _plan_stream(self, t: TaskState, peer_id: str) -> Batch | None:

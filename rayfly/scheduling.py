@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rayfly.errors import InvalidInput
-from rayfly.protocol import Assignment
+from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Assignment
 
 MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
@@ -161,13 +161,22 @@ def piece_cap(flow_rates: Iterable[float]) -> int | None:
     return 1 << max(0, fits.bit_length() - 1)
 
 
-def others_will_ask(
-    peer_id: str, members: Collection[str], finished: Container[str], expected: int
-) -> bool:
-    """True when the pieces ``peer_id`` reads from the origin will be asked of it: fewer than
-    the ``expected`` members have joined, or one other than it has not finished (see
-    ``Assignment.share``)."""
-    return len(members) < expected or any(p != peer_id and p not in finished for p in members)
+def who_will_ask(
+    peer_id: str,
+    host_of: Mapping[str, str],
+    members: Collection[str],
+    finished: Container[str],
+    expected: int,
+) -> str:
+    """Who will ask ``peer_id`` for the pieces it reads from the origin (``Assignment.share``):
+    ``SHARE_REMOTE`` when a member on another host (or one that has not joined yet: fewer than
+    ``expected`` have) still fetches, ``SHARE_HOST`` when only members on its own host do,
+    ``""`` when nobody does. ``host_of``: each live peer's host."""
+    others = [p for p in members if p != peer_id and p not in finished]
+    mine = host_of.get(peer_id)
+    if len(members) < expected or any(host_of.get(p) != mine for p in others):
+        return SHARE_REMOTE
+    return SHARE_HOST if others else ""
 
 
 def wake_count(done: int, failed: int, per_piece: int) -> int:

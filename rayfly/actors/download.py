@@ -46,7 +46,7 @@ from rayfly.errors import (
     SourceError,
 )
 from rayfly.piecemem import BUFFERS, HashWindow, HotPieces
-from rayfly.protocol import Batch, Done, Failed
+from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Batch, Done, Failed
 from rayfly.ratelimit import TokenBucket, take_all
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
@@ -427,10 +427,11 @@ class Downloads:
 
     async def _keep(self, task: TaskInfo, a: Any, got: Read, nbytes: int) -> None:
         """Keep a verified piece referenced to serve it: one received from a parent as it is,
-        one read from the origin that others will ask for as one copy (no disk read later)."""
+        one read from the origin that others will ask for as one copy (no disk read later),
+        unless only peers on this host will, and they read this node's files (local reads)."""
         if got.ref is not None:
             self.hot.put(task.task_id, a.piece, got.ref, nbytes)
-        elif a.share:
+        elif a.share == SHARE_REMOTE or (a.share == SHARE_HOST and self.reader.local_ip is None):
             ref = await self.disk_io(ray.put, got.data)
             self.hot.put(task.task_id, a.piece, ref, nbytes)
             self.pieces_kept_from_origin += 1

@@ -1,7 +1,7 @@
 """The scheduler's state machine without Ray: leases, reports, failures, dead peers."""
 
 from rayfly.config import SchedulerConfig
-from rayfly.protocol import Done, Failed
+from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
 from rayfly.task import TaskInfo
 
@@ -302,10 +302,10 @@ def test_origin_pieces_are_kept_to_share_only_while_another_peer_fetches():
     c, _ = core(parallelism=8)
     c.join("t", "a", "ha", 4)
     alone = c.plan("t", "a", 2).assignments
-    assert alone and all(x.parent is None and not x.share for x in alone)
+    assert alone and all(x.parent is None and x.share == "" for x in alone)
     c.join("t", "b", "hb", 4)
     shared = c.plan("t", "a", 2).assignments
-    assert shared and all(x.parent is None and x.share for x in shared)
+    assert shared and all(x.parent is None and x.share == SHARE_REMOTE for x in shared)
     c.finish("t", "b", None)
     assert not any(x.share for x in c.plan("t", "a", 2).assignments)
 
@@ -315,7 +315,17 @@ def test_origin_pieces_are_kept_to_share_when_more_members_are_expected():
     c.expect("t", 3)
     c.join("t", "a", "ha", 4)
     first = c.plan("t", "a", 2).assignments  # the others have not joined yet
-    assert first and all(x.parent is None and x.share for x in first)
+    assert first and all(x.parent is None and x.share == SHARE_REMOTE for x in first)
+
+
+def test_origin_pieces_only_peers_of_the_same_host_will_ask_for_say_so():
+    c, _ = core(parallelism=8)
+    c.join("t", "a", "h1", 4)
+    c.join("t", "b", "h1", 4)  # a second Ray node on the same machine
+    batch = c.plan("t", "a", 2).assignments
+    assert batch and all(x.share == SHARE_HOST for x in batch)
+    c.join("t", "c", "h2", 4)
+    assert all(x.share == SHARE_REMOTE for x in c.plan("t", "a", 2).assignments)
 
 
 def test_piece_cap_follows_the_measured_transfer_rate():
