@@ -64,7 +64,10 @@ def link_use(
 ) -> dict[str, float]:
     """A link's received and sent bytes per second over ``[start, end]`` as shares of its rate,
     and when (seconds after ``start``) it had received and sent 99 % of what it did then."""
-    inside = [s for s in series if start <= s[0] <= end]
+    # the samples inside, and the last before and the first after: a short run has few inside
+    before = [s for s in series if s[0] <= start][-1:]
+    after = [s for s in series if s[0] >= end][:1]
+    inside = before + [s for s in series if start < s[0] < end] + after
     if len(inside) < 2:
         return {}
     (t0, rx0, tx0), (t1, rx1, tx1) = inside[0], inside[-1]
@@ -72,7 +75,7 @@ def link_use(
 
     def done_at(col: int, first: int, last: int) -> float:
         goal = first + 0.99 * (last - first)
-        return next(s[0] for s in inside if s[col] >= goal) - start
+        return max(0.0, next(s[0] for s in inside if s[col] >= goal) - start)
 
     return {
         "rx_share": (rx1 - rx0) / span / rate_bps,

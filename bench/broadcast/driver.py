@@ -136,16 +136,21 @@ def run_chain(url: str, nodes: list[dict], dest: Path, name: str) -> list[dict]:
         refs.append(chain_link.options(**options).remote(upstream, listen, path, size))
     results = ray.get(refs, timeout=3600)
     return [
-        {
-            "node_id": node["NodeID"],
-            "node_ip": node["NodeManagerAddress"],
-            "path": str(dest / node["NodeID"] / name),
-            "seconds": end - t0,
-            "bytes": nbytes,
-            "sha256": digest,
-        }
+        host_row(node, dest / node["NodeID"] / name, end - t0, nbytes, sha256=digest)
         for node, (end, nbytes, digest) in zip(nodes, results, strict=True)
     ]
+
+
+def host_row(node: dict, path: Path, seconds: float, nbytes: int, **extra: Any) -> dict:
+    """One host's record of a method-run."""
+    return {
+        "node_id": node["NodeID"],
+        "node_ip": node["NodeManagerAddress"],
+        "path": str(path),
+        "seconds": seconds,
+        "bytes": nbytes,
+        **extra,
+    }
 
 
 def fetch_into_array(url: str) -> np.ndarray:
@@ -179,14 +184,7 @@ def run_tasks(method: str, url: str, nodes: list[dict], dest: Path, name: str) -
             refs.append(write_array.options(**options).remote(data, path))
     results = ray.get(refs, timeout=3600)
     return [
-        {
-            "node_id": node["NodeID"],
-            "node_ip": node["NodeManagerAddress"],
-            "path": str(dest / node["NodeID"] / name),
-            "seconds": end - t0,
-            "bytes": nbytes,
-            **extra,
-        }
+        host_row(node, dest / node["NodeID"] / name, end - t0, nbytes, **extra)
         for node, (end, nbytes) in zip(nodes, results, strict=True)
     ]
 

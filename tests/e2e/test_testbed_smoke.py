@@ -79,7 +79,7 @@ def test_broadcast_end_to_end_on_three_hosts(tmp_path):
     assert _leftovers() == [], "the testbed was not torn down"
     assert (tmp_path / "smoke.png").is_file()
     by_method = {r["method"]: r for r in doc["runs"]}
-    assert set(by_method) == {"rayfly", "plain", "ray"}
+    assert set(by_method) == {"rayfly", "plain", "ray", "chain"}
     size = 4 << 20
     for method, run in by_method.items():
         assert "error" not in run, (method, run.get("error"))
@@ -88,3 +88,8 @@ def test_broadcast_end_to_end_on_three_hosts(tmp_path):
     assert by_method["plain"]["origin"]["bytes_served"] == 3 * size
     assert by_method["ray"]["origin"]["bytes_served"] == size
     assert by_method["rayfly"]["origin"]["bytes_served"] == size
+    assert by_method["chain"]["origin"]["bytes_served"] == size  # host 0 only; then host to host
+    links = by_method["chain"]["links"]
+    assert links["origin"]["tx_done_s"] > 0 and len(links["hosts"]) == 3
+    assert all(0 < h["rx_share"] <= 1.2 for h in links["hosts"]), links
+    assert by_method["rayfly"]["extra"]["piece_size"] == 4 << 20  # as rayfly status says
