@@ -59,12 +59,14 @@ class HashWindow:
 
 
 class HotPieces(Generic[V]):
-    """Up to ``limit`` bytes of values keyed by ``(task_id, piece)``, least recently used out."""
+    """Up to ``limit`` bytes of values keyed by ``(task_id, piece)``, least recently used out;
+    each remembers the peer it came from (None: made here), so that all that came from a peer
+    whose node died can be dropped at once (:meth:`drop_from`)."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
-        self._items: OrderedDict[tuple[str, int], tuple[V, int]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], tuple[V, int, str | None]] = OrderedDict()
 
     def get(self, task_id: str, index: int) -> V | None:
         """The value of a piece, marked as just used; None if not held."""
@@ -74,15 +76,18 @@ class HotPieces(Generic[V]):
         self._items.move_to_end((task_id, index))
         return item[0]
 
-    def put(self, task_id: str, index: int, value: V, nbytes: int) -> None:
-        """Hold ``value``; the least recently used values go until the total fits."""
+    def put(
+        self, task_id: str, index: int, value: V, nbytes: int, source: str | None = None
+    ) -> None:
+        """Hold ``value`` (received from peer ``source``); the least recently used values go
+        until the total fits."""
         if nbytes > self.limit:
             return
         self.drop(task_id, index)
-        self._items[(task_id, index)] = (value, nbytes)
+        self._items[(task_id, index)] = (value, nbytes, source)
         self.held += nbytes
         while self.held > self.limit:
-            _, (_, size) = self._items.popitem(last=False)
+            _, (_, size, _) = self._items.popitem(last=False)
             self.held -= size
 
     def drop(self, task_id: str, index: int) -> None:
@@ -90,6 +95,18 @@ class HotPieces(Generic[V]):
         item = self._items.pop((task_id, index), None)
         if item is not None:
             self.held -= item[1]
+
+    def drop_from_source_of(self, task_id: str, index: int) -> int:
+        """Forget this piece and every other that came from the same peer (its references
+        cannot be pulled: their owner died); how many were dropped."""
+        item = self._items.get((task_id, index))
+        if item is None or item[2] is None:
+            self.drop(task_id, index)
+            return 1 if item is not None else 0
+        gone = [k for k, v in self._items.items() if v[2] == item[2]]
+        for key in gone:
+            self.held -= self._items.pop(key)[1]
+        return len(gone)
 
     def drop_task(self, task_id: str) -> None:
         """Forget every piece of ``task_id`` (it left the cache)."""

@@ -106,6 +106,7 @@ class Peer:
         self.uploads = 0
         self.pieces_served = 0
         self.pieces_served_hot = 0
+        self.pieces_asked_cold = 0
         self._incarnation = ray.get_runtime_context().get_actor_id() or ""
         ray.get_runtime_context().current_actor.announce.remote()
 
@@ -141,6 +142,7 @@ class Peer:
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
             "pieces_served_from_memory": self.pieces_served_hot,
+            "pieces_asked_cold": self.pieces_asked_cold,
             "pieces_kept_from_origin": self.downloads.pieces_kept_from_origin,
             "pieces_read_from_local_stores": self.downloads.reader.pieces_read_local,
             "local_reads": self.node.local_reads,
@@ -202,7 +204,7 @@ class Peer:
             if self._upload_limit.rate:
                 await self._upload_limit.take(nbytes)
             if cold:
-                self.hot.drop(task_id, index)
+                self._cold(task_id, index)
             ref = None if self._corrupt_served else self.hot.get(task_id, index)
             if ref is None:
                 ref = await self.downloads.disk_io(self._put_piece, task_id, index)
@@ -216,6 +218,13 @@ class Peer:
             raise
         finally:
             self.uploads -= 1
+
+    def _cold(self, task_id: str, index: int) -> None:
+        """A reference this peer handed out could not be pulled (its owner, the node it came
+        from, died): drop it and every other that came from that node, so that the pieces are
+        served from disk without each child failing a pull first."""
+        self.pieces_asked_cold += 1
+        self.hot.drop_from_source_of(task_id, index)
 
     def _put_piece(self, task_id: str, index: int) -> ray.ObjectRef:
         """Read a piece from disk, verified, into the object store (kept hot)."""
@@ -249,7 +258,7 @@ class Peer:
         elif not self.store.has(task_id):
             raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
         if cold:
-            self.hot.drop(task_id, index)
+            self._cold(task_id, index)
         ref = self.hot.get(task_id, index)
         if ref is None:
             if from_file:

@@ -209,11 +209,18 @@ def test_pieces_relayed_from_a_dead_node_are_served_from_the_relays_disk(
     assert relayed.ok and relayed.origin_bytes == 0, str(relayed)
     extra_node.kill()
     extra_node.wait_dead()
-    report = rayfly.distribute(url, str(tmp_path / "child.bin"), nodes=[child], piece_size=piece)
+    peer = placement.existing_peers()[relay]
+    cold_before = ray.get(peer.info.remote())["pieces_asked_cold"]
+    report = rayfly.distribute(
+        url, str(tmp_path / "child.bin"), nodes=[child], piece_size=piece, concurrency=1
+    )
     assert report.ok, str(report)
     assert sha256_file(tmp_path / "child.bin") == sha256_file(src)
     assert origin.bytes_served == size, origin.log  # nothing read twice
     assert report.origin_bytes == 0, str(report)
+    # the first dead reference makes the relay drop all it received from that node: the
+    # child fails one pull, not one per piece
+    assert ray.get(peer.info.remote())["pieces_asked_cold"] - cold_before == 1
 
 
 def test_a_restarted_scheduler_learns_what_the_nodes_hold(
