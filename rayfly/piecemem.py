@@ -60,8 +60,8 @@ class HashWindow:
 
 class HotPieces(Generic[V]):
     """Up to ``limit`` bytes of values keyed by ``(task_id, piece)``, least recently used out;
-    each remembers the peer it came from (None: made here), so that all that came from a peer
-    whose node died can be dropped at once (:meth:`drop_from`)."""
+    each remembers the peer it came from (None: made here), so that all that came through a
+    peer can be dropped at once (:meth:`drop_from_source_of`)."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -97,8 +97,9 @@ class HotPieces(Generic[V]):
             self.held -= item[1]
 
     def drop_from_source_of(self, task_id: str, index: int) -> int:
-        """Forget this piece and every other that came from the same peer (its references
-        cannot be pulled: their owner died); how many were dropped."""
+        """Forget this piece and every other that came from the same peer (a reference that
+        cannot be pulled because its owner died: those that came the same way likely share
+        that owner); how many were dropped."""
         item = self._items.get((task_id, index))
         if item is None or item[2] is None:
             self.drop(task_id, index)

@@ -220,9 +220,10 @@ class Peer:
             self.uploads -= 1
 
     def _cold(self, task_id: str, index: int) -> None:
-        """A reference this peer handed out could not be pulled (its owner, the node it came
-        from, died): drop it and every other that came from that node, so that the pieces are
-        served from disk without each child failing a pull first."""
+        """A reference this peer handed out could not be pulled (its owner's node died): drop
+        it and every other received from the same parent (the parent's node, or the one it
+        relayed them from, is likely that owner), so that those pieces are served from disk
+        without a child failing a pull for each first."""
         self.pieces_asked_cold += 1
         self.hot.drop_from_source_of(task_id, index)
 
