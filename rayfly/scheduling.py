@@ -18,6 +18,11 @@ Rules:
   peer without a limit fetches the task (its pieces would be rare, and slow to spread).
 - An origin that ignores ``Range`` is read by one peer at a time, in one sequential stream
   (:func:`takes_stream`); the others get its pieces from peers as they arrive.
+- A piece read from the origin is marked with who will ask its reader for it
+  (:func:`who_will_ask`), so that the reader keeps it in memory to serve when that is cheaper
+  than reading it back from disk.
+- A new task's default pieces are no larger than what moves between peers in
+  :data:`PIECE_TARGET_S` at the measured rate (:func:`piece_cap`).
 """
 
 from __future__ import annotations
