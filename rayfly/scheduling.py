@@ -39,7 +39,7 @@ from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Assignment
 MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
 SERVE_TARGET_S = 2.0
-PIECE_TARGET_S = 3.0
+PIECE_TARGET_S = 2.0
 
 
 class Load(Protocol):
