@@ -103,6 +103,7 @@ class PeerState:
     incarnation: str = ""
     uploads: int = 0
     throughput: float = 0.0
+    uplink: float = 0.0
     suspect_until: float = -math.inf
     upload_rate: float | None = None
 
@@ -281,6 +282,8 @@ class SchedulerCore:
                 p = self.peers[d.parent]
                 rate = d.nbytes / d.seconds  # the first measurement, then a moving average
                 p.throughput = 0.7 * p.throughput + 0.3 * rate if p.throughput else rate
+                up = rate * (p.uploads + 1)  # it served this transfer and p.uploads others
+                p.uplink = 0.7 * p.uplink + 0.3 * up if p.uplink else up
             if known:
                 self._hold(t, peer_id, d.piece, d.digest)
         for f in failed:
@@ -337,7 +340,7 @@ class SchedulerCore:
     def piece_cap(self) -> int | None:
         """The largest piece a new task should have, from the transfers measured so far
         (:func:`rayfly.scheduling.piece_cap`); None before any."""
-        return piece_cap(p.throughput for p in self.peers.values())
+        return piece_cap((p.uplink, p.slots) for p in self.peers.values())
 
     def expect(self, task_id: str, members: int) -> None:
         """``members`` nodes are about to fetch the task: until that many have joined, the

@@ -153,13 +153,15 @@ def upload_slots(slots: int, upload_rate: float | None, piece_size: int) -> int:
     return max(1, min(slots, int(upload_rate * SERVE_TARGET_S // max(1, piece_size))))
 
 
-def piece_cap(flow_rates: Iterable[float]) -> int | None:
+def piece_cap(uplinks: Iterable[tuple[float, int]]) -> int | None:
     """The largest piece (a power of two) that moves between peers within
-    :data:`PIECE_TARGET_S` at the median of the measured per-transfer rates; None before any
-    was measured. Ray asks again for an object whose pull has not finished after 10 s
-    (``object_manager_pull_timeout_ms``) and sends it twice: on slow links pieces must be
-    small enough to stay well inside that."""
-    rates = sorted(r for r in flow_rates if r > 0)
+    :data:`PIECE_TARGET_S` when every parent serves all its slots at once; None before any
+    transfer was measured. ``uplinks``: per peer, the upload rate measured (a transfer's rate
+    times the transfers it was serving at the time) and its upload slots; the median of
+    rate / slots is a transfer's rate under full load. Ray asks again for an object whose pull
+    has not finished after 10 s (``object_manager_pull_timeout_ms``) and sends it twice: on
+    slow links pieces must be small enough to stay well inside that."""
+    rates = sorted(rate / max(1, slots) for rate, slots in uplinks if rate > 0)
     if not rates:
         return None
     fits = int(rates[len(rates) // 2] * PIECE_TARGET_S)

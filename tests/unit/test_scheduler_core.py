@@ -331,13 +331,12 @@ def test_origin_pieces_only_peers_of_the_same_host_will_ask_for_say_so():
 def test_piece_cap_follows_the_measured_transfer_rate():
     c, _ = core()
     assert c.piece_cap() is None  # nothing measured yet: the default layout
-    c.join("t", "a", "ha", 4)
-    c.join("t", "b", "hb", 4)
-    first = c.plan("t", "a", 1).assignments
-    c.report("t", "a", [Done(x.piece, "d", None, MiB, 0.1) for x in first], [])
-    (lease,) = [x for x in c.plan("t", "b", 8).assignments if x.parent == "a"]
-    # 1 MiB from a in 0.7 s: 1.5 MB/s per transfer (a 100 Mbit/s link shared 8 ways)
-    c.report("t", "b", [Done(lease.piece, "d", "a", MiB, 0.7)], [])
-    assert c.piece_cap() == 2 * MiB  # 2 s at 1.5 MB/s is 3 MB: the power of two below
-    c.report("t", "b", [Done(lease.piece, "d", "a", MiB, 0.01)], [])  # 105 MB/s
+    c.join("t", "a", "ha", 8, {i: "d" for i in range(8)})
+    c.join("t", "b", "hb", 8)
+    leases = c.plan("t", "b", 8).assignments
+    assert len(leases) == 8 and all(x.parent == "a" for x in leases)  # a serves all 8 slots
+    # one of them, 1 MiB in 0.7 s while a served 7 others: a's uplink moves 12 MB/s (100 Mbit/s)
+    c.report("t", "b", [Done(leases[0].piece, "d", "a", MiB, 0.7)], [])
+    assert c.piece_cap() == 2 * MiB  # 8 at once: 1.5 MB/s each, 3 MB in 2 s, a power of two
+    c.report("t", "b", [Done(leases[1].piece, "d", "a", MiB, 0.01)], [])  # 105 MB/s, 6 others
     assert c.piece_cap() >= MAX_PIECE  # fast links: the defaults stand
