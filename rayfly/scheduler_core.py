@@ -45,6 +45,9 @@ from rayfly.scheduling import (
 from rayfly.task import TaskInfo
 
 MAX_ORIGIN_FAILURES = 3
+RATE_SAMPLE_MIN = 1 << 20
+"""Transfers smaller than this say little about the links (their time is mostly latency): they
+do not count towards a parent's measured upload rate (:meth:`SchedulerCore.piece_cap`)."""
 EXPIRY_PERIOD_S = 1.0
 ACTIVE_PERIOD_S = 1.0
 WAITERS_PRUNE_AT = 4096
@@ -282,8 +285,9 @@ class SchedulerCore:
                 p = self.peers[d.parent]
                 rate = d.nbytes / d.seconds  # the first measurement, then a moving average
                 p.throughput = 0.7 * p.throughput + 0.3 * rate if p.throughput else rate
-                up = rate * (p.uploads + 1)  # it served this transfer and p.uploads others
-                p.uplink = 0.7 * p.uplink + 0.3 * up if p.uplink else up
+                if d.nbytes >= RATE_SAMPLE_MIN:  # smaller: the latency, not the links
+                    up = rate * (p.uploads + 1)  # it served this transfer and p.uploads others
+                    p.uplink = 0.7 * p.uplink + 0.3 * up if p.uplink else up
             if known:
                 self._hold(t, peer_id, d.piece, d.digest)
         for f in failed:

@@ -338,5 +338,7 @@ def test_piece_cap_follows_the_measured_transfer_rate():
     # one of them, 1 MiB in 0.7 s while a served 7 others: a's uplink moves 12 MB/s (100 Mbit/s)
     c.report("t", "b", [Done(leases[0].piece, "d", "a", MiB, 0.7)], [])
     assert c.piece_cap() == 2 * MiB  # 8 at once: 1.5 MB/s each, 3 MB in 2 s, a power of two
-    c.report("t", "b", [Done(leases[1].piece, "d", "a", MiB, 0.01)], [])  # 105 MB/s, 6 others
+    c.report("t", "b", [Done(leases[1].piece, "d", "a", 4096, 0.5)], [])  # a small file's
+    assert c.piece_cap() == 2 * MiB  # latency, not link rate: not counted
+    c.report("t", "b", [Done(leases[2].piece, "d", "a", MiB, 0.01)], [])  # 105 MB/s, 5 others
     assert c.piece_cap() >= MAX_PIECE  # fast links: the defaults stand
