@@ -404,8 +404,7 @@ class SchedulerCore:
                 leases[a.piece] = Lease(a.parent, deadline, parent.incarnation)
                 parent.uploads += 1
         if any(a.parent is None for a in batch):
-            hosts = {p: s.host for p, s in self.peers.items()}
-            share = who_will_ask(peer_id, hosts, t.have, t.finished, t.expected)
+            share = who_will_ask(peer_id, self.peers, t.have, t.finished, t.expected)
             batch = [dataclasses.replace(a, share=share) if a.parent is None else a for a in batch]
         return Batch(batch)
 

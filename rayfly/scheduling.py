@@ -170,7 +170,7 @@ def piece_cap(uplinks: Iterable[tuple[float, int]]) -> int | None:
 
 def who_will_ask(
     peer_id: str,
-    host_of: Mapping[str, str],
+    peers: Mapping[str, Load],
     members: Collection[str],
     finished: Container[str],
     expected: int,
@@ -178,10 +178,15 @@ def who_will_ask(
     """Who will ask ``peer_id`` for the pieces it reads from the origin (``Assignment.share``):
     ``SHARE_REMOTE`` when a member on another host (or one that has not joined yet: fewer than
     ``expected`` have) still fetches, ``SHARE_HOST`` when only members on its own host do,
-    ``""`` when nobody does. ``host_of``: each live peer's host."""
+    ``""`` when nobody does. ``peers``: every live peer (for its host)."""
+
+    def host_of(p: str) -> str | None:
+        load = peers.get(p)
+        return load.host if load is not None else None
+
     others = [p for p in members if p != peer_id and p not in finished]
-    mine = host_of.get(peer_id)
-    if len(members) < expected or any(host_of.get(p) != mine for p in others):
+    mine = host_of(peer_id)
+    if len(members) < expected or any(host_of(p) != mine for p in others):
         return SHARE_REMOTE
     return SHARE_HOST if others else ""
 

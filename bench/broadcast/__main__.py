@@ -248,7 +248,8 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
         argv.append(f"--rayfly-arg={extra}")  # a value that starts with "--" stays a value
     wire0 = tb.iface_bytes(cfg.origin_ns)
     hosts0 = [tb.iface_bytes(cfg.host_ns(i)) for i in range(cfg.hosts)]
-    mine = {os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
+    inode = {ns: os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
+    mine = set(inode.values())
     quiet = wait_for_quiet(mine, args)
     with CpuSampler(mine) as cpu:
         proc = tb.run_in(cfg.host_ns(0), argv, timeout=args.run_timeout, check=False)
@@ -265,7 +266,6 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     start, end = out.get("t_start", 0.0), out.get("t_end", float("inf"))
     rate = cfg.rate_mbit * 1e6 / 8
     origin_rate = (cfg.origin_rate_mbit or cfg.rate_mbit) * 1e6 / 8
-    inode = {ns: os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
     out["links"] = {
         "origin": link_use(cpu.links.get(inode[cfg.origin_ns], []), start, end, origin_rate),
         "hosts": [
