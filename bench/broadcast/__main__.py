@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -83,6 +84,19 @@ def link_use(
         "rx_done_s": done_at(1, rx0, rx1),
         "tx_done_s": done_at(2, tx0, tx1),
     }
+
+
+def rate_series(
+    series: list[tuple[float, int, int]], start: float, end: float, rate_bps: float, col: int
+) -> list[list[float]]:
+    """[seconds after ``start``, share of the link's rate] per sampling interval inside
+    ``[start, end]``, for column ``col`` of ``series`` (1: received, 2: sent): when a link
+    idled, not only how much."""
+    inside = [s for s in series if start <= s[0] <= end]
+    return [
+        [round(b[0] - start, 2), round((b[col] - a[col]) / max(1e-9, b[0] - a[0]) / rate_bps, 3)]
+        for a, b in itertools.pairwise(inside)
+    ]
 
 
 def process_ticks() -> dict[int, tuple[int, int, int, str, int]]:
@@ -270,6 +284,15 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
         "origin": link_use(cpu.links.get(inode[cfg.origin_ns], []), start, end, origin_rate),
         "hosts": [
             link_use(cpu.links.get(inode[cfg.host_ns(i)], []), start, end, rate)
+            for i in range(cfg.hosts)
+        ],
+    }
+    out["links"]["series"] = {
+        "origin_tx": rate_series(
+            cpu.links.get(inode[cfg.origin_ns], []), start, end, origin_rate, 2
+        ),
+        "hosts_rx": [
+            rate_series(cpu.links.get(inode[cfg.host_ns(i)], []), start, end, rate, 1)
             for i in range(cfg.hosts)
         ],
     }
