@@ -112,6 +112,7 @@ NODE_COLUMNS = (
     "bytes",
     "sha256",
     "seconds",
+    "tail_s",
     "bytes_from_origin",
     "bytes_from_peers",
     "ok",
@@ -139,7 +140,9 @@ class FileResult:
 class NodeResult:
     """Everything one node did for one distribution.
 
-    ``timeline`` holds ``(unix_time, nbytes, from_origin)`` for every piece the node fetched.
+    ``timeline`` holds ``(unix_time, nbytes, from_origin)`` for every piece the node fetched;
+    ``tail_s`` is how long the node took after its last piece landed (the whole file's sha256
+    where it could not be computed as pieces arrived, and the publish).
     For a prefix, ``sha256`` is the digest of the node's ``sha256sum``-style listing
     (``"<sha256>  <relpath>\\n"`` per file, sorted by path), so equal trees have equal digests.
     """
@@ -151,6 +154,7 @@ class NodeResult:
     bytes: int = 0
     sha256: str | None = None
     seconds: float = 0.0
+    tail_s: float = 0.0
     bytes_from_origin: int = 0
     bytes_from_peers: int = 0
     ok: bool = False

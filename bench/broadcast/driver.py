@@ -207,6 +207,7 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
             "node_ip": n.get("node_ip"),
             "path": n.get("path"),
             "seconds": n["seconds"],
+            "tail_s": n.get("tail_s"),
             "bytes": n.get("bytes"),
             "ok": n.get("ok", True),
             "bytes_from_origin": n.get("bytes_from_origin"),

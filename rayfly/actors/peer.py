@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 import ray
+from ray.exceptions import ObjectLostError
 
 from rayfly import dest as dest_paths
 from rayfly import identity, metrics, source
@@ -107,6 +108,7 @@ class Peer:
         self.pieces_served = 0
         self.pieces_served_hot = 0
         self.pieces_asked_cold = 0
+        self.pieces_lost_from_memory = 0
         self._incarnation = ray.get_runtime_context().get_actor_id() or ""
         ray.get_runtime_context().current_actor.announce.remote()
 
@@ -143,6 +145,7 @@ class Peer:
             "pieces_served": self.pieces_served,
             "pieces_served_from_memory": self.pieces_served_hot,
             "pieces_asked_cold": self.pieces_asked_cold,
+            "pieces_lost_from_memory": self.pieces_lost_from_memory,
             "pieces_kept_from_origin": self.downloads.pieces_kept_from_origin,
             "pieces_read_from_local_stores": self.downloads.reader.pieces_read_local,
             "local_reads": self.node.local_reads,
@@ -190,14 +193,15 @@ class Peer:
 
     # --- serving ------------------------------------------------------------------------------
     async def read_piece(self, task_id: str, index: int, cold: bool = False) -> list[ray.ObjectRef]:
-        """A verified piece for another peer, as ``[object reference]`` (the caller pulls it
-        from whichever node's object store holds it); raises PieceUnavailable if not held.
+        """A verified piece for another peer, as ``[object reference]`` to an object in this
+        node's store that only this node holds, so that the caller pulls it from here; raises
+        PieceUnavailable if not held.
 
-        A piece this node received from a parent or served lately is handed out as the reference
-        it already has (no disk read, no copy); any other is read from disk, checked against its
-        digest, put into the object store once and kept hot for the next child. ``cold``: the
-        caller could not pull the reference handed out before (its owner, the node this one
-        received it from, died): it is dropped and the piece read from disk."""
+        A piece this node received from a parent or served lately is copied from memory (no
+        disk read; :meth:`_serve_copy` says why a copy); any other is read from disk, checked
+        against its digest, put into the object store and kept hot for the next child. ``cold``:
+        the caller could not pull a reference handed out before (its owner died): it is dropped
+        and the piece read from disk."""
         self.uploads += 1
         try:
             nbytes = self.store.piece_length(task_id, index)  # PieceUnavailable if not held
@@ -206,6 +210,8 @@ class Peer:
             if cold:
                 self._cold(task_id, index)
             ref = None if self._corrupt_served else self.hot.get(task_id, index)
+            if ref is not None:
+                ref = await self._serve_copy(task_id, index, ref)
             if ref is None:
                 ref = await self.downloads.disk_io(self._put_piece, task_id, index)
             else:
@@ -218,6 +224,32 @@ class Peer:
             raise
         finally:
             self.uploads -= 1
+
+    async def _serve_copy(
+        self, task_id: str, index: int, ref: ray.ObjectRef
+    ) -> ray.ObjectRef | None:
+        """A new object holding the bytes of a piece kept hot as ``ref``, for one child; None
+        (and every piece received the same way dropped) when they cannot be had any more.
+
+        Ray pulls an object from a node chosen at random among those holding a copy: one
+        reference handed to every child is sent by whichever earlier child got it first, not by
+        the parent the scheduler chose and counted, and a pull sent to a node that has evicted
+        its copy waits for Ray's retry (10 s). A copy per child (one memory copy of the piece)
+        has one location, this node. A reference received from a parent whose node died, or
+        whose local copy went and cannot be pulled in time, is dropped here, so no child has to
+        fail a pull to tell."""
+
+        async def pull() -> Any:
+            return await ref
+
+        try:
+            data = await asyncio.wait_for(pull(), self.config.piece_timeout_s)
+        except (ObjectLostError, asyncio.TimeoutError) as exc:
+            log.info("task %s piece %d: kept reference lost (%s)", task_id, index, exc)
+            self.pieces_lost_from_memory += self.hot.drop_from_source_of(task_id, index)
+            return None
+        copy: ray.ObjectRef = await self.downloads.disk_io(ray.put, data)
+        return copy
 
     def _cold(self, task_id: str, index: int) -> None:
         """A reference this peer handed out could not be pulled (its owner's node died): drop
@@ -327,7 +359,10 @@ class Peer:
             job = self.downloads.jobs.get(item.task.task_id)
             if fs[0].ok and not fs[0].cached and _succeeded(job):
                 node.timeline.extend(job.result().timeline)
-        node.seconds = time.time() - t0
+        end = time.time()
+        node.seconds = end - t0
+        if node.timeline:
+            node.tail_s = max(0.0, end - max(t for t, _, _ in node.timeline))
         metrics.cache_bytes(self.node_id, self.store.used_bytes())
         return summarize_node(node, single=_single(request))
 

@@ -176,3 +176,26 @@ def test_the_mirror_reads_a_piece_whose_relayed_reference_died_from_its_peer_aga
 
     assert asyncio.run(first_piece()) == data
     assert ray.get(relay.calls.remote()) == [False, True]
+
+
+def test_a_piece_served_from_memory_is_pulled_from_its_parent_only(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    """Ray pulls an object from a random node among those holding a copy: a parent that handed
+    every child the same reference would have its pieces sent by earlier children (or by a node
+    that evicted its copy, after Ray's 10 s retry). Each serve is an object of its own that only
+    the parent's node holds (on the code before, both asks got the one reference the child had
+    already pulled, held on two nodes)."""
+    make_file(origin_root / "located.bin", 4 * MiB, seed=68)
+    url = origin.url + "located.bin"
+    seed = placement.alive_nodes()[0].node_id
+    report, _ = _seed_then_fetch(seed, origin, url, tmp_path, 1)
+    assert report.ok and report.nodes[0].bytes_from_peers == 4 * MiB, str(report)
+    peer = placement.existing_peers()[seed]
+    task_id = report.task_ids[0]
+    refs = [ray.get(peer.read_piece.remote(task_id, 0))[0] for _ in range(2)]
+    assert refs[0] != refs[1]
+    where = ray.experimental.get_object_locations(refs)
+    for ref in refs:
+        assert where[ref]["node_ids"] == [seed], where
+    assert _served(seed)["pieces_served_from_memory"] >= 2
