@@ -85,6 +85,7 @@ class TaskState:
     origin_inflight: set[int] = field(default_factory=set)
     origin_failures: dict[int, int] = field(default_factory=dict)
     digests: dict[int, str] = field(default_factory=dict)
+    readers: dict[int, str] = field(default_factory=dict)
     expected: int = 1
     finished: dict[str, str | None] = field(default_factory=dict)
     error: str | None = None
@@ -290,6 +291,8 @@ class SchedulerCore:
                     p.uplink = 0.7 * p.uplink + 0.3 * up if p.uplink else up
             if known:
                 self._hold(t, peer_id, d.piece, d.digest)
+                if d.parent is None:
+                    t.readers[d.piece] = peer_id
         for f in failed:
             lease = self._release(t, peer_id, f.piece)
             if f.range_ignored:
@@ -378,7 +381,12 @@ class SchedulerCore:
         me = self.peers[peer_id]
         me.suspect_until = -math.inf  # it is asking, so it is reachable
         view = TaskView(
-            t.info.n_pieces, t.holders, t.origin_inflight, self.config.origin_parallelism, t.digests
+            t.info.n_pieces,
+            t.holders,
+            t.origin_inflight,
+            self.config.origin_parallelism,
+            t.digests,
+            t.readers,
         )
         leases = t.leases.setdefault(peer_id, {})
         quota = self._origin_quota(t, me, leases)

@@ -12,10 +12,15 @@ Rules:
   origin parallelism; a piece someone is already reading from the origin is waited for.
 - A node-local file (a task with a source node) is read from the origin by that node's peer only.
 - A parent is chosen among the piece's holders with a free upload slot: the same host first,
-  then a parent without an upload limit, then the lowest load, then the best recent
-  throughput. A node with an upload limit offers as many slots as serve a piece in about
-  :data:`SERVE_TARGET_S` (:func:`upload_slots`), and reads no piece from the origin while a
-  peer without a limit fetches the task (its pieces would be rare, and slow to spread).
+  then a parent without an upload limit, then the peer that read the piece from the origin,
+  then the lowest load, then the best recent throughput. Preferring the reader makes each
+  node's uplink carry the pieces it read (its 1/N share of the origin) to every other node,
+  two hops from the origin: with equal links every uplink then carries (N-1)/N of a link and
+  every downlink a whole one (the "mutualcast" schedule); a busy reader's children take the
+  piece from whoever else holds it. A node with an upload limit offers as many slots as serve
+  a piece in about :data:`SERVE_TARGET_S` (:func:`upload_slots`), and reads no piece from the
+  origin while a peer without a limit fetches the task (its pieces would be rare, and slow to
+  spread).
 - An origin that ignores ``Range`` is read by one peer at a time, in one sequential stream
   (:func:`takes_stream`); the others get its pieces from peers as they arrive.
 - A piece read from the origin is marked with who will ask its reader for it
@@ -30,7 +35,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from rayfly.errors import InvalidInput
@@ -86,6 +91,7 @@ class TaskView:
     origin_inflight: Set[int]
     origin_parallelism: int
     digests: Mapping[int, str]
+    readers: Mapping[int, str] = field(default_factory=dict)
 
 
 def rarest_first(missing: Sequence[int], view: TaskView, salt: int) -> list[int]:
@@ -120,12 +126,14 @@ def peer_salt(peer_id: str) -> int:
     return zlib.crc32(peer_id.encode())
 
 
-def choose_parent(candidates: Sequence[Load], host: str, rng: random.Random) -> Load | None:
+def choose_parent(
+    candidates: Sequence[Load], host: str, rng: random.Random, reader: str | None = None
+) -> Load | None:
     """The best holder with a free upload slot, or None when every holder is busy.
 
-    Score: same host first, then no upload limit, then the smallest share of slots in use,
-    then the best recent throughput; at most :data:`MAX_CANDIDATES` holders (a random sample)
-    are considered.
+    Score: same host first, then no upload limit, then ``reader`` (the peer that read the
+    piece from the origin), then the smallest share of slots in use, then the best recent
+    throughput; at most :data:`MAX_CANDIDATES` holders (a random sample) are considered.
     """
     free = [c for c in candidates if c.uploads < c.slots]
     if len(free) > MAX_CANDIDATES:
@@ -137,6 +145,7 @@ def choose_parent(candidates: Sequence[Load], host: str, rng: random.Random) -> 
         key=lambda c: (
             c.host != host,
             c.upload_rate is not None,
+            c.peer_id != reader,
             c.uploads / c.slots,
             -c.throughput,
             rng.random(),
@@ -308,7 +317,7 @@ def plan_batch(
             origin_budget -= 1
             out.append(Assignment(piece, None))
             continue
-        parent = choose_parent(free, host, rng)
+        parent = choose_parent(free, host, rng, view.readers.get(piece))
         if parent is None:
             continue
         bumped[parent.peer_id] = _one_more_upload(parent)

@@ -342,3 +342,20 @@ def test_piece_cap_follows_the_measured_transfer_rate():
     assert c.piece_cap() == 2 * MiB  # latency, not link rate: not counted
     c.report("t", "b", [Done(leases[2].piece, "d", "a", MiB, 0.01)], [])  # 105 MB/s, 5 others
     assert c.piece_cap() >= MAX_PIECE  # fast links: the defaults stand
+
+
+def test_the_peer_that_read_a_piece_from_the_origin_serves_it_before_its_other_holders():
+    c, _ = core(parallelism=2)
+    for p in ("a", "b", "c"):
+        c.join("t", p, f"h-{p}", 8)
+    got = {p: c.plan("t", p, 1).assignments for p in ("a", "b")}
+    for p, batch in got.items():
+        c.report("t", p, [Done(x.piece, f"d{x.piece}", None, MiB, 0.1) for x in batch], [])
+    read_by = {batch[0].piece: p for p, batch in got.items()}
+    # c fetches both pieces; then a and b are busy serving others while c is idle
+    fetched = c.plan("t", "c", 2).assignments
+    c.report("t", "c", [Done(x.piece, "d", x.parent, MiB, 0.0) for x in fetched], [])
+    c.peers["a"].uploads = c.peers["b"].uploads = 3
+    c.join("t", "d", "h-d", 8)
+    batch = c.plan("t", "d", 8).assignments
+    assert {x.piece: x.parent for x in batch if x.piece in read_by} == read_by

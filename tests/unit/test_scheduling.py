@@ -133,3 +133,23 @@ def test_upload_slots_follow_the_upload_limit():
     assert upload_slots(8, 2 << 20, 4 << 20) == 1  # a 4 MiB piece takes 2 s at 2 MiB/s
     assert upload_slots(8, 16 << 20, 4 << 20) == 8
     assert upload_slots(8, 8 << 20, 4 << 20) == 4
+
+
+def test_parent_choice_prefers_the_piece_s_origin_reader_over_a_less_loaded_holder():
+    rng = random.Random(0)
+    reader, relay = PeerLoad("r", "h2", 5, 8), PeerLoad("c", "h3", 0, 8)
+    assert choose_parent([relay, reader], "h1", rng, reader="r").peer_id == "r"
+    assert choose_parent([relay, reader], "h1", rng).peer_id == "c"  # no reader known
+    full = PeerLoad("r", "h2", 8, 8)
+    assert choose_parent([relay, full], "h1", rng, reader="r").peer_id == "c"
+    same_host = PeerLoad("s", "h1", 7, 8)
+    assert choose_parent([reader, same_host], "h1", rng, reader="r").peer_id == "s"
+
+
+def test_a_batch_takes_each_piece_from_its_reader():
+    holders = {i: {"a", "b"} for i in range(4)}
+    readers = {0: "a", 1: "b", 2: "a", 3: "b"}
+    v = TaskView(4, holders, set(), 8, {}, readers)
+    loads = {p: PeerLoad(p, f"h-{p}", 0, 8) for p in ("a", "b")}
+    batch = plan_batch(v, "me", "h", set(), set(), loads, want=4)
+    assert {a.piece: a.parent for a in batch} == readers
