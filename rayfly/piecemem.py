@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -58,15 +59,24 @@ class HashWindow:
         self.held = 0
 
 
+@dataclass(slots=True)
+class _Kept(Generic[V]):
+    value: V
+    nbytes: int
+    source: str | None
+    handed: bool
+
+
 class HotPieces(Generic[V]):
     """Up to ``limit`` bytes of values keyed by ``(task_id, piece)``, least recently used out;
     each remembers the peer it came from (None: made here), so that all that came through a
-    peer can be dropped at once (:meth:`drop_from_source_of`)."""
+    peer can be dropped at once (:meth:`drop_from_source_of`), and whether it was handed out
+    (:meth:`hand_out`)."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
-        self._items: OrderedDict[tuple[str, int], tuple[V, int, str | None]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], _Kept[V]] = OrderedDict()
 
     def get(self, task_id: str, index: int) -> V | None:
         """The value of a piece, marked as just used; None if not held."""
@@ -74,45 +84,61 @@ class HotPieces(Generic[V]):
         if item is None:
             return None
         self._items.move_to_end((task_id, index))
-        return item[0]
+        return item.value
+
+    def hand_out(self, task_id: str, index: int) -> bool:
+        """True the first time a value made here (not received from a peer) is asked to be
+        handed out as it is: an object only this node holds yet. Every later call, and any
+        call for a value received from a peer, says False (hand out a copy)."""
+        item = self._items.get((task_id, index))
+        if item is None or item.source is not None or item.handed:
+            return False
+        item.handed = True
+        return True
 
     def put(
-        self, task_id: str, index: int, value: V, nbytes: int, source: str | None = None
+        self,
+        task_id: str,
+        index: int,
+        value: V,
+        nbytes: int,
+        source: str | None = None,
+        handed: bool = False,
     ) -> None:
-        """Hold ``value`` (received from peer ``source``); the least recently used values go
-        until the total fits."""
+        """Hold ``value`` (received from peer ``source``; ``handed``: already handed out); the
+        least recently used values go until the total fits."""
         if nbytes > self.limit:
             return
         self.drop(task_id, index)
-        self._items[(task_id, index)] = (value, nbytes, source)
+        self._items[(task_id, index)] = _Kept(value, nbytes, source, handed)
         self.held += nbytes
         while self.held > self.limit:
-            _, (_, size, _) = self._items.popitem(last=False)
-            self.held -= size
+            _, gone = self._items.popitem(last=False)
+            self.held -= gone.nbytes
 
     def drop(self, task_id: str, index: int) -> None:
         """Forget one piece."""
         item = self._items.pop((task_id, index), None)
         if item is not None:
-            self.held -= item[1]
+            self.held -= item.nbytes
 
     def drop_from_source_of(self, task_id: str, index: int) -> int:
         """Forget this piece and every other that came from the same peer (a reference that
         cannot be pulled because its owner died: those that came the same way likely share
         that owner); how many were dropped."""
         item = self._items.get((task_id, index))
-        if item is None or item[2] is None:
+        if item is None or item.source is None:
             self.drop(task_id, index)
             return 1 if item is not None else 0
-        gone = [k for k, v in self._items.items() if v[2] == item[2]]
+        gone = [k for k, v in self._items.items() if v.source == item.source]
         for key in gone:
-            self.held -= self._items.pop(key)[1]
+            self.held -= self._items.pop(key).nbytes
         return len(gone)
 
     def drop_task(self, task_id: str) -> None:
         """Forget every piece of ``task_id`` (it left the cache)."""
         for key in [k for k in self._items if k[0] == task_id]:
-            self.held -= self._items.pop(key)[1]
+            self.held -= self._items.pop(key).nbytes
 
     def __len__(self) -> int:
         return len(self._items)

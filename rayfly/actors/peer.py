@@ -198,8 +198,10 @@ class Peer:
         PieceUnavailable if not held.
 
         A piece this node received from a parent or served lately is copied from memory (no
-        disk read; :meth:`_serve_copy` says why a copy); any other is read from disk, checked
-        against its digest, put into the object store and kept hot for the next child. ``cold``:
+        disk read; :meth:`_serve_copy` says why a copy), except that an object made here is
+        handed out as it is the first time (only this node holds it yet); any other is read
+        from disk, checked against its digest, put into the object store and kept hot for the
+        next child. ``cold``:
         the caller could not pull a reference handed out before (its owner died): it is dropped
         and the piece read from disk."""
         self.uploads += 1
@@ -210,7 +212,7 @@ class Peer:
             if cold:
                 self._cold(task_id, index)
             ref = None if self._corrupt_served else self.hot.get(task_id, index)
-            if ref is not None:
+            if ref is not None and not self.hot.hand_out(task_id, index):
                 ref = await self._serve_copy(task_id, index, ref)
             if ref is None:
                 ref = await self.downloads.disk_io(self._put_piece, task_id, index)
@@ -266,7 +268,7 @@ class Peer:
             data[len(data) // 2] ^= 0xFF
             return ray.put(data)
         ref = ray.put(data)
-        self.hot.put(task_id, index, ref, len(data))
+        self.hot.put(task_id, index, ref, len(data), handed=True)
         return ref
 
     async def _evict_corrupt(self, task_id: str) -> None:

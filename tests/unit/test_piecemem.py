@@ -58,6 +58,17 @@ def test_hot_pieces_skip_what_cannot_fit_and_forget_a_task():
     assert hot.get("t", 1) is None and hot.get("u", 1) == "y" and hot.held == 2 and len(hot) == 1
 
 
+def test_a_piece_made_here_is_handed_out_as_it_is_once_and_a_relayed_one_never():
+    hot: HotPieces[str] = HotPieces(limit=10)
+    hot.put("t", 0, "mine", 1)
+    hot.put("t", 1, "relayed", 1, source="parent")
+    hot.put("t", 2, "served", 1, handed=True)
+    assert [hot.hand_out("t", 0), hot.hand_out("t", 0)] == [True, False]
+    assert not hot.hand_out("t", 1) and not hot.hand_out("t", 2) and not hot.hand_out("t", 9)
+    hot.put("t", 0, "mine again", 1)  # a new object: one location again
+    assert hot.hand_out("t", 0)
+
+
 def test_hot_pieces_off_holds_nothing():
     hot: HotPieces[str] = HotPieces(limit=0)
     hot.put("t", 0, "a", 1)
