@@ -201,9 +201,8 @@ class Peer:
         disk read; :meth:`_serve_copy` says why a copy), except that an object made here is
         handed out as it is the first time (only this node holds it yet); any other is read
         from disk, checked against its digest, put into the object store and kept hot for the
-        next child. ``cold``:
-        the caller could not pull a reference handed out before (its owner died): it is dropped
-        and the piece read from disk."""
+        next child. ``cold``: the caller could not pull a reference handed out before (its
+        owner died): it is dropped and the piece read from disk."""
         self.uploads += 1
         try:
             nbytes = self.store.piece_length(task_id, index)  # PieceUnavailable if not held
