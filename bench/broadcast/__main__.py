@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.broadcast.report import summarize, write_outputs
+from bench.broadcast.report import dumps, summarize, write_outputs
 from bench.testbed.netns import REPO_ROOT, Testbed, TestbedConfig
 
 METHODS = ("rayfly", "plain", "ray", "chain")
@@ -400,7 +400,7 @@ def bench_hosts(
                 )
                 verify(result, sha, size, cfg.root / "dest" / method)
                 doc["runs"].append(result)
-                out.write_text(json.dumps(doc, indent=1))
+                out.write_text(dumps(doc))
                 secs = [h["seconds"] for h in result["hosts"]]
                 print(
                     f"N={n} run={run} {method:7s} makespan={max(secs, default=float('nan')):.2f}s "
@@ -472,7 +472,7 @@ def main() -> None:
     for n, r in zip(hosts, runs, strict=True):
         bench_hosts(n, r, args, doc, out)
     doc["summary"] = summarize(doc)
-    out.write_text(json.dumps(doc, indent=1))
+    out.write_text(dumps(doc))
     write_outputs(doc, out, Path(args.plot) if args.plot else out.with_suffix(".png"))
 
 

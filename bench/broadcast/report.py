@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +20,19 @@ METHOD_LABEL = {
     "ray": "Ray broadcast",
     "chain": "TCP chain (floor)",
 }
+
+
+_NUMBER = r"-?[0-9][0-9.eE+-]*"
+_NUMBERS = re.compile(rf"\[\s*({_NUMBER}(?:,\s*{_NUMBER})*)\s*\]")
+_ROWS = re.compile(r"\[\s*(\[[^\[\]\n]*\](?:,\s*\[[^\[\]\n]*\])*)\s*\]")
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """``doc`` as JSON, a key per line but every list of numbers (and list of such lists) on
+    one line: the per-interval link series would otherwise take lines per number."""
+    text = json.dumps(doc, indent=1)
+    text = _NUMBERS.sub(lambda m: "[" + re.sub(r",\s*", ",", m.group(1)) + "]", text)
+    return _ROWS.sub(lambda m: "[" + re.sub(r"\],\s*\[", "],[", m.group(1)) + "]", text)
 
 
 def ideal_seconds(size: int, rate_mbit: float) -> float:
@@ -186,7 +200,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def write_outputs(doc: dict[str, Any], json_path: Path, png_path: Path) -> None:
     """Summary into the JSON, the PNG, and the Markdown table on stdout."""
     doc["summary"] = summarize(doc)
-    json_path.write_text(json.dumps(doc, indent=1))
+    json_path.write_text(dumps(doc))
     plot(doc, png_path)
     print(markdown(doc))
 
