@@ -262,6 +262,7 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
         argv.append(f"--rayfly-arg={extra}")  # a value that starts with "--" stays a value
     wire0 = tb.iface_bytes(cfg.origin_ns)
     hosts0 = [tb.iface_bytes(cfg.host_ns(i)) for i in range(cfg.hosts)]
+    segs0 = [tb.tcp_segments(cfg.host_ns(i)) for i in range(cfg.hosts)]
     inode = {ns: os.stat(f"/var/run/netns/{ns}").st_ino for ns in cfg.namespaces()}
     mine = set(inode.values())
     quiet = wait_for_quiet(mine, args)
@@ -298,7 +299,18 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     }
     out["origin_wire_tx_bytes"] = wire1["tx"] - wire0["tx"]
     out["host_wire_tx_bytes"] = [b["tx"] - a["tx"] for a, b in zip(hosts0, hosts1, strict=True)]
+    segs1 = [tb.tcp_segments(cfg.host_ns(i)) for i in range(cfg.hosts)]
+    out["host_tcp_segments"] = [
+        {k: b[k] - a[k] for k in a} for a, b in zip(segs0, segs1, strict=True)
+    ]
     return out
+
+
+def retrans_line(result: dict[str, Any]) -> str:
+    """The share of the hosts' TCP segments that were retransmissions, for the log."""
+    segs = result.get("host_tcp_segments") or []
+    sent = sum(s["out"] for s in segs)
+    return f"retrans={sum(s['retrans'] for s in segs) / sent:.1%} " if sent else ""
 
 
 def links_line(links: dict[str, Any]) -> str:
@@ -361,6 +373,7 @@ def bench_hosts(
         rate_mbit=args.rate_mbit,
         origin_rate_mbit=args.origin_rate_mbit,
         latency_ms=args.latency_ms,
+        tcp_cc=args.tcp_cc,
         mtu=args.mtu,
         nice=args.nice,
         object_store_bytes=max(1 << 30, 2 * size + (256 << 20)),
@@ -377,6 +390,7 @@ def bench_hosts(
         with CpuSampler(mine) as idle:
             time.sleep(5)
         doc.setdefault("testbed_idle_cpu", {})[str(n)] = idle.summary()
+        doc.setdefault("testbed_tcp_cc", {})[str(n)] = tb.tcp_cc()
         if "rayfly" in args.methods:
             run_method(tb, "rayfly", "warm.bin", args)  # creates the scheduler and peers
         for run in range(runs):
@@ -406,7 +420,7 @@ def bench_hosts(
                     f"N={n} run={run} {method:7s} makespan={max(secs, default=float('nan')):.2f}s "
                     f"origin={result.get('origin', {}).get('bytes_served', 0) / size:.2f}xS "
                     f"cpu={result.get('cpu', {}).get('busy_mean', float('nan')):.2f} "
-                    f"{links_line(result.get('links', {}))} "
+                    f"{links_line(result.get('links', {}))} {retrans_line(result)}"
                     f"ok={all(h.get('verified') for h in result['hosts'])}"
                     f"{' ERROR ' + result['error'][-300:] if 'error' in result else ''}",
                     flush=True,
@@ -421,6 +435,11 @@ def main() -> None:
     parser.add_argument("--rate-mbit", type=float, default=200.0)
     parser.add_argument("--origin-rate-mbit", type=float)
     parser.add_argument("--latency-ms", type=float, default=25.0)
+    parser.add_argument(
+        "--tcp-cc",
+        default=None,
+        help="TCP congestion control of every namespace (default: the machine's, inherited)",
+    )
     parser.add_argument("--append", action="store_true", help="add to the runs already in --out")
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--nice", type=int, default=0, help="niceness of the testbed's processes")

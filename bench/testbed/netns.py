@@ -46,6 +46,7 @@ class TestbedConfig:
     origin_rate_mbit: float | None = None
     latency_ms: float = 25.0
     mtu: int = 1500
+    tcp_cc: str | None = None
     nice: int = 0
     workdir: Path | None = None
     ray: bool = True
@@ -263,6 +264,9 @@ class Testbed:
         for ns in cfg.namespaces():
             run(["ip", "netns", "add", ns])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            if cfg.tcp_cc:  # else the namespace inherits the machine's congestion control
+                sysctl = ["sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={cfg.tcp_cc}"]
+                run(["ip", "netns", "exec", ns, *sysctl])
         run(["ip", "-n", sw, "link", "add", "br0", "mtu", str(cfg.mtu), "type", "bridge"])
         run(["ip", "-n", sw, "link", "set", "br0", "up"])
         origin_rate = cfg.origin_rate_mbit or cfg.rate_mbit
@@ -283,6 +287,21 @@ class Testbed:
         shape = rate_args(rate_mbit, self.config.latency_ms)
         run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", "eth0", "root", *shape])
         run(["ip", "netns", "exec", sw, "tc", "qdisc", "replace", "dev", port, "root", *shape])
+
+    def tcp_cc(self) -> str:
+        """The TCP congestion control the hosts use (set, or inherited from the machine)."""
+        argv = ["sysctl", "-n", "net.ipv4.tcp_congestion_control"]
+        return run(["ip", "netns", "exec", self.config.host_ns(0), *argv]).strip()
+
+    def tcp_segments(self, ns: str) -> dict[str, int]:
+        """TCP segments ``ns`` has sent so far, and how many of them were retransmissions."""
+        lines = [
+            ln.split()
+            for ln in run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).splitlines()
+        ]
+        names, values = [ln for ln in lines if ln and ln[0] == "Tcp:"][:2]
+        tcp = dict(zip(names[1:], values[1:], strict=True))
+        return {"out": int(tcp["OutSegs"]), "retrans": int(tcp["RetransSegs"])}
 
     def iface_bytes(self, ns: str) -> dict[str, int]:
         """Bytes sent and received so far by ``ns``'s eth0 (headers included)."""
