@@ -33,7 +33,7 @@ from ray.exceptions import (
 
 from rayfly import metrics, source
 from rayfly.actors.links import Links, ParentGone
-from rayfly.actors.piece_reads import PieceReader, Read
+from rayfly.actors.piece_reads import KeptPiece, PieceReader, Read
 from rayfly.actors.retry import first_line
 from rayfly.config import PeerConfig
 from rayfly.errors import (
@@ -101,8 +101,8 @@ class NodeLimits:
 class Downloads:
     """Every download of one node's peer, with the per-piece readiness it serves from.
 
-    ``hot`` holds object references of pieces this node received from parents (and served),
-    so that the peer serves them onwards without a disk read or a new copy."""
+    ``hot`` holds the pieces this node received from parents (and served) as
+    :class:`KeptPiece`, so that the peer serves them onwards without a disk read."""
 
     def __init__(
         self,
@@ -111,7 +111,7 @@ class Downloads:
         store: PieceStore,
         links: Links,
         limits: NodeLimits,
-        hot: HotPieces[Any],
+        hot: HotPieces[KeptPiece],
         join: Callable[[TaskInfo, dict[int, str]], Awaitable[None]],
         evicted: Callable[[], Awaitable[None]],
         local_ip: str | None = None,
@@ -426,14 +426,15 @@ class Downloads:
         return Done(a.piece, digest, a.parent, nbytes, seconds)
 
     async def _keep(self, task: TaskInfo, a: Any, got: Read, nbytes: int) -> None:
-        """Keep a verified piece referenced to serve it: one received from a parent as it is,
-        one read from the origin that others will ask for as one copy (no disk read later),
+        """Keep a verified piece referenced to serve it: one received from a parent as it is
+        (with the bytes pulled here, which keep this node's copy in its store), one read from
+        the origin that others will ask for as one copy (no disk read later),
         unless only peers on this host will, and they read this node's files (local reads)."""
         if got.ref is not None:
-            self.hot.put(task.task_id, a.piece, got.ref, nbytes, a.parent)
+            self.hot.put(task.task_id, a.piece, KeptPiece(got.ref, got.data), nbytes, a.parent)
         elif a.share == SHARE_REMOTE or (a.share == SHARE_HOST and self.reader.local_ip is None):
             ref = await self.disk_io(ray.put, got.data)
-            self.hot.put(task.task_id, a.piece, ref, nbytes)
+            self.hot.put(task.task_id, a.piece, KeptPiece(ref), nbytes)
             self.pieces_kept_from_origin += 1
 
     async def _take_rate(self, task: TaskInfo, from_origin: bool, nbytes: int) -> None:

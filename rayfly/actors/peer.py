@@ -13,13 +13,13 @@ from dataclasses import asdict
 from typing import Any
 
 import ray
-from ray.exceptions import ObjectLostError
 
 from rayfly import dest as dest_paths
 from rayfly import identity, metrics, source
 from rayfly.actors.download import Downloads, NodeLimits
 from rayfly.actors.links import Links
 from rayfly.actors.packs import fetch_pack
+from rayfly.actors.piece_reads import KeptPiece
 from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
 from rayfly.errors import PieceCorrupt, RayflyError, SourceError
 from rayfly.eviction import GcPolicy
@@ -89,7 +89,7 @@ class Peer:
         )
         self._upload_limit = limits.upload
         self.links = Links()
-        self.hot: HotPieces[ray.ObjectRef] = HotPieces(_serve_memory(node, node_id))
+        self.hot: HotPieces[KeptPiece] = HotPieces(_serve_memory(node, node_id))
         self.downloads = Downloads(
             node_id,
             config,
@@ -108,7 +108,6 @@ class Peer:
         self.pieces_served = 0
         self.pieces_served_hot = 0
         self.pieces_asked_cold = 0
-        self.pieces_lost_from_memory = 0
         self._incarnation = ray.get_runtime_context().get_actor_id() or ""
         ray.get_runtime_context().current_actor.announce.remote()
 
@@ -145,7 +144,6 @@ class Peer:
             "pieces_served": self.pieces_served,
             "pieces_served_from_memory": self.pieces_served_hot,
             "pieces_asked_cold": self.pieces_asked_cold,
-            "pieces_lost_from_memory": self.pieces_lost_from_memory,
             "pieces_kept_from_origin": self.downloads.pieces_kept_from_origin,
             "pieces_read_from_local_stores": self.downloads.reader.pieces_read_local,
             "local_reads": self.node.local_reads,
@@ -210,12 +208,12 @@ class Peer:
                 await self._upload_limit.take(nbytes)
             if cold:
                 self._cold(task_id, index)
-            ref = None if self._corrupt_served else self.hot.get(task_id, index)
-            if ref is not None and not self.hot.hand_out(task_id, index):
-                ref = await self._serve_copy(task_id, index, ref)
-            if ref is None:
+            kept = None if self._corrupt_served else self.hot.get(task_id, index)
+            if kept is None:
                 ref = await self.downloads.disk_io(self._put_piece, task_id, index)
             else:
+                handed = self.hot.hand_out(task_id, index)
+                ref = kept.ref if handed else await self._serve_copy(kept)
                 self.pieces_served_hot += 1
             self.pieces_served += 1
             metrics.piece_served(self.node_id)
@@ -226,29 +224,17 @@ class Peer:
         finally:
             self.uploads -= 1
 
-    async def _serve_copy(
-        self, task_id: str, index: int, ref: ray.ObjectRef
-    ) -> ray.ObjectRef | None:
-        """A new object holding the bytes of a piece kept hot as ``ref``, for one child; None
-        (and every piece received the same way dropped) when they cannot be had any more.
+    async def _serve_copy(self, kept: KeptPiece) -> ray.ObjectRef:
+        """A new object holding the bytes of a piece kept hot, for one child.
 
         Ray pulls an object from a node chosen at random among those holding a copy: one
         reference handed to every child is sent by whichever earlier child got it first, not by
         the parent the scheduler chose and counted, and a pull sent to a node that has evicted
         its copy waits for Ray's retry (10 s). A copy per child (one memory copy of the piece)
-        has one location, this node. A reference received from a parent whose node died, or
-        whose local copy went and cannot be pulled in time, is dropped here, so no child has to
-        fail a pull to tell."""
-
-        async def pull() -> Any:
-            return await ref
-
-        try:
-            data = await asyncio.wait_for(pull(), self.config.piece_timeout_s)
-        except (ObjectLostError, asyncio.TimeoutError) as exc:
-            log.info("task %s piece %d: kept reference lost (%s)", task_id, index, exc)
-            self.pieces_lost_from_memory += self.hot.drop_from_source_of(task_id, index)
-            return None
+        has one location, this node. The bytes come from this node's store either way: a piece
+        received from a parent from the view that keeps its copy here (even once the node it
+        came from died), one made here from its primary copy."""
+        data = kept.pinned if kept.pinned is not None else await kept.ref
         copy: ray.ObjectRef = await self.downloads.disk_io(ray.put, data)
         return copy
 
@@ -267,7 +253,7 @@ class Peer:
             data[len(data) // 2] ^= 0xFF
             return ray.put(data)
         ref = ray.put(data)
-        self.hot.put(task_id, index, ref, len(data), handed=True)
+        self.hot.put(task_id, index, KeptPiece(ref), len(data), handed=True)
         return ref
 
     async def _evict_corrupt(self, task_id: str) -> None:
@@ -293,12 +279,12 @@ class Peer:
             raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
         if cold:
             self._cold(task_id, index)
-        ref = self.hot.get(task_id, index)
-        if ref is None:
-            if from_file:
-                return []
-            ref = await self.downloads.disk_io(self._put_piece, task_id, index)
-        return [ref]
+        kept = self.hot.get(task_id, index)
+        if kept is not None:
+            return [kept.ref]
+        if from_file:
+            return []
+        return [await self.downloads.disk_io(self._put_piece, task_id, index)]
 
     def has_task(self, task_id: str) -> bool:
         """True when the task is complete and verified in this node's cache."""

@@ -40,6 +40,17 @@ class Read:
     digest: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class KeptPiece:
+    """A piece a peer keeps to serve again: its object reference, and for one received from a
+    parent the bytes pulled here (``pinned``: a view of this node's copy in the object store,
+    which keeps that copy there while the view lives). A reference alone does not: a copy
+    Ray evicted would be pulled back from another node at each serve."""
+
+    ref: Any
+    pinned: Any = None
+
+
 class PieceReader:
     """Reads the bytes of one assignment for a node's downloads.
 

@@ -190,12 +190,13 @@ def test_pieces_only_the_dead_node_held_come_from_the_origin_once_more(
     assert origin.bytes_served <= 2 * size
 
 
-def test_pieces_relayed_from_a_dead_node_are_served_from_the_relays_disk(
+def test_pieces_relayed_from_a_dead_node_are_served_by_the_relay(
     ray_cluster, origin, origin_root, tmp_path, extra_node
 ):
-    """A peer keeps the references it received to serve them onwards; when the node they came
-    from dies their owner is gone, yet the relay holds every piece (in memory or on disk): its
-    children get them from the relay, not from the origin again, without failing a pull."""
+    """A peer keeps the pieces it received to serve them onwards; when the node they came from
+    dies their owner is gone, yet the relay holds every piece (its pinned copy in memory, or on
+    disk): its children get them from the relay, not from the origin again, without failing a
+    pull."""
     size, piece = 16 * MiB, 1 * MiB
     src = make_file(origin_root / "relayed.bin", size, seed=84)
     url = origin.url + src.name
@@ -218,11 +219,14 @@ def test_pieces_relayed_from_a_dead_node_are_served_from_the_relays_disk(
     assert sha256_file(tmp_path / "child.bin") == sha256_file(src)
     assert origin.bytes_served == size, origin.log  # nothing read twice
     assert report.origin_bytes == 0, str(report)
-    # the relay serves copies it made: the child never pulls an object of the dead node (on
-    # the code before, the first piece failed a pull and was asked again cold)
+    # the relay serves copies it made: the child never pulls an object of the dead node
     after = ray.get(peer.info.remote())
     assert after["pieces_asked_cold"] == before["pieces_asked_cold"], (before, after)
     assert after["pieces_served"] - before["pieces_served"] == size // piece, (before, after)
+    # from its own copies in memory, which the owner's death does not take (on the code before,
+    # the relay dropped every piece it had received from the dead node and read them from disk)
+    served_hot = after["pieces_served_from_memory"] - before["pieces_served_from_memory"]
+    assert served_hot == size // piece, (before, after)
 
 
 def test_a_restarted_scheduler_learns_what_the_nodes_hold(

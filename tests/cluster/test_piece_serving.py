@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import rayfly
 from rayfly import status
@@ -199,3 +200,44 @@ def test_a_piece_served_from_memory_is_pulled_from_its_parent_only(
     for ref in refs:
         assert where[ref]["node_ids"] == [seed], where
     assert _served(seed)["pieces_served_from_memory"] >= 2
+
+
+@ray.remote(num_cpus=0)
+def _fill_object_store(nbytes: int, chunk: int) -> int:
+    """Put ``nbytes`` of new objects into this node's store, all held at once (more than the
+    store holds: Ray evicts every copy nothing pins, then spills); how many were put."""
+    held = [ray.put(np.zeros(chunk, dtype=np.uint8)) for _ in range(nbytes // chunk)]
+    return len(held)
+
+
+def test_a_relay_keeps_its_copies_of_the_pieces_it_serves_from_memory(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    """A peer keeps the pieces it received pinned in its own object store (within its serve
+    memory), not by reference only: when the store fills and Ray evicts what nothing pins, the
+    relay's copies stay, so serving them onwards never pulls them back from another node (Ray
+    picks that node at random; one that evicted its copy too costs a 10 s retry). On the code
+    before, the relay held references only and the fill evicted its copies."""
+    src = make_file(origin_root / "pinned-relay.bin", 8 * MiB, seed=69)
+    url = origin.url + src.name
+    seed, relay = (n.node_id for n in placement.alive_nodes()[:2])
+    first = rayfly.distribute(url, str(tmp_path / "seed.bin"), nodes=seed, piece_size=MiB)
+    assert first.ok, str(first)
+    relayed = rayfly.distribute(url, str(tmp_path / "relay.bin"), nodes=relay, piece_size=MiB)
+    assert relayed.ok and relayed.nodes[0].bytes_from_peers == 8 * MiB, str(relayed)
+    peer = placement.existing_peers()[relay]
+    task_id = relayed.task_ids[0]
+    kept = [ray.get(peer.wait_piece.remote(task_id, i))[0] for i in range(8)]
+    assert relay in ray.experimental.get_object_locations(kept)[kept[0]]["node_ids"]
+    on_relay = NodeAffinitySchedulingStrategy(node_id=relay, soft=False)
+    fill = _fill_object_store.options(scheduling_strategy=on_relay)
+    assert ray.get(fill.remote(480 * MiB, 8 * MiB), timeout=120) == 60
+    where = ray.experimental.get_object_locations(kept)
+    assert all(relay in where[ref]["node_ids"] for ref in kept), where
+    before = _served(relay)
+    copies = [ray.get(peer.read_piece.remote(task_id, i))[0] for i in range(8)]
+    where = ray.experimental.get_object_locations(copies)
+    assert all(where[ref]["node_ids"] == [relay] for ref in copies), where
+    assert b"".join(ray.get(copies)) == src.read_bytes()
+    after = _served(relay)
+    assert after["pieces_served_from_memory"] - before["pieces_served_from_memory"] == 8
