@@ -167,7 +167,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             else:
                 c0, r0 = cpu_seconds(pid), sum(map(cpu_seconds, raylets))
                 seconds, report = rayfly_once(url, str(dest / "payload.bin"))
-                tail.append(time.time() - max(t for t, _, _ in report.nodes[0].timeline))
+                tail.append(time.time() - max(e[0] for e in report.nodes[0].timeline))
                 used = cpu_seconds(pid) - c0
                 cpu["raylet"].append(sum(map(cpu_seconds, raylets)) - r0)
             times[method].append(seconds)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rayfly.report import Report
 
 INSTALL_HINT = "pip install matplotlib (or pip install 'rayfly[notebook]')"
-TIMELINE_COLUMNS = ("node_id", "time_s", "nbytes", "from_origin", "cumulative_bytes")
+TIMELINE_COLUMNS = ("node_id", "time_s", "nbytes", "from_origin", "seconds", "cumulative_bytes")
 
 
 def _pyplot() -> Any:
@@ -31,15 +31,16 @@ def _pyplot() -> Any:
 def timeline_rows(report: Report) -> list[dict[str, Any]]:
     """Every piece every node fetched, as rows of :data:`TIMELINE_COLUMNS`.
 
-    ``time_s`` counts from the first piece that landed anywhere; ``cumulative_bytes`` is the
-    node's running total.
+    ``time_s`` counts from the first piece that landed anywhere; ``seconds`` is how long the
+    piece took to land from when its node began it; ``cumulative_bytes`` is the node's running
+    total.
     """
-    stamps = [t for n in report.nodes for t, _, _ in n.timeline]
+    stamps = [entry[0] for n in report.nodes for entry in n.timeline]
     t0 = min(stamps) if stamps else 0.0
     rows: list[dict[str, Any]] = []
     for node in report.nodes:
         total = 0
-        for t, nbytes, from_origin in sorted(node.timeline):
+        for t, nbytes, from_origin, seconds in sorted(node.timeline):
             total += nbytes
             rows.append(
                 {
@@ -47,6 +48,7 @@ def timeline_rows(report: Report) -> list[dict[str, Any]]:
                     "time_s": round(t - t0, 6),
                     "nbytes": nbytes,
                     "from_origin": bool(from_origin),
+                    "seconds": round(seconds, 6),
                     "cumulative_bytes": total,
                 }
             )

@@ -9,6 +9,7 @@ This module imports nothing from rayfly but :mod:`rayfly.task`, so every layer m
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,8 @@ NODE_COLUMNS = (
     "sha256",
     "seconds",
     "tail_s",
+    "piece_p50_s",
+    "piece_p90_s",
     "bytes_from_origin",
     "bytes_from_peers",
     "ok",
@@ -140,9 +143,12 @@ class FileResult:
 class NodeResult:
     """Everything one node did for one distribution.
 
-    ``timeline`` holds ``(unix_time, nbytes, from_origin)`` for every piece the node fetched;
-    ``tail_s`` is how long the node took after its last piece landed (the whole file's sha256
-    where it could not be computed as pieces arrived, and the publish).
+    ``timeline`` holds ``(unix_time, nbytes, from_origin, seconds)`` for every piece the node
+    fetched: when it landed (verified and stored) and how long it took from when the node began
+    it (asked its parent or the origin); ``piece_p50_s`` and ``piece_p90_s`` are the median and
+    90th percentile of those seconds; ``tail_s`` is how long the node took after its last piece
+    landed (the whole file's sha256 where it could not be computed as pieces arrived, and the
+    publish).
     For a prefix, ``sha256`` is the digest of the node's ``sha256sum``-style listing
     (``"<sha256>  <relpath>\\n"`` per file, sorted by path), so equal trees have equal digests.
     """
@@ -155,12 +161,14 @@ class NodeResult:
     sha256: str | None = None
     seconds: float = 0.0
     tail_s: float = 0.0
+    piece_p50_s: float = 0.0
+    piece_p90_s: float = 0.0
     bytes_from_origin: int = 0
     bytes_from_peers: int = 0
     ok: bool = False
     error: str | None = None
     files: list[FileResult] = field(default_factory=list)
-    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
+    timeline: list[tuple[float, int, bool, float]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         """The node as one flat row of :data:`NODE_COLUMNS`."""
@@ -173,8 +181,18 @@ def tree_digest(files: list[FileResult]) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank; 0.0 for none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
 def summarize_node(node: NodeResult, single: bool) -> NodeResult:
-    """Fill a node's totals from its files."""
+    """Fill a node's totals from its files, and its pieces' time quantiles from its timeline."""
+    seconds = [entry[3] for entry in node.timeline]
+    node.piece_p50_s, node.piece_p90_s = quantile(seconds, 0.5), quantile(seconds, 0.9)
     node.bytes = sum(f.bytes for f in node.files if f.ok)
     node.bytes_from_origin = sum(f.bytes_from_origin for f in node.files)
     node.bytes_from_peers = sum(f.bytes_from_peers for f in node.files)

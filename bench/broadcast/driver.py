@@ -208,6 +208,8 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
             "path": n.get("path"),
             "seconds": n["seconds"],
             "tail_s": n.get("tail_s"),
+            "piece_p50_s": n.get("piece_p50_s"),
+            "piece_p90_s": n.get("piece_p90_s"),
             "bytes": n.get("bytes"),
             "ok": n.get("ok", True),
             "bytes_from_origin": n.get("bytes_from_origin"),

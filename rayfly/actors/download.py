@@ -65,7 +65,7 @@ class TaskOutcome:
     bytes_from_origin: int = 0
     bytes_from_peers: int = 0
     cached: bool = False
-    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
+    timeline: list[tuple[float, int, bool, float]] = field(default_factory=list)
 
 
 HASH_WINDOW_MAX = 64 << 20
@@ -422,7 +422,7 @@ class Downloads:
             out.bytes_from_origin += nbytes
         else:
             out.bytes_from_peers += nbytes
-        out.timeline.append((time.time(), nbytes, a.parent is None))
+        out.timeline.append((time.time(), nbytes, a.parent is None, seconds))
         return Done(a.piece, digest, a.parent, nbytes, seconds)
 
     async def _keep(self, task: TaskInfo, a: Any, got: Read, nbytes: int) -> None:
@@ -464,7 +464,7 @@ class Downloads:
                     )
                     window.offer(index, data, len(data))
                     self.events(task)[index].set()
-                    out.timeline.append((time.time(), len(data), True))
+                    out.timeline.append((time.time(), len(data), True, time.time() - t0))
                     if last is not None:  # the last one is reported by the fetch loop
                         metrics.piece_result(self.node_id, last)
                         await self.links.scheduler().exchange.remote(

@@ -36,6 +36,10 @@ def test_large_file_reaches_every_node_once_from_origin(ray_cluster, origin, ori
     assert {n.sha256 for n in report.nodes} == {want}
     assert sum(n.bytes_from_peers for n in report.nodes) >= 2 * src.stat().st_size
     assert report.to_arrow().num_rows == CLUSTER_NODES
+    for n in report.nodes:  # every piece's time, from asking for it to holding it verified
+        assert sum(e[1] for e in n.timeline) == n.bytes_from_origin + n.bytes_from_peers
+        assert all(0 < entry[3] <= n.seconds for entry in n.timeline), n.node_id
+        assert 0 < n.piece_p50_s <= n.piece_p90_s <= n.seconds, n
 
 
 def test_an_origin_piece_slower_than_the_lease_is_read_once(

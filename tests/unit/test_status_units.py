@@ -14,28 +14,40 @@ from rayfly import plot, submit
 from rayfly.cli.distribute import load_runtime_env
 from rayfly.errors import InvalidInput, MissingDependency
 from rayfly.progress import ProgressBar
-from rayfly.protocol import NodeResult
+from rayfly.protocol import FileResult, NodeResult, summarize_node
 from rayfly.report import Report
 from rayfly.status import format_status
 
 
 def sample_report() -> Report:
     a = NodeResult("aaaa1111", "10.0.0.1", "a", "/d/a", bytes=30, ok=True)
-    a.timeline = [(100.0, 10, True), (101.0, 20, False)]
+    a.timeline = [(100.0, 10, True, 0.25), (101.0, 20, False, 1.5)]
     b = NodeResult("bbbb2222", "10.0.0.2", "b", "/d/b", bytes=30, ok=True)
-    b.timeline = [(100.5, 30, False)]
+    b.timeline = [(100.5, 30, False, 0.5)]
     return Report("http://o/f", "/d/{node_id}", [a, b], 30, 2.0, ["t1"])
 
 
 def test_timeline_rows_count_from_the_first_piece():
     rows = plot.timeline_rows(sample_report())
-    assert [(r["node_id"], r["time_s"], r["cumulative_bytes"]) for r in rows] == [
-        ("aaaa1111", 0.0, 10),
-        ("aaaa1111", 1.0, 30),
-        ("bbbb2222", 0.5, 30),
+    assert [(r["node_id"], r["time_s"], r["seconds"], r["cumulative_bytes"]) for r in rows] == [
+        ("aaaa1111", 0.0, 0.25, 10),
+        ("aaaa1111", 1.0, 1.5, 30),
+        ("bbbb2222", 0.5, 0.5, 30),
     ]
     table = sample_report().timeline_table()
     assert table.num_rows == 3 and table.column_names == list(plot.TIMELINE_COLUMNS)
+
+
+def test_a_nodes_piece_times_are_summed_up_as_median_and_p90():
+    node = NodeResult("cccc3333", "10.0.0.3", "c", "/d/c")
+    times = [7, 1, 10, 3, 5, 2, 9, 4, 8, 6]
+    node.timeline = [(100.0 + i, 1, False, float(s)) for i, s in enumerate(times)]
+    node.files = [FileResult("c", "/d/c", 10, "x" * 64, 10.0, 0, 10, True)]
+    summarize_node(node, single=True)
+    assert (node.piece_p50_s, node.piece_p90_s) == (5.0, 9.0)
+    assert {"piece_p50_s", "piece_p90_s"} <= set(node.row())
+    empty = summarize_node(NodeResult("dddd4444", "10.0.0.4", "d", "/d/d"), single=True)
+    assert (empty.piece_p50_s, empty.piece_p90_s) == (0.0, 0.0)
 
 
 def test_plot_draws_two_lines_per_node():
