@@ -39,6 +39,16 @@ def _netns_refused() -> str | None:
 
 REFUSED = _netns_refused()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REFUSED is not None, reason=REFUSED or "")]
+WORKDIR = Path(f"/tmp/{PREFIX}-tb")  # the testbed's own (logs, Ray's files, caches), by prefix
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_workdir():
+    """The testbed keeps its work directory after teardown (for its logs); these tests remove
+    theirs, before (a run killed midway) and after."""
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+    yield
+    shutil.rmtree(WORKDIR, ignore_errors=True)
 
 
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
