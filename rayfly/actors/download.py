@@ -401,7 +401,7 @@ class Downloads:
             return Failed(a.piece, None, str(exc), range_ignored=True)
         except (asyncio.TimeoutError, GetTimeoutError):
             return Failed(a.piece, a.parent, "timed out")
-        except OwnerDiedError as exc:  # relayed by the parent from a node gone, even asked cold
+        except OwnerDiedError as exc:  # its parent's actor was replaced, even asked cold
             self.hot.drop(task.task_id, a.piece)
             reason = f"relayed piece lost: {first_line(exc)}"
             return Failed(a.piece, a.parent, reason, parent_lacks=True)

@@ -78,8 +78,9 @@ class PieceReader:
 
         A cached handle may point at an actor that died and was replaced on the same node: on an
         actor error the handle is looked up again once, so only a parent that is really gone is
-        reported dead. A reference the parent relayed whose owner (the node it came from) died
-        cannot be pulled: the parent is asked once more for its own copy, from its disk.
+        reported dead. Every object a parent hands out is its own (a copy, or one it made), so a
+        reference whose owner died comes from a parent actor replaced since it answered: the
+        parent is asked once more, cold, and reads the piece from its disk.
         """
         cold = False
         for attempt in range(2):
