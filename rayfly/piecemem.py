@@ -69,9 +69,8 @@ class _Kept(Generic[V]):
 
 class HotPieces(Generic[V]):
     """Up to ``limit`` bytes of values keyed by ``(task_id, piece)``, least recently used out;
-    each remembers the peer it came from (None: made here), so that all that came through a
-    peer can be dropped at once (:meth:`drop_from_source_of`), and whether it was handed out
-    (:meth:`hand_out`)."""
+    each remembers the peer it came from (None: made here) and whether it was handed out, so
+    that an object made here is handed out as it is once (:meth:`hand_out`)."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -121,19 +120,6 @@ class HotPieces(Generic[V]):
         item = self._items.pop((task_id, index), None)
         if item is not None:
             self.held -= item.nbytes
-
-    def drop_from_source_of(self, task_id: str, index: int) -> int:
-        """Forget this piece and every other that came from the same peer (a reference that
-        cannot be pulled because its owner died: those that came the same way likely share
-        that owner); how many were dropped."""
-        item = self._items.get((task_id, index))
-        if item is None or item.source is None:
-            self.drop(task_id, index)
-            return 1 if item is not None else 0
-        gone = [k for k, v in self._items.items() if v.source == item.source]
-        for key in gone:
-            self.held -= self._items.pop(key).nbytes
-        return len(gone)
 
     def drop_task(self, task_id: str) -> None:
         """Forget every piece of ``task_id`` (it left the cache)."""

@@ -105,6 +105,10 @@ class Batch:
     rejoin: bool = False
 
 
+PieceTime = tuple[float, int, bool, float]
+"""One fetched piece in a node's timeline: ``(unix_time, nbytes, from_origin, seconds)``, when
+it landed (verified and stored) and how long it took from when the node began it."""
+
 NODE_COLUMNS = (
     "node_id",
     "node_ip",
@@ -168,7 +172,7 @@ class NodeResult:
     ok: bool = False
     error: str | None = None
     files: list[FileResult] = field(default_factory=list)
-    timeline: list[tuple[float, int, bool, float]] = field(default_factory=list)
+    timeline: list[PieceTime] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         """The node as one flat row of :data:`NODE_COLUMNS`."""

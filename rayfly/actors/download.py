@@ -46,7 +46,7 @@ from rayfly.errors import (
     SourceError,
 )
 from rayfly.piecemem import BUFFERS, HashWindow, HotPieces
-from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Batch, Done, Failed
+from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Batch, Done, Failed, PieceTime
 from rayfly.ratelimit import TokenBucket, take_all
 from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
@@ -65,7 +65,7 @@ class TaskOutcome:
     bytes_from_origin: int = 0
     bytes_from_peers: int = 0
     cached: bool = False
-    timeline: list[tuple[float, int, bool, float]] = field(default_factory=list)
+    timeline: list[PieceTime] = field(default_factory=list)
 
 
 HASH_WINDOW_MAX = 64 << 20
@@ -401,9 +401,8 @@ class Downloads:
             return Failed(a.piece, None, str(exc), range_ignored=True)
         except (asyncio.TimeoutError, GetTimeoutError):
             return Failed(a.piece, a.parent, "timed out")
-        except OwnerDiedError as exc:  # its parent's actor was replaced, even asked cold
-            self.hot.drop(task.task_id, a.piece)
-            reason = f"relayed piece lost: {first_line(exc)}"
+        except OwnerDiedError as exc:  # its parent's actor was replaced twice while asked
+            reason = f"parent's piece lost: {first_line(exc)}"
             return Failed(a.piece, a.parent, reason, parent_lacks=True)
         except (ActorUnavailableError, ObjectLostError) as exc:  # its node may have died
             reason = f"parent unreachable: {first_line(exc)}"

@@ -107,7 +107,6 @@ class Peer:
         self.uploads = 0
         self.pieces_served = 0
         self.pieces_served_hot = 0
-        self.pieces_asked_cold = 0
         self._incarnation = ray.get_runtime_context().get_actor_id() or ""
         ray.get_runtime_context().current_actor.announce.remote()
 
@@ -143,7 +142,6 @@ class Peer:
             "uploads": self.uploads,
             "pieces_served": self.pieces_served,
             "pieces_served_from_memory": self.pieces_served_hot,
-            "pieces_asked_cold": self.pieces_asked_cold,
             "pieces_kept_from_origin": self.downloads.pieces_kept_from_origin,
             "pieces_read_from_local_stores": self.downloads.reader.pieces_read_local,
             "local_reads": self.node.local_reads,
@@ -190,24 +188,22 @@ class Peer:
         return known
 
     # --- serving ------------------------------------------------------------------------------
-    async def read_piece(self, task_id: str, index: int, cold: bool = False) -> list[ray.ObjectRef]:
+    async def read_piece(self, task_id: str, index: int) -> list[ray.ObjectRef]:
         """A verified piece for another peer, as ``[object reference]`` to an object in this
-        node's store that only this node holds, so that the caller pulls it from here; raises
-        PieceUnavailable if not held.
+        node's store that only this node holds and this actor owns, so that the caller pulls it
+        from here and it stays pullable for as long as this actor lives (whatever became of the
+        node the piece came from); raises PieceUnavailable if not held.
 
         A piece this node received from a parent or served lately is copied from memory (no
         disk read; :meth:`_serve_copy` says why a copy), except that an object made here is
         handed out as it is the first time (only this node holds it yet); any other is read
         from disk, checked against its digest, put into the object store and kept hot for the
-        next child. ``cold``: the caller could not pull a reference handed out before (its
-        owner died): it is dropped and the piece read from disk."""
+        next child."""
         self.uploads += 1
         try:
             nbytes = self.store.piece_length(task_id, index)  # PieceUnavailable if not held
             if self._upload_limit.rate:
                 await self._upload_limit.take(nbytes)
-            if cold:
-                self._cold(task_id, index)
             kept = None if self._corrupt_served else self.hot.get(task_id, index)
             if kept is None:
                 ref = await self.downloads.disk_io(self._put_piece, task_id, index)
@@ -238,14 +234,6 @@ class Peer:
         copy: ray.ObjectRef = await self.downloads.disk_io(ray.put, data)
         return copy
 
-    def _cold(self, task_id: str, index: int) -> None:
-        """A reference this peer handed out could not be pulled (its owner's node died): drop
-        it and every other received from the same parent (the parent's node, or the one it
-        relayed them from, is likely that owner), so that those pieces are served from disk
-        without a child failing a pull for each first."""
-        self.pieces_asked_cold += 1
-        self.hot.drop_from_source_of(task_id, index)
-
     def _put_piece(self, task_id: str, index: int) -> ray.ObjectRef:
         """Read a piece from disk, verified, into the object store (kept hot)."""
         data = self.store.read_piece(task_id, index, None, True)
@@ -266,24 +254,25 @@ class Peer:
         await self._removed([task_id], "cached copy corrupt")
 
     async def wait_piece(
-        self, task_id: str, index: int, from_file: bool = False, cold: bool = False
+        self, task_id: str, index: int, from_file: bool = False
     ) -> list[ray.ObjectRef]:
         """Wait until piece ``index`` of a prepared task is verified here; ``[its reference]``
-        (for the node's mirror): the one kept hot when the piece came from another node, else
-        the piece read from disk into the object store once; with ``from_file`` (a caller on
-        this node that reads the store's data file itself) ``[]`` instead of that copy.
-        ``cold``: the reference handed out before could not be pulled (its owner died)."""
+        for the node's mirror, an object this actor owns (so it stays pullable whatever became
+        of the node the piece came from): the one made here when kept hot, a copy of the bytes
+        pinned here when the piece came from another node, else the piece read from disk into
+        the object store once. With ``from_file`` (a caller on this node that reads the store's
+        data file itself) ``[]`` instead of any copy."""
         if self.downloads.tracked(task_id):
             await self.downloads.wait_verified(task_id, index)
         elif not self.store.has(task_id):
             raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
-        if cold:
-            self._cold(task_id, index)
         kept = self.hot.get(task_id, index)
-        if kept is not None:
+        if kept is not None and kept.pinned is None:
             return [kept.ref]
         if from_file:
             return []
+        if kept is not None:
+            return [await self._serve_copy(kept)]
         return [await self.downloads.disk_io(self._put_piece, task_id, index)]
 
     def has_task(self, task_id: str) -> bool:

@@ -78,13 +78,12 @@ class PieceReader:
 
         A cached handle may point at an actor that died and was replaced on the same node: on an
         actor error the handle is looked up again once, so only a parent that is really gone is
-        reported dead. Every object a parent hands out is its own (a copy, or one it made), so a
-        reference whose owner died comes from a parent actor replaced since it answered: the
-        parent is asked once more, cold, and reads the piece from its disk.
+        reported dead. Every object a parent hands out is one its actor owns, so a reference
+        whose owner died comes from a parent actor replaced since it answered: the parent (its
+        new actor) is asked once more.
         """
-        cold = False
         for attempt in range(2):
-            box = self.links.peer(parent).read_piece.remote(task.task_id, index, cold)
+            box = self.links.peer(parent).read_piece.remote(task.task_id, index)
             try:
                 return await asyncio.wait_for(_unbox(box), self.config.piece_timeout_s)
             except ActorUnavailableError:
@@ -94,9 +93,9 @@ class PieceReader:
                 if attempt:
                     raise
             except OwnerDiedError:
+                self.links.forget(parent)
                 if attempt:
                     raise
-                cold = True
         raise AssertionError("unreachable")
 
     async def read(self, task: TaskInfo, a: Any) -> Read:

@@ -54,13 +54,12 @@ class _SharedPieces:
         self._refs: dict[int, Any] = {}
         self._positions: dict[int, int] = {}
 
-    def ref(self, index: int, cold: bool = False) -> Any:
-        """The (one) request for piece ``index``; ``cold``: the peer's reference to it could
-        not be pulled (its owner died), so the peer is asked for its own copy."""
+    def ref(self, index: int) -> Any:
+        """The (one) request for piece ``index``."""
         if index not in self._refs:
             from_file = self._owner.store_root is not None
             peer = self._owner.peer
-            self._refs[index] = peer.wait_piece.remote(self._task_id, index, from_file, cold)
+            self._refs[index] = peer.wait_piece.remote(self._task_id, index, from_file)
         return self._refs[index]
 
     def forget(self, index: int, ref: Any) -> None:
@@ -98,9 +97,8 @@ class _P2PHandle:
     async def _get(self, index: int) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _PREPARE_GRACE_S
-        cold = False
         while True:
-            ref = self._shared.ref(index, cold)
+            ref = self._shared.ref(index)
             try:
                 box = await ref  # [the piece's reference]: pulled into this node's store once
                 if not box:  # verified in the node's store and not in memory: read its file
@@ -108,14 +106,9 @@ class _P2PHandle:
                     size = min(self.piece_size, self.length - start)
                     return await self._owner.read_stored(self._digest, start, size)
                 return await box[0]
-            except OwnerDiedError:
-                # a piece the peer relayed from a node that died since: once, from its disk
-                self._shared.forget(index, ref)
-                if cold:
-                    raise
-                cold = True
-            except RayActorError:
-                # the node's peer died; a new one must download the blob again, so restart it
+            except (RayActorError, OwnerDiedError):
+                # the node's peer (the owner of every reference it hands out) died; a new one
+                # must download the blob again, so restart it
                 self._shared.forget(index, ref)
                 await self._owner.reconnect()
                 raise

@@ -195,8 +195,8 @@ def test_pieces_relayed_from_a_dead_node_are_served_by_the_relay(
 ):
     """A peer keeps the pieces it received to serve them onwards; when the node they came from
     dies their owner is gone, yet the relay holds every piece (its pinned copy in memory, or on
-    disk): its children get them from the relay, not from the origin again, without failing a
-    pull."""
+    disk): its children, and its node's mirror, get them from the relay (objects the relay
+    owns), not from the origin again, without failing a pull."""
     size, piece = 16 * MiB, 1 * MiB
     src = make_file(origin_root / "relayed.bin", size, seed=84)
     url = origin.url + src.name
@@ -208,10 +208,31 @@ def test_pieces_relayed_from_a_dead_node_are_served_by_the_relay(
     relay, child = others[:2]
     relayed = rayfly.distribute(url, str(tmp_path / "relay.bin"), nodes=[relay], piece_size=piece)
     assert relayed.ok and relayed.origin_bytes == 0, str(relayed)
+    task_id = relayed.task_ids[0]
+    # an object the dead node's peer will have owned, not pulled here before the kill
+    probe = ray.get(placement.existing_peers()[extra_node.node_id].read_piece.remote(task_id, 0))
     extra_node.kill()
     extra_node.wait_dead()
+    deadline = time.monotonic() + 60
+    while True:  # until Ray reports that owner gone (it takes a moment after the node's death)
+        try:
+            ray.get(probe[0], timeout=10)
+        except ray.exceptions.OwnerDiedError:
+            break
+        except ray.exceptions.GetTimeoutError:
+            pass
+        assert time.monotonic() < deadline, "Ray never reported the dead node's peer gone"
+        time.sleep(0.2)
     peer = placement.existing_peers()[relay]
     before = ray.get(peer.info.remote())
+    # the node's mirror: every piece as an object the relay owns (on the code before, the
+    # reference received from the dead node: OwnerDiedError here), or [] to read the file
+    whole = src.read_bytes()
+    for index in range(size // piece):
+        box = ray.get(peer.wait_piece.remote(task_id, index))
+        got = ray.get(box[0], timeout=60)
+        assert bytes(got) == whole[index * piece : (index + 1) * piece], index
+        assert ray.get(peer.wait_piece.remote(task_id, index, True)) == []
     report = rayfly.distribute(
         url, str(tmp_path / "child.bin"), nodes=[child], piece_size=piece, concurrency=1
     )
@@ -219,12 +240,12 @@ def test_pieces_relayed_from_a_dead_node_are_served_by_the_relay(
     assert sha256_file(tmp_path / "child.bin") == sha256_file(src)
     assert origin.bytes_served == size, origin.log  # nothing read twice
     assert report.origin_bytes == 0, str(report)
-    # the relay serves copies it made: the child never pulls an object of the dead node
+    # one serve per piece: the child never had to ask again after a pull that failed
     after = ray.get(peer.info.remote())
-    assert after["pieces_asked_cold"] == before["pieces_asked_cold"], (before, after)
     assert after["pieces_served"] - before["pieces_served"] == size // piece, (before, after)
-    # from its own copies in memory, which the owner's death does not take (on the code before,
-    # the relay dropped every piece it had received from the dead node and read them from disk)
+    # from its own copies in memory, which the owner's death does not take (before the pinned
+    # copies, the relay dropped every piece it had received from the dead node and read them
+    # from disk)
     served_hot = after["pieces_served_from_memory"] - before["pieces_served_from_memory"]
     assert served_hot == size // piece, (before, after)
 

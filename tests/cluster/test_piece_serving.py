@@ -3,10 +3,6 @@ corrupted in transit caught by the receiver's digest (a test-only fault hook on 
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
-
 import numpy as np
 import pytest
 import ray
@@ -16,8 +12,6 @@ import rayfly
 from rayfly import status
 from rayfly.actors import placement
 from rayfly.demo_origin import make_file
-from rayfly.proxy.oci import parse_digest
-from rayfly.proxy.p2p import P2PBlobs, _P2PHandle
 from tests.conftest import sha256_file
 from tests.support.raynode import start_node
 
@@ -126,57 +120,6 @@ def test_a_piece_corrupted_in_transit_is_caught_by_the_receiver(
     assert again.ok, str(again)
     assert sha256_file(tmp_path / f"{third}.bin") == sha256_file(src)
     assert origin.served("/corrupt.bin") == 0
-
-
-@ray.remote(num_cpus=0)
-class _Owner:
-    """Puts a piece into the object store: the owner of the reference, like the peer a piece
-    first came from."""
-
-    def put(self, data: bytes) -> list:
-        return [ray.put(np.frombuffer(data, dtype=np.uint8))]
-
-
-@ray.remote(num_cpus=0)
-class _Relay:
-    """The node's peer as the mirror sees it: it keeps a reference it received from another
-    node and hands it out, until asked ``cold``, when it serves its own copy."""
-
-    def __init__(self, kept: list, own: bytes) -> None:
-        self.kept, self.own, self.asked = kept, own, []
-
-    def wait_piece(self, task_id: str, index: int, from_file: bool, cold: bool = False) -> list:
-        self.asked.append(cold)
-        return [ray.put(np.frombuffer(self.own, dtype=np.uint8))] if cold else self.kept
-
-    def calls(self) -> list:
-        return self.asked
-
-
-def test_the_mirror_reads_a_piece_whose_relayed_reference_died_from_its_peer_again(ray_cluster):
-    """A piece the node's peer relays from a node that died cannot be pulled (OwnerDiedError);
-    the mirror asks its peer once more, cold, and sends the bytes of the peer's own copy."""
-    data = bytes(range(256)) * 4096  # 1 MiB
-    owner = _Owner.remote()
-    kept = ray.get(owner.put.remote(data))
-    relay = _Relay.remote(kept, data)
-    ray.kill(owner)  # the reference's owner is gone, as with a node that died
-    deadline = time.monotonic() + 60
-    while True:  # until Ray says so here (a local copy can outlive its owner for a moment)
-        try:
-            ray.get(kept[0], timeout=10)
-        except ray.exceptions.OwnerDiedError:
-            break
-        assert time.monotonic() < deadline, "Ray never reported the owner dead"
-        time.sleep(0.1)
-    digest = parse_digest("sha256:" + hashlib.sha256(data).hexdigest())
-    handle = _P2PHandle(P2PBlobs(relay, None), digest, len(data), len(data))
-
-    async def first_piece() -> bytes:
-        return bytes(await handle.piece(0))
-
-    assert asyncio.run(first_piece()) == data
-    assert ray.get(relay.calls.remote()) == [False, True]
 
 
 def test_a_piece_served_from_memory_is_pulled_from_its_parent_only(

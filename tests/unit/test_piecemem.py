@@ -98,15 +98,3 @@ def test_pool_buffers_start_on_a_page_for_direct_writes():
         buf = pool.take(n)
         assert len(buf) == n and buf.ctypes.data % PAGE == 0
         buf[:] = 1  # all of it is writable memory of its own
-
-
-def test_hot_pieces_from_a_dead_source_are_dropped_together():
-    hot: HotPieces[str] = HotPieces(limit=100)
-    hot.put("t", 0, "from-e", 4, "e")
-    hot.put("u", 3, "from-e-too", 4, "e")
-    hot.put("t", 1, "from-b", 4, "b")
-    hot.put("t", 2, "made-here", 4)
-    assert hot.drop_from_source_of("t", 0) == 2  # both of e's, across tasks
-    assert hot.get("u", 3) is None and hot.get("t", 1) == "from-b" and hot.held == 8
-    assert hot.drop_from_source_of("t", 2) == 1  # its own: only that one
-    assert hot.drop_from_source_of("t", 9) == 0 and len(hot) == 1
