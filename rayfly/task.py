@@ -18,6 +18,7 @@ from rayfly.errors import InvalidInput
 from rayfly.version import Version
 
 MIN_PIECE = 4 << 20
+SLOW_LINK_MIN_PIECE = 1 << 20
 MAX_PIECE = 16 << 20
 TARGET_PIECES = 64
 
@@ -151,18 +152,28 @@ def task_id_for(
 
 
 def default_piece_size(length: int, cap: int | None = None) -> int:
-    """The next power of two of ``length / 64``, clamped to 4..16 MiB, and to ``cap`` (at
-    least 4 MiB) when the links are slow (:func:`rayfly.scheduling.piece_cap`).
+    """The next power of two of ``length / 64``, clamped to 4..16 MiB, and to ``cap`` when the
+    links are slow (:func:`rayfly.scheduling.piece_cap`: the largest piece that moves between
+    peers in 2 s when every parent serves all its slots).
 
     Dragonfly aims at ~500 pieces (``length / 500``); a rayfly piece costs more to move (an
     actor call and an object in Ray's object store, ~10 ms of CPU per piece across peer and
     raylet on this machine), so pieces are larger: 1 GiB is 64 pieces of 16 MiB, which took 4
     nodes 16 s and 3.9 CPU-s per peer against 22 s and 5.7 CPU-s with 4 MiB pieces
     (docs/BENCHMARKS.md). 16 MiB at most keeps a peer's memory bounded: 8 pieces in flight and
-    the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB."""
+    the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB.
+
+    The 4 MiB floor is for CPU (smaller pieces were CPU-bound at 100 Mbit/s on the testbed) and
+    yields on slower links: a piece never takes more than twice the cap's 2 s to move (Ray asks
+    again for an object whose pull has not finished after 10 s, and the bytes cross twice), so
+    at 50 Mbit/s per node pieces are 2 MiB, never below 1 MiB (:data:`SLOW_LINK_MIN_PIECE`);
+    links that slow leave the CPU per piece to spare."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
-    return min(MAX_PIECE, max(MIN_PIECE, min(size, cap or size)))
+    if cap is None:
+        return min(MAX_PIECE, max(MIN_PIECE, size))
+    floor = max(SLOW_LINK_MIN_PIECE, min(MIN_PIECE, 2 * cap))
+    return min(MAX_PIECE, max(floor, min(size, cap)))
 
 
 def piece_count(length: int, piece_size: int) -> int:

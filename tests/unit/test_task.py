@@ -36,7 +36,11 @@ def test_piece_size_rule(length, expected):
     [
         (512 * MiB, None, 8 * MiB),
         (512 * MiB, 4 * MiB, 4 * MiB),  # slow links: smaller pieces
-        (512 * MiB, 1 * MiB, 4 * MiB),  # never below 4 MiB
+        (512 * MiB, 2 * MiB, 4 * MiB),  # 100 Mbit/s, 8 slots: 4 MiB (4 s) for the CPU
+        (512 * MiB, 1 * MiB, 2 * MiB),  # 50 Mbit/s: 2 MiB, within 4 s a transfer
+        (512 * MiB, 512 << 10, 1 * MiB),  # 25 Mbit/s: 1 MiB
+        (512 * MiB, 64 << 10, 1 * MiB),  # never below 1 MiB
+        (100 * MiB, 1 * MiB, 2 * MiB),  # a small file on slow links too
         (1 << 30, 8 * MiB, 8 * MiB),
         (1 << 30, 1 << 30, 16 * MiB),  # fast links change nothing
         (100 * MiB, 8 * MiB, 4 * MiB),  # a cap never makes a piece larger
