@@ -163,11 +163,11 @@ def default_piece_size(length: int, cap: int | None = None) -> int:
     (docs/BENCHMARKS.md). 16 MiB at most keeps a peer's memory bounded: 8 pieces in flight and
     the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB.
 
-    The 4 MiB floor is for CPU (smaller pieces were CPU-bound at 100 Mbit/s on the testbed) and
-    yields on slower links: a piece never takes more than twice the cap's 2 s to move (Ray asks
-    again for an object whose pull has not finished after 10 s, and the bytes cross twice), so
-    at 50 Mbit/s per node pieces are 2 MiB, never below 1 MiB (:data:`SLOW_LINK_MIN_PIECE`);
-    links that slow leave the CPU per piece to spare."""
+    The 4 MiB floor is for CPU (the ~10 ms per piece above) and
+    yields on slower links: a piece never takes more than twice the cap's 2 s to move at the
+    measured rate (Ray asks again for an object whose pull has not finished after 10 s, and the
+    bytes cross twice), never below 1 MiB (:data:`SLOW_LINK_MIN_PIECE`). On the testbed the
+    measured rates give 2 MiB at 100 Mbit/s per node and 1-2 MiB at 50 Mbit/s."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
     if cap is None:
