@@ -21,7 +21,6 @@ import argparse
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -169,18 +168,14 @@ def main() -> None:
         argv += ["--puller-ip", cfg.host_ip(args.parents + 1)]
         argv += ["--both-ways"] if args.both_ways else []
         proc = tb.run_in(cfg.host_ns(0), argv, timeout=1200, check=False)
+        tcp_cc = tb.tcp_cc()
     if proc.returncode != 0:
         raise SystemExit(f"driver failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["args"] = {k: v for k, v in vars(args).items() if k not in ("driver", "out")}
     result["args"]["out"] = str(args.out) if args.out else None
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    result["tcp_cc"] = (
-        args.tcp_cc
-        or subprocess.run(
-            ["sysctl", "-n", "net.ipv4.tcp_congestion_control"], capture_output=True, text=True
-        ).stdout.strip()
-    )
+    result["tcp_cc"] = tcp_cc
     for k, shares in result["ray"].items():
         runs = ", ".join(f"{s:.0%}" for s in shares)
         median = statistics.median(shares)

@@ -170,10 +170,8 @@ def default_piece_size(length: int, cap: int | None = None) -> int:
     measured rates give 2 MiB at 100 Mbit/s per node and 1-2 MiB at 50 Mbit/s."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
-    if cap is None:
-        return min(MAX_PIECE, max(MIN_PIECE, size))
-    floor = max(SLOW_LINK_MIN_PIECE, min(MIN_PIECE, 2 * cap))
-    return min(MAX_PIECE, max(floor, min(size, cap)))
+    floor = MIN_PIECE if cap is None else max(SLOW_LINK_MIN_PIECE, min(MIN_PIECE, 2 * cap))
+    return min(MAX_PIECE, max(floor, min(size, cap or size)))
 
 
 def piece_count(length: int, piece_size: int) -> int:
