@@ -414,14 +414,15 @@ class Downloads:
             return Failed(a.piece, a.parent, f"{type(exc).__name__}: {exc}", parent_lacks=True)
         except (SourceError, OSError) as exc:
             raise _Fatal(exc) from exc
-        seconds = time.time() - t0
+        landed = time.time()
+        seconds = landed - t0
         self.events(task)[a.piece].set()
         nbytes = end - start
         if a.parent is None:
             out.bytes_from_origin += nbytes
         else:
             out.bytes_from_peers += nbytes
-        out.timeline.append((time.time(), nbytes, a.parent is None, seconds))
+        out.timeline.append((landed, nbytes, a.parent is None, seconds))
         return Done(a.piece, digest, a.parent, nbytes, seconds)
 
     async def _keep(self, task: TaskInfo, a: Any, got: Read, nbytes: int) -> None:
@@ -463,13 +464,14 @@ class Downloads:
                     )
                     window.offer(index, data, len(data))
                     self.events(task)[index].set()
-                    out.timeline.append((time.time(), len(data), True, time.time() - t0))
+                    landed = time.time()
+                    out.timeline.append((landed, len(data), True, landed - t0))
                     if last is not None:  # the last one is reported by the fetch loop
                         metrics.piece_result(self.node_id, last)
                         await self.links.scheduler().exchange.remote(
                             task.task_id, self.node_id, [last], [], 0, False
                         )
-                    last = Done(index, digest, None, len(data), time.time() - t0)
+                    last = Done(index, digest, None, len(data), landed - t0)
                 t0 = time.time()
         except OriginUnreachable as exc:
             missing = min(set(range(task.n_pieces)) - entry.have, default=0)
