@@ -6,15 +6,27 @@ raises :class:`~rayfly.errors.MissingDependency` that says what to install.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rayfly.errors import MissingDependency
+from rayfly.errors import InvalidInput, MissingDependency
 
 if TYPE_CHECKING:
     from rayfly.report import Report
 
 INSTALL_HINT = "pip install matplotlib (or pip install 'rayfly[notebook]')"
-TIMELINE_COLUMNS = ("node_id", "time_s", "nbytes", "from_origin", "seconds", "cumulative_bytes")
+TIMELINE_FORMATS = (".csv", ".parquet")
+TIMELINE_COLUMNS = (
+    "node_id",
+    "time_s",
+    "nbytes",
+    "from_origin",
+    "parent",
+    "seconds",
+    "cumulative_bytes",
+)
 
 
 def _pyplot() -> Any:
@@ -31,24 +43,25 @@ def _pyplot() -> Any:
 def timeline_rows(report: Report) -> list[dict[str, Any]]:
     """Every piece every node fetched, as rows of :data:`TIMELINE_COLUMNS`.
 
-    ``time_s`` counts from the first piece that landed anywhere; ``seconds`` is how long the
-    piece took to land from when its node began it; ``cumulative_bytes`` is the node's running
-    total.
+    ``time_s`` counts from the first piece that landed anywhere; ``parent`` is the node id of
+    the peer the piece came from (None: the origin); ``seconds`` is how long the piece took to
+    land from when its node began it; ``cumulative_bytes`` is the node's running total.
     """
-    stamps = [entry[0] for n in report.nodes for entry in n.timeline]
+    stamps = [entry.time for n in report.nodes for entry in n.timeline]
     t0 = min(stamps) if stamps else 0.0
     rows: list[dict[str, Any]] = []
     for node in report.nodes:
         total = 0
-        for t, nbytes, from_origin, seconds in sorted(node.timeline):
-            total += nbytes
+        for entry in sorted(node.timeline):
+            total += entry.nbytes
             rows.append(
                 {
                     "node_id": node.node_id,
-                    "time_s": round(t - t0, 6),
-                    "nbytes": nbytes,
-                    "from_origin": bool(from_origin),
-                    "seconds": round(seconds, 6),
+                    "time_s": round(entry.time - t0, 6),
+                    "nbytes": entry.nbytes,
+                    "from_origin": entry.from_origin,
+                    "parent": entry.parent or None,
+                    "seconds": round(entry.seconds, 6),
                     "cumulative_bytes": total,
                 }
             )
@@ -63,6 +76,48 @@ def timeline_table(report: Report) -> Any:
     if not rows:
         return pa.table({c: [] for c in TIMELINE_COLUMNS})
     return pa.Table.from_pylist(rows)
+
+
+def check_timeline_path(path: str | Path) -> Path:
+    """``path`` if a timeline can be written there: a ``.csv`` or ``.parquet`` name in an
+    existing, writable directory (checked before a distribution starts, not after it)."""
+    p = Path(path)
+    if p.suffix.lower() not in TIMELINE_FORMATS:
+        raise InvalidInput(
+            f"timeline file {str(p)!r}: name it *.csv or *.parquet (the suffix picks the format)"
+        )
+    folder = p.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInput(
+            f"timeline file {str(p)!r}: directory {str(folder)!r} does not exist or is not "
+            "writable; create it or choose another path"
+        )
+    if p.is_dir():
+        raise InvalidInput(f"timeline file {str(p)!r} is a directory; give a file name")
+    return p
+
+
+def write_timeline(report: Report, path: str | Path) -> Path:
+    """Write :func:`timeline_table` to ``path`` (CSV or Parquet, by its suffix) atomically: a
+    reader sees the old file or the whole new one, never a part."""
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    target = check_timeline_path(path)
+    table = timeline_table(report)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        if target.suffix.lower() == ".csv":
+            pyarrow.csv.write_csv(table, tmp)
+        else:
+            pyarrow.parquet.write_table(table, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def plot_timeline(report: Report, ax: Any = None) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from rayfly.task import TaskInfo
 
@@ -105,9 +105,22 @@ class Batch:
     rejoin: bool = False
 
 
-PieceTime = tuple[float, int, bool, float]
-"""One fetched piece in a node's timeline: ``(unix_time, nbytes, from_origin, seconds)``, when
-it landed (verified and stored) and how long it took from when the node began it."""
+class PieceTime(NamedTuple):
+    """One fetched piece in a node's timeline."""
+
+    time: float
+    """Unix time it landed (verified and stored)."""
+    nbytes: int
+    parent: str
+    """The node id of the peer it came from; ``""`` when it came from the origin."""
+    seconds: float
+    """How long it took from when the node began it (asked its parent or the origin)."""
+
+    @property
+    def from_origin(self) -> bool:
+        """Whether the piece was read from the origin."""
+        return not self.parent
+
 
 NODE_COLUMNS = (
     "node_id",
@@ -147,12 +160,12 @@ class FileResult:
 class NodeResult:
     """Everything one node did for one distribution.
 
-    ``timeline`` holds ``(unix_time, nbytes, from_origin, seconds)`` for every piece the node
-    fetched: when it landed (verified and stored) and how long it took from when the node began
-    it (asked its parent or the origin); ``piece_p50_s`` and ``piece_p90_s`` are the median and
-    90th percentile of those seconds; ``tail_s`` is how long the node took after its last piece
-    landed (the whole file's sha256 where it could not be computed as pieces arrived, and the
-    publish).
+    ``timeline`` holds a :class:`PieceTime` for every piece the node fetched: when it landed
+    (verified and stored), its size, the node it came from (``""``: the origin) and how long it
+    took from when the node began it (asked its parent or the origin); ``piece_p50_s`` and
+    ``piece_p90_s`` are the median and 90th percentile of those seconds; ``tail_s`` is how long
+    the node took after its last piece landed (the whole file's sha256 where it could not be
+    computed as pieces arrived, and the publish).
     For a prefix, ``sha256`` is the digest of the node's ``sha256sum``-style listing
     (``"<sha256>  <relpath>\\n"`` per file, sorted by path), so equal trees have equal digests.
     """
@@ -195,7 +208,7 @@ def quantile(values: list[float], q: float) -> float:
 
 def summarize_node(node: NodeResult, single: bool) -> NodeResult:
     """Fill a node's totals from its files, and its pieces' time quantiles from its timeline."""
-    seconds = [entry[3] for entry in node.timeline]
+    seconds = [entry.seconds for entry in node.timeline]
     node.piece_p50_s, node.piece_p90_s = quantile(seconds, 0.5), quantile(seconds, 0.9)
     node.bytes = sum(f.bytes for f in node.files if f.ok)
     node.bytes_from_origin = sum(f.bytes_from_origin for f in node.files)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rayfly.protocol import NodeResult
@@ -99,10 +100,17 @@ class Report:
         return self.to_arrow().to_pandas()
 
     def timeline_table(self) -> Any:
-        """Every piece each node fetched (time, bytes, from the origin?) as a pyarrow table."""
+        """Every piece each node fetched (time, bytes, from the origin or which parent, seconds)
+        as a pyarrow table."""
         from rayfly.plot import timeline_table
 
         return timeline_table(self)
+
+    def write_timeline(self, path: str | Path) -> Path:
+        """Write :meth:`timeline_table` to ``path``: ``*.csv`` or ``*.parquet``, atomically."""
+        from rayfly.plot import write_timeline
+
+        return write_timeline(self, path)
 
     def plot(self, ax: Any = None) -> Any:
         """Draw each node's bytes over time, origin vs peers; returns the matplotlib Axes.

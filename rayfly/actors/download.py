@@ -422,7 +422,7 @@ class Downloads:
             out.bytes_from_origin += nbytes
         else:
             out.bytes_from_peers += nbytes
-        out.timeline.append((landed, nbytes, a.parent is None, seconds))
+        out.timeline.append(PieceTime(landed, nbytes, a.parent or "", seconds))
         return Done(a.piece, digest, a.parent, nbytes, seconds)
 
     async def _keep(self, task: TaskInfo, a: Any, got: Read, nbytes: int) -> None:
@@ -465,7 +465,7 @@ class Downloads:
                     window.offer(index, data, len(data))
                     self.events(task)[index].set()
                     landed = time.time()
-                    out.timeline.append((landed, len(data), True, landed - t0))
+                    out.timeline.append(PieceTime(landed, len(data), "", landed - t0))
                     if last is not None:  # the last one is reported by the fetch loop
                         metrics.piece_result(self.node_id, last)
                         await self.links.scheduler().exchange.remote(

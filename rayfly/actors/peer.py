@@ -338,7 +338,7 @@ class Peer:
         end = time.time()
         node.seconds = end - t0
         if node.timeline:
-            node.tail_s = max(0.0, end - max(entry[0] for entry in node.timeline))
+            node.tail_s = max(0.0, end - max(entry.time for entry in node.timeline))
         metrics.cache_bytes(self.node_id, self.store.used_bytes())
         return summarize_node(node, single=_single(request))
 

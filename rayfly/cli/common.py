@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-def fail(exc: BaseException, code: int = EXIT_BAD_INPUT) -> NoReturn:
+def fail(exc: BaseException | str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``rayfly: error: ...`` and exit non-zero."""
     click.echo(f"rayfly: error: {exc}", err=True)
     sys.exit(code)

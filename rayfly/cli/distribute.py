@@ -24,6 +24,7 @@ from rayfly.cli.common import (
 )
 from rayfly.errors import InvalidInput, JobFailed, RayflyError
 from rayfly.filters import FileFilter
+from rayfly.plot import check_timeline_path
 from rayfly.report import Report
 from rayfly.source import parse_storage_options
 
@@ -142,6 +143,14 @@ def json_stdout() -> Iterator[TextIO]:
 @click.option("--timeout", default=None, type=float, help="Give up on nodes after this many s.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
 @click.option(
+    "--timeline",
+    "timeline_path",
+    default=None,
+    metavar="FILE",
+    help="Also write every piece each node fetched (when it landed, its size, the parent node "
+    "or the origin it came from, its seconds) to FILE: *.csv or *.parquet.",
+)
+@click.option(
     "--pin", is_flag=True, help="Also give it to nodes that join later (until `rayfly unpin`)."
 )
 @click.option(
@@ -174,6 +183,7 @@ def distribute(
     tag: str,
     timeout: float | None,
     as_json: bool,
+    timeline_path: str | None,
     pin: bool,
     as_job: bool,
     working_dir: str | None,
@@ -198,6 +208,18 @@ def _check(params: dict[str, Any]) -> None:
         fail(click.UsageError("give either SOURCE --dest or --image, not both"))
     if not image and not (source and dest):
         fail(click.UsageError("give SOURCE and --dest (or --image REF to preheat an image)"))
+    if params["timeline_path"]:
+        if params["as_job"]:
+            fail(
+                click.UsageError(
+                    "--timeline writes a file where the distribution runs; with --submit that is "
+                    "the job's driver on the cluster: run without --submit to get the file"
+                )
+            )
+        try:
+            check_timeline_path(params["timeline_path"])
+        except RayflyError as exc:
+            fail(click.UsageError(str(exc)))
 
 
 def _distribute(params: dict[str, Any], out: TextIO) -> NoReturn:
@@ -212,6 +234,11 @@ def _distribute(params: dict[str, Any], out: TextIO) -> NoReturn:
         if progress is not None:
             progress.close()
     _print(report, params["as_json"], out)
+    if params["timeline_path"]:
+        try:
+            report.write_timeline(params["timeline_path"])
+        except (OSError, RayflyError) as exc:
+            fail(f"could not write the timeline to {params['timeline_path']!r}: {exc}", EXIT_FAILED)
     if params["pin"]:
         try:
             pin_distribution(params, [n.node_id for n in report.nodes if n.ok])

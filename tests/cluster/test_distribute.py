@@ -37,8 +37,8 @@ def test_large_file_reaches_every_node_once_from_origin(ray_cluster, origin, ori
     assert sum(n.bytes_from_peers for n in report.nodes) >= 2 * src.stat().st_size
     assert report.to_arrow().num_rows == CLUSTER_NODES
     for n in report.nodes:  # every piece's time, from asking for it to holding it verified
-        assert sum(e[1] for e in n.timeline) == n.bytes_from_origin + n.bytes_from_peers
-        assert all(0 < entry[3] <= n.seconds for entry in n.timeline), n.node_id
+        assert sum(e.nbytes for e in n.timeline) == n.bytes_from_origin + n.bytes_from_peers
+        assert all(0 < entry.seconds <= n.seconds for entry in n.timeline), n.node_id
         assert 0 < n.piece_p50_s <= n.piece_p90_s <= n.seconds, n
 
 
@@ -176,3 +176,36 @@ def test_a_replaced_peer_serves_its_node_again(ray_cluster, origin, origin_root,
     assert r.nodes[0].bytes_from_peers == 8 * MiB, str(r)
     assert origin.served("/after.bin") == 8 * MiB, origin.log
     assert sha256_file(tmp_path / f"2-{w}") == sha256_file(src)
+
+
+def test_the_timeline_file_names_where_each_piece_came_from(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    """``--timeline`` writes every piece every node fetched with the node it came from: each
+    node's rows add up to its bytes from the origin and from peers, and every parent is another
+    node of the run."""
+    import json
+
+    import pyarrow.csv
+    from click.testing import CliRunner
+
+    from rayfly.cli import main
+
+    make_file(origin_root / "timeline.bin", 6 * MiB, seed=31)
+    out = tmp_path / "pieces.csv"
+    args = [origin.url + "timeline.bin", "--dest", str(tmp_path / "d" / "{node_id}.bin")]
+    args += ["--piece-size", "1MiB", "--json", "--timeline", str(out)]
+    result = CliRunner().invoke(main, ["distribute", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    nodes = {n["node_id"]: n for n in json.loads(result.output)["nodes"]}
+    assert len(nodes) == CLUSTER_NODES
+    nulls = pyarrow.csv.ConvertOptions(strings_can_be_null=True)
+    rows = pyarrow.csv.read_csv(out, convert_options=nulls).to_pylist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "pieces.csv"]
+    for node_id, n in nodes.items():
+        mine = [r for r in rows if r["node_id"] == node_id]
+        assert sum(r["nbytes"] for r in mine if r["from_origin"]) == n["bytes_from_origin"]
+        assert sum(r["nbytes"] for r in mine if not r["from_origin"]) == n["bytes_from_peers"]
+        assert all((r["parent"] is None) == r["from_origin"] for r in mine), mine
+        assert {r["parent"] for r in mine if r["parent"]} <= set(nodes) - {node_id}
+    assert sum(n["bytes_from_peers"] for n in nodes.values()) >= 6 * MiB  # peers did serve

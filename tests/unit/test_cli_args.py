@@ -25,6 +25,17 @@ def test_bad_dest_template_fails_fast():
     assert result.exit_code == 2 and "unknown placeholder {nodeid}" in result.output
 
 
+def test_a_timeline_file_the_run_could_not_write_fails_before_it_runs(tmp_path):
+    dest = ["/etc/hostname", "--dest", str(tmp_path / "{node_id}")]
+    result = run(*dest, "--timeline", str(tmp_path / "pieces.txt"))
+    assert result.exit_code == 2 and "name it *.csv or *.parquet" in result.output
+    result = run(*dest, "--timeline", str(tmp_path / "no" / "pieces.csv"))
+    assert result.exit_code == 2 and "does not exist or is not writable" in result.output
+    result = run(*dest, "--timeline", str(tmp_path / "pieces.csv"), "--submit")
+    assert result.exit_code == 2 and "run without --submit" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_insecure_means_a_registry_name_on_distribute_and_mirror():
     from rayfly.cli.common import plain_http
     from rayfly.cli.distribute import distribute

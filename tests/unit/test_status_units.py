@@ -14,16 +14,16 @@ from rayfly import plot, submit
 from rayfly.cli.distribute import load_runtime_env
 from rayfly.errors import InvalidInput, MissingDependency
 from rayfly.progress import ProgressBar
-from rayfly.protocol import FileResult, NodeResult, summarize_node
+from rayfly.protocol import FileResult, NodeResult, PieceTime, summarize_node
 from rayfly.report import Report
 from rayfly.status import format_status
 
 
 def sample_report() -> Report:
     a = NodeResult("aaaa1111", "10.0.0.1", "a", "/d/a", bytes=30, ok=True)
-    a.timeline = [(100.0, 10, True, 0.25), (101.0, 20, False, 1.5)]
+    a.timeline = [PieceTime(100.0, 10, "", 0.25), PieceTime(101.0, 20, "bbbb2222", 1.5)]
     b = NodeResult("bbbb2222", "10.0.0.2", "b", "/d/b", bytes=30, ok=True)
-    b.timeline = [(100.5, 30, False, 0.5)]
+    b.timeline = [PieceTime(100.5, 30, "aaaa1111", 0.5)]
     return Report("http://o/f", "/d/{node_id}", [a, b], 30, 2.0, ["t1"])
 
 
@@ -34,14 +34,53 @@ def test_timeline_rows_count_from_the_first_piece():
         ("aaaa1111", 1.0, 1.5, 30),
         ("bbbb2222", 0.5, 0.5, 30),
     ]
+    assert [(r["from_origin"], r["parent"]) for r in rows] == [
+        (True, None),
+        (False, "bbbb2222"),
+        (False, "aaaa1111"),
+    ]
     table = sample_report().timeline_table()
     assert table.num_rows == 3 and table.column_names == list(plot.TIMELINE_COLUMNS)
+
+
+@pytest.mark.parametrize("name", ["pieces.csv", "pieces.parquet"])
+def test_the_timeline_is_written_whole_as_csv_or_parquet(tmp_path, name):
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    target = tmp_path / name
+    target.write_text("an older file\n")
+    assert sample_report().write_timeline(target) == target
+    if name.endswith(".csv"):  # an empty parent (the origin) reads back as null
+        nulls = pyarrow.csv.ConvertOptions(strings_can_be_null=True)
+        back = pyarrow.csv.read_csv(target, convert_options=nulls).to_pylist()
+    else:
+        back = pyarrow.parquet.read_table(target).to_pylist()
+    assert back == plot.timeline_rows(sample_report())
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("pieces.txt", r"name it \*\.csv or \*\.parquet"),
+        ("missing/pieces.csv", r"directory .*missing' does not exist or is not writable"),
+        ("adir.csv", r"is a directory"),
+    ],
+)
+def test_a_timeline_path_that_cannot_work_is_refused_before_anything_runs(tmp_path, name, message):
+    (tmp_path / "adir.csv").mkdir()
+    with pytest.raises(InvalidInput, match=message):
+        plot.check_timeline_path(tmp_path / name)
+    with pytest.raises(InvalidInput, match=message):
+        sample_report().write_timeline(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.csv"]
 
 
 def test_a_nodes_piece_times_are_summed_up_as_median_and_p90():
     node = NodeResult("cccc3333", "10.0.0.3", "c", "/d/c")
     times = [7, 1, 10, 3, 5, 2, 9, 4, 8, 6]
-    node.timeline = [(100.0 + i, 1, False, float(s)) for i, s in enumerate(times)]
+    node.timeline = [PieceTime(100.0 + i, 1, "aaaa1111", float(s)) for i, s in enumerate(times)]
     node.files = [FileResult("c", "/d/c", 10, "x" * 64, 10.0, 0, 10, True)]
     summarize_node(node, single=True)
     assert (node.piece_p50_s, node.piece_p90_s) == (5.0, 9.0)
