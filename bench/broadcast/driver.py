@@ -190,9 +190,13 @@ def run_tasks(method: str, url: str, nodes: list[dict], dest: Path, name: str) -
 
 
 def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[list[dict], Any]:
-    """Method ``rayfly`` through its CLI; per-node seconds as the report gives them."""
+    """Method ``rayfly`` through its CLI; per-node seconds as the report gives them, and per
+    node where its pieces came from (``by_parent``, from ``--timeline``)."""
     exe = shutil.which("rayfly") or str(Path(sys.executable).with_name("rayfly"))
+    dest.mkdir(parents=True, exist_ok=True)
+    timeline = dest / f"{name}.timeline.csv"
     cmd = [exe, "distribute", url, "--dest", str(dest / "{node_id}" / name), "--json"]
+    cmd += ["--timeline", str(timeline)]
     if not Path(exe).exists():
         cmd = [sys.executable, "-m", "rayfly.cli", *cmd[1:]]
     t0 = time.time()
@@ -201,6 +205,8 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
     if proc.returncode != 0:
         raise RuntimeError(f"rayfly failed ({proc.returncode}): {proc.stderr[-4000:]}")
     report = json.loads(proc.stdout[proc.stdout.index("{") :])
+    ips = {n["node_id"]: n.get("node_ip") or n["node_id"][:12] for n in report["nodes"]}
+    pieces = read_timeline(timeline)
     hosts = [
         {
             "node_id": n["node_id"],
@@ -215,6 +221,7 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
             "bytes_from_origin": n.get("bytes_from_origin"),
             "bytes_from_peers": n.get("bytes_from_peers"),
             "error": n.get("error"),
+            "by_parent": by_parent(pieces, n["node_id"], ips),
         }
         for n in report["nodes"]
     ]
@@ -223,6 +230,34 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
         "totals": report.get("totals", {}),
         "piece_size": _piece_size(cmd, report.get("task_ids", [])),
     }
+
+
+def read_timeline(path: Path) -> list[dict[str, Any]]:
+    """The rows ``rayfly distribute --timeline`` wrote (an empty parent is the origin)."""
+    import pyarrow.csv
+
+    nulls = pyarrow.csv.ConvertOptions(strings_can_be_null=True)
+    return pyarrow.csv.read_csv(path, convert_options=nulls).to_pylist()
+
+
+def by_parent(rows: list[dict[str, Any]], node_id: str, ips: dict[str, str]) -> dict[str, Any]:
+    """Per source of ``node_id``'s pieces (a parent's IP, or ``origin``): how many pieces, MiB,
+    and the median and 90th percentile of their seconds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["node_id"] == node_id:
+            key = "origin" if r["from_origin"] else ips.get(r["parent"], r["parent"])
+            groups.setdefault(key, []).append(r)
+    out = {}
+    for key, got in sorted(groups.items()):
+        seconds = sorted(r["seconds"] for r in got)
+        out[key] = {
+            "pieces": len(got),
+            "mib": round(sum(r["nbytes"] for r in got) / (1 << 20), 2),
+            "p50_s": round(seconds[len(seconds) // 2], 3),
+            "p90_s": round(seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))], 3),
+        }
+    return out
 
 
 def _piece_size(cmd: list[str], task_ids: list[str]) -> int | None:

@@ -103,3 +103,8 @@ def test_broadcast_end_to_end_on_three_hosts(tmp_path):
     assert links["origin"]["tx_done_s"] > 0 and len(links["hosts"]) == 3
     assert all(0 < h["rx_share"] <= 1.2 for h in links["hosts"]), links
     assert by_method["rayfly"]["extra"]["piece_size"] == 4 << 20  # as rayfly status says
+    ips = {h["node_ip"] for h in by_method["rayfly"]["hosts"]}
+    for h in by_method["rayfly"]["hosts"]:  # where each host's one piece came from (--timeline)
+        got = h["by_parent"]
+        assert sum(s["mib"] for s in got.values()) == 4.0 and set(got) <= {"origin"} | ips, h
+        assert h["node_ip"] not in got, h
