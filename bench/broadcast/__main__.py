@@ -380,6 +380,7 @@ def bench_hosts(
         extra_env={
             "RAYFLY_CACHE_DIR": f"/tmp/{args.prefix}-tb/cache",
             "RAYFLY_CACHE_QUOTA": str(2 * size + (64 << 20)),
+            **({"RAY_preallocate_plasma_memory": "1"} if args.preallocate_object_store else {}),
         },
         host_env=limited_hosts(n, args.upload_limit),
     )
@@ -439,6 +440,13 @@ def main() -> None:
         "--tcp-cc",
         default=None,
         help="TCP congestion control of every namespace (default: the machine's, inherited)",
+    )
+    parser.add_argument(
+        "--preallocate-object-store",
+        action="store_true",
+        help="RAY_preallocate_plasma_memory=1 on every host: each object store's memory is "
+        "touched at ray start, not during the first runs (on 2 cores, N hosts' first touch "
+        "of their object stores slows the first large distribution)",
     )
     parser.add_argument("--append", action="store_true", help="add to the runs already in --out")
     parser.add_argument("--mtu", type=int, default=1500)
