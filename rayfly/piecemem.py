@@ -63,14 +63,14 @@ class HashWindow:
 class _Kept(Generic[V]):
     value: V
     nbytes: int
-    source: str | None
+    received: bool
     handed: bool
 
 
 class HotPieces(Generic[V]):
     """Up to ``limit`` bytes of values keyed by ``(task_id, piece)``, least recently used out;
-    each remembers the peer it came from (None: made here) and whether it was handed out, so
-    that an object made here is handed out as it is once (:meth:`hand_out`)."""
+    each remembers whether it was received from a peer or made here, and whether it was handed
+    out, so that an object made here is handed out as it is once (:meth:`hand_out`)."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -90,7 +90,7 @@ class HotPieces(Generic[V]):
         handed out as it is: an object only this node holds yet. Every later call, and any
         call for a value received from a peer, says False (hand out a copy)."""
         item = self._items.get((task_id, index))
-        if item is None or item.source is not None or item.handed:
+        if item is None or item.received or item.handed:
             return False
         item.handed = True
         return True
@@ -101,15 +101,15 @@ class HotPieces(Generic[V]):
         index: int,
         value: V,
         nbytes: int,
-        source: str | None = None,
+        received: bool = False,
         handed: bool = False,
     ) -> None:
-        """Hold ``value`` (received from peer ``source``; ``handed``: already handed out); the
-        least recently used values go until the total fits."""
+        """Hold ``value`` (``received`` from a peer, or made here; ``handed``: already handed
+        out); the least recently used values go until the total fits."""
         if nbytes > self.limit:
             return
         self.drop(task_id, index)
-        self._items[(task_id, index)] = _Kept(value, nbytes, source, handed)
+        self._items[(task_id, index)] = _Kept(value, nbytes, received, handed)
         self.held += nbytes
         while self.held > self.limit:
             _, gone = self._items.popitem(last=False)

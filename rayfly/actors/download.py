@@ -431,7 +431,7 @@ class Downloads:
         the origin that others will ask for as one copy (no disk read later),
         unless only peers on this host will, and they read this node's files (local reads)."""
         if got.ref is not None:
-            self.hot.put(task.task_id, a.piece, KeptPiece(got.ref, got.data), nbytes, a.parent)
+            self.hot.put(task.task_id, a.piece, KeptPiece(got.ref, got.data), nbytes, received=True)
         elif a.share == SHARE_REMOTE or (a.share == SHARE_HOST and self.reader.local_ip is None):
             ref = await self.disk_io(ray.put, got.data)
             self.hot.put(task.task_id, a.piece, KeptPiece(ref), nbytes)

@@ -61,7 +61,7 @@ def test_hot_pieces_skip_what_cannot_fit_and_forget_a_task():
 def test_a_piece_made_here_is_handed_out_as_it_is_once_and_a_relayed_one_never():
     hot: HotPieces[str] = HotPieces(limit=10)
     hot.put("t", 0, "mine", 1)
-    hot.put("t", 1, "relayed", 1, source="parent")
+    hot.put("t", 1, "relayed", 1, received=True)
     hot.put("t", 2, "served", 1, handed=True)
     assert [hot.hand_out("t", 0), hot.hand_out("t", 0)] == [True, False]
     assert not hot.hand_out("t", 1) and not hot.hand_out("t", 2) and not hot.hand_out("t", 9)
