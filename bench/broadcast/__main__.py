@@ -32,6 +32,16 @@ from bench.testbed.netns import REPO_ROOT, Testbed, TestbedConfig
 METHODS = ("rayfly", "plain", "ray", "chain")
 
 
+PREALLOCATE = {
+    "RAY_preallocate_plasma_memory": "1",
+    # the raylet gives its object store 10 x 1 s to come up; populating 1.3 GB while other
+    # hosts do the same on 2 cores took 11 s and the raylet died (``Check failed:
+    # buffer_pool_store_client_->Connect``), three starts in a row
+    "RAY_raylet_client_num_connect_attempts": "60",
+}
+"""Ray's settings for ``--preallocate-object-store``."""
+
+
 def _netns_inode(pid: str) -> int:
     try:
         return os.stat(f"/proc/{pid}/ns/net").st_ino
@@ -380,7 +390,7 @@ def bench_hosts(
         extra_env={
             "RAYFLY_CACHE_DIR": f"/tmp/{args.prefix}-tb/cache",
             "RAYFLY_CACHE_QUOTA": str(2 * size + (64 << 20)),
-            **({"RAY_preallocate_plasma_memory": "1"} if args.preallocate_object_store else {}),
+            **(PREALLOCATE if args.preallocate_object_store else {}),
         },
         host_env=limited_hosts(n, args.upload_limit),
     )
