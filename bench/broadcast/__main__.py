@@ -335,6 +335,21 @@ def links_line(links: dict[str, Any]) -> str:
     )
 
 
+def parents_line(result: dict[str, Any]) -> str:
+    """The parents' speed as the hosts saw it (``by_parent``, from rayfly's ``--timeline``):
+    the range over parents of the median of their children's piece p50, and the slowest."""
+    seen: dict[str, list[float]] = {}
+    for host in result.get("hosts", []):
+        for parent, got in (host.get("by_parent") or {}).items():
+            if parent != "origin":
+                seen.setdefault(parent, []).append(got["p50_s"])
+    if not seen:
+        return ""
+    medians = {p: statistics.median(v) for p, v in seen.items()}
+    slowest = max(medians, key=lambda p: medians[p])
+    return f"parents_p50={min(medians.values()):.2f}-{medians[slowest]:.2f}s (slowest {slowest}) "
+
+
 def verify(result: dict[str, Any], sha: str, size: int, dest: Path) -> None:
     """Check every host's copy against the payload's sha256, then delete the copies."""
     for host in result["hosts"]:
@@ -432,6 +447,7 @@ def bench_hosts(
                     f"origin={result.get('origin', {}).get('bytes_served', 0) / size:.2f}xS "
                     f"cpu={result.get('cpu', {}).get('busy_mean', float('nan')):.2f} "
                     f"{links_line(result.get('links', {}))} {retrans_line(result)}"
+                    f"{parents_line(result)}"
                     f"ok={all(h.get('verified') for h in result['hosts'])}"
                     f"{' ERROR ' + result['error'][-300:] if 'error' in result else ''}",
                     flush=True,
