@@ -1,4 +1,5 @@
-"""Pictures of a distribution: who got which bytes when, from the origin or from peers.
+"""Pictures and tables of a distribution: who got which bytes when, from the origin or from
+which peer (:func:`timeline_rows`, a table, a CSV or Parquet file, a plot).
 
 matplotlib is optional (``pip install 'rayfly[notebook]'``); without it :func:`plot_timeline`
 raises :class:`~rayfly.errors.MissingDependency` that says what to install.
