@@ -337,7 +337,8 @@ def links_line(links: dict[str, Any]) -> str:
 
 def parents_line(result: dict[str, Any]) -> str:
     """The parents' speed as the hosts saw it (``by_parent``, from rayfly's ``--timeline``):
-    the range over parents of the median of their children's piece p50, and the slowest."""
+    the range over parents of the median of their children's piece p50, and the slowest; and the
+    hosts' mean pieces in flight (``inflight_mean``)."""
     seen: dict[str, list[float]] = {}
     for host in result.get("hosts", []):
         for parent, got in (host.get("by_parent") or {}).items():
@@ -347,7 +348,12 @@ def parents_line(result: dict[str, Any]) -> str:
         return ""
     medians = {p: statistics.median(v) for p, v in seen.items()}
     slowest = max(medians, key=lambda p: medians[p])
-    return f"parents_p50={min(medians.values()):.2f}-{medians[slowest]:.2f}s (slowest {slowest}) "
+    busy = [h["inflight_mean"] for h in result["hosts"] if h.get("inflight_mean") is not None]
+    inflight = f"inflight={min(busy):.1f}-{max(busy):.1f} " if busy else ""
+    return (
+        f"parents_p50={min(medians.values()):.2f}-{medians[slowest]:.2f}s (slowest {slowest}) "
+        + inflight
+    )
 
 
 def verify(result: dict[str, Any], sha: str, size: int, dest: Path) -> None:

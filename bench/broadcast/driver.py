@@ -222,6 +222,7 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
             "bytes_from_peers": n.get("bytes_from_peers"),
             "error": n.get("error"),
             "by_parent": by_parent(pieces, n["node_id"], ips),
+            "inflight_mean": inflight_mean(pieces, n["node_id"]),
         }
         for n in report["nodes"]
     ]
@@ -258,6 +259,17 @@ def by_parent(rows: list[dict[str, Any]], node_id: str, ips: dict[str, str]) -> 
             "p90_s": round(seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))], 3),
         }
     return out
+
+
+def inflight_mean(rows: list[dict[str, Any]], node_id: str) -> float | None:
+    """How many pieces ``node_id`` had in flight on average, from its first piece's start to its
+    last piece's landing (the sum of the pieces' seconds over that span): near the
+    concurrency, the slots were kept busy; below it, they waited for work."""
+    mine = [r for r in rows if r["node_id"] == node_id]
+    if not mine:
+        return None
+    span = max(r["time_s"] for r in mine) - min(r["time_s"] - r["seconds"] for r in mine)
+    return round(sum(r["seconds"] for r in mine) / span, 2) if span > 0 else None
 
 
 def _piece_size(cmd: list[str], task_ids: list[str]) -> int | None:

@@ -108,3 +108,4 @@ def test_broadcast_end_to_end_on_three_hosts(tmp_path):
         got = h["by_parent"]
         assert sum(s["mib"] for s in got.values()) == 4.0 and set(got) <= {"origin"} | ips, h
         assert h["node_ip"] not in got, h
+        assert 0 < h["inflight_mean"] <= 8, h  # one piece, at most --concurrency at once
