@@ -163,11 +163,11 @@ def default_piece_size(length: int, cap: int | None = None) -> int:
     (docs/BENCHMARKS.md). 16 MiB at most keeps a peer's memory bounded: 8 pieces in flight and
     the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB.
 
-    The 4 MiB floor is for CPU (the ~10 ms per piece above) and
-    yields on slower links: a piece never takes more than twice the cap's 2 s to move at the
-    measured rate (Ray asks again for an object whose pull has not finished after 10 s, and the
-    bytes cross twice), never below 1 MiB (:data:`SLOW_LINK_MIN_PIECE`). On the testbed the
-    measured rates give 2 MiB at 100 Mbit/s per node and 1-2 MiB at 50 Mbit/s."""
+    The 4 MiB floor is for CPU (the ~10 ms per piece above) and yields on slower links: a piece
+    never takes more than twice the cap's 2 s to move at the measured rate (Ray asks again for
+    an object whose pull has not finished after 10 s, and the bytes cross twice), never below
+    1 MiB (:data:`SLOW_LINK_MIN_PIECE`). On the testbed the measured rates give 2 MiB at
+    100 Mbit/s per node and 1-2 MiB at 50 Mbit/s."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
     floor = MIN_PIECE if cap is None else max(SLOW_LINK_MIN_PIECE, min(MIN_PIECE, 2 * cap))

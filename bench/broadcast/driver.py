@@ -35,6 +35,8 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayfly.protocol import quantile
+
 CHUNK = 1 << 20
 HTTP_TIMEOUT_S = 60
 CHAIN_PORT = 47123
@@ -206,7 +208,9 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
         raise RuntimeError(f"rayfly failed ({proc.returncode}): {proc.stderr[-4000:]}")
     report = json.loads(proc.stdout[proc.stdout.index("{") :])
     ips = {n["node_id"]: n.get("node_ip") or n["node_id"][:12] for n in report["nodes"]}
-    pieces = read_timeline(timeline)
+    pieces: dict[str, list[dict[str, Any]]] = {}
+    for row in read_timeline(timeline):
+        pieces.setdefault(row["node_id"], []).append(row)
     hosts = [
         {
             "node_id": n["node_id"],
@@ -221,8 +225,8 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
             "bytes_from_origin": n.get("bytes_from_origin"),
             "bytes_from_peers": n.get("bytes_from_peers"),
             "error": n.get("error"),
-            "by_parent": by_parent(pieces, n["node_id"], ips),
-            "inflight_mean": inflight_mean(pieces, n["node_id"]),
+            "by_parent": by_parent(pieces.get(n["node_id"], []), ips),
+            "inflight_mean": inflight_mean(pieces.get(n["node_id"], [])),
         }
         for n in report["nodes"]
     ]
@@ -241,31 +245,30 @@ def read_timeline(path: Path) -> list[dict[str, Any]]:
     return pyarrow.csv.read_csv(path, convert_options=nulls).to_pylist()
 
 
-def by_parent(rows: list[dict[str, Any]], node_id: str, ips: dict[str, str]) -> dict[str, Any]:
-    """Per source of ``node_id``'s pieces (a parent's IP, or ``origin``): how many pieces, MiB,
-    and the median and 90th percentile of their seconds."""
+def by_parent(mine: list[dict[str, Any]], ips: dict[str, str]) -> dict[str, Any]:
+    """Per source of one node's pieces (``mine``; a parent's IP, or ``origin``): how many
+    pieces, MiB, and the median and 90th percentile of their seconds (as the report's
+    ``piece_p50_s`` and ``piece_p90_s``)."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if r["node_id"] == node_id:
-            key = "origin" if r["from_origin"] else ips.get(r["parent"], r["parent"])
-            groups.setdefault(key, []).append(r)
+    for r in mine:
+        key = "origin" if r["from_origin"] else ips.get(r["parent"], r["parent"])
+        groups.setdefault(key, []).append(r)
     out = {}
     for key, got in sorted(groups.items()):
-        seconds = sorted(r["seconds"] for r in got)
+        seconds = [r["seconds"] for r in got]
         out[key] = {
             "pieces": len(got),
             "mib": round(sum(r["nbytes"] for r in got) / (1 << 20), 2),
-            "p50_s": round(seconds[len(seconds) // 2], 3),
-            "p90_s": round(seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))], 3),
+            "p50_s": round(quantile(seconds, 0.5), 3),
+            "p90_s": round(quantile(seconds, 0.9), 3),
         }
     return out
 
 
-def inflight_mean(rows: list[dict[str, Any]], node_id: str) -> float | None:
-    """How many pieces ``node_id`` had in flight on average, from its first piece's start to its
-    last piece's landing (the sum of the pieces' seconds over that span): near the
-    concurrency, the slots were kept busy; below it, they waited for work."""
-    mine = [r for r in rows if r["node_id"] == node_id]
+def inflight_mean(mine: list[dict[str, Any]]) -> float | None:
+    """How many pieces one node had in flight on average (``mine``: its timeline rows), from
+    its first piece's start to its last piece's landing (the sum of the pieces' seconds over
+    that span): near the concurrency, the slots were kept busy; below it, they waited."""
     if not mine:
         return None
     span = max(r["time_s"] for r in mine) - min(r["time_s"] - r["seconds"] for r in mine)
