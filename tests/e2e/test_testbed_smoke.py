@@ -102,10 +102,14 @@ def test_broadcast_end_to_end_on_three_hosts(tmp_path):
     links = by_method["chain"]["links"]
     assert links["origin"]["tx_done_s"] > 0 and len(links["hosts"]) == 3
     assert all(0 < h["rx_share"] <= 1.2 for h in links["hosts"]), links
-    assert by_method["rayfly"]["extra"]["piece_size"] == 4 << 20  # as rayfly status says
+    # The scheduler's piece size (as rayfly status says): 4 MiB, or 1-2 MiB when the warm-up's
+    # transfers measured a slow link (task.default_piece_size); the timeline agrees with it.
+    piece = by_method["rayfly"]["extra"]["piece_size"]
+    assert piece in (1 << 20, 2 << 20, 4 << 20), piece
     ips = {h["node_ip"] for h in by_method["rayfly"]["hosts"]}
-    for h in by_method["rayfly"]["hosts"]:  # where each host's one piece came from (--timeline)
+    for h in by_method["rayfly"]["hosts"]:  # where each host's pieces came from (--timeline)
         got = h["by_parent"]
         assert sum(s["mib"] for s in got.values()) == 4.0 and set(got) <= {"origin"} | ips, h
+        assert sum(s["pieces"] for s in got.values()) == size // piece, h
         assert h["node_ip"] not in got, h
-        assert 0 < h["inflight_mean"] <= 8, h  # one piece, at most --concurrency at once
+        assert 0 < h["inflight_mean"] <= 8, h  # at most --concurrency at once
