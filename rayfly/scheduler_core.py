@@ -38,6 +38,7 @@ from rayfly.scheduling import (
     origin_quota,
     piece_cap,
     plan_batch,
+    shortfall,
     takes_stream,
     wake_count,
     who_will_ask,
@@ -74,7 +75,8 @@ class TaskState:
     """The scheduler's record of one task.
 
     ``stream``: the origin ignores ``Range``; ``streamer`` is the one peer reading it front to
-    back, until ``stream_deadline`` (renewed by each of its reports).
+    back, until ``stream_deadline`` (renewed by each of its reports). ``asks``: pieces asked for
+    and given over every plan, and why the rest were not (:func:`rayfly.scheduling.shortfall`).
     """
 
     info: TaskInfo
@@ -95,6 +97,7 @@ class TaskState:
     stream: bool = False
     streamer: str | None = None
     stream_deadline: float = 0.0
+    asks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -380,18 +383,11 @@ class SchedulerCore:
             return streamed
         me = self.peers[peer_id]
         me.suspect_until = -math.inf  # it is asking, so it is reachable
-        view = TaskView(
-            t.info.n_pieces,
-            t.holders,
-            t.origin_inflight,
-            self.config.origin_parallelism,
-            t.digests,
-            t.readers,
-        )
         leases = t.leases.setdefault(peer_id, {})
         quota = self._origin_quota(t, me, leases)
+        skipped: dict[str, int] = {}
         batch = plan_batch(
-            view,
+            self._view(t),
             peer_id,
             me.host,
             t.have.get(peer_id, set()),
@@ -401,7 +397,11 @@ class SchedulerCore:
             t.order,
             self._rng,
             max(0, quota),
+            skipped,
         )
+        counts = {"asked": want, "given": len(batch), **shortfall(want, len(batch), skipped)}
+        for key, n in counts.items():
+            t.asks[key] = t.asks.get(key, 0) + n
         deadline = self.clock() + self.config.lease_timeout_s
         for a in batch:
             if a.parent is None:
@@ -415,6 +415,16 @@ class SchedulerCore:
             share = who_will_ask(peer_id, self.peers, t.have, t.finished, t.expected)
             batch = [dataclasses.replace(a, share=share) if a.parent is None else a for a in batch]
         return Batch(batch)
+
+    def _view(self, t: TaskState) -> TaskView:
+        return TaskView(
+            t.info.n_pieces,
+            t.holders,
+            t.origin_inflight,
+            self.config.origin_parallelism,
+            t.digests,
+            t.readers,
+        )
 
     def _plan_stream(self, t: TaskState, peer_id: str) -> Batch | None:
         """For an origin that ignores ``Range``: the stream for ``peer_id`` if it takes it over,
@@ -543,6 +553,7 @@ class SchedulerCore:
                     if t.error
                     else ("done" if complete and complete == len(t.have) else "running"),
                     "error": t.error,
+                    "asks": dict(t.asks),
                 }
             )
         return rows

@@ -34,7 +34,16 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence, Set
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+    Set,
+)
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +54,8 @@ MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
 SERVE_TARGET_S = 2.0
 PIECE_TARGET_S = 2.0
+SKIP_BUSY = "busy"
+SKIP_ORIGIN = "origin"
 
 
 class Load(Protocol):
@@ -200,6 +211,17 @@ def who_will_ask(
     return SHARE_HOST if others else ""
 
 
+def shortfall(want: int, given: int, skipped: Mapping[str, int]) -> dict[str, int]:
+    """Why a peer that asked for ``want`` pieces got ``given``: the missing slots attributed
+    first to pieces whose holders were all busy (``busy``), then to pieces waited for from the
+    origin (``origin``), the rest to there being no piece left to hand out (``none``: it holds
+    or fetches every piece that anyone holds)."""
+    short = max(0, want - given)
+    busy = min(short, skipped.get(SKIP_BUSY, 0))
+    origin = min(short - busy, skipped.get(SKIP_ORIGIN, 0))
+    return {"busy": busy, "origin": origin, "none": short - busy - origin}
+
+
 def wake_count(done: int, failed: int, per_piece: int) -> int:
     """How many long-polling peers a report wakes: a verified piece gives its holder
     ``per_piece`` upload slots to hand out, a failed piece one piece to hand out again.
@@ -243,9 +265,10 @@ def origin_quota(
 
 
 def _candidates(
-    holders: Iterable[str], me: str, load_of: Callable[[str], Load | None]
+    holders: Iterable[str], me: str, bumped: Mapping[str, Load], loads: Mapping[str, Load]
 ) -> tuple[list[Load], bool]:
-    """Up to :data:`SCAN_LIMIT` holders with a free slot, and whether any live holder exists.
+    """Up to :data:`SCAN_LIMIT` holders with a free slot, and whether any live holder exists
+    (a holder's load: as ``bumped`` by this batch, else as in ``loads``).
 
     The scan stops early, so a piece held by ten thousand peers costs a few dozen lookups.
     """
@@ -254,7 +277,7 @@ def _candidates(
     for p in holders:
         if p == me:
             continue
-        load = load_of(p)
+        load = bumped.get(p) or loads.get(p)
         if load is None:
             continue
         alive = True
@@ -273,6 +296,15 @@ def _missing(view: TaskView, have: Set[int], busy: Set[int], origin_budget: int)
     return [i for i, h in view.holders.items() if h and i not in have and i not in busy]
 
 
+def _unheld(view: TaskView, have: Set[int], busy: Set[int]) -> int:
+    """How many pieces a peer neither holds nor fetches are held by nobody."""
+    return sum(
+        1
+        for i in range(view.n_pieces)
+        if not view.holders.get(i) and i not in have and i not in busy
+    )
+
+
 def _one_more_upload(p: Load) -> PeerLoad:
     """``p``'s load with one more upload in flight."""
     return PeerLoad(p.peer_id, p.host, p.uploads + 1, p.slots, p.throughput, p.upload_rate)
@@ -289,36 +321,39 @@ def plan_batch(
     order: str = "rarest-first",
     rng: random.Random | None = None,
     origin_quota: int | None = None,
+    skipped: MutableMapping[str, int] | None = None,
 ) -> list[Assignment]:
     """Up to ``want`` assignments for ``peer_id``, which holds ``have`` and is fetching ``busy``.
 
     ``loads`` describes every live peer (only holders of the pieces considered are looked up);
     a parent's load grows with each assignment made here, so one batch never oversubscribes a
     parent. ``origin_quota`` caps this peer's new origin reads (see :func:`origin_share`).
-    """
+    ``skipped`` counts the missing pieces passed over: ``SKIP_BUSY`` (every live holder's slots
+    are taken), ``SKIP_ORIGIN`` (held by nobody, and read already or no origin budget left)."""
     rng = rng or random.Random(peer_salt(peer_id))
     order_fn = piece_policy(order)
     bumped: dict[str, Load] = {}
-
-    def load_of(p: str) -> Load | None:
-        return bumped.get(p) or loads.get(p)
-
     origin_budget = view.origin_parallelism - len(view.origin_inflight)
-    if origin_quota is not None:
-        origin_budget = min(origin_budget, origin_quota)
+    origin_budget = origin_budget if origin_quota is None else min(origin_budget, origin_quota)
     out: list[Assignment] = []
-    for piece in order_fn(_missing(view, have, busy, origin_budget), view, peer_salt(peer_id)):
+    skip: MutableMapping[str, int] = skipped if skipped is not None else {}
+    missing = _missing(view, have, busy, origin_budget)
+    if skipped is not None and origin_budget <= 0:  # the pieces nobody holds were left out
+        skip[SKIP_ORIGIN] = skip.get(SKIP_ORIGIN, 0) + _unheld(view, have, busy)
+    for piece in order_fn(missing, view, peer_salt(peer_id)):
         if len(out) >= want:
             break
-        free, alive = _candidates(view.holders.get(piece, ()), peer_id, load_of)
+        free, alive = _candidates(view.holders.get(piece, ()), peer_id, bumped, loads)
         if not alive:  # nobody alive holds it: the origin, once at a time
             if piece in view.origin_inflight or origin_budget <= 0:
+                skip[SKIP_ORIGIN] = skip.get(SKIP_ORIGIN, 0) + 1
                 continue
             origin_budget -= 1
             out.append(Assignment(piece, None))
             continue
         parent = choose_parent(free, host, rng, view.readers.get(piece))
         if parent is None:
+            skip[SKIP_BUSY] = skip.get(SKIP_BUSY, 0) + 1
             continue
         bumped[parent.peer_id] = _one_more_upload(parent)
         out.append(Assignment(piece, parent.peer_id, view.digests.get(piece)))

@@ -114,6 +114,8 @@ def format_status(status: dict[str, Any]) -> str:
             f"pieces={t['pieces']} nodes_done={t['nodes_done']}/{t['peers']}  {t['url']}"
             + (f"  error: {t['error']}" if t.get("error") else "")
         )
+        if asks := t.get("asks"):
+            lines.append(f"  {'':16} {_asks(asks)}")
     lines.append(f"peers ({len(status['peers'])}):")
     for p in status["peers"]:
         if "error" in p:
@@ -141,6 +143,16 @@ def format_status(status: dict[str, Any]) -> str:
             + (f" errors={p['errors']}" if p.get("errors") else "")
         )
     return "\n".join(lines)
+
+
+def _asks(asks: dict[str, int]) -> str:
+    """The scheduler's answers to the peers' asks for pieces: how many it gave, and why not
+    the others (every live holder busy, waiting for the origin, nothing left to hand out)."""
+    return (
+        f"pieces asked={asks.get('asked', 0)} given={asks.get('given', 0)} not given: "
+        f"holders busy={asks.get('busy', 0)} origin={asks.get('origin', 0)} "
+        f"none left={asks.get('none', 0)}"
+    )
 
 
 # --- caches -------------------------------------------------------------------------------------

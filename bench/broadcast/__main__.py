@@ -338,7 +338,8 @@ def links_line(links: dict[str, Any]) -> str:
 def parents_line(result: dict[str, Any]) -> str:
     """The parents' speed as the hosts saw it (``by_parent``, from rayfly's ``--timeline``):
     the range over parents of the median of their children's piece p50, and the slowest; and the
-    hosts' mean pieces in flight (``inflight_mean``)."""
+    hosts' mean pieces in flight (``inflight_mean``); and the scheduler's answers to the
+    peers' asks for pieces (``rayfly status``: given, and why not)."""
     seen: dict[str, list[float]] = {}
     for host in result.get("hosts", []):
         for parent, got in (host.get("by_parent") or {}).items():
@@ -350,9 +351,17 @@ def parents_line(result: dict[str, Any]) -> str:
     slowest = max(medians, key=lambda p: medians[p])
     busy = [h["inflight_mean"] for h in result["hosts"] if h.get("inflight_mean") is not None]
     inflight = f"inflight={min(busy):.1f}-{max(busy):.1f} " if busy else ""
+    asks = (result.get("extra") or {}).get("asks") or {}
+    short = (
+        f"asks given={asks['given']}/{asks['asked']} (busy {asks['busy']}, "
+        f"origin {asks['origin']}, none {asks['none']}) "
+        if asks
+        else ""
+    )
     return (
         f"parents_p50={min(medians.values()):.2f}-{medians[slowest]:.2f}s (slowest {slowest}) "
         + inflight
+        + short
     )
 
 

@@ -230,10 +230,12 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
         }
         for n in report["nodes"]
     ]
+    task = _task_status(cmd, report.get("task_ids", []))
     return hosts, {
         "cli_wall_s": wall,
         "totals": report.get("totals", {}),
-        "piece_size": _piece_size(cmd, report.get("task_ids", [])),
+        "piece_size": task.get("piece_size"),
+        "asks": task.get("asks"),
     }
 
 
@@ -275,18 +277,19 @@ def inflight_mean(mine: list[dict[str, Any]]) -> float | None:
     return round(sum(r["seconds"] for r in mine) / span, 2) if span > 0 else None
 
 
-def _piece_size(cmd: list[str], task_ids: list[str]) -> int | None:
-    """The piece size the scheduler gave the task (``rayfly status --json``)."""
+def _task_status(cmd: list[str], task_ids: list[str]) -> dict[str, Any]:
+    """The scheduler's row for the run's task (``rayfly status --json``): its piece size, and
+    the pieces the peers asked for and were given; {} when status does not answer."""
     status = [*cmd[: cmd.index("distribute")], "status", "--json"]
     proc = subprocess.run(status, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 or not task_ids:
-        return None
+        return {}
     try:
         doc = json.loads(proc.stdout[proc.stdout.index("{") :])
-        sizes = [t["piece_size"] for t in doc["tasks"] if t["task_id"] == task_ids[0]]
+        rows = [t for t in doc["tasks"] if t["task_id"] == task_ids[0]]
     except (ValueError, KeyError, TypeError):
-        return None
-    return sizes[0] if sizes else None
+        return {}
+    return rows[0] if rows else {}
 
 
 def origin_stats(base: str, reset: bool = False) -> dict:

@@ -37,12 +37,16 @@ def test_status_shows_tasks_peers_and_caches(ray_cluster, distributed):
     task = next(t for t in data["tasks"] if t["task_id"] == tid)
     assert task["state"] == "done" and task["length"] == 3 * MiB
     assert task["nodes_done"] == CLUSTER_NODES
+    asks = task["asks"]  # every node was handed every piece; each ask not given has a reason
+    assert asks["given"] >= task["pieces"] * CLUSTER_NODES, asks
+    assert asks["asked"] == sum(asks[k] for k in ("given", "busy", "origin", "none")), asks
     assert len(data["peers"]) == CLUSTER_NODES
     for peer in data["peers"]:
         assert peer["cache_used"] >= 3 * MiB and peer["cache_quota"] > 0
         assert peer["downloads_inflight"] == 0 and peer["uploads"] == 0
     text = status.format_status(data)
     assert tid[:16] in text and f"peers ({CLUSTER_NODES})" in text
+    assert f"pieces asked={asks['asked']} given={asks['given']} " in text
     # each node's cache identity: its own store, named by the id kept in its directory
     cache_ids = {p["cache_id"] for p in data["peers"]}
     assert len(cache_ids) == CLUSTER_NODES and not any(p["cache_shared"] for p in data["peers"])

@@ -106,6 +106,9 @@ def test_broadcast_end_to_end_on_three_hosts(tmp_path):
     # transfers measured a slow link (task.default_piece_size); the timeline agrees with it.
     piece = by_method["rayfly"]["extra"]["piece_size"]
     assert piece in (1 << 20, 2 << 20, 4 << 20), piece
+    asks = by_method["rayfly"]["extra"]["asks"]  # every host was handed every piece
+    assert asks["given"] >= 3 * (size // piece), asks
+    assert asks["asked"] == sum(asks[k] for k in ("given", "busy", "origin", "none")), asks
     ips = {h["node_ip"] for h in by_method["rayfly"]["hosts"]}
     for h in by_method["rayfly"]["hosts"]:  # where each host's pieces came from (--timeline)
         got = h["by_parent"]

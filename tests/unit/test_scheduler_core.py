@@ -48,6 +48,22 @@ def test_done_pieces_are_served_by_their_holder_with_digest():
     assert all(x.digest == f"d{x.piece}" for x in from_a)
 
 
+def test_status_counts_the_pieces_asked_given_and_why_not():
+    c, _ = core(parallelism=2)
+    c.join("t", "a", "ha", 2)
+    c.join("t", "b", "hb", 2)
+    c.plan("t", "a", 4)  # its share of the origin budget (1 of 2), the rest wait for it
+    assert c.status()[0]["asks"] == {"asked": 4, "given": 1, "busy": 0, "origin": 3, "none": 0}
+    c, _ = core()
+    c.join("t", "a", "ha", 2, have={i: "d" for i in range(8)})
+    c.join("t", "b", "hb", 8)
+    c.plan("t", "b", 4)  # a's 2 upload slots, then a is busy
+    c.plan("t", "b", 8)  # a is busy for 6, and the other 2 are on their way already
+    c.plan("t", "b", 0)
+    asks = c.status()[0]["asks"]
+    assert asks == {"asked": 12, "given": 2, "busy": 8, "origin": 0, "none": 2}, asks
+
+
 def test_expired_lease_is_handed_out_again():
     c, now = core(parallelism=1)
     c.join("t", "a", "ha", 4)

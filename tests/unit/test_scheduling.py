@@ -12,6 +12,7 @@ from rayfly.scheduling import (
     piece_policy,
     plan_batch,
     rarest_first,
+    shortfall,
     upload_slots,
     wake_count,
 )
@@ -153,3 +154,21 @@ def test_a_batch_takes_each_piece_from_its_reader():
     loads = {p: PeerLoad(p, f"h-{p}", 0, 8) for p in ("a", "b")}
     batch = plan_batch(v, "me", "h", set(), set(), loads, want=4)
     assert {a.piece: a.parent for a in batch} == readers
+
+
+def test_pieces_passed_over_are_counted_with_their_reason():
+    loads = {"a": PeerLoad("a", "h1", 2, 2), "b": PeerLoad("b", "h2", 1, 2)}
+    # 0, 1: only at a (no free slot); 2: at b (one slot); 3: being read from the origin
+    v = view(5, {0: {"a"}, 1: {"a"}, 2: {"b"}}, origin_inflight={3}, parallelism=2)
+    skipped: dict[str, int] = {}
+    batch = plan_batch(v, "me", "h3", set(), set(), loads, want=8, skipped=skipped)
+    assert [(a.piece, a.parent) for a in batch] == [(4, None), (2, "b")]
+    assert skipped == {"busy": 2, "origin": 1}
+    assert shortfall(8, len(batch), skipped) == {"busy": 2, "origin": 1, "none": 3}
+
+
+def test_a_shortfall_is_attributed_busy_first_and_never_exceeds_the_missing_slots():
+    assert shortfall(4, 4, {"busy": 3}) == {"busy": 0, "origin": 0, "none": 0}
+    assert shortfall(4, 1, {"busy": 5, "origin": 2}) == {"busy": 3, "origin": 0, "none": 0}
+    assert shortfall(4, 1, {"busy": 1, "origin": 5}) == {"busy": 1, "origin": 2, "none": 0}
+    assert shortfall(4, 0, {}) == {"busy": 0, "origin": 0, "none": 4}

@@ -198,3 +198,15 @@ def test_status_text():
     assert "rayfly has not run on this cluster yet" in text
     assert "n1 unreachable: no answer" in text
     assert "UNHEALTHY ActorDiedError" in text
+
+
+def test_status_text_says_why_pieces_asked_for_were_not_given():
+    task = {
+        "task_id": "0123456789abcdef0123", "state": "running", "length": 8 << 20, "pieces": 8,
+        "nodes_done": 0, "peers": 2, "url": "http://o/x",
+        "asks": {"asked": 12, "given": 2, "busy": 8, "origin": 0, "none": 2},
+    }  # fmt: skip
+    doc = {"cluster": "c", "nodes_alive": 2, "scheduler": True, "peers": [], "mirrors": []}
+    text = format_status({**doc, "tasks": [task], "pins": []})
+    assert "pieces asked=12 given=2 not given: holders busy=8 origin=0 none left=2" in text
+    assert "asked=" not in format_status({**doc, "tasks": [{**task, "asks": {}}], "pins": []})
