@@ -372,6 +372,29 @@ class SchedulerCore:
             return t.info
         return None
 
+    async def exchange(
+        self,
+        task_id: str,
+        peer_id: str,
+        done: list[Done],
+        failed: list[Failed],
+        want: int,
+        wait: bool,
+    ) -> Batch:
+        """Apply a peer's report of finished/failed pieces and hand it up to ``want`` more.
+
+        With ``wait`` and nothing to hand out, wait (up to the long-poll time) for a change.
+        """
+        self.report(task_id, peer_id, done, failed)
+        self.expire_leases()
+        if want <= 0:
+            return Batch([], rejoin=not self.knows(task_id, peer_id))
+        batch = self.plan(task_id, peer_id, want)
+        if wait and not batch.assignments and not batch.error and not batch.rejoin:
+            await self.wait_change(self.config.long_poll_s)
+            batch = self.plan(task_id, peer_id, want)
+        return batch
+
     def plan(self, task_id: str, peer_id: str, want: int) -> Batch:
         """Hand ``peer_id`` up to ``want`` new pieces, leasing them."""
         t = self._task(task_id)

@@ -88,6 +88,55 @@ class _Fatal(Exception):
         self.error = error
 
 
+class _Asking:
+    """At most one long-poll for more pieces of a task, running beside its pieces in flight,
+    and the download slots it holds until it is answered."""
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[Batch] | None = None
+        self._slots = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether a long-poll is out."""
+        return self._fut is not None
+
+    def ask(self, call: Awaitable[Batch], slots: int) -> None:
+        """Send ``call`` (an exchange that waits) for ``slots`` slots, already taken."""
+        self._fut, self._slots = asyncio.ensure_future(call), slots
+
+    def futures(self) -> list[asyncio.Future[Batch]]:
+        """The long-poll to wait on beside the pieces, if one is out."""
+        return [] if self._fut is None else [self._fut]
+
+    def answer(self, finished: set[Any], slots: asyncio.Semaphore) -> tuple[Batch, int] | None:
+        """The long-poll's batch and the slots it was for, if it is among ``finished`` (it is
+        taken out of it); its slots go back if it failed."""
+        fut, held = self._fut, self._slots
+        if fut is None or fut not in finished:
+            return None
+        finished.discard(fut)
+        self._fut, self._slots = None, 0
+        try:
+            return fut.result(), held
+        except BaseException:
+            self.give_back(slots, held)
+            raise
+
+    def cancel(self, slots: asyncio.Semaphore) -> None:
+        """Stop waiting for an answer (the task ended) and give its slots back."""
+        if self._fut is not None:
+            self._fut.cancel()
+            self.give_back(slots, self._slots)
+            self._fut, self._slots = None, 0
+
+    @staticmethod
+    def give_back(slots: asyncio.Semaphore, n: int) -> None:
+        """Release ``n`` slots."""
+        for _ in range(n):
+            slots.release()
+
+
 @dataclass
 class NodeLimits:
     """The node's rate limits (token buckets shared by every task), and each call's own."""
@@ -286,33 +335,38 @@ class Downloads:
     async def _fetch_all(
         self, task: TaskInfo, slots: asyncio.Semaphore, out: TaskOutcome, window: HashWindow
     ) -> None:
-        """The fetch loop: ask for batches, run them with bounded concurrency, report."""
+        """The fetch loop: ask for batches, run them with bounded concurrency, report.
+
+        A batch that comes back short while pieces are in flight leaves its free slots asked
+        for in a long-poll beside them (``asking``): the scheduler answers it as soon as a
+        parent's slot frees, not when one of this peer's own pieces lands."""
         entry = self.store.entry(task.task_id)
         assert entry is not None
         inflight: dict[asyncio.Future[Done | Failed], int] = {}
         done: list[Done] = []
         failed: list[Failed] = []
+        asking = _Asking()
         try:
             while len(entry.have) < entry.n_pieces:
-                want = await self._take_slots(slots, len(inflight))
+                want = await self._take_slots(slots, len(inflight) + asking.pending)
                 if want or done or failed:
+                    wait = not inflight and not asking.pending
                     try:
-                        batch = await self._exchange(task, done, failed, want, not inflight)
+                        batch = await self._exchange(task, done, failed, want, wait)
                     except BaseException:  # the task failed: the slots taken go back
-                        for _ in range(want):
-                            slots.release()
+                        asking.give_back(slots, want)
                         raise
                     done, failed = [], []
-                    for _ in range(want - len(batch.assignments)):
-                        slots.release()
-                    for a in batch.assignments:
-                        inflight[asyncio.ensure_future(self._piece(task, a, out, window))] = a.piece
-                if inflight:
+                    self._start(task, batch, want, slots, inflight, asking, (out, window))
+                waiting = [*inflight, *asking.futures()]
+                if waiting:
                     finished, _ = await asyncio.wait(
-                        inflight, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                        waiting, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
                     )
                     if not finished:  # slow reads: tell the scheduler this peer is still at it
                         await self._exchange(task, [], [], 0, False)
+                    if (answered := asking.answer(finished, slots)) is not None:
+                        self._start(task, *answered, slots, inflight, asking, (out, window))
                     self._settle(finished, inflight, slots, done, failed)
             if inflight:
                 # every piece is stored, but the last ones' coroutines may not have returned
@@ -324,9 +378,30 @@ class Downloads:
         except _Fatal as exc:
             raise exc.error from None
         finally:
+            asking.cancel(slots)
             for fut in inflight:
                 fut.cancel()
                 slots.release()
+
+    def _start(
+        self,
+        task: TaskInfo,
+        batch: Batch,
+        asked: int,
+        slots: asyncio.Semaphore,
+        inflight: dict[asyncio.Future[Done | Failed], int],
+        asking: _Asking,
+        into: tuple[TaskOutcome, HashWindow],
+    ) -> None:
+        """Start fetching the pieces of ``batch`` (an answer for ``asked`` slots); the slots it
+        left free go on being asked for beside the pieces in flight, or back to ``slots``."""
+        for a in batch.assignments:
+            inflight[asyncio.ensure_future(self._piece(task, a, *into))] = a.piece
+        short = asked - len(batch.assignments)
+        if short and inflight and not asking.pending:
+            asking.ask(self._exchange(task, [], [], short, True), short)
+        else:
+            _Asking.give_back(slots, short)
 
     async def _exchange(
         self, task: TaskInfo, done: list[Done], failed: list[Failed], want: int, wait: bool

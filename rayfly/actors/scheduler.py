@@ -177,22 +177,9 @@ class Scheduler:
         want: int,
         wait: bool,
     ) -> Batch:
-        """Report finished/failed pieces and ask for up to ``want`` more.
-
-        With ``wait`` and nothing to hand out, wait (up to the long-poll time) for a change.
-        """
+        """See :meth:`SchedulerCore.exchange`."""
         await self.start()
-        self.core.report(task_id, peer_id, done, failed)
-        self.core.expire_leases()
-        batch = (
-            self.core.plan(task_id, peer_id, want)
-            if want > 0
-            else Batch([], rejoin=not self.core.knows(task_id, peer_id))
-        )
-        if wait and not batch.assignments and not batch.error and not batch.rejoin:
-            await self.core.wait_change(self.core.config.long_poll_s)
-            batch = self.core.plan(task_id, peer_id, want)
-        return batch
+        return await self.core.exchange(task_id, peer_id, done, failed, want, wait)
 
     def finish(self, task_id: str, peer_id: str, error: str | None, fatal: bool = False) -> None:
         """See :meth:`SchedulerCore.finish`."""

@@ -1,0 +1,109 @@
+"""A peer's fetch loop against the scheduler's own state machine (no Ray): the slots a short
+batch left free are asked for beside the pieces in flight, so a parent's freed slot is used at
+once instead of when one of the peer's own pieces lands."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+
+from rayfly.actors import download
+from rayfly.actors.download import Downloads, NodeLimits, TaskOutcome
+from rayfly.config import PeerConfig, SchedulerConfig
+from rayfly.piecemem import HashWindow, HotPieces
+from rayfly.protocol import Assignment, Done
+from rayfly.ratelimit import TokenBucket
+from rayfly.scheduler_core import SchedulerCore
+from rayfly.storage import GcPolicy, PieceStore
+from rayfly.task import TaskInfo
+
+MiB = 1 << 20
+PIECES = 4
+
+
+class CoreLinks:
+    """The scheduler actor's methods, answered by a :class:`SchedulerCore` in this process."""
+
+    def __init__(self, core: SchedulerCore):
+        self.core = core
+
+    async def ask(self, method: str, *args: Any) -> Any:
+        answer = getattr(self.core, method)(*args)
+        return await answer if inspect.isawaitable(answer) else answer
+
+
+class Fetches:
+    """Stands in for the piece transfers: each piece is held until the test lets it land."""
+
+    def __init__(self, store: PieceStore):
+        self.store = store
+        self.started: list[Assignment] = []
+        self.release: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(PIECES)}
+        self.changed = asyncio.Event()
+
+    async def piece(self, task: TaskInfo, a: Assignment, *_: Any) -> Done:
+        self.started.append(a)
+        self.changed.set()
+        await self.release[a.piece].wait()
+        digest = self.store.write_piece(task.task_id, a.piece, bytes(task.piece_size))
+        return Done(a.piece, digest, a.parent, task.piece_size, 0.1)
+
+    async def until(self, n: int) -> None:
+        """Wait (at most 5 s) until ``n`` pieces have been started."""
+        async with asyncio.timeout(5):
+            while len(self.started) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    core = SchedulerCore(SchedulerConfig(long_poll_s=30.0))
+    task = TaskInfo("t", "http://origin/x", PIECES * MiB, MiB)
+    core.add_task(task)
+    store = PieceStore(tmp_path, 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
+    store.begin("t", task.length, task.piece_size, task.url)
+    limits = NodeLimits(TokenBucket(None), TokenBucket(None), TokenBucket(None))
+    downloads = Downloads(
+        "me", PeerConfig(), store, CoreLinks(core), limits, HotPieces(0), None, None
+    )
+    fetches = Fetches(store)
+    monkeypatch.setattr(downloads, "_piece", fetches.piece)
+    monkeypatch.setattr(download, "HEARTBEAT_S", 60.0)  # no report but the ones under test
+    yield core, task, downloads, fetches
+    downloads._disk_pool.shutdown()
+    downloads.reader.origin_pool.shutdown()
+
+
+def test_a_slot_left_free_is_filled_when_a_parent_frees_one(setup):
+    asyncio.run(_a_slot_left_free_is_filled_when_a_parent_frees_one(*setup))
+
+
+async def _a_slot_left_free_is_filled_when_a_parent_frees_one(core, task, downloads, fetches):
+    core.join("t", "a", "host-a", 2, have={i: "d" for i in range(PIECES)})  # the only holder
+    core.join("t", "c", "host-c", 1)
+    core.join("t", "me", "host-me", 2)
+    (theirs,) = core.plan("t", "c", 1).assignments  # c takes one of a's two upload slots
+    window = HashWindow(PIECES * MiB)
+    loop = asyncio.ensure_future(
+        downloads._fetch_all(task, asyncio.Semaphore(2), TaskOutcome("", task.length), window)
+    )
+    await fetches.until(1)  # a's other slot; the second piece was asked for and not given
+    await asyncio.sleep(0.2)
+    assert len(fetches.started) == 1 and core.peers["a"].uploads == 2
+    # c's piece lands: a's slot is handed to the waiting ask while "me"'s piece is in flight
+    await core.exchange("t", "c", [Done(theirs.piece, "d", "a", MiB, 0.1)], [], 0, False)
+    await fetches.until(2)
+    assert not fetches.release[fetches.started[0].piece].is_set()
+    assert all(a.parent == "a" for a in fetches.started)
+    for i in range(PIECES):  # the rest land as they are handed out
+        fetches.release[i].set()
+    async with asyncio.timeout(10):
+        await loop
+    assert len(downloads.store.entry("t").have) == PIECES
+    assert sorted(a.piece for a in fetches.started) == list(range(PIECES))
+    assert core.tasks["t"].have["me"] == set(range(PIECES))  # every Done was reported
+    assert core.peers["a"].uploads == 0
