@@ -31,7 +31,7 @@ import random
 import sys
 import time
 import tracemalloc
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ class SimConfig:
     wake_per_piece: int = SchedulerConfig.wake_per_piece
     max_cpu_s: float = 120.0
     seed: int = 0
+    slow_peers: int = 0
+    slow_factor: float = 1.0
 
 
 @dataclass
@@ -129,15 +131,19 @@ class Simulation:
         self.stats.max_call_s = max(self.stats.max_call_s, dt)
         return out
 
+    def _link(self, peer_id: str) -> float:
+        """A peer's link (bytes/s each way): the first ``slow_peers`` are ``slow_factor`` slower."""
+        link = self.cfg.rate_gbit * 1e9 / 8
+        return link / self.cfg.slow_factor if int(peer_id[1:]) < self.cfg.slow_peers else link
+
     def _rate(self, parent: str | None, receiver: PeerSim) -> float:
         """Bytes/s for a new transfer, from the sharing of both ends at its start."""
-        link = self.cfg.rate_gbit * 1e9 / 8
         if parent is None:
             sharing = max(1, len(self.core.tasks["sim"].origin_inflight))
             up = self.cfg.origin_rate_gbit * 1e9 / 8 / sharing
         else:
-            up = link / max(1, self.core.peers[parent].uploads)
-        return min(up, link / max(1, receiver.inflight))
+            up = self._link(parent) / max(1, self.core.peers[parent].uploads)
+        return min(up, self._link(receiver.peer_id) / max(1, receiver.inflight))
 
     def exchange(self, peer: PeerSim) -> None:
         """The actor's ``exchange``: report, expire leases, plan; schedule the transfers."""
@@ -231,6 +237,12 @@ class Simulation:
         """Decisions per second, calls per second and what the run reached."""
         s = self.stats
         finished = [p.finished_at for p in self.peers.values() if p.finished_at is not None]
+        fast = sorted(
+            p.finished_at
+            for p in self.peers.values()
+            if p.finished_at is not None and int(p.peer_id[1:]) >= self.cfg.slow_peers
+        )
+        reads = Counter(self.core.tasks["sim"].readers.values())
         total = self.cfg.peers * self.task.n_pieces
         return {
             "config": asdict(self.cfg),
@@ -242,6 +254,9 @@ class Simulation:
             "ideal_s": self.cfg.size / (self.cfg.rate_gbit * 1e9 / 8),
             "peers_finished": len(finished),
             "makespan_sim_s": max(finished) if len(finished) == self.cfg.peers else None,
+            "fast_peers_p50_s": fast[len(fast) // 2] if fast else None,
+            "fast_peers_max_s": fast[-1] if fast else None,
+            "origin_reads_max_share": max(reads.values(), default=0) / self.task.n_pieces,
             "pieces_assigned": s.assignments,
             "pieces_total": total,
             "origin_reads": s.origin_assignments,
@@ -315,6 +330,8 @@ def main() -> None:
         default=None,
         help="what-if: wake this many long-polling peers per report (0: all of them)",
     )
+    parser.add_argument("--slow-peers", type=int, default=0, help="peers with a slower link")
+    parser.add_argument("--slow-factor", type=float, default=1.0, help="how much slower")
     parser.add_argument("--profile-calls", type=int, default=300)
     parser.add_argument("--out", default="bench/results/scheduler_sim.json")
     args = parser.parse_args()
@@ -324,7 +341,8 @@ def main() -> None:
     for n in [int(x) for x in args.peers.split(",")]:
         cfg = SimConfig(peers=n, size=size, piece_size=piece, rate_gbit=args.rate_gbit,
                         origin_rate_gbit=args.rate_gbit, max_cpu_s=args.max_cpu,
-                        wake_limit=args.wake_limit)  # fmt: skip
+                        wake_limit=args.wake_limit, slow_peers=args.slow_peers,
+                        slow_factor=args.slow_factor)  # fmt: skip
         result = Simulation(cfg).run()
         doc["runs"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)

@@ -261,7 +261,7 @@ def distribute(
     )
     request = FetchRequest(items, dest, concurrency or peer_config.concurrency, limit_rate=rate)
     results = fetch_everywhere(request, targets, scheduler, peer_config, progress, timeout)
-    return _report(source_url, dest, items, results, time.time() - t0)
+    return _report(source_url, dest, items, results, t0)
 
 
 def _cluster(
@@ -296,16 +296,17 @@ def _planned(
 
 
 def _report(
-    source_url: str, dest: str, items: list[FetchItem], results: list[NodeResult], seconds: float
+    source_url: str, dest: str, items: list[FetchItem], results: list[NodeResult], t0: float
 ) -> Report:
     return Report(
         source.redact_url(source_url),
         dest,
         results,
         sum(pack.content_length(i.task) for i in items),
-        seconds,
+        time.time() - t0,
         [i.task.task_id for i in items],
         unvalidated_warnings(items),
+        t0,
     )
 
 

@@ -18,7 +18,9 @@ class Report:
     """The outcome of one ``distribute`` call across every chosen node.
 
     ``warnings``: what the user should know although nothing failed (an origin that gives no
-    validator, so nothing cached can be trusted for it).
+    validator, so nothing cached can be trusted for it). ``started_at``: when the distribution
+    began (Unix time; each node's ``seconds`` count from it), to line the report up with other
+    clocks (logs, link counters).
     """
 
     source: str
@@ -28,6 +30,7 @@ class Report:
     makespan_s: float
     task_ids: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    started_at: float = 0.0
 
     @property
     def origin_bytes(self) -> int:
@@ -72,6 +75,7 @@ class Report:
             "dest": self.dest,
             "task_ids": self.task_ids,
             "warnings": self.warnings,
+            "started_at": round(self.started_at, 3),
             "nodes": nodes,
             "totals": self.totals(),
         }

@@ -234,6 +234,7 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
     return hosts, {
         "cli_wall_s": wall,
         "totals": report.get("totals", {}),
+        "started_at": report.get("started_at"),
         "piece_size": task.get("piece_size"),
         "asks": task.get("asks"),
     }
@@ -323,7 +324,10 @@ def main() -> None:
         ray.shutdown()
         hosts, extra = run_rayfly(url, dest, args.name, args.rayfly_arg)
         t_end = time.time()
-        t_start = t_end - extra["totals"].get("makespan_s", t_end - t_start)
+        # the distribution's own start and end (the CLI starts Ray first and rayfly status
+        # runs after it), so that the link counters line up with the report
+        t_start = extra.get("started_at") or t_start
+        t_end = t_start + extra["totals"].get("makespan_s", t_end - t_start)
     elif args.method == "chain":
         hosts = run_chain(url, nodes, dest, args.name)
         t_end = time.time()

@@ -142,9 +142,8 @@ def preheat(
     t0 = time.time()
     tasks, results = _fetch_everywhere(plans, targets, timeout)
     total = sum(t.length for t in tasks)
-    return Report(
-        str(ref), "(node cache)", results, total, time.time() - t0, [t.task_id for t in tasks]
-    )
+    ids = [t.task_id for t in tasks]
+    return Report(str(ref), "(node cache)", results, total, time.time() - t0, ids, [], t0)
 
 
 def _fetch_everywhere(

@@ -195,10 +195,15 @@ def test_the_timeline_file_names_where_each_piece_came_from(
     out = tmp_path / "pieces.csv"
     args = [origin.url + "timeline.bin", "--dest", str(tmp_path / "d" / "{node_id}.bin")]
     args += ["--piece-size", "1MiB", "--json", "--timeline", str(out)]
+    before = time.time()
     result = CliRunner().invoke(main, ["distribute", *args], catch_exceptions=False)
+    after = time.time()
     assert result.exit_code == 0, result.output
-    nodes = {n["node_id"]: n for n in json.loads(result.output)["nodes"]}
+    doc = json.loads(result.output)
+    nodes = {n["node_id"]: n for n in doc["nodes"]}
     assert len(nodes) == CLUSTER_NODES
+    # the report's start lines it up with other clocks: within the call, the makespan after it
+    assert before <= doc["started_at"] <= doc["started_at"] + doc["totals"]["makespan_s"] <= after
     nulls = pyarrow.csv.ConvertOptions(strings_can_be_null=True)
     rows = pyarrow.csv.read_csv(out, convert_options=nulls).to_pylist()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "pieces.csv"]
