@@ -165,7 +165,9 @@ class NodeResult:
     took from when the node began it (asked its parent or the origin); ``piece_p50_s`` and
     ``piece_p90_s`` are the median and 90th percentile of those seconds; ``tail_s`` is how long
     the node took after its last piece landed (the whole file's sha256 where it could not be
-    computed as pieces arrived, and the publish).
+    computed as pieces arrived, and the publish). ``parents``: per source of its pieces (a
+    parent's node id, or ``"origin"``), how many pieces and bytes came from it and the median
+    and 90th percentile of their seconds (:func:`by_parent`).
     For a prefix, ``sha256`` is the digest of the node's ``sha256sum``-style listing
     (``"<sha256>  <relpath>\\n"`` per file, sorted by path), so equal trees have equal digests.
     """
@@ -186,6 +188,7 @@ class NodeResult:
     error: str | None = None
     files: list[FileResult] = field(default_factory=list)
     timeline: list[PieceTime] = field(default_factory=list)
+    parents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         """The node as one flat row of :data:`NODE_COLUMNS`."""
@@ -206,10 +209,30 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+def by_parent(timeline: list[PieceTime]) -> dict[str, dict[str, Any]]:
+    """Per source of a node's pieces (a parent's node id, or ``"origin"``): ``pieces``,
+    ``bytes``, and the median and 90th percentile of their seconds (``p50_s``, ``p90_s``)."""
+    groups: dict[str, list[PieceTime]] = {}
+    for entry in timeline:
+        groups.setdefault(entry.parent or "origin", []).append(entry)
+    out = {}
+    for source, got in sorted(groups.items()):
+        seconds = [e.seconds for e in got]
+        out[source] = {
+            "pieces": len(got),
+            "bytes": sum(e.nbytes for e in got),
+            "p50_s": round(quantile(seconds, 0.5), 3),
+            "p90_s": round(quantile(seconds, 0.9), 3),
+        }
+    return out
+
+
 def summarize_node(node: NodeResult, single: bool) -> NodeResult:
-    """Fill a node's totals from its files, and its pieces' time quantiles from its timeline."""
+    """Fill a node's totals from its files, and its pieces' time quantiles and sources from
+    its timeline."""
     seconds = [entry.seconds for entry in node.timeline]
     node.piece_p50_s, node.piece_p90_s = quantile(seconds, 0.5), quantile(seconds, 0.9)
+    node.parents = by_parent(node.timeline)
     node.bytes = sum(f.bytes for f in node.files if f.ok)
     node.bytes_from_origin = sum(f.bytes_from_origin for f in node.files)
     node.bytes_from_peers = sum(f.bytes_from_peers for f in node.files)

@@ -67,6 +67,7 @@ class Report:
         nodes = []
         for n in self.nodes:
             row = n.row()
+            row["parents"] = n.parents
             if files:
                 row["files"] = [asdict(f) for f in n.files]
             nodes.append(row)

@@ -35,8 +35,6 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayfly.protocol import quantile
-
 CHUNK = 1 << 20
 HTTP_TIMEOUT_S = 60
 CHAIN_PORT = 47123
@@ -193,7 +191,8 @@ def run_tasks(method: str, url: str, nodes: list[dict], dest: Path, name: str) -
 
 def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[list[dict], Any]:
     """Method ``rayfly`` through its CLI; per-node seconds as the report gives them, and per
-    node where its pieces came from (``by_parent``, from ``--timeline``)."""
+    node where its pieces came from (``by_parent``, from the report) and how many it had in
+    flight (``inflight_mean``, from ``--timeline``)."""
     exe = shutil.which("rayfly") or str(Path(sys.executable).with_name("rayfly"))
     dest.mkdir(parents=True, exist_ok=True)
     timeline = dest / f"{name}.timeline.csv"
@@ -225,7 +224,7 @@ def run_rayfly(url: str, dest: Path, name: str, extra_args: list[str]) -> tuple[
             "bytes_from_origin": n.get("bytes_from_origin"),
             "bytes_from_peers": n.get("bytes_from_peers"),
             "error": n.get("error"),
-            "by_parent": by_parent(pieces.get(n["node_id"], []), ips),
+            "by_parent": by_parent(n.get("parents") or {}, ips),
             "inflight_mean": inflight_mean(pieces.get(n["node_id"], [])),
         }
         for n in report["nodes"]
@@ -248,24 +247,18 @@ def read_timeline(path: Path) -> list[dict[str, Any]]:
     return pyarrow.csv.read_csv(path, convert_options=nulls).to_pylist()
 
 
-def by_parent(mine: list[dict[str, Any]], ips: dict[str, str]) -> dict[str, Any]:
-    """Per source of one node's pieces (``mine``; a parent's IP, or ``origin``): how many
-    pieces, MiB, and the median and 90th percentile of their seconds (as the report's
-    ``piece_p50_s`` and ``piece_p90_s``)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in mine:
-        key = "origin" if r["from_origin"] else ips.get(r["parent"], r["parent"])
-        groups.setdefault(key, []).append(r)
-    out = {}
-    for key, got in sorted(groups.items()):
-        seconds = [r["seconds"] for r in got]
-        out[key] = {
-            "pieces": len(got),
-            "mib": round(sum(r["nbytes"] for r in got) / (1 << 20), 2),
-            "p50_s": round(quantile(seconds, 0.5), 3),
-            "p90_s": round(quantile(seconds, 0.9), 3),
+def by_parent(parents: dict[str, Any], ips: dict[str, str]) -> dict[str, Any]:
+    """A node's ``parents`` from the report (per source: pieces, bytes, p50/p90 seconds) keyed
+    by the parent's IP (or ``origin``), its bytes in MiB."""
+    return {
+        ips.get(source, source): {
+            "pieces": got["pieces"],
+            "mib": round(got["bytes"] / (1 << 20), 2),
+            "p50_s": got["p50_s"],
+            "p90_s": got["p90_s"],
         }
-    return out
+        for source, got in sorted(parents.items())
+    }
 
 
 def inflight_mean(mine: list[dict[str, Any]]) -> float | None:

@@ -213,7 +213,8 @@ def _check(params: dict[str, Any]) -> None:
             fail(
                 click.UsageError(
                     "--timeline writes a file where the distribution runs; with --submit that is "
-                    "the job's driver on the cluster: run without --submit to get the file"
+                    "the job's driver on the cluster: run without --submit to get the file, or "
+                    "use --json (each node's pieces per parent are under 'parents')"
                 )
             )
         try:

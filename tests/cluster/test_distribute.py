@@ -213,4 +213,9 @@ def test_the_timeline_file_names_where_each_piece_came_from(
         assert sum(r["nbytes"] for r in mine if not r["from_origin"]) == n["bytes_from_peers"]
         assert all((r["parent"] is None) == r["from_origin"] for r in mine), mine
         assert {r["parent"] for r in mine if r["parent"]} <= set(nodes) - {node_id}
+        by_source = {}  # --json sums the same rows up per parent
+        for r in mine:
+            by_source[r["parent"] or "origin"] = by_source.get(r["parent"] or "origin", 0) + 1
+        assert {k: v["pieces"] for k, v in n["parents"].items()} == by_source
+        assert sum(v["bytes"] for v in n["parents"].values()) == 6 * MiB
     assert sum(n["bytes_from_peers"] for n in nodes.values()) >= 6 * MiB  # peers did serve

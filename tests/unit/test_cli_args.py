@@ -33,6 +33,7 @@ def test_a_timeline_file_the_run_could_not_write_fails_before_it_runs(tmp_path):
     assert result.exit_code == 2 and "does not exist or is not writable" in result.output
     result = run(*dest, "--timeline", str(tmp_path / "pieces.csv"), "--submit")
     assert result.exit_code == 2 and "run without --submit" in result.output
+    assert "--json" in result.output  # where a job says where its pieces came from
     assert list(tmp_path.iterdir()) == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import shlex
 import sys
 
@@ -86,7 +87,23 @@ def test_a_nodes_piece_times_are_summed_up_as_median_and_p90():
     assert (node.piece_p50_s, node.piece_p90_s) == (5.0, 9.0)
     assert {"piece_p50_s", "piece_p90_s"} <= set(node.row())
     empty = summarize_node(NodeResult("dddd4444", "10.0.0.4", "d", "/d/d"), single=True)
-    assert (empty.piece_p50_s, empty.piece_p90_s) == (0.0, 0.0)
+    assert (empty.piece_p50_s, empty.piece_p90_s) == (0.0, 0.0) and empty.parents == {}
+
+
+def test_a_nodes_pieces_are_summed_up_per_parent_in_the_json():
+    node = NodeResult("cccc3333", "10.0.0.3", "c", "/d/c")
+    node.timeline = [PieceTime(100.0 + i, 2, "aaaa1111", float(s)) for i, s in enumerate([3, 1, 2])]
+    node.timeline += [PieceTime(104.0, 5, "", 0.5), PieceTime(105.0, 7, "bbbb2222", 4.0)]
+    node.files = [FileResult("c", "/d/c", 18, "x" * 64, 10.0, 5, 13, True)]
+    summarize_node(node, single=True)
+    assert node.parents == {
+        "aaaa1111": {"pieces": 3, "bytes": 6, "p50_s": 2.0, "p90_s": 3.0},
+        "bbbb2222": {"pieces": 1, "bytes": 7, "p50_s": 4.0, "p90_s": 4.0},
+        "origin": {"pieces": 1, "bytes": 5, "p50_s": 0.5, "p90_s": 0.5},
+    }
+    report = Report("http://o/c", "/d/c", [node], 18, 10.0)
+    assert json.loads(report.to_json())["nodes"][0]["parents"] == node.parents
+    assert "parents" not in node.row()  # the flat table keeps its columns
 
 
 def test_plot_draws_two_lines_per_node():
