@@ -115,6 +115,11 @@ class PeerState:
     upload_rate: float | None = None
 
 
+def _add(into: dict[str, int], counts: Mapping[str, int]) -> None:
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
+
+
 class _Reachable(Mapping[str, PeerState]):
     """The peers that may be chosen as parents now: every known peer but the suspects."""
 
@@ -383,20 +388,27 @@ class SchedulerCore:
     ) -> Batch:
         """Apply a peer's report of finished/failed pieces and hand it up to ``want`` more.
 
-        With ``wait`` and nothing to hand out, wait (up to the long-poll time) for a change.
+        With ``wait`` and nothing to hand out, wait (up to the long-poll time) for a change;
+        the task's ``asks`` count the answer the peer gets, not the empty one before the wait.
         """
         self.report(task_id, peer_id, done, failed)
         self.expire_leases()
         if want <= 0:
             return Batch([], rejoin=not self.knows(task_id, peer_id))
-        batch = self.plan(task_id, peer_id, want)
+        first: dict[str, int] = {}
+        batch = self.plan(task_id, peer_id, want, first)
         if wait and not batch.assignments and not batch.error and not batch.rejoin:
             await self.wait_change(self.config.long_poll_s)
-            batch = self.plan(task_id, peer_id, want)
+            return self.plan(task_id, peer_id, want)
+        if (t := self.tasks.get(task_id)) is not None:
+            _add(t.asks, first)
         return batch
 
-    def plan(self, task_id: str, peer_id: str, want: int) -> Batch:
-        """Hand ``peer_id`` up to ``want`` new pieces, leasing them."""
+    def plan(
+        self, task_id: str, peer_id: str, want: int, asks: dict[str, int] | None = None
+    ) -> Batch:
+        """Hand ``peer_id`` up to ``want`` new pieces, leasing them; count what was asked,
+        given and why not into ``asks`` (default: the task's)."""
         t = self._task(task_id)
         if t.error:
             return Batch([], t.error)
@@ -423,8 +435,7 @@ class SchedulerCore:
             skipped,
         )
         counts = {"asked": want, "given": len(batch), **shortfall(want, len(batch), skipped)}
-        for key, n in counts.items():
-            t.asks[key] = t.asks.get(key, 0) + n
+        _add(t.asks if asks is None else asks, counts)
         deadline = self.clock() + self.config.lease_timeout_s
         for a in batch:
             if a.parent is None:

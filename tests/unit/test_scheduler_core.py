@@ -1,5 +1,7 @@
 """The scheduler's state machine without Ray: leases, reports, failures, dead peers."""
 
+import asyncio
+
 from rayfly.config import SchedulerConfig
 from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
@@ -62,6 +64,26 @@ def test_status_counts_the_pieces_asked_given_and_why_not():
     c.plan("t", "b", 0)
     asks = c.status()[0]["asks"]
     assert asks == {"asked": 12, "given": 2, "busy": 8, "origin": 0, "none": 2}, asks
+
+
+def test_a_long_poll_counts_the_answer_it_gets_once():
+    async def scenario():
+        c = SchedulerCore(SchedulerConfig(long_poll_s=30.0))
+        c.add_task(TaskInfo("t", "http://o/x", 8 * MiB, MiB))
+        c.join("t", "a", "ha", 1, have={i: "d" for i in range(8)})
+        c.join("t", "b", "hb", 8)
+        c.join("t", "c", "hc", 8)
+        (x,) = (await c.exchange("t", "c", [], [], 1, False)).assignments  # a's only slot
+        waiting = asyncio.ensure_future(c.exchange("t", "b", [], [], 1, True))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # a is busy: b waits
+        await c.exchange("t", "c", [Done(x.piece, "d", "a", MiB, 0.1)], [], 0, False)
+        got = (await asyncio.wait_for(waiting, 5)).assignments
+        assert [a.parent for a in got] == ["a"]
+        return c.status()[0]["asks"]
+
+    asks = asyncio.run(scenario())  # c's ask, and b's answer after the wait (not the empty one)
+    assert asks == {"asked": 2, "given": 2, "busy": 0, "origin": 0, "none": 0}, asks
 
 
 def test_expired_lease_is_handed_out_again():
