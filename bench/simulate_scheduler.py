@@ -7,8 +7,9 @@
 ``report`` the finished pieces, ``expire_leases``, ``plan`` up to ``want`` more.  Peers, links and
 time are simulated by a discrete-event loop: a piece takes ``piece_size / rate`` where the rate
 is the link rate shared by the parent's uploads in flight and the receiver's downloads in flight
-(the origin's rate shared by its reads).  A peer that is handed nothing while it has nothing in
-flight long-polls: it is woken by a report (as many waiters as the scheduler wakes,
+(the origin's rate shared by its reads).  A peer whose answer is short long-polls (beside its
+pieces in flight, as a peer does; ``--no-ask-beside``: only with nothing in flight, as before
+cb0a9ee): it is woken by a report (as many waiters as the scheduler wakes,
 :func:`rayfly.scheduling.wake_count`) or after ``long_poll_s``.
 
 Only the CPU time spent inside the scheduler's methods is measured (``time.thread_time``, so
@@ -66,6 +67,7 @@ class SimConfig:
     seed: int = 0
     slow_peers: int = 0
     slow_factor: float = 1.0
+    ask_beside: bool = True
 
 
 @dataclass
@@ -77,6 +79,7 @@ class PeerSim:
     have: int = 0
     done: list[Done] = field(default_factory=list)
     waiting: bool = False
+    wait_seq: int = 0
     finished_at: float | None = None
 
 
@@ -169,10 +172,16 @@ class Simulation:
             size = self.task.piece_range(a.piece)[1] - self.task.piece_range(a.piece)[0]
             secs = size / self._rate(a.parent, peer)
             self._push(self.now + secs, "piece", peer.peer_id, (a.piece, a.parent, size, secs))
-        if not batch.assignments and peer.inflight == 0:
+        # a short answer long-polls: beside the pieces in flight when it left at least as many
+        # slots free as are busy (``ask_beside``, as a peer does), or only with nothing in
+        # flight (the peer before cb0a9ee)
+        free = want - len(batch.assignments)
+        beside = self.cfg.ask_beside and free >= peer.inflight
+        if free > 0 and (beside or peer.inflight == 0):
             peer.waiting = True
+            peer.wait_seq += 1
             self.queue.append(peer.peer_id)
-            self._push(self.now + self.cfg.long_poll_s, "poll", peer.peer_id, None)
+            self._push(self.now + self.cfg.long_poll_s, "poll", peer.peer_id, peer.wait_seq)
         if done:
             self._wake_waiters(len(done))
 
@@ -229,7 +238,7 @@ class Simulation:
                     and peer.have == self.task.n_pieces
                     and (peer.finished_at == self.now)
                 )
-            elif kind == "exchange" or (kind == "poll" and peer.waiting):
+            elif kind == "exchange" or (kind == "poll" and peer.waiting and data == peer.wait_seq):
                 self.exchange(peer)
         return self.figures(bounded, time.thread_time() - cpu0)
 
@@ -309,7 +318,7 @@ def profile_calls(config: SimConfig, calls: int) -> str:
         peer = sim.peers[pid]
         if kind == "piece":
             sim.piece_done(peer, data)
-        elif kind == "exchange" or (kind == "poll" and peer.waiting):
+        elif kind == "exchange" or (kind == "poll" and peer.waiting and data == peer.wait_seq):
             sim.exchange(peer)
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
@@ -332,6 +341,12 @@ def main() -> None:
     )
     parser.add_argument("--slow-peers", type=int, default=0, help="peers with a slower link")
     parser.add_argument("--slow-factor", type=float, default=1.0, help="how much slower")
+    parser.add_argument(
+        "--no-ask-beside",
+        dest="ask_beside",
+        action="store_false",
+        help="what-if: peers long-poll only with nothing in flight (the loop before cb0a9ee)",
+    )
     parser.add_argument("--profile-calls", type=int, default=300)
     parser.add_argument("--out", default="bench/results/scheduler_sim.json")
     args = parser.parse_args()
@@ -342,7 +357,7 @@ def main() -> None:
         cfg = SimConfig(peers=n, size=size, piece_size=piece, rate_gbit=args.rate_gbit,
                         origin_rate_gbit=args.rate_gbit, max_cpu_s=args.max_cpu,
                         wake_limit=args.wake_limit, slow_peers=args.slow_peers,
-                        slow_factor=args.slow_factor)  # fmt: skip
+                        slow_factor=args.slow_factor, ask_beside=args.ask_beside)  # fmt: skip
         result = Simulation(cfg).run()
         doc["runs"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)
