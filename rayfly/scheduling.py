@@ -296,13 +296,16 @@ def _missing(view: TaskView, have: Set[int], busy: Set[int], origin_budget: int)
     return [i for i, h in view.holders.items() if h and i not in have and i not in busy]
 
 
-def _unheld(view: TaskView, have: Set[int], busy: Set[int]) -> int:
-    """How many pieces a peer neither holds nor fetches are held by nobody."""
-    return sum(
-        1
-        for i in range(view.n_pieces)
-        if not view.holders.get(i) and i not in have and i not in busy
-    )
+def _unheld(view: TaskView, have: Set[int], busy: Set[int], limit: int) -> int:
+    """How many pieces a peer neither holds nor fetches are held by nobody, counted up to
+    ``limit`` (the scan stops there)."""
+    found = 0
+    for i in range(view.n_pieces):
+        if found >= limit:
+            break
+        if not view.holders.get(i) and i not in have and i not in busy:
+            found += 1
+    return found
 
 
 def _one_more_upload(p: Load) -> PeerLoad:
@@ -328,8 +331,10 @@ def plan_batch(
     ``loads`` describes every live peer (only holders of the pieces considered are looked up);
     a parent's load grows with each assignment made here, so one batch never oversubscribes a
     parent. ``origin_quota`` caps this peer's new origin reads (see :func:`origin_share`).
-    ``skipped`` counts the missing pieces passed over: ``SKIP_BUSY`` (every live holder's slots
-    are taken), ``SKIP_ORIGIN`` (held by nobody, and read already or no origin budget left)."""
+    ``skipped`` (given empty) counts the missing pieces passed over: ``SKIP_BUSY`` (every live
+    holder's slots are taken), ``SKIP_ORIGIN`` (held by nobody, and read already or no origin
+    budget left; those the scan left out for want of budget, only as many as a short answer
+    needs to be explained: :func:`shortfall` reads no more)."""
     rng = rng or random.Random(peer_salt(peer_id))
     order_fn = piece_policy(order)
     bumped: dict[str, Load] = {}
@@ -337,10 +342,8 @@ def plan_batch(
     origin_budget = origin_budget if origin_quota is None else min(origin_budget, origin_quota)
     out: list[Assignment] = []
     skip: MutableMapping[str, int] = skipped if skipped is not None else {}
-    missing = _missing(view, have, busy, origin_budget)
-    if skipped is not None and origin_budget <= 0:  # the pieces nobody holds were left out
-        skip[SKIP_ORIGIN] = skip.get(SKIP_ORIGIN, 0) + _unheld(view, have, busy)
-    for piece in order_fn(missing, view, peer_salt(peer_id)):
+    unlisted = origin_budget <= 0  # the pieces nobody holds are left out of the scan
+    for piece in order_fn(_missing(view, have, busy, origin_budget), view, peer_salt(peer_id)):
         if len(out) >= want:
             break
         free, alive = _candidates(view.holders.get(piece, ()), peer_id, bumped, loads)
@@ -357,4 +360,6 @@ def plan_batch(
             continue
         bumped[parent.peer_id] = _one_more_upload(parent)
         out.append(Assignment(piece, parent.peer_id, view.digests.get(piece)))
+    if unlisted and (unexplained := want - len(out) - sum(skip.values())) > 0:
+        skip[SKIP_ORIGIN] = skip.get(SKIP_ORIGIN, 0) + _unheld(view, have, busy, unexplained)
     return out
