@@ -134,10 +134,14 @@ class Simulation:
         self.stats.max_call_s = max(self.stats.max_call_s, dt)
         return out
 
+    def _slow(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is one of the first ``slow_peers``."""
+        return int(peer_id[1:]) < self.cfg.slow_peers
+
     def _link(self, peer_id: str) -> float:
-        """A peer's link (bytes/s each way): the first ``slow_peers`` are ``slow_factor`` slower."""
+        """A peer's link (bytes/s each way): a slow peer's is ``slow_factor`` slower."""
         link = self.cfg.rate_gbit * 1e9 / 8
-        return link / self.cfg.slow_factor if int(peer_id[1:]) < self.cfg.slow_peers else link
+        return link / self.cfg.slow_factor if self._slow(peer_id) else link
 
     def _rate(self, parent: str | None, receiver: PeerSim) -> float:
         """Bytes/s for a new transfer, from the sharing of both ends at its start."""
@@ -249,7 +253,7 @@ class Simulation:
         fast = sorted(
             p.finished_at
             for p in self.peers.values()
-            if p.finished_at is not None and int(p.peer_id[1:]) >= self.cfg.slow_peers
+            if p.finished_at is not None and not self._slow(p.peer_id)
         )
         reads = Counter(self.core.tasks["sim"].readers.values())
         total = self.cfg.peers * self.task.n_pieces

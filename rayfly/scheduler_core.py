@@ -24,7 +24,7 @@ import dataclasses
 import math
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,7 +97,7 @@ class TaskState:
     stream: bool = False
     streamer: str | None = None
     stream_deadline: float = 0.0
-    asks: dict[str, int] = field(default_factory=dict)
+    asks: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -113,11 +113,6 @@ class PeerState:
     uplink: float = 0.0
     suspect_until: float = -math.inf
     upload_rate: float | None = None
-
-
-def _add(into: dict[str, int], counts: Mapping[str, int]) -> None:
-    for key, n in counts.items():
-        into[key] = into.get(key, 0) + n
 
 
 class _Reachable(Mapping[str, PeerState]):
@@ -395,17 +390,17 @@ class SchedulerCore:
         self.expire_leases()
         if want <= 0:
             return Batch([], rejoin=not self.knows(task_id, peer_id))
-        first: dict[str, int] = {}
+        first: Counter[str] = Counter()
         batch = self.plan(task_id, peer_id, want, first)
         if wait and not batch.assignments and not batch.error and not batch.rejoin:
             await self.wait_change(self.config.long_poll_s)
             return self.plan(task_id, peer_id, want)
         if (t := self.tasks.get(task_id)) is not None:
-            _add(t.asks, first)
+            t.asks.update(first)
         return batch
 
     def plan(
-        self, task_id: str, peer_id: str, want: int, asks: dict[str, int] | None = None
+        self, task_id: str, peer_id: str, want: int, asks: Counter[str] | None = None
     ) -> Batch:
         """Hand ``peer_id`` up to ``want`` new pieces, leasing them; count what was asked,
         given and why not into ``asks`` (default: the task's)."""
@@ -435,7 +430,7 @@ class SchedulerCore:
             skipped,
         )
         counts = {"asked": want, "given": len(batch), **shortfall(want, len(batch), skipped)}
-        _add(t.asks if asks is None else asks, counts)
+        (t.asks if asks is None else asks).update(counts)
         deadline = self.clock() + self.config.lease_timeout_s
         for a in batch:
             if a.parent is None:
