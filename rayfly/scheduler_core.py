@@ -88,6 +88,7 @@ class TaskState:
     origin_failures: dict[int, int] = field(default_factory=dict)
     digests: dict[int, str] = field(default_factory=dict)
     readers: dict[int, str] = field(default_factory=dict)
+    fetching: Counter[int] = field(default_factory=Counter)
     expected: int = 1
     finished: dict[str, str | None] = field(default_factory=dict)
     error: str | None = None
@@ -272,6 +273,7 @@ class SchedulerCore:
         lease = t.leases.get(peer_id, {}).pop(piece, None)
         if lease is None:
             return None
+        t.fetching[piece] -= 1
         if lease.parent is None:
             t.origin_inflight.discard(piece)
         elif lease.parent in self.peers:
@@ -432,6 +434,7 @@ class SchedulerCore:
         counts = {"asked": want, "given": len(batch), **shortfall(want, len(batch), skipped)}
         (t.asks if asks is None else asks).update(counts)
         deadline = self.clock() + self.config.lease_timeout_s
+        t.fetching.update(a.piece for a in batch)
         for a in batch:
             if a.parent is None:
                 leases[a.piece] = Lease(None, deadline)
@@ -453,6 +456,7 @@ class SchedulerCore:
             self.config.origin_parallelism,
             t.digests,
             t.readers,
+            t.fetching,
         )
 
     def _plan_stream(self, t: TaskState, peer_id: str) -> Batch | None:

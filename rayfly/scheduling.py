@@ -4,23 +4,23 @@ Nothing here touches Ray or the network: the Scheduler actor keeps the state and
 :func:`plan_batch`; tests and the scale simulation call it directly.
 
 Rules:
-- Pieces are ordered rarest first (fewest holders), ties in index order: pieces then arrive
-  close to file order, so a peer hashes them (sha256, in order) from memory as they land
-  instead of reading them back from disk. Peers still spread: a piece read from the origin is
-  read by one peer at a time, and parents' upload slots bound how many children share one.
+- Pieces are ordered rarest first: fewest copies, counting the copies on their way (leased to
+  a peer) as well as those held; ties in index order: pieces then arrive close to file order,
+  so a peer hashes them (sha256, in order) from memory as they land instead of reading them
+  back from disk. Counting the copies on their way spreads children that ask in turn over
+  different pieces (the super-seeding idea): a piece's first holder sends it to one child, the
+  others take other pieces, and the children pass them on to each other. Counting holders
+  alone sent every child that asked before the first copy landed to the same one-holder
+  piece, all through one uplink.
 - A piece nobody holds is read from the origin by exactly one peer at a time, within the task's
   origin parallelism; a piece someone is already reading from the origin is waited for.
 - A node-local file (a task with a source node) is read from the origin by that node's peer only.
 - A parent is chosen among the piece's holders with a free upload slot: the same host first,
-  then a parent without an upload limit, then the peer that read the piece from the origin,
-  then the lowest load, then the best recent throughput. Preferring the reader makes each
-  node's uplink carry the pieces it read (its 1/N share of the origin) to every other node,
-  two hops from the origin: with equal links every uplink then carries (N-1)/N of a link and
-  every downlink a whole one (the "mutualcast" schedule); a busy reader's children take the
-  piece from whoever else holds it. A node with an upload limit offers as many slots as serve
-  a piece in about :data:`SERVE_TARGET_S` (:func:`upload_slots`), and reads no piece from the
-  origin while a peer without a limit fetches the task (its pieces would be rare, and slow to
-  spread).
+  then a parent without an upload limit, then the lowest load, then the peer that read the
+  piece from the origin (it keeps the piece in memory to serve), then the best recent
+  throughput. A node with an upload limit offers as many slots as serve a piece in about
+  :data:`SERVE_TARGET_S` (:func:`upload_slots`), and reads no piece from the origin while a
+  peer without a limit fetches the task (its pieces would be rare, and slow to spread).
 - An origin that ignores ``Range`` is read by one peer at a time, in one sequential stream
   (:func:`takes_stream`); the others get its pieces from peers as they arrive.
 - A piece read from the origin is marked with who will ask its reader for it
@@ -103,12 +103,14 @@ class TaskView:
     origin_parallelism: int
     digests: Mapping[int, str]
     readers: Mapping[int, str] = field(default_factory=dict)
+    fetching: Mapping[int, int] = field(default_factory=dict)  # per piece, peers leasing it
 
 
 def rarest_first(missing: Sequence[int], view: TaskView, salt: int) -> list[int]:
-    """Missing pieces ordered by holder count, ties in index order (``salt`` is unused: the
-    signature is every policy's)."""
-    return sorted(missing, key=lambda i: (len(view.holders.get(i, ())), i))
+    """Missing pieces ordered by copies held or on their way, ties in index order (``salt``
+    is unused: the signature is every policy's)."""
+    fetching = view.fetching
+    return sorted(missing, key=lambda i: (len(view.holders.get(i, ())) + fetching.get(i, 0), i))
 
 
 def sequential(missing: Sequence[int], view: TaskView, salt: int) -> list[int]:
@@ -142,8 +144,8 @@ def choose_parent(
 ) -> Load | None:
     """The best holder with a free upload slot, or None when every holder is busy.
 
-    Score: same host first, then no upload limit, then ``reader`` (the peer that read the
-    piece from the origin), then the smallest share of slots in use, then the best recent
+    Score: same host first, then no upload limit, then the smallest share of slots in use,
+    then ``reader`` (the peer that read the piece from the origin), then the best recent
     throughput; at most :data:`MAX_CANDIDATES` holders (a random sample) are considered.
     """
     free = [c for c in candidates if c.uploads < c.slots]
@@ -156,8 +158,8 @@ def choose_parent(
         key=lambda c: (
             c.host != host,
             c.upload_rate is not None,
-            c.peer_id != reader,
             c.uploads / c.slots,
+            c.peer_id != reader,
             -c.throughput,
             rng.random(),
         ),

@@ -382,18 +382,38 @@ def test_piece_cap_follows_the_measured_transfer_rate():
     assert c.piece_cap() >= MAX_PIECE  # fast links: the defaults stand
 
 
-def test_the_peer_that_read_a_piece_from_the_origin_serves_it_before_its_other_holders():
+def test_the_peer_that_read_a_piece_from_the_origin_serves_it_before_equally_loaded_holders():
     c, _ = core(parallelism=2)
-    for p in ("a", "b", "c"):
+    for p in ("a", "b"):
         c.join("t", p, f"h-{p}", 8)
     got = {p: c.plan("t", p, 1).assignments for p in ("a", "b")}
     for p, batch in got.items():
         c.report("t", p, [Done(x.piece, f"d{x.piece}", None, MiB, 0.1) for x in batch], [])
     read_by = {batch[0].piece: p for p, batch in got.items()}
-    # c fetches both pieces; then a and b are busy serving others while c is idle
-    fetched = c.plan("t", "c", 2).assignments
-    c.report("t", "c", [Done(x.piece, "d", x.parent, MiB, 0.0) for x in fetched], [])
-    c.peers["a"].uploads = c.peers["b"].uploads = 3
-    c.join("t", "d", "h-d", 8)
+    c.join("t", "c", "h-c", 8, have={i: f"d{i}" for i in read_by})  # holds both, read neither
+    for p in ("a", "b", "c"):
+        c.peers[p].uploads = 3
+    for child in ("d", "e"):
+        c.join("t", child, f"h-{child}", 8)
     batch = c.plan("t", "d", 8).assignments
     assert {x.piece: x.parent for x in batch if x.piece in read_by} == read_by
+    # a less loaded holder relays instead of the busier reader
+    c.peers["c"].uploads = 0
+    batch = c.plan("t", "e", 8).assignments
+    assert {x.piece: x.parent for x in batch if x.piece in read_by} == dict.fromkeys(read_by, "c")
+
+
+def test_children_asking_in_turn_take_different_pieces_from_one_holder():
+    c, _ = core(parallelism=0)
+    c.join("t", "r", "h-r", 8, have={i: f"d{i}" for i in range(8)})
+    for p in ("a", "b", "c"):
+        c.join("t", p, f"h-{p}", 8)
+    got = {p: [x.piece for x in c.plan("t", p, 2).assignments] for p in ("a", "b", "c")}
+    # a piece on its way to one child counts as a copy: each child takes other pieces, which
+    # the children then pass on to each other instead of all waiting on r's uplink
+    assert got == {"a": [0, 1], "b": [2, 3], "c": [4, 5]}
+    c.report("t", "a", [Done(i, f"d{i}", "r", MiB, 0.1) for i in (0, 1)], [])
+    c.join("t", "d", "h-d", 8)
+    batch = c.plan("t", "d", 4).assignments
+    assert [x.piece for x in batch] == [6, 7, 0, 1]
+    assert [x.parent for x in batch[2:]] == ["a", "a"]  # r serves 6 and 7, a passes 0 and 1 on

@@ -29,6 +29,11 @@ def test_rarest_first_orders_by_holder_count():
     assert rarest_first([0, 1, 2, 3], v, salt=0) == [2, 1, 0, 3]
 
 
+def test_a_piece_on_its_way_to_a_peer_counts_as_a_copy():
+    v = TaskView(4, {0: {"a"}, 1: {"a"}, 2: {"a", "b"}}, set(), 8, {}, fetching={0: 2, 1: 0})
+    assert rarest_first([0, 1, 2, 3], v, salt=0) == [3, 1, 2, 0]
+
+
 def test_ties_come_in_file_order_so_the_hash_keeps_up_from_memory():
     v = view(8, {5: {"a"}, 6: {"a"}})
     assert rarest_first([7, 6, 5, 4, 3], v, salt=4) == [3, 4, 7, 5, 6]
@@ -136,11 +141,13 @@ def test_upload_slots_follow_the_upload_limit():
     assert upload_slots(8, 8 << 20, 4 << 20) == 4
 
 
-def test_parent_choice_prefers_the_piece_s_origin_reader_over_a_less_loaded_holder():
+def test_parent_choice_prefers_the_less_loaded_holder_then_the_piece_s_origin_reader():
     rng = random.Random(0)
     reader, relay = PeerLoad("r", "h2", 5, 8), PeerLoad("c", "h3", 0, 8)
+    assert choose_parent([relay, reader], "h1", rng, reader="r").peer_id == "c"
+    relay = PeerLoad("c", "h3", 5, 8)
     assert choose_parent([relay, reader], "h1", rng, reader="r").peer_id == "r"
-    assert choose_parent([relay, reader], "h1", rng).peer_id == "c"  # no reader known
+    assert choose_parent([reader, relay], "h1", rng, reader="c").peer_id == "c"
     full = PeerLoad("r", "h2", 8, 8)
     assert choose_parent([relay, full], "h1", rng, reader="r").peer_id == "c"
     same_host = PeerLoad("s", "h1", 7, 8)
