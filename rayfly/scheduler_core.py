@@ -75,8 +75,10 @@ class TaskState:
     """The scheduler's record of one task.
 
     ``stream``: the origin ignores ``Range``; ``streamer`` is the one peer reading it front to
-    back, until ``stream_deadline`` (renewed by each of its reports). ``asks``: pieces asked for
-    and given over every plan, and why the rest were not (:func:`rayfly.scheduling.shortfall`).
+    back, until ``stream_deadline`` (renewed by each of its reports). ``expected``: the most
+    nodes a client said would fetch; ``awaited``: of those, how many have not finished yet.
+    ``asks``: pieces asked for and given over every plan, and why the rest were not
+    (:func:`rayfly.scheduling.shortfall`).
     """
 
     info: TaskInfo
@@ -90,6 +92,7 @@ class TaskState:
     readers: dict[int, str] = field(default_factory=dict)
     fetching: Counter[int] = field(default_factory=Counter)
     expected: int = 1
+    awaited: int = 0
     finished: dict[str, str | None] = field(default_factory=dict)
     error: str | None = None
     created: float = 0.0
@@ -360,6 +363,7 @@ class SchedulerCore:
         t = self.tasks.get(task_id)
         if t is not None:
             t.expected = max(t.expected, members)
+            t.awaited = max(t.awaited, members)
 
     def held(self, task_id: str) -> TaskInfo | None:
         """The task if it has not failed and every piece has a holder that is not a suspect:
@@ -486,8 +490,11 @@ class SchedulerCore:
             return 0  # the origin is read by the streamer only / a restarted scheduler waits
         mine = sum(1 for lease in leases.values() if lease.parent is None)
         defer = me.upload_rate is not None and self._unlimited_fetching(t, me.peer_id)
+        # split over the nodes awaited as well as those fetching: the first to join must not
+        # take the whole budget and read every first piece itself, through one uplink
+        peers = max(self._active(t), t.awaited)
         parallelism = self.config.origin_parallelism
-        quota = origin_quota(parallelism, self._active(t), t.info.source_node, me.peer_id, defer)
+        quota = origin_quota(parallelism, peers, t.info.source_node, me.peer_id, defer)
         return quota - mine
 
     def _unlimited_fetching(self, t: TaskState, peer_id: str) -> bool:
@@ -510,6 +517,7 @@ class SchedulerCore:
         """
         t = self._task(task_id)
         t.finished[peer_id] = error
+        t.awaited = max(0, t.awaited - 1)
         if t.streamer == peer_id:
             t.streamer = None
         for piece in list(t.leases.get(peer_id, {})):
@@ -533,6 +541,8 @@ class SchedulerCore:
         if incarnation is not None and known is not None and known.incarnation != incarnation:
             return
         for t in self.tasks.values():
+            if peer_id in t.have and peer_id not in t.finished:
+                t.awaited = max(0, t.awaited - 1)  # it will not finish
             for piece in t.have.pop(peer_id, set()):
                 t.holders.get(piece, set()).discard(peer_id)
             for piece in list(t.leases.get(peer_id, {})):

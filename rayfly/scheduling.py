@@ -242,8 +242,9 @@ def takes_stream(streamer: str | None, lapsed: bool, peer_id: str, unheld: bool)
 
 
 def origin_share(origin_parallelism: int, peers: int) -> int:
-    """How many origin reads one peer may have in flight: the budget split over the peers,
-    so that first reads spread over the nodes and each node starts uploading early."""
+    """How many origin reads one peer may have in flight: the budget split over the peers
+    (those fetching, or expected to), so that first reads spread over the nodes and each node
+    starts uploading early."""
     return max(1, -(-origin_parallelism // max(1, peers)))
 
 

@@ -38,6 +38,31 @@ def test_origin_reads_spread_over_peers():
     assert counts == [2, 2, 2, 2]
 
 
+def test_the_first_peer_to_join_reads_only_its_share_of_the_nodes_expected():
+    c, now = core(parallelism=8)
+    c.expect("t", 4)
+    c.join("t", "a", "ha", 8)
+    assert len(c.plan("t", "a", 8).assignments) == 2  # not all 8 first pieces through a's uplink
+    for p in ("b", "c", "d"):
+        c.join("t", p, p, 8)
+        assert len(c.plan("t", p, 8).assignments) == 2
+    for p in ("a", "b", "c", "d"):
+        c.finish("t", p, "stopped")
+    c.expect("t", 4)  # the same task again, to four nodes: its first peer reads its share again
+    c.join("t", "a", "ha", 8)
+    assert len(c.plan("t", "a", 8).assignments) == 2
+    for p in ("b", "c", "d"):
+        c.join("t", p, p, 8)
+    c.peer_lost("b")  # a node that died will not finish; c and d stop: a alone reads on
+    for p in ("c", "d"):
+        c.finish("t", p, "stopped")
+    now[0] += 2  # the count of peers fetching is taken again
+    assert len(c.plan("t", "a", 8).assignments) == 6
+    c, _ = core(parallelism=8)
+    c.join("t", "a", "ha", 8)  # nobody said how many will fetch: one node, the whole budget
+    assert len(c.plan("t", "a", 8).assignments) == 8
+
+
 def test_done_pieces_are_served_by_their_holder_with_digest():
     c, _ = core()
     c.join("t", "a", "ha", 4)
