@@ -197,6 +197,51 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _link_mean(series: list[list[list[float]]], start: float, end: float) -> float:
+    """The hosts' mean link use (share of B) over samples taken in ``[start, end)``."""
+    values = [v for host in series for t, v in host if start <= t < end]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def phases(run: dict[str, Any]) -> dict[str, Any]:
+    """Where one rayfly run lost link time: the hosts' download links over the first 4 s (the
+    start, before pieces spread) and from 6 s to the origin's last byte (the main phase), the
+    busiest host's share of B over the first 1.6 s (one node reading every first piece shows
+    here), and the MiB each host read from the origin."""
+    hosts_rx = run["links"]["series"]["hosts_rx"]
+    done = run["links"]["origin"]["tx_done_s"]
+    first = [statistics.fmean([v for t, v in h if t < 1.6] or [0.0]) for h in hosts_rx]
+    return {
+        "run": run["run"],
+        "piece_mib": (run.get("extra") or {}).get("piece_size", 0) / (1 << 20),
+        "makespan_s": _makespan(run),
+        "origin_done_s": done,
+        "links_start": _link_mean(hosts_rx, 0.0, 4.0),
+        "links_main": _link_mean(hosts_rx, 6.0, done),
+        "first_busiest": max(first),
+        "reads_mib": [round(h["bytes_from_origin"] / (1 << 20)) for h in run["hosts"]],
+    }
+
+
+def phases_table(doc: dict[str, Any]) -> str:
+    """:func:`phases` of every successful rayfly run, as a Markdown table."""
+    lines = [
+        "| run | piece | makespan | origin done | links, first 4 s | links, 6 s to origin done "
+        "| busiest host, first 1.6 s | MiB read from the origin per host |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in doc["runs"]:
+        if run["method"] != "rayfly" or not _ok(run) or "series" not in run.get("links", {}):
+            continue
+        p = phases(run)
+        lines.append(
+            f"| {p['run']} | {p['piece_mib']:g} MiB | {p['makespan_s']:.2f} s "
+            f"| {p['origin_done_s']:.1f} s | {p['links_start']:.2f} | {p['links_main']:.2f} "
+            f"| {p['first_busiest']:.2f} | {min(p['reads_mib'])}-{max(p['reads_mib'])} |"
+        )
+    return "\n".join(lines)
+
+
 def write_outputs(doc: dict[str, Any], json_path: Path, png_path: Path) -> None:
     """Summary into the JSON, the PNG, and the Markdown table on stdout."""
     doc["summary"] = summarize(doc)
@@ -210,9 +255,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("json")
     parser.add_argument("--plot", default=None)
+    parser.add_argument(
+        "--phases", action="store_true", help="print where each rayfly run lost link time, only"
+    )
     args = parser.parse_args()
     path = Path(args.json)
     doc = json.loads(path.read_text())
+    if args.phases:
+        print(phases_table(doc))
+        return
     write_outputs(doc, path, Path(args.plot) if args.plot else path.with_suffix(".png"))
 
 
