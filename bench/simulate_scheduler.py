@@ -99,7 +99,8 @@ class Simulation:
     """A discrete-event simulation of one task spreading over ``config.peers`` peers."""
 
     def __init__(self, config: SimConfig) -> None:
-        """Build the scheduler core and the task; every peer joins at time 0."""
+        """Build the scheduler core and the task; the scheduler hears how many will fetch, and
+        every peer joins at time 0."""
         self.cfg = config
         self.now = 0.0
         self.rng = random.Random(config.seed)
@@ -113,6 +114,7 @@ class Simulation:
         )
         self.core = SchedulerCore(sched_cfg, clock=lambda: self.now)
         self.core.add_task(self.task, "rarest-first")
+        self.core.expect(self.task.task_id, config.peers)  # as the client says before fetching
         self.peers = {f"p{i:05d}": PeerSim(f"p{i:05d}") for i in range(config.peers)}
         self.events: list[tuple[float, int, str, str, Any]] = []
         self.queue: deque[str] = deque()  # long-polling peers, in the order they started

@@ -36,6 +36,7 @@ from rayfly.protocol import Assignment, Batch, Done, Failed
 from rayfly.scheduling import (
     TaskView,
     origin_quota,
+    origin_ramp,
     piece_cap,
     plan_batch,
     shortfall,
@@ -457,7 +458,7 @@ class SchedulerCore:
             t.info.n_pieces,
             t.holders,
             t.origin_inflight,
-            self.config.origin_parallelism,
+            origin_ramp(self.config.origin_parallelism, len(t.readers), t.awaited),
             t.digests,
             t.readers,
             t.fetching,

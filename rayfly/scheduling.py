@@ -248,6 +248,19 @@ def origin_share(origin_parallelism: int, peers: int) -> int:
     return max(1, -(-origin_parallelism // max(1, peers)))
 
 
+def origin_ramp(origin_parallelism: int, landed: int, nodes: int) -> int:
+    """How many origin reads a task may have in flight: with several nodes, one more than the
+    pieces that have landed from the origin so far, up to ``origin_parallelism``.
+
+    Reads in flight share the origin's link, so 8 first pieces read at once land together after
+    8 pieces' time and the nodes have nothing to pass on until then; ramped, the first piece
+    lands after one piece's time and spreads while the next are read (TCP's slow start, for
+    pieces). A single node has nobody to pass pieces to: it reads at full parallelism."""
+    if nodes <= 1:
+        return origin_parallelism
+    return min(origin_parallelism, 1 + landed)
+
+
 def origin_quota(
     origin_parallelism: int,
     peers: int,

@@ -10,12 +10,12 @@ from rayfly.task import MAX_PIECE, TaskInfo
 MiB = 1 << 20
 
 
-def core(clock=None, parallelism=8):
+def core(clock=None, parallelism=8, pieces=8):
     now = clock or [0.0]
     c = SchedulerCore(
         SchedulerConfig(origin_parallelism=parallelism, lease_timeout_s=10), clock=lambda: now[0]
     )
-    c.add_task(TaskInfo("t", "http://o/x", 8 * MiB, MiB), "rarest-first")
+    c.add_task(TaskInfo("t", "http://o/x", pieces * MiB, MiB), "rarest-first")
     return c, now
 
 
@@ -38,28 +38,57 @@ def test_origin_reads_spread_over_peers():
     assert counts == [2, 2, 2, 2]
 
 
+def land(c, peer, batch):
+    c.report("t", peer, [Done(x.piece, f"d{x.piece}", x.parent, MiB, 0.1) for x in batch], [])
+
+
+def reads(c, peer):
+    """How many origin reads ``peer`` is handed when it asks for 8 pieces."""
+    return sum(x.parent is None for x in c.plan("t", peer, 8).assignments)
+
+
 def test_the_first_peer_to_join_reads_only_its_share_of_the_nodes_expected():
-    c, now = core(parallelism=8)
+    c, now = core(parallelism=8, pieces=32)
     c.expect("t", 4)
     c.join("t", "a", "ha", 8)
-    assert len(c.plan("t", "a", 8).assignments) == 2  # not all 8 first pieces through a's uplink
+    while len(c.tasks["t"].readers) < 7:  # until the ramp lets 8 reads be in flight
+        land(c, "a", c.plan("t", "a", 8).assignments)
+    assert reads(c, "a") == 2  # not all 8 first pieces through a's uplink
     for p in ("b", "c", "d"):
         c.join("t", p, p, 8)
-        assert len(c.plan("t", p, 8).assignments) == 2
+        assert reads(c, p) == 2
     for p in ("a", "b", "c", "d"):
         c.finish("t", p, "stopped")
     c.expect("t", 4)  # the same task again, to four nodes: its first peer reads its share again
     c.join("t", "a", "ha", 8)
-    assert len(c.plan("t", "a", 8).assignments) == 2
+    assert reads(c, "a") == 2
     for p in ("b", "c", "d"):
         c.join("t", p, p, 8)
     c.peer_lost("b")  # a node that died will not finish; c and d stop: a alone reads on
     for p in ("c", "d"):
         c.finish("t", p, "stopped")
     now[0] += 2  # the count of peers fetching is taken again
-    assert len(c.plan("t", "a", 8).assignments) == 6
+    assert reads(c, "a") == 6
     c, _ = core(parallelism=8)
     c.join("t", "a", "ha", 8)  # nobody said how many will fetch: one node, the whole budget
+    assert reads(c, "a") == 8
+
+
+def test_origin_reads_ramp_up_as_pieces_land_when_several_nodes_fetch():
+    c, _ = core(parallelism=8)
+    c.expect("t", 4)
+    for p in ("a", "b", "c", "d"):
+        c.join("t", p, f"h-{p}", 8)
+    first = c.plan("t", "a", 8).assignments
+    assert [x.parent for x in first] == [None]  # one read, at the origin's full rate
+    assert c.plan("t", "b", 8).assignments == []
+    c.report("t", "a", [Done(first[0].piece, "d", None, MiB, 0.1)], [])
+    batches = [c.plan("t", p, 8).assignments for p in ("b", "c", "d")]
+    assert sum(x.parent is None for b in batches for x in b) == 2  # one more than have landed
+    assert sum(x.parent == "a" for b in batches for x in b) == 3  # the first piece spreads
+    c, _ = core(parallelism=8)
+    c.expect("t", 1)  # one node: nobody to pass pieces to, every read at once
+    c.join("t", "a", "ha", 8)
     assert len(c.plan("t", "a", 8).assignments) == 8
 
 
