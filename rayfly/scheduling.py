@@ -13,7 +13,8 @@ Rules:
   alone sent every child that asked before the first copy landed to the same one-holder
   piece, all through one uplink.
 - A piece nobody holds is read from the origin by exactly one peer at a time, within the task's
-  origin parallelism; a piece someone is already reading from the origin is waited for.
+  origin parallelism (ramped up as the first pieces land when several nodes fetch:
+  :func:`origin_ramp`); a piece someone is already reading from the origin is waited for.
 - A node-local file (a task with a source node) is read from the origin by that node's peer only.
 - A parent is chosen among the piece's holders with a free upload slot: the same host first,
   then a parent without an upload limit, then the lowest load, then the peer that read the
