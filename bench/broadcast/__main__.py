@@ -109,9 +109,14 @@ def rate_series(
     ]
 
 
-def process_ticks() -> dict[int, tuple[int, int, int, str, int]]:
-    """Per process: user ticks, system ticks, network-namespace inode, command name, and the
-    nanoseconds it has spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
+Ticks = tuple[int, int, int, str, int, int, int]
+_NO_TICKS: Ticks = (0, 0, 0, "", 0, 0, 0)
+
+
+def process_ticks() -> dict[int, Ticks]:
+    """Per process: user ticks, system ticks, network-namespace inode, command name, the
+    nanoseconds it has spent runnable but waiting for a CPU (/proc/PID/schedstat), and its
+    minor and major page faults."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -124,7 +129,15 @@ def process_ticks() -> dict[int, tuple[int, int, int, str, int]]:
         fields = tail.split()
         comm = head.split("(", 1)[1]
         ns = _netns_inode(pid)
-        out[int(pid)] = (int(fields[11]), int(fields[12]), ns, comm, _runqueue_wait_ns(pid))
+        out[int(pid)] = (
+            int(fields[11]),
+            int(fields[12]),
+            ns,
+            comm,
+            _runqueue_wait_ns(pid),
+            int(fields[7]),
+            int(fields[9]),
+        )
     return out
 
 
@@ -139,6 +152,7 @@ class CpuSampler:
         self.mine = mine
         self.samples: list[dict[str, float]] = []
         self.by_process: dict[str, list[float]] = {}
+        self.faults: dict[str, list[int]] = {}  # command -> [minor, major] page faults
         self.links: dict[int, list[tuple[float, int, int]]] = {}  # netns -> (t, rx, tx) of eth0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -158,8 +172,8 @@ class CpuSampler:
             split = {"mine": 0, "other": 0}
             wait_ns = 0
             self._sample_links(procs)
-            for pid, (user, system, ns, comm, wait) in procs.items():
-                before = prev_procs.get(pid, (0, 0, 0, "", 0))
+            for pid, (user, system, ns, comm, wait, minflt, majflt) in procs.items():
+                before = prev_procs.get(pid, _NO_TICKS)
                 if ns in self.mine:
                     wait_ns += max(0, wait - before[4])
                 du, ds = max(0, user - before[0]), max(0, system - before[1])
@@ -168,6 +182,9 @@ class CpuSampler:
                 acc = self.by_process.setdefault(key, [0.0, 0.0])
                 acc[0] += du / self._hz
                 acc[1] += ds / self._hz
+                faults = self.faults.setdefault(key, [0, 0])
+                faults[0] += max(0, minflt - before[5])
+                faults[1] += max(0, majflt - before[6])
             span = (now - prev_t) * self._hz
             self.samples.append({
                 "t": time.time(),
@@ -179,12 +196,12 @@ class CpuSampler:
             })  # fmt: skip
             prev, prev_procs, prev_t = cur, procs, now
 
-    def _sample_links(self, procs: dict[int, tuple[int, int, int, str, int]]) -> None:
+    def _sample_links(self, procs: dict[int, Ticks]) -> None:
         """eth0's byte counters of every testbed namespace, read through one of its processes
         (``/proc/PID/net/dev`` shows the process's namespace: no subprocess per sample)."""
         now = time.time()
         seen: set[int] = set()
-        for pid, (_, _, ns, _, _) in procs.items():
+        for pid, (_, _, ns, *_) in procs.items():
             if ns not in self.mine or ns in seen:
                 continue
             counters = eth0_bytes(pid)
@@ -288,6 +305,9 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     out["cpu"].update(quiet)
     top = sorted(cpu.by_process.items(), key=lambda kv: -sum(kv[1]))[:12]
     out["cpu_seconds_by_process"] = {k: {"user": u, "system": sy} for k, (u, sy) in top}
+    out["page_faults_by_process"] = {
+        k: {"minor": cpu.faults[k][0], "major": cpu.faults[k][1]} for k, _ in top
+    }
     start, end = out.get("t_start", 0.0), out.get("t_end", float("inf"))
     rate = cfg.rate_mbit * 1e6 / 8
     origin_rate = (cfg.origin_rate_mbit or cfg.rate_mbit) * 1e6 / 8
