@@ -306,7 +306,7 @@ def run_method(tb: Testbed, method: str, name: str, args: argparse.Namespace) ->
     top = sorted(cpu.by_process.items(), key=lambda kv: -sum(kv[1]))[:12]
     out["cpu_seconds_by_process"] = {k: {"user": u, "system": sy} for k, (u, sy) in top}
     out["page_faults_by_process"] = {
-        k: {"minor": cpu.faults[k][0], "major": cpu.faults[k][1]} for k, _ in top
+        k: {"minor": minor, "major": major} for k, (minor, major) in sorted(cpu.faults.items())
     }
     start, end = out.get("t_start", 0.0), out.get("t_end", float("inf"))
     rate = cfg.rate_mbit * 1e6 / 8
