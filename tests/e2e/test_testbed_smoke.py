@@ -117,8 +117,9 @@ def test_broadcast_end_to_end_on_three_hosts(tmp_path):
         assert sum(s["pieces"] for s in got.values()) == size // piece, h
         assert h["node_ip"] not in got, h
         assert 0 < h["inflight_mean"] <= 8, h  # at most --concurrency at once
-    phases = report.phases(by_method["rayfly"])  # where the run lost link time (--phases)
+    # where the run lost link time (--phases; a run this short may end before a link sample)
+    phases = report.phases(by_method["rayfly"])
     assert sum(phases["reads_mib"]) == 4, phases  # the origin read once, over the hosts
-    assert 0 < phases["links_start"] <= 1.2 and 0 < phases["first_busiest"] <= 1.2, phases
+    assert phases["makespan_s"] == max(h["seconds"] for h in by_method["rayfly"]["hosts"])
     faults = by_method["rayfly"]["page_faults_by_process"]
     assert faults["ray::Peer"]["minor"] > 0, faults  # the peers' own, counted in the namespaces
