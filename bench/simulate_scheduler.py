@@ -235,18 +235,25 @@ class Simulation:
             if cpu > self.cfg.max_cpu_s or wall > 4 * self.cfg.max_cpu_s:
                 bounded = True
                 break
-            self.now, _, kind, pid, data = heapq.heappop(self.events)
-            peer = self.peers[pid]
+            kind, peer = self.step()
             if kind == "piece":
-                self.piece_done(peer, data)
                 left -= (
                     peer.finished_at is not None
                     and peer.have == self.task.n_pieces
                     and (peer.finished_at == self.now)
                 )
-            elif kind == "exchange" or (kind == "poll" and peer.waiting and data == peer.wait_seq):
-                self.exchange(peer)
         return self.figures(bounded, time.thread_time() - cpu0)
+
+    def step(self) -> tuple[str, PeerSim]:
+        """Take the next event and handle it (a landed piece, an exchange, a long-poll's time
+        up unless it was answered since); return its kind and peer."""
+        self.now, _, kind, pid, data = heapq.heappop(self.events)
+        peer = self.peers[pid]
+        if kind == "piece":
+            self.piece_done(peer, data)
+        elif kind == "exchange" or (kind == "poll" and peer.waiting and data == peer.wait_seq):
+            self.exchange(peer)
+        return kind, peer
 
     def figures(self, bounded: bool, cpu: float) -> dict[str, Any]:
         """Decisions per second, calls per second and what the run reached."""
@@ -320,12 +327,7 @@ def profile_calls(config: SimConfig, calls: int) -> str:
 
     sim._timed = profiled  # type: ignore[method-assign]
     while sim.events and sim.stats.calls < calls:
-        sim.now, _, kind, pid, data = heapq.heappop(sim.events)
-        peer = sim.peers[pid]
-        if kind == "piece":
-            sim.piece_done(peer, data)
-        elif kind == "exchange" or (kind == "poll" and peer.waiting and data == peer.wait_seq):
-            sim.exchange(peer)
+        sim.step()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
     return out.getvalue()
