@@ -22,7 +22,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -109,14 +109,22 @@ def rate_series(
     ]
 
 
-Ticks = tuple[int, int, int, str, int, int, int]
-_NO_TICKS: Ticks = (0, 0, 0, "", 0, 0, 0)
+class Ticks(NamedTuple):
+    """One process's counters: CPU ticks, its network namespace (inode), command name, the
+    nanoseconds it has spent runnable but waiting for a CPU (/proc/PID/schedstat), and its
+    minor and major page faults."""
+
+    user: int = 0
+    system: int = 0
+    ns: int = 0
+    comm: str = ""
+    wait_ns: int = 0
+    minflt: int = 0
+    majflt: int = 0
 
 
 def process_ticks() -> dict[int, Ticks]:
-    """Per process: user ticks, system ticks, network-namespace inode, command name, the
-    nanoseconds it has spent runnable but waiting for a CPU (/proc/PID/schedstat), and its
-    minor and major page faults."""
+    """Every process's :class:`Ticks`, by pid."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -129,7 +137,7 @@ def process_ticks() -> dict[int, Ticks]:
         fields = tail.split()
         comm = head.split("(", 1)[1]
         ns = _netns_inode(pid)
-        out[int(pid)] = (
+        out[int(pid)] = Ticks(
             int(fields[11]),
             int(fields[12]),
             ns,
@@ -173,18 +181,18 @@ class CpuSampler:
             wait_ns = 0
             self._sample_links(procs)
             for pid, (user, system, ns, comm, wait, minflt, majflt) in procs.items():
-                before = prev_procs.get(pid, _NO_TICKS)
+                before = prev_procs.get(pid, Ticks())
                 if ns in self.mine:
-                    wait_ns += max(0, wait - before[4])
-                du, ds = max(0, user - before[0]), max(0, system - before[1])
+                    wait_ns += max(0, wait - before.wait_ns)
+                du, ds = max(0, user - before.user), max(0, system - before.system)
                 split["mine" if ns in self.mine else "other"] += du + ds
                 key = comm if ns in self.mine else "(outside the testbed)"
                 acc = self.by_process.setdefault(key, [0.0, 0.0])
                 acc[0] += du / self._hz
                 acc[1] += ds / self._hz
                 faults = self.faults.setdefault(key, [0, 0])
-                faults[0] += max(0, minflt - before[5])
-                faults[1] += max(0, majflt - before[6])
+                faults[0] += max(0, minflt - before.minflt)
+                faults[1] += max(0, majflt - before.majflt)
             span = (now - prev_t) * self._hz
             self.samples.append({
                 "t": time.time(),
@@ -201,7 +209,8 @@ class CpuSampler:
         (``/proc/PID/net/dev`` shows the process's namespace: no subprocess per sample)."""
         now = time.time()
         seen: set[int] = set()
-        for pid, (_, _, ns, *_) in procs.items():
+        for pid, ticks in procs.items():
+            ns = ticks.ns
             if ns not in self.mine or ns in seen:
                 continue
             counters = eth0_bytes(pid)
