@@ -97,7 +97,7 @@ def test_done_pieces_are_served_by_their_holder_with_digest():
     c.join("t", "a", "ha", 4)
     c.join("t", "b", "hb", 4)
     first = c.plan("t", "a", 8).assignments
-    c.report("t", "a", [Done(x.piece, f"d{x.piece}", None, MiB, 0.1) for x in first], [])
+    land(c, "a", first)  # read from the origin
     batch = c.plan("t", "b", 8).assignments
     from_a = [x for x in batch if x.parent == "a"]
     assert len(from_a) == 4  # a's four upload slots
@@ -442,7 +442,7 @@ def test_the_peer_that_read_a_piece_from_the_origin_serves_it_before_equally_loa
         c.join("t", p, f"h-{p}", 8)
     got = {p: c.plan("t", p, 1).assignments for p in ("a", "b")}
     for p, batch in got.items():
-        c.report("t", p, [Done(x.piece, f"d{x.piece}", None, MiB, 0.1) for x in batch], [])
+        land(c, p, batch)  # read from the origin
     read_by = {batch[0].piece: p for p, batch in got.items()}
     c.join("t", "c", "h-c", 8, have={i: f"d{i}" for i in read_by})  # holds both, read neither
     for p in ("a", "b", "c"):
