@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import ray
 from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
@@ -33,7 +32,7 @@ from ray.exceptions import (
 
 from rayfly import metrics, source
 from rayfly.actors.links import Links, ParentGone
-from rayfly.actors.piece_reads import KeptPiece, PieceReader, Read
+from rayfly.actors.piece_reads import KeptPiece, PieceReader, Read, put_piece
 from rayfly.actors.retry import first_line
 from rayfly.config import PeerConfig
 from rayfly.errors import (
@@ -510,7 +509,7 @@ class Downloads:
         if got.ref is not None:
             self.hot.put(task.task_id, a.piece, KeptPiece(got.ref, got.data), nbytes, received=True)
         elif a.share == SHARE_REMOTE or (a.share == SHARE_HOST and self.reader.local_ip is None):
-            ref = await self.disk_io(ray.put, got.data)
+            ref = await self.disk_io(put_piece, got.data)
             self.hot.put(task.task_id, a.piece, KeptPiece(ref), nbytes)
             self.pieces_kept_from_origin += 1
 

@@ -19,7 +19,7 @@ from rayfly import identity, metrics, source
 from rayfly.actors.download import Downloads, NodeLimits
 from rayfly.actors.links import Links
 from rayfly.actors.packs import fetch_pack
-from rayfly.actors.piece_reads import KeptPiece
+from rayfly.actors.piece_reads import KeptPiece, put_piece
 from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
 from rayfly.errors import PieceCorrupt, RayflyError, SourceError
 from rayfly.eviction import GcPolicy
@@ -231,7 +231,7 @@ class Peer:
         received from a parent from the view that keeps its copy here (even once the node it
         came from died), one made here from its primary copy."""
         data = kept.pinned if kept.pinned is not None else await kept.ref
-        copy: ray.ObjectRef = await self.downloads.disk_io(ray.put, data)
+        copy: ray.ObjectRef = await self.downloads.disk_io(put_piece, data)
         return copy
 
     def _put_piece(self, task_id: str, index: int) -> ray.ObjectRef:
@@ -239,8 +239,8 @@ class Peer:
         data = self.store.read_piece(task_id, index, None, True)
         if self._corrupt_served:
             data[len(data) // 2] ^= 0xFF
-            return ray.put(data)
-        ref = ray.put(data)
+            return put_piece(data)
+        ref = put_piece(data)
         self.hot.put(task_id, index, KeptPiece(ref), len(data), handed=True)
         return ref
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.links import Links, ParentGone
@@ -22,6 +23,19 @@ from rayfly.storage import PieceStore
 from rayfly.task import TaskInfo
 
 log = logging.getLogger(__name__)
+
+
+def put_piece(data: Any) -> ray.ObjectRef:
+    """Put a piece's bytes into this node's object store as a uint8 array (no copy to make
+    it one). Ray stores an array out of band: copied once into the store, and every ``get``
+    of it, on any node, is a read-only view of that node's copy. ``bytes`` or a
+    ``memoryview`` would be packed inline by msgpack instead: one more copy on the put, and
+    two on every get (the object, then the bytes unpacked from it) into fresh process memory,
+    which the kernel must fault in and zero — a piece kept to serve onwards would then be a
+    private copy, not a view that keeps this node's copy in its store."""
+    array = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    ref: ray.ObjectRef = ray.put(array)
+    return ref
 
 
 async def _unbox(box: Any) -> tuple[Any, Any]:

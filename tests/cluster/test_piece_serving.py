@@ -96,6 +96,31 @@ def test_pieces_read_from_the_origin_are_served_from_memory(
         assert d["pieces_kept_from_origin"] >= d["pieces_served"], delta
 
 
+def test_pieces_travel_as_views_of_the_object_store(ray_cluster, origin, origin_root, tmp_path):
+    """Every piece a peer serves (one it read from the origin, one it received and serves a
+    copy of) is a uint8 array in the object store, so that a ``get`` of it is a read-only view
+    of the getter's copy, made without a copy (Ray's out-of-band buffers). On the code before,
+    a piece read from the origin was put as a memoryview, which Ray packs inline (msgpack):
+    every get of it, and of every copy served onwards, was ``bytes`` unpacked into process
+    memory by two more copies, and the piece a child kept to serve was not a view of its
+    store but a private copy."""
+    src = make_file(origin_root / "views.bin", 8 * MiB, seed=73)
+    nodes = [n.node_id for n in placement.alive_nodes()][:2]
+    report = rayfly.distribute(
+        origin.url + src.name, str(tmp_path / "{node_id}.bin"), nodes=nodes, piece_size=MiB
+    )
+    assert report.ok, str(report)
+    assert sum(n.bytes_from_peers for n in report.nodes) > 0, str(report)
+    for n in nodes:
+        peer = placement.existing_peers()[n]
+        boxes = [peer.read_piece.remote(report.task_ids[0], i) for i in range(8)]
+        pieces = ray.get([box[0] for box in ray.get(boxes)])
+        kinds = {(type(p).__name__, getattr(p, "dtype", None)) for p in pieces}
+        assert kinds == {("ndarray", np.dtype(np.uint8))}, (n, kinds)
+        assert not any(p.flags.writeable for p in pieces)
+        assert b"".join(pieces) == src.read_bytes()
+
+
 @pytest.mark.parametrize("node_with", [{"RAYFLY_TEST_CORRUPT_SERVED": "1"}], indirect=True)
 def test_a_piece_corrupted_in_transit_is_caught_by_the_receiver(
     node_with, origin, origin_root, tmp_path
