@@ -61,6 +61,13 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults a process has taken so far (``/proc/PID/stat``): each is a page it
+    touched for the first time, fresh process memory the kernel had to zero among them."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7])
+
+
 def raylet_pids(gcs_address: str) -> list[int]:
     """The raylets of the cluster at ``gcs_address`` (other clusters on the machine excluded)."""
     flag = f"--gcs-address={gcs_address}"
@@ -232,18 +239,22 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             origin.reset()
             report = None
             c0 = [sum(map(cpu_seconds, pids)) for pids in (peers, raylets)]
+            f0 = [sum(map(minor_faults, pids)) for pids in (peers, raylets)]
             t0 = time.perf_counter()
             if method == "rayfly":
                 report = rayfly_once(url, str(dest / "{node_id}" / "payload.bin"))[1]
             else:
                 run_tasks(method, url, nodes, dest, "payload.bin")
             c1 = [sum(map(cpu_seconds, pids)) for pids in (peers, raylets)]
+            f1 = [sum(map(minor_faults, pids)) for pids in (peers, raylets)]
             runs[method].append(
                 {
                     "makespan_s": time.perf_counter() - t0,
                     "origin_bytes": origin.bytes_served,
                     "peers_cpu_s": c1[0] - c0[0],
                     "raylets_cpu_s": c1[1] - c0[1],
+                    "peers_minor_faults": f1[0] - f0[0],
+                    "raylets_minor_faults": f1[1] - f0[1],
                 }
             )
             settle(dest, report)

@@ -66,6 +66,15 @@ def timed_pull(ctd: Containerd, ref: str) -> float:
     return elapsed
 
 
+ORDERS = (
+    ("direct", "cold", "peer", "warm"),
+    ("cold", "peer", "warm", "direct"),
+    ("warm", "direct", "cold", "peer"),
+)
+"""The modes' order in run ``i``: ``ORDERS[i % 3]`` (peer always right after cold, whose
+node-0 copy it pulls), so that no mode always pulls first or last in a run."""
+
+
 def pull_modes(
     args,
     work: Path,
@@ -74,6 +83,10 @@ def pull_modes(
     mirrors: list[str],
     upstreams: dict[str, Upstream],
 ) -> list[dict]:
+    """``--runs`` runs of the four modes, each pulling an image of its own; per run the
+    seconds and the upstream blob bytes of each mode. Before each pull the disk is synced
+    (the writes of the pull before are not charged to it) and after each run every
+    containerd's images and content are removed (a store that fills slows its later pulls)."""
     ctds = {m: Containerd(work / f"ctd-{m}") for m in MODES}
     # direct: the registry itself; cold: node 0's mirror; peer/warm: node N-1's mirror.
     direct_dir = ctds["direct"].hosts_dir / front.host
@@ -82,56 +95,52 @@ def pull_modes(
     ctds["cold"].use_mirror(front.host, mirrors[0], front.url)
     ctds["peer"].use_mirror(front.host, mirrors[-1], front.url)
     ctds["warm"].use_mirror(front.host, mirrors[-1], front.url)
-    sizes = [args.layer_mib * MiB, 6 * MiB, MiB, 20_000]
     rows = []
     try:
         for run in range(args.runs):
-            image = build_image(f"bench/pull{run}", "v1", sizes, seed=1000 + run)
-            push_image(registry.url, image)
-            ref = f"{front.host}/{image.name}:v1"
-            front.state.reset()
-            direct = timed_pull(ctds["direct"], ref)
-            direct_bytes = front.state.blob_bytes
-            front.state.reset()
-            cold = timed_pull(ctds["cold"], ref)
-            cold_bytes = front.state.blob_bytes
-            front.state.reset()
-            peer = timed_pull(ctds["peer"], ref)
-            peer_bytes = front.state.blob_bytes
-            # warm: a second image, preheated to every node, then pulled through node N-1.
-            warm_image = build_image(f"bench/warm{run}", "v1", sizes, seed=2000 + run)
-            push_image(registry.url, warm_image)
-            t0 = time.perf_counter()
-            report = preheat(f"{front.host}/{warm_image.name}:v1", upstreams=upstreams)
-            preheat_s = time.perf_counter() - t0
-            assert report.ok, str(report)
-            front.state.reset()
-            warm = timed_pull(ctds["warm"], f"{front.host}/{warm_image.name}:v1")
-            rows.append(
-                {
-                    "run": run,
-                    "image_bytes": image.total_blob_bytes,
-                    "direct_s": direct,
-                    "cold_s": cold,
-                    "peer_s": peer,
-                    "warm_s": warm,
-                    "loadavg": os.getloadavg()[0],
-                    "preheat_s": preheat_s,
-                    "direct_upstream_bytes": direct_bytes,
-                    "cold_upstream_bytes": cold_bytes,
-                    "peer_upstream_blob_bytes": peer_bytes,
-                    "warm_upstream_blob_bytes": front.state.blob_bytes,
-                }
-            )
-            print(
-                f"run {run}: direct {direct:.2f}s cold {cold:.2f}s peer {peer:.2f}s "
-                f"warm {warm:.2f}s (preheat {preheat_s:.2f}s)",
-                flush=True,
-            )
+            row = one_run(args, run, front, registry, ctds, upstreams)
+            rows.append(row)
+            for ctd in ctds.values():
+                ctd.remove_all()
+            times = " ".join(f"{m} {row[m + '_s']:.2f}s" for m in ORDERS[run % len(ORDERS)])
+            print(f"run {run}: {times} (preheat {row['preheat_s']:.2f}s)", flush=True)
     finally:
         for ctd in ctds.values():
             ctd.stop()
     return rows
+
+
+def one_run(
+    args,
+    run: int,
+    front: CountingFront,
+    registry: RegistryProcess,
+    ctds: dict[str, Containerd],
+    upstreams: dict[str, Upstream],
+) -> dict:
+    """One run: a fresh image for direct, cold and peer, another preheated to every node for
+    warm, each mode pulled in this run's order."""
+    sizes = [args.layer_mib * MiB, 6 * MiB, MiB, 20_000]
+    image = build_image(f"bench/pull{run}", "v1", sizes, seed=1000 + run)
+    warm_image = build_image(f"bench/warm{run}", "v1", sizes, seed=2000 + run)
+    push_image(registry.url, image)
+    push_image(registry.url, warm_image)
+    t0 = time.perf_counter()
+    report = preheat(f"{front.host}/{warm_image.name}:v1", upstreams=upstreams)
+    row: dict = {"run": run, "image_bytes": image.total_blob_bytes, "order": ORDERS[run % 3]}
+    row["preheat_s"] = time.perf_counter() - t0
+    assert report.ok, str(report)
+    for mode in row["order"]:
+        name = warm_image.name if mode == "warm" else image.name
+        os.sync()
+        front.state.reset()
+        row[f"{mode}_s"] = timed_pull(ctds[mode], f"{front.host}/{name}:v1")
+        key = {"direct": "direct_upstream_bytes", "cold": "cold_upstream_bytes"}.get(
+            mode, f"{mode}_upstream_blob_bytes"
+        )
+        row[key] = front.state.blob_bytes
+    row["loadavg"] = os.getloadavg()[0]
+    return row
 
 
 def timed_get(url: str) -> tuple[float, float, str]:
