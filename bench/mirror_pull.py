@@ -4,7 +4,8 @@ and 20 concurrent clients pulling one blob through one node's mirror.
 Everything on loopback: Debian's docker-registry (upstream), a counting front before it (to
 read the bytes that reach upstream), a local Ray cluster with a mirror on every node, and one
 containerd per mode. Each run pushes a fresh image (new random layers), so "cold" is truly
-cold; the modes of a run pull the same-sized image side by side:
+cold; the modes of a run pull the same-sized image side by side, in an order rotated from run
+to run (:data:`ORDERS`), each after a ``sync``, and every containerd is emptied after a run:
 
 - direct: from the registry;
 - cold: through node 0's mirror, no node holds a blob;
