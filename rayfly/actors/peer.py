@@ -19,7 +19,7 @@ from rayfly import identity, metrics, source
 from rayfly.actors.download import Downloads, NodeLimits
 from rayfly.actors.links import Links
 from rayfly.actors.packs import fetch_pack
-from rayfly.actors.piece_reads import KeptPiece, put_piece
+from rayfly.actors.piece_reads import KeptPiece, put_from_store, put_piece
 from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
 from rayfly.errors import PieceCorrupt, RayflyError, SourceError
 from rayfly.eviction import GcPolicy
@@ -236,12 +236,10 @@ class Peer:
 
     def _put_piece(self, task_id: str, index: int) -> ray.ObjectRef:
         """Read a piece from disk, verified, into the object store (kept hot)."""
-        data = self.store.read_piece(task_id, index, None, True)
-        if self._corrupt_served:
-            data[len(data) // 2] ^= 0xFF
-            return put_piece(data)
-        ref = put_piece(data)
-        self.hot.put(task_id, index, KeptPiece(ref), len(data), handed=True)
+        ref = put_from_store(self.store, task_id, index, self._corrupt_served)
+        if not self._corrupt_served:
+            nbytes = self.store.piece_length(task_id, index)
+            self.hot.put(task_id, index, KeptPiece(ref), nbytes, handed=True)
         return ref
 
     async def _evict_corrupt(self, task_id: str) -> None:

@@ -38,6 +38,24 @@ def put_piece(data: Any) -> ray.ObjectRef:
     return ref
 
 
+def put_from_store(
+    store: PieceStore, task_id: str, index: int, flip: bool = False
+) -> ray.ObjectRef:
+    """A piece read from ``store``'s disk, verified, put into the object store
+    (:func:`put_piece`). The read lands in a pooled buffer, given back once the put has copied
+    it: a new array per serve would be memory the kernel must fault in and zero each time.
+    ``flip``: the test-only fault of ``RAYFLY_TEST_CORRUPT_SERVED``, a byte flipped after the
+    check."""
+    buf = BUFFERS.take(store.piece_length(task_id, index))
+    try:
+        data = store.read_piece(task_id, index, buf, True)
+        if flip:
+            data[len(data) // 2] ^= 0xFF
+        return put_piece(data)
+    finally:
+        BUFFERS.give(buf)
+
+
 async def _unbox(box: Any) -> tuple[Any, Any]:
     """A parent answers with ``[reference]``: the reference, and its value pulled here."""
     refs = await box
