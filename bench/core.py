@@ -30,6 +30,7 @@ import psutil
 import ray
 
 import rayfly
+from bench.procstat import stat_fields
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
 from rayfly.config import NAMESPACE, parse_size
@@ -64,8 +65,7 @@ def cpu_seconds(pid: int) -> float:
 def minor_faults(pid: int) -> int:
     """Minor page faults a process has taken so far (``/proc/PID/stat``): each is a page it
     touched for the first time, fresh process memory the kernel had to zero among them."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[7])
+    return int(stat_fields(pid)[1][7])
 
 
 def raylet_pids(gcs_address: str) -> list[int]:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bench.broadcast.report import dumps, summarize, write_outputs
+from bench.procstat import stat_fields
 from bench.testbed.netns import REPO_ROOT, Testbed, TestbedConfig
 
 METHODS = ("rayfly", "plain", "ray", "chain")
@@ -130,12 +131,9 @@ def process_ticks() -> dict[int, Ticks]:
         if not pid.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            comm, fields = stat_fields(pid)
         except OSError:
             continue
-        head, tail = stat.rsplit(")", 1)
-        fields = tail.split()
-        comm = head.split("(", 1)[1]
         ns = _netns_inode(pid)
         out[int(pid)] = Ticks(
             int(fields[11]),
