@@ -72,7 +72,7 @@ ORDERS = (
     ("cold", "peer", "warm", "direct"),
     ("warm", "direct", "cold", "peer"),
 )
-"""The modes' order in run ``i``: ``ORDERS[i % 3]`` (peer always right after cold, whose
+"""The modes' order in run ``i``: ``ORDERS[i % len(ORDERS)]`` (peer always right after cold, whose
 node-0 copy it pulls), so that no mode always pulls first or last in a run."""
 
 
@@ -103,7 +103,7 @@ def pull_modes(
             rows.append(row)
             for ctd in ctds.values():
                 ctd.remove_all()
-            times = " ".join(f"{m} {row[m + '_s']:.2f}s" for m in ORDERS[run % len(ORDERS)])
+            times = " ".join(f"{m} {row[m + '_s']:.2f}s" for m in row["order"])
             print(f"run {run}: {times} (preheat {row['preheat_s']:.2f}s)", flush=True)
     finally:
         for ctd in ctds.values():
@@ -132,7 +132,7 @@ def one_run(
     row: dict = {"run": run, "image_bytes": image.total_blob_bytes, "order": order}
     row["preheat_s"] = time.perf_counter() - t0
     assert report.ok, str(report)
-    for mode in row["order"]:
+    for mode in order:
         name = warm_image.name if mode == "warm" else image.name
         os.sync()
         front.state.reset()
