@@ -36,9 +36,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import psutil
 import ray
 import requests
 
+from bench.core import cpu_seconds
+from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
 from rayfly.config import NAMESPACE
 from rayfly.proxy.actor import start_mirrors, stop_mirrors
@@ -159,7 +162,9 @@ def timed_get(url: str) -> tuple[float, float, str]:
 
 def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: list[str]) -> list:
     """One fresh blob per run, GET in the order of the pull modes: direct, cold (node 0),
-    peer (node N-1, cached on node 0 only), local (node N-1 again, now in its own cache)."""
+    peer (node N-1, cached on node 0 only), local (node N-1 again, now in its own cache), with
+    the CPU seconds rayfly's processes (every node's mirror and peer) used during each."""
+    pids = rayfly_pids()
     rows = []
     for run in range(args.runs):
         image = build_image(f"bench/blob{run}", "v1", [args.layer_mib * MiB], seed=4000 + run)
@@ -168,7 +173,9 @@ def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: li
         row: dict = {"run": run, "blob_bytes": len(image.blobs[digest])}
         bases = {"direct": front.url, "cold": mirrors[0], "peer": mirrors[-1], "local": mirrors[-1]}
         for mode, base in bases.items():
+            cpu0 = sum(map(cpu_seconds, pids))
             total, first, sha = timed_get(f"{base}/v2/{image.name}/blobs/{digest}")
+            row[f"{mode}_rayfly_cpu_s"] = sum(map(cpu_seconds, pids)) - cpu0
             assert "sha256:" + sha == digest, f"{mode}: wrong bytes"
             row[f"{mode}_s"], row[f"{mode}_first_s"] = total, first
         rows.append(row)
@@ -176,19 +183,31 @@ def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: li
     return rows
 
 
+def rayfly_pids() -> list[int]:
+    """The processes of every node's peer and mirror actors."""
+    peers = [ray.get(p.info.remote())["pid"] for p in placement.existing_peers().values()]
+    mirrors = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::Proxy")
+    ]
+    return peers + mirrors
+
+
 def blob_table(blobs: list[dict], args: dict) -> str:
     lines = [
         f"GET of one {args['layer_mib']} MiB blob (Python client, sha256 while reading), "
         f"{len(blobs)} runs:",
         "",
-        "| path | median s | median ratio to direct | median s to first byte |",
-        "| --- | ---: | ---: | ---: |",
+        "| path | median s | median ratio to direct | median s to first byte "
+        "| median CPU-s of the peers and mirrors |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for mode in ("direct", "cold", "peer", "local"):
         lines.append(
             f"| {mode} | {med(blobs, mode + '_s'):.2f} | "
             f"{ratio_median(blobs, mode + '_s', 'direct_s'):.2f}x | "
-            f"{med(blobs, mode + '_first_s'):.3f} |"
+            f"{med(blobs, mode + '_first_s'):.3f} | {_cpu(blobs, mode)} |"
         )
     per_run = "; ".join(
         " / ".join(f"{r[m + '_s']:.2f}" for m in ("direct", "cold", "peer", "local")) for r in blobs
@@ -199,6 +218,7 @@ def blob_table(blobs: list[dict], args: dict) -> str:
 def concurrent_clients(
     args, front: CountingFront, registry: RegistryProcess, mirrors: list[str]
 ) -> list[dict]:
+    pids = rayfly_pids()
     rows = []
     for run in range(args.runs):
         image = build_image(f"bench/many{run}", "v1", [args.layer_mib * MiB], seed=3000 + run)
@@ -215,10 +235,11 @@ def concurrent_clients(
                 barrier.wait()
                 return hashlib.sha256(requests.get(url, timeout=600).content).hexdigest()
 
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), sum(map(cpu_seconds, pids))
             with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
                 got = set(pool.map(one, range(args.clients)))
             out[f"{mode}_s"] = time.perf_counter() - t0
+            out[f"{mode}_rayfly_cpu_s"] = sum(map(cpu_seconds, pids)) - cpu0
             assert got == {digest.split(":")[1]}, f"{mode}: wrong bytes"
             out[f"{mode}_upstream_ratio"] = front.state.bytes_by_digest[digest] / size
         rows.append(out)
@@ -289,17 +310,23 @@ def pull_table(pulls: list[dict], args: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu(rows: list[dict], mode: str) -> str:
+    """The median CPU-s rayfly's processes used in ``mode``; "n/a" in older result files."""
+    key = f"{mode}_rayfly_cpu_s"
+    return f"{med(rows, key):.2f}" if key in rows[0] else "n/a"
+
+
 def concurrent_table(many: list[dict], args: dict) -> str:
     lines = [
         f"{args['clients']} concurrent clients GET one {args['layer_mib']} MiB blob, "
         f"{len(many)} runs:",
         "",
-        "| path | median s | upstream bytes / blob |",
-        "| --- | ---: | ---: |",
+        "| path | median s | upstream bytes / blob | median CPU-s of the peers and mirrors |",
+        "| --- | ---: | ---: | ---: |",
         f"| through one node's mirror | {med(many, 'mirror_s'):.2f} | "
-        f"{med(many, 'mirror_upstream_ratio'):.2f}x |",
+        f"{med(many, 'mirror_upstream_ratio'):.2f}x | {_cpu(many, 'mirror')} |",
         f"| each client direct from the registry | {med(many, 'direct_s'):.2f} | "
-        f"{med(many, 'direct_upstream_ratio'):.2f}x |",
+        f"{med(many, 'direct_upstream_ratio'):.2f}x | {_cpu(many, 'direct')} |",
     ]
     return "\n".join(lines)
 

@@ -238,6 +238,27 @@ def test_range_and_head_from_p2p_cache(mirrors, front, test_image):
     assert head.headers["Docker-Content-Digest"] == digest
 
 
+def test_range_of_a_blob_still_arriving_is_sent_from_the_store_file(mirrors, front, registry):
+    """A node's mirror streams a blob its peer is still fetching from another node: pieces the
+    peer verified in its store's data file are sent from that file (sendfile), cut to the range
+    asked for, across piece boundaries, and nothing of it is asked upstream again."""
+    image = fresh_image(registry, "rayfly/rangearriving", 73, [13 * MiB + 7])
+    digest = image.layer_digests[0]
+    data = image.blobs[digest]
+    bases = list(mirrors.values())
+    requests.get(blob_url(bases[0], image, digest), timeout=60).raise_for_status()
+    lo, hi = 3 * MiB + 5, 9 * MiB + 17  # starts in piece 0, ends in piece 2 (4 MiB pieces)
+    resp = requests.get(
+        blob_url(bases[1], image, digest), headers={"Range": f"bytes={lo}-{hi}"}, timeout=60
+    )
+    assert resp.status_code == 206
+    assert resp.headers["Content-Range"] == f"bytes {lo}-{hi}/{len(data)}"
+    assert resp.content == data[lo : hi + 1]
+    whole = requests.get(blob_url(bases[3], image, digest), timeout=60)
+    assert "sha256:" + hashlib.sha256(whole.content).hexdigest() == digest
+    assert front.state.bytes_by_digest[digest] == len(data)
+
+
 def test_cli_status_and_idempotent_start(mirrors, front_server):
     from click.testing import CliRunner
 
