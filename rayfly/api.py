@@ -24,7 +24,7 @@ from rayfly.fanout import ProgressFn, fetch_everywhere
 from rayfly.filters import FileFilter
 from rayfly.protocol import FetchItem, FetchRequest, NodeResult
 from rayfly.report import Report
-from rayfly.task import SourceSpec, TaskInfo, info_for
+from rayfly.task import PieceLimits, SourceSpec, TaskInfo, info_for
 from rayfly.version import Version, identity
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -154,8 +154,8 @@ def plan(
     node_id = origin.node.node_id if origin.node else None
     base = SourceSpec(origin.url, options, tag, source_node=node_id)
     versions = [identity(f.version, tag, sha256) for f in files]
-    cap = None if piece_size else call_sync(lambda: ray.get(scheduler.piece_cap.remote()))
-    items = _items(files, versions, base, sha256, piece_size, single, cap)
+    limits = None if piece_size else call_sync(lambda: ray.get(scheduler.piece_limits.remote()))
+    items = _items(files, versions, base, sha256, piece_size, single, limits)
     tasks: list[TaskInfo] = call_sync(
         lambda: ray.get(scheduler.register_tasks.remote([i.task for i in items])),
         "registering the tasks",
@@ -170,18 +170,18 @@ def _items(
     sha256: str | None,
     piece_size: int | None,
     single: bool,
-    cap: int | None = None,
+    limits: PieceLimits | None = None,
 ) -> list[FetchItem]:
     """The items of a listing: a task per file, but the small files of a prefix in packs
-    (:mod:`rayfly.pack`, sized by :class:`~rayfly.config.PackConfig`); ``cap``: the largest
-    default piece size of a file's task (the scheduler's, from the links' measured rate)."""
+    (:mod:`rayfly.pack`, sized by :class:`~rayfly.config.PackConfig`); ``limits``: what the
+    scheduler measured of the links bounds the default piece size of a file's task."""
     packing = from_env(PackConfig)
     piece = pack.piece_size_of(packing.pack_size, piece_size)
     threshold = 0 if single else packing.pack_threshold
     groups = pack.plan([f.size for f in files], threshold, packing.pack_size, piece)
     items = [
         FetchItem(
-            _task(files[i], base, versions[i], sha256, piece_size, cap),
+            _task(files[i], base, versions[i], sha256, piece_size, limits),
             None if single else files[i].relpath,
         )
         for i in groups.singles
@@ -199,11 +199,11 @@ def _task(
     version: Version,
     sha256: str | None,
     piece_size: int | None,
-    cap: int | None = None,
+    limits: PieceLimits | None = None,
 ) -> TaskInfo:
     """The task of one listed file (its version folded into the task id)."""
     spec = dataclasses.replace(base, url=f.url, expected_sha256=sha256, version=version)
-    return info_for(spec, f.size, f.ranges, piece_size, cap)
+    return info_for(spec, f.size, f.ranges, piece_size, limits)
 
 
 def _check_name(items: list[FetchItem], dest: str) -> None:

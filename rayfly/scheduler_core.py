@@ -37,19 +37,19 @@ from rayfly.scheduling import (
     TaskView,
     origin_quota,
     origin_ramp,
-    piece_cap,
+    piece_limits,
     plan_batch,
     shortfall,
     takes_stream,
     wake_count,
     who_will_ask,
 )
-from rayfly.task import TaskInfo
+from rayfly.task import PieceLimits, TaskInfo
 
 MAX_ORIGIN_FAILURES = 3
 RATE_SAMPLE_MIN = 1 << 20
 """Transfers smaller than this say little about the links (their time is mostly latency): they
-do not count towards a parent's measured upload rate (:meth:`SchedulerCore.piece_cap`)."""
+do not count towards a parent's measured upload rate (:meth:`SchedulerCore.piece_limits`)."""
 EXPIRY_PERIOD_S = 1.0
 ACTIVE_PERIOD_S = 1.0
 WAITERS_PRUNE_AT = 4096
@@ -116,6 +116,7 @@ class PeerState:
     uploads: int = 0
     throughput: float = 0.0
     uplink: float = 0.0
+    transfer: float = 0.0
     suspect_until: float = -math.inf
     upload_rate: float | None = None
 
@@ -298,6 +299,7 @@ class SchedulerCore:
                 if d.nbytes >= RATE_SAMPLE_MIN:  # smaller: the latency, not the links
                     up = rate * (p.uploads + 1)  # it served this transfer and p.uploads others
                     p.uplink = 0.7 * p.uplink + 0.3 * up if p.uplink else up
+                    p.transfer = 0.7 * p.transfer + 0.3 * rate if p.transfer else rate
             if known:
                 self._hold(t, peer_id, d.piece, d.digest)
                 if d.parent is None:
@@ -353,10 +355,10 @@ class SchedulerCore:
         t = self.tasks.get(task_id)
         return t is not None and peer_id in self.peers and peer_id in t.have
 
-    def piece_cap(self) -> int | None:
-        """The largest piece a new task should have, from the transfers measured so far
-        (:func:`rayfly.scheduling.piece_cap`); None before any."""
-        return piece_cap((p.uplink, p.slots) for p in self.peers.values())
+    def piece_limits(self) -> PieceLimits | None:
+        """The piece sizes a new task may have, from the transfers measured so far
+        (:func:`rayfly.scheduling.piece_limits`); None before any."""
+        return piece_limits((p.uplink, p.slots, p.transfer) for p in self.peers.values())
 
     def expect(self, task_id: str, members: int) -> None:
         """``members`` nodes are about to fetch the task: until that many have joined, the

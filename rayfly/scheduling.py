@@ -28,7 +28,8 @@ Rules:
   (:func:`who_will_ask`), so that the reader keeps it in memory to serve when that is cheaper
   than reading it back from disk.
 - A new task's default pieces are no larger than what moves between peers in
-  :data:`PIECE_TARGET_S` at the measured rate (:func:`piece_cap`).
+  :data:`PIECE_TARGET_S` at the measured rate, nor smaller than moves in twice that at
+  the rate the transfers had (:func:`piece_limits`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import Protocol
 
 from rayfly.errors import InvalidInput
 from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Assignment
+from rayfly.task import PieceLimits
 
 MAX_CANDIDATES = 32
 SCAN_LIMIT = 4 * MAX_CANDIDATES
@@ -176,19 +178,29 @@ def upload_slots(slots: int, upload_rate: float | None, piece_size: int) -> int:
     return max(1, min(slots, int(upload_rate * SERVE_TARGET_S // max(1, piece_size))))
 
 
-def piece_cap(uplinks: Iterable[tuple[float, int]]) -> int | None:
-    """The largest piece (a power of two) that moves between peers within
-    :data:`PIECE_TARGET_S` when every parent serves all its slots at once; None before any
-    transfer was measured. ``uplinks``: per peer, the upload rate measured (a transfer's rate
-    times the transfers it was serving at the time) and its upload slots; the median of
-    rate / slots is a transfer's rate under full load. Ray asks again for an object whose pull
-    has not finished after 10 s (``object_manager_pull_timeout_ms``) and sends it twice: on
-    slow links pieces must be small enough to stay well inside that."""
-    rates = sorted(rate / max(1, slots) for rate, slots in uplinks if rate > 0)
-    if not rates:
+def piece_limits(parents: Iterable[tuple[float, int, float]]) -> PieceLimits | None:
+    """The piece sizes the measured transfers allow a new task (:class:`PieceLimits`); None
+    before any transfer was measured. ``parents``: per peer, its upload rate measured (a
+    transfer's rate times the transfers it was serving at the time), its upload slots, and
+    the moving average of its transfers' rates.
+
+    ``cap``: the median of uplink / slots (a transfer's rate when every parent serves all its
+    slots) times :data:`PIECE_TARGET_S`. ``fits``: the median transfer rate, as the transfers
+    went, times twice that. Ray asks again for an object whose pull has not finished after
+    10 s (``object_manager_pull_timeout_ms``) and sends it twice: on slow links pieces must be
+    small enough to stay well inside that."""
+    measured = [(up, slots, rate) for up, slots, rate in parents if up > 0 and rate > 0]
+    if not measured:
         return None
-    fits = int(rates[len(rates) // 2] * PIECE_TARGET_S)
-    return 1 << max(0, fits.bit_length() - 1)
+    per_slot = sorted(up / max(1, slots) for up, slots, _ in measured)
+    rates = sorted(rate for _, _, rate in measured)
+    cap = _pow2_below(per_slot[len(per_slot) // 2] * PIECE_TARGET_S)
+    return PieceLimits(cap, _pow2_below(rates[len(rates) // 2] * 2 * PIECE_TARGET_S))
+
+
+def _pow2_below(nbytes: float) -> int:
+    """The largest power of two not above ``nbytes`` (1 at least)."""
+    return 1 << max(0, int(nbytes).bit_length() - 1)
 
 
 def who_will_ask(

@@ -22,6 +22,21 @@ SLOW_LINK_MIN_PIECE = 1 << 20
 MAX_PIECE = 16 << 20
 TARGET_PIECES = 64
 
+
+@dataclass(frozen=True)
+class PieceLimits:
+    """What the transfers measured so far allow a new task's pieces (powers of two; from
+    :func:`rayfly.scheduling.piece_limits`).
+
+    ``cap``: the largest piece that moves within 2 s when every parent serves all its slots
+    (pieces share a parent's uplink; Ray asks again for an object whose pull has not finished
+    after 10 s). ``fits``: the largest piece that moves within 4 s at the rate the transfers
+    had, at the load they had: pieces are cut below the CPU floor (4 MiB) only down to it."""
+
+    cap: int
+    fits: int
+
+
 # Query parameters that sign a URL rather than name an object.
 SIGNATURE_PARAMS = re.compile(
     r"^(x-amz-.*|x-goog-.*|signature|expires|awsaccesskeyid|sig|se|sp|sv|sr|st|skoid|sktid|"
@@ -94,15 +109,19 @@ class TaskInfo:
 
 
 def info_for(
-    spec: SourceSpec, size: int, ranges: bool, piece_size: int | None, cap: int | None = None
+    spec: SourceSpec,
+    size: int,
+    ranges: bool,
+    piece_size: int | None,
+    limits: PieceLimits | None = None,
 ) -> TaskInfo:
     """The task of ``spec``, an object of ``size`` bytes (``piece_size`` None: the default,
-    at most ``cap``)."""
+    within ``limits``)."""
     return TaskInfo(
         spec.resolved_task_id(),
         spec.url,
         size,
-        piece_size or default_piece_size(size, cap),
+        piece_size or default_piece_size(size, limits),
         spec.storage_options,
         spec.expected_sha256,
         spec.version,
@@ -151,10 +170,9 @@ def task_id_for(
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def default_piece_size(length: int, cap: int | None = None) -> int:
-    """The next power of two of ``length / 64``, clamped to 4..16 MiB, and to ``cap`` when the
-    links are slow (:func:`rayfly.scheduling.piece_cap`: the largest piece that moves between
-    peers in 2 s when every parent serves all its slots).
+def default_piece_size(length: int, limits: PieceLimits | None = None) -> int:
+    """The next power of two of ``length / 64``, clamped to 4..16 MiB, and to ``limits.cap``
+    when the links are slow (:class:`PieceLimits`).
 
     Dragonfly aims at ~500 pieces (``length / 500``); a rayfly piece costs more to move (an
     actor call and an object in Ray's object store, ~10 ms of CPU per piece across peer and
@@ -163,15 +181,19 @@ def default_piece_size(length: int, cap: int | None = None) -> int:
     (docs/BENCHMARKS.md). 16 MiB at most keeps a peer's memory bounded: 8 pieces in flight and
     the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB.
 
-    The 4 MiB floor is for CPU (the ~10 ms per piece above) and yields on slower links: a piece
-    never takes more than twice the cap's 2 s to move at the measured rate (Ray asks again for
-    an object whose pull has not finished after 10 s, and the bytes cross twice), never below
-    1 MiB (:data:`SLOW_LINK_MIN_PIECE`). On the testbed the measured rates give 2 MiB at
-    100 Mbit/s per node and 1-2 MiB at 50 Mbit/s."""
+    The 4 MiB floor is for CPU (the ~10 ms per piece above) and yields on slower links, down
+    to ``limits.fits`` (a piece moves within 4 s at the rate the transfers had), never below
+    1 MiB (:data:`SLOW_LINK_MIN_PIECE`): 2 MiB at 50 Mbit/s per node on the testbed. The floor
+    follows the transfers as they went, not the cap's every-slot-busy estimate: on a testbed
+    whose 2 cores were saturated that estimate read the uplinks at a quarter of what the
+    transfers got, and cut the pieces to 1 MiB, which doubled the per-piece work that held the
+    transfers back (docs/BENCHMARKS.md, twelfth pass)."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
-    floor = MIN_PIECE if cap is None else max(SLOW_LINK_MIN_PIECE, min(MIN_PIECE, 2 * cap))
-    return min(MAX_PIECE, max(floor, min(size, cap or size)))
+    if limits is None:
+        return min(MAX_PIECE, max(MIN_PIECE, size))
+    floor = max(SLOW_LINK_MIN_PIECE, min(MIN_PIECE, limits.fits))
+    return min(MAX_PIECE, max(floor, min(size, limits.cap)))
 
 
 def piece_count(length: int, piece_size: int) -> int:

@@ -21,7 +21,7 @@ from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import InvalidInput
 from rayfly.protocol import Batch, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
-from rayfly.task import SourceSpec, TaskInfo, info_for
+from rayfly.task import PieceLimits, SourceSpec, TaskInfo, info_for
 from rayfly.version import identity
 
 PEER_CHECK_TIMEOUT_S = 10.0
@@ -118,7 +118,7 @@ class Scheduler:
         task_id = spec.resolved_task_id()
         if (known := self._registered(task_id)) is not None:
             return known  # no await since the check: the actor's one thread makes it single-flight
-        info = info_for(spec, listed.size, listed.ranges, piece_size, self.core.piece_cap())
+        info = info_for(spec, listed.size, listed.ranges, piece_size, self.core.piece_limits())
         self.core.add_task(info, order)
         return info
 
@@ -133,9 +133,9 @@ class Scheduler:
             out.append(known or info)
         return out
 
-    def piece_cap(self) -> int | None:
-        """See :meth:`SchedulerCore.piece_cap`."""
-        return self.core.piece_cap()
+    def piece_limits(self) -> PieceLimits | None:
+        """See :meth:`SchedulerCore.piece_limits`."""
+        return self.core.piece_limits()
 
     def expect(self, task_ids: list[str], members: int) -> None:
         """``members`` nodes are about to fetch these tasks (:meth:`SchedulerCore.expect`)."""

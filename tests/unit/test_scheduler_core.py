@@ -5,7 +5,7 @@ import asyncio
 from rayfly.config import SchedulerConfig
 from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
-from rayfly.task import MAX_PIECE, TaskInfo
+from rayfly.task import MAX_PIECE, PieceLimits, TaskInfo, default_piece_size
 
 MiB = 1 << 20
 
@@ -420,20 +420,36 @@ def test_origin_pieces_only_peers_of_the_same_host_will_ask_for_say_so():
     assert all(x.share == SHARE_REMOTE for x in c.plan("t", "a", 2).assignments)
 
 
-def test_piece_cap_follows_the_measured_transfer_rate():
+def test_piece_limits_follow_the_measured_transfer_rates():
     c, _ = core()
-    assert c.piece_cap() is None  # nothing measured yet: the default layout
+    assert c.piece_limits() is None  # nothing measured yet: the default layout
     c.join("t", "a", "ha", 8, {i: "d" for i in range(8)})
     c.join("t", "b", "hb", 8)
     leases = c.plan("t", "b", 8).assignments
     assert len(leases) == 8 and all(x.parent == "a" for x in leases)  # a serves all 8 slots
     # one of them, 1 MiB in 0.7 s while a served 7 others: a's uplink moves 12 MB/s (100 Mbit/s)
     c.report("t", "b", [Done(leases[0].piece, "d", "a", MiB, 0.7)], [])
-    assert c.piece_cap() == 2 * MiB  # 8 at once: 1.5 MB/s each, 3 MB in 2 s, a power of two
+    # 8 at once: 1.5 MB/s each, 3 MB in 2 s (a power of two); 6 MB in 4 s as it went
+    assert c.piece_limits() == PieceLimits(cap=2 * MiB, fits=4 * MiB)
     c.report("t", "b", [Done(leases[1].piece, "d", "a", 4096, 0.5)], [])  # a small file's
-    assert c.piece_cap() == 2 * MiB  # latency, not link rate: not counted
+    assert c.piece_limits() == PieceLimits(cap=2 * MiB, fits=4 * MiB)  # latency: not counted
     c.report("t", "b", [Done(leases[2].piece, "d", "a", MiB, 0.01)], [])  # 105 MB/s, 5 others
-    assert c.piece_cap() >= MAX_PIECE  # fast links: the defaults stand
+    assert c.piece_limits().cap >= MAX_PIECE  # fast links: the defaults stand
+
+
+def test_transfers_slowed_by_a_busy_cpu_keep_the_cpu_floor():
+    """A parent serving one child at a time whose 4 MiB pieces take 1.4 s (a saturated CPU,
+    not a slow link): the every-slot estimate reads its uplink as 0.75 MB/s per slot, but the
+    transfers move 3 MB/s; a new task keeps 4 MiB pieces rather than halve them (twice the
+    per-piece work on the CPU that held the transfers back)."""
+    c, _ = core()
+    c.join("t", "a", "ha", 8, {i: "d" for i in range(8)})
+    c.join("t", "b", "hb", 8)
+    leases = c.plan("t", "b", 2).assignments
+    c.report("t", "b", [Done(leases[0].piece, "d", "a", 4 * MiB, 1.4)], [])
+    measured = c.piece_limits()
+    assert measured == PieceLimits(cap=1 * MiB, fits=8 * MiB)
+    assert default_piece_size(512 * MiB, measured) == 4 * MiB
 
 
 def test_the_peer_that_read_a_piece_from_the_origin_serves_it_before_equally_loaded_holders():

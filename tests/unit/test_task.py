@@ -2,6 +2,7 @@ import pytest
 
 from rayfly.errors import InvalidInput
 from rayfly.task import (
+    PieceLimits,
     TaskInfo,
     default_piece_size,
     normalize_url,
@@ -31,23 +32,30 @@ def test_piece_size_rule(length, expected):
     assert default_piece_size(length) == expected
 
 
+def limits(cap: int, fits: int) -> PieceLimits:
+    return PieceLimits(cap=cap, fits=fits)
+
+
 @pytest.mark.parametrize(
-    ("length", "cap", "expected"),
+    ("length", "measured", "expected"),
     [
         (512 * MiB, None, 8 * MiB),
-        (512 * MiB, 4 * MiB, 4 * MiB),  # slow links: smaller pieces
-        (512 * MiB, 2 * MiB, 4 * MiB),  # 100 Mbit/s, 8 slots: 4 MiB (4 s) for the CPU
-        (512 * MiB, 1 * MiB, 2 * MiB),  # 50 Mbit/s: 2 MiB, within 4 s a transfer
-        (512 * MiB, 512 << 10, 1 * MiB),  # 25 Mbit/s: 1 MiB
-        (512 * MiB, 64 << 10, 1 * MiB),  # never below 1 MiB
-        (100 * MiB, 1 * MiB, 2 * MiB),  # a small file on slow links too
-        (1 << 30, 8 * MiB, 8 * MiB),
-        (1 << 30, 1 << 30, 16 * MiB),  # fast links change nothing
-        (100 * MiB, 8 * MiB, 4 * MiB),  # a cap never makes a piece larger
+        (512 * MiB, limits(4 * MiB, 8 * MiB), 4 * MiB),  # slow links: smaller pieces
+        (512 * MiB, limits(2 * MiB, 4 * MiB), 4 * MiB),  # 100 Mbit/s, 8 slots: 4 MiB for CPU
+        (512 * MiB, limits(1 * MiB, 2 * MiB), 2 * MiB),  # 50 Mbit/s: 2 MiB move within 4 s
+        (512 * MiB, limits(512 << 10, 1 * MiB), 1 * MiB),  # 25 Mbit/s: 1 MiB
+        (512 * MiB, limits(64 << 10, 64 << 10), 1 * MiB),  # never below 1 MiB
+        # the every-slot estimate low, the transfers fast (a busy CPU, not a slow link): the
+        # CPU floor stands
+        (512 * MiB, limits(512 << 10, 8 * MiB), 4 * MiB),
+        (100 * MiB, limits(1 * MiB, 2 * MiB), 2 * MiB),  # a small file on slow links too
+        (1 << 30, limits(8 * MiB, 16 * MiB), 8 * MiB),
+        (1 << 30, limits(1 << 30, 1 << 30), 16 * MiB),  # fast links change nothing
+        (100 * MiB, limits(8 * MiB, 16 * MiB), 4 * MiB),  # a cap never makes a piece larger
     ],
 )
-def test_a_piece_size_cap_from_slow_links(length, cap, expected):
-    assert default_piece_size(length, cap) == expected
+def test_a_piece_size_from_the_measured_links(length, measured, expected):
+    assert default_piece_size(length, measured) == expected
 
 
 def test_layout_covers_every_byte_once():
