@@ -182,20 +182,25 @@ def piece_limits(parents: Iterable[tuple[float, int, float]]) -> PieceLimits | N
     """The piece sizes the measured transfers allow a new task (:class:`PieceLimits`); None
     before any transfer was measured. ``parents``: per peer, its upload rate measured (a
     transfer's rate times the transfers it was serving at the time), its upload slots, and
-    the moving average of its transfers' rates.
+    the moving average of the rates of its transfers that ran while it served at least half
+    its slots (0 if none did).
 
     ``cap``: the median of uplink / slots (a transfer's rate when every parent serves all its
-    slots) times :data:`PIECE_TARGET_S`. ``fits``: the median transfer rate, as the transfers
-    went, times twice that. Ray asks again for an object whose pull has not finished after
-    10 s (``object_manager_pull_timeout_ms``) and sends it twice: on slow links pieces must be
-    small enough to stay well inside that."""
-    measured = [(up, slots, rate) for up, slots, rate in parents if up > 0 and rate > 0]
+    slots) times :data:`PIECE_TARGET_S`. ``fits``: the median rate of the transfers under load
+    times twice that; twice the cap when no transfer ran under load yet (a light warm-up says
+    little of what eight transfers at once get). Ray asks again for an object whose pull has
+    not finished after 10 s (``object_manager_pull_timeout_ms``) and sends it twice: on slow
+    links pieces must be small enough to stay well inside that."""
+    measured = [(up / max(1, slots), rate) for up, slots, rate in parents if up > 0]
     if not measured:
         return None
-    per_slot = sorted(up / max(1, slots) for up, slots, _ in measured)
-    rates = sorted(rate for _, _, rate in measured)
+    per_slot = sorted(slot for slot, _ in measured)
     cap = _pow2_below(per_slot[len(per_slot) // 2] * PIECE_TARGET_S)
-    return PieceLimits(cap, _pow2_below(rates[len(rates) // 2] * 2 * PIECE_TARGET_S))
+    loaded = sorted(rate for _, rate in measured if rate > 0)
+    if not loaded:
+        return PieceLimits(cap, 2 * cap)
+    fits = _pow2_below(loaded[len(loaded) // 2] * 2 * PIECE_TARGET_S)
+    return PieceLimits(cap, max(2 * cap, fits))
 
 
 def _pow2_below(nbytes: float) -> int:

@@ -438,18 +438,38 @@ def test_piece_limits_follow_the_measured_transfer_rates():
 
 
 def test_transfers_slowed_by_a_busy_cpu_keep_the_cpu_floor():
-    """A parent serving one child at a time whose 4 MiB pieces take 1.4 s (a saturated CPU,
-    not a slow link): the every-slot estimate reads its uplink as 0.75 MB/s per slot, but the
-    transfers move 3 MB/s; a new task keeps 4 MiB pieces rather than halve them (twice the
-    per-piece work on the CPU that held the transfers back)."""
+    """A busy parent's transfers move 3 MB/s (4 MiB in 1.4 s while it serves 5 others); later
+    ones, each alone on it, take 1 s per MiB: the CPU, not the link (alone, a transfer would
+    have the link to itself). The every-slot estimate reads those as an uplink of 1-2 MB/s
+    shared by 8 slots, but the pieces stay 4 MiB rather than fall to 1 MiB (four times the
+    per-piece work, on the CPU that held the transfers back)."""
+    c, _ = core(pieces=32)
+    c.join("t", "a", "ha", 8, {i: "d" for i in range(32)})
+    c.join("t", "b", "hb", 8)
+    leases = c.plan("t", "b", 6).assignments
+    assert len(leases) == 6 and all(x.parent == "a" for x in leases)
+    c.report("t", "b", [Done(leases[0].piece, "d", "a", 4 * MiB, 1.4)], [])  # 5 others: loaded
+    c.report("t", "b", [Done(x.piece, "d", "a", 4096, 0.01) for x in leases[1:]], [])
+    for _ in range(8):
+        (alone,) = c.plan("t", "b", 1).assignments
+        c.report("t", "b", [Done(alone.piece, "d", "a", MiB, 1.0)], [])
+    measured = c.piece_limits()
+    assert measured.cap <= 512 << 10  # what the old floor followed: 1 MiB pieces
+    assert measured.fits == 8 * MiB  # 3 MB/s x 4 s, as the loaded transfers went
+    assert default_piece_size(512 * MiB, measured) == 4 * MiB
+
+
+def test_a_light_warm_up_keeps_the_every_slot_estimate():
+    """Transfers that ran alone on their parent say little of what eight at once get: with no
+    transfer under load, pieces follow the every-slot estimate (2 MiB at 50 Mbit/s)."""
     c, _ = core()
     c.join("t", "a", "ha", 8, {i: "d" for i in range(8)})
     c.join("t", "b", "hb", 8)
-    leases = c.plan("t", "b", 2).assignments
-    c.report("t", "b", [Done(leases[0].piece, "d", "a", 4 * MiB, 1.4)], [])
+    (lease,) = c.plan("t", "b", 1).assignments
+    c.report("t", "b", [Done(lease.piece, "d", "a", MiB, 0.17)], [])  # 6 MB/s: 50 Mbit/s alone
     measured = c.piece_limits()
-    assert measured == PieceLimits(cap=1 * MiB, fits=8 * MiB)
-    assert default_piece_size(512 * MiB, measured) == 4 * MiB
+    assert measured == PieceLimits(cap=1 * MiB, fits=2 * MiB)
+    assert default_piece_size(512 * MiB, measured) == 2 * MiB
 
 
 def test_the_peer_that_read_a_piece_from_the_origin_serves_it_before_equally_loaded_holders():
