@@ -299,7 +299,7 @@ class SchedulerCore:
                 if d.nbytes >= RATE_SAMPLE_MIN:  # smaller: the latency, not the links
                     up = rate * (p.uploads + 1)  # it served this transfer and p.uploads others
                     p.uplink = 0.7 * p.uplink + 0.3 * up if p.uplink else up
-                    if 2 * (p.uploads + 1) >= p.slots:  # under load: what a transfer gets
+                    if p.uploads + 1 >= p.slots:  # every slot busy: what a transfer gets
                         p.transfer = 0.7 * p.transfer + 0.3 * rate if p.transfer else rate
             if known:
                 self._hold(t, peer_id, d.piece, d.digest)

@@ -182,13 +182,15 @@ def piece_limits(parents: Iterable[tuple[float, int, float]]) -> PieceLimits | N
     """The piece sizes the measured transfers allow a new task (:class:`PieceLimits`); None
     before any transfer was measured. ``parents``: per peer, its upload rate measured (a
     transfer's rate times the transfers it was serving at the time), its upload slots, and
-    the moving average of the rates of its transfers that ran while it served at least half
-    its slots (0 if none did).
+    the moving average of the rates of its transfers that ended while it served all its slots
+    (0 if none did).
 
     ``cap``: the median of uplink / slots (a transfer's rate when every parent serves all its
-    slots) times :data:`PIECE_TARGET_S`. ``fits``: the median rate of the transfers under load
-    times twice that; twice the cap when no transfer ran under load yet (a light warm-up says
-    little of what eight transfers at once get). Ray asks again for an object whose pull has
+    slots, extrapolated from every transfer) times :data:`PIECE_TARGET_S`. ``fits``: the median
+    rate measured at full load times twice that; twice the cap when no parent was at full load
+    yet. The extrapolation holds when the link is what slows a transfer; when the CPU is, a
+    transfer beside one or two others is slow too, and the extrapolation reads it as a slow
+    link shared by every slot. Ray asks again for an object whose pull has
     not finished after 10 s (``object_manager_pull_timeout_ms``) and sends it twice: on slow
     links pieces must be small enough to stay well inside that."""
     measured = [(up / max(1, slots), rate) for up, slots, rate in parents if up > 0]

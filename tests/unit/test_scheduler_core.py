@@ -438,7 +438,7 @@ def test_piece_limits_follow_the_measured_transfer_rates():
 
 
 def test_transfers_slowed_by_a_busy_cpu_keep_the_cpu_floor():
-    """A busy parent's transfers move 3 MB/s (4 MiB in 1.4 s while it serves 5 others); later
+    """A busy parent's transfers move 3 MB/s (4 MiB in 1.4 s while it serves 7 others); later
     ones, each alone on it, take 1 s per MiB: the CPU, not the link (alone, a transfer would
     have the link to itself). The every-slot estimate reads those as an uplink of 1-2 MB/s
     shared by 8 slots, but the pieces stay 4 MiB rather than fall to 1 MiB (four times the
@@ -446,9 +446,9 @@ def test_transfers_slowed_by_a_busy_cpu_keep_the_cpu_floor():
     c, _ = core(pieces=32)
     c.join("t", "a", "ha", 8, {i: "d" for i in range(32)})
     c.join("t", "b", "hb", 8)
-    leases = c.plan("t", "b", 6).assignments
-    assert len(leases) == 6 and all(x.parent == "a" for x in leases)
-    c.report("t", "b", [Done(leases[0].piece, "d", "a", 4 * MiB, 1.4)], [])  # 5 others: loaded
+    leases = c.plan("t", "b", 8).assignments
+    assert len(leases) == 8 and all(x.parent == "a" for x in leases)
+    c.report("t", "b", [Done(leases[0].piece, "d", "a", 4 * MiB, 1.4)], [])  # every slot busy
     c.report("t", "b", [Done(x.piece, "d", "a", 4096, 0.01) for x in leases[1:]], [])
     for _ in range(8):
         (alone,) = c.plan("t", "b", 1).assignments
@@ -460,8 +460,9 @@ def test_transfers_slowed_by_a_busy_cpu_keep_the_cpu_floor():
 
 
 def test_a_light_warm_up_keeps_the_every_slot_estimate():
-    """Transfers that ran alone on their parent say little of what eight at once get: with no
-    transfer under load, pieces follow the every-slot estimate (2 MiB at 50 Mbit/s)."""
+    """Transfers that ran beside fewer than 8 on their parent say little of what eight at once
+    get: with no transfer at full load, pieces follow the every-slot estimate (2 MiB at
+    50 Mbit/s)."""
     c, _ = core()
     c.join("t", "a", "ha", 8, {i: "d" for i in range(8)})
     c.join("t", "b", "hb", 8)
