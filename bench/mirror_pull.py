@@ -41,6 +41,7 @@ import ray
 import requests
 
 from bench.core import cpu_seconds
+from bench.procstat import machine_busy_s
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
 from rayfly.config import NAMESPACE
@@ -99,10 +100,11 @@ def pull_modes(
     ctds["cold"].use_mirror(front.host, mirrors[0], front.url)
     ctds["peer"].use_mirror(front.host, mirrors[-1], front.url)
     ctds["warm"].use_mirror(front.host, mirrors[-1], front.url)
+    pids = rayfly_pids()
     rows = []
     try:
         for run in range(args.runs):
-            row = one_run(args, run, front, registry, ctds, upstreams)
+            row = one_run(args, run, front, registry, ctds, upstreams, pids)
             rows.append(row)
             for ctd in ctds.values():
                 ctd.remove_all()
@@ -121,9 +123,11 @@ def one_run(
     registry: RegistryProcess,
     ctds: dict[str, Containerd],
     upstreams: dict[str, Upstream],
+    pids: list[int],
 ) -> dict:
     """One run: a fresh image for direct, cold and peer, another preheated to every node for
-    warm, each mode pulled in this run's order."""
+    warm, each mode pulled in this run's order; with each pull's seconds, the CPU seconds
+    the whole machine and rayfly's processes (``pids``) used during it."""
     sizes = [args.layer_mib * MiB, 6 * MiB, MiB, 20_000]
     image = build_image(f"bench/pull{run}", "v1", sizes, seed=1000 + run)
     warm_image = build_image(f"bench/warm{run}", "v1", sizes, seed=2000 + run)
@@ -139,7 +143,10 @@ def one_run(
         name = warm_image.name if mode == "warm" else image.name
         os.sync()
         front.state.reset()
+        busy0, cpu0 = machine_busy_s(), sum(map(cpu_seconds, pids))
         row[f"{mode}_s"] = timed_pull(ctds[mode], f"{front.host}/{name}:v1")
+        row[f"{mode}_busy_cpu_s"] = machine_busy_s() - busy0
+        row[f"{mode}_rayfly_cpu_s"] = sum(map(cpu_seconds, pids)) - cpu0
         key = {"direct": "direct_upstream_bytes", "cold": "cold_upstream_bytes"}.get(
             mode, f"{mode}_upstream_blob_bytes"
         )
@@ -184,14 +191,14 @@ def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: li
 
 
 def rayfly_pids() -> list[int]:
-    """The processes of every node's peer and mirror actors."""
+    """The processes of every node's peer and mirror actors and of the scheduler."""
     peers = [ray.get(p.info.remote())["pid"] for p in placement.existing_peers().values()]
-    mirrors = [
+    others = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
-        if (p.info["cmdline"] or [""])[0].startswith("ray::Proxy")
+        if (p.info["cmdline"] or [""])[0].startswith(("ray::Proxy", "ray::Scheduler"))
     ]
-    return peers + mirrors
+    return peers + others
 
 
 def blob_table(blobs: list[dict], args: dict) -> str:
@@ -289,13 +296,16 @@ def pull_table(pulls: list[dict], args: dict) -> str:
         )
         + "; the modes of a run pull side by side (same load):",
         "",
-        "| mode | median s | median of per-run ratios to direct | upstream blob bytes / image |",
-        "| --- | ---: | ---: | ---: |",
+        "| mode | median s | median of per-run ratios to direct | upstream blob bytes / image "
+        "| median CPU-s: machine (rayfly) | machine busy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    cores = os.cpu_count() or 1
     for mode, label, up in modes:
         lines.append(
             f"| {label} | {med(pulls, mode + '_s'):.2f} | "
-            f"{ratio_median(pulls, mode + '_s', 'direct_s'):.2f}x | {med(pulls, up) / image:.2f} |"
+            f"{ratio_median(pulls, mode + '_s', 'direct_s'):.2f}x | {med(pulls, up) / image:.2f} "
+            f"| {_busy(pulls, mode, cores)} |"
         )
     per_run = "; ".join(" / ".join(f"{r[m + '_s']:.2f}" for m, _, _ in modes) for r in pulls)
     lines += [
@@ -308,6 +318,15 @@ def pull_table(pulls: list[dict], args: dict) -> str:
         loads = ", ".join(f"{r['loadavg']:.1f}" for r in pulls)
         lines.append(f"Load average (1 min) at the end of each run: {loads}.")
     return "\n".join(lines)
+
+
+def _busy(rows: list[dict], mode: str, cores: int) -> str:
+    """The median CPU-s the machine and rayfly used in ``mode`` and the median share of the
+    machine's cores busy during a pull; "n/a" in older result files."""
+    if f"{mode}_busy_cpu_s" not in rows[0]:
+        return "n/a | n/a"
+    share = statistics.median(r[f"{mode}_busy_cpu_s"] / (cores * r[f"{mode}_s"]) for r in rows)
+    return f"{med(rows, mode + '_busy_cpu_s'):.2f} ({_cpu(rows, mode)}) | {share:.0%}"
 
 
 def _cpu(rows: list[dict], mode: str) -> str:

@@ -3,6 +3,7 @@ parentheses, so the line is cut at its last ``)``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -12,3 +13,11 @@ def stat_fields(pid: int | str) -> tuple[str, list[str]]:
     user / system clock ticks). OSError if the process is gone."""
     head, tail = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
     return head.split("(", 1)[1], tail.split()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot, summed over its cores
+    (``/proc/stat``: every state but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
