@@ -28,8 +28,8 @@ Rules:
   (:func:`who_will_ask`), so that the reader keeps it in memory to serve when that is cheaper
   than reading it back from disk.
 - A new task's default pieces are no larger than what moves between peers in
-  :data:`PIECE_TARGET_S` at the measured rate, nor smaller than moves in twice that at
-  the rate the transfers had (:func:`piece_limits`).
+  :data:`PIECE_TARGET_S` at the measured rate, nor (below 4 MiB) smaller than moves in twice
+  that at the rate transfers had while their parent served all its slots (:func:`piece_limits`).
 """
 
 from __future__ import annotations
@@ -190,9 +190,9 @@ def piece_limits(parents: Iterable[tuple[float, int, float]]) -> PieceLimits | N
     rate measured at full load times twice that; twice the cap when no parent was at full load
     yet. The extrapolation holds when the link is what slows a transfer; when the CPU is, a
     transfer beside one or two others is slow too, and the extrapolation reads it as a slow
-    link shared by every slot. Ray asks again for an object whose pull has
-    not finished after 10 s (``object_manager_pull_timeout_ms``) and sends it twice: on slow
-    links pieces must be small enough to stay well inside that."""
+    link shared by every slot. Ray asks again for an object whose pull has not finished after
+    10 s (``object_manager_pull_timeout_ms``) and sends it twice: on slow links pieces must be
+    small enough to stay well inside that."""
     measured = [(up / max(1, slots), rate) for up, slots, rate in parents if up > 0]
     if not measured:
         return None

@@ -183,12 +183,13 @@ def default_piece_size(length: int, limits: PieceLimits | None = None) -> int:
     the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB.
 
     The 4 MiB floor is for CPU (the ~10 ms per piece above) and yields on slower links, down
-    to ``limits.fits`` (a piece moves within 4 s at the rate the transfers had), never below
-    1 MiB (:data:`SLOW_LINK_MIN_PIECE`): 2 MiB at 50 Mbit/s per node on the testbed. The floor
-    follows the transfers as they went, not the cap's every-slot-busy estimate: on a testbed
-    whose 2 cores were saturated that estimate read the uplinks at a quarter of what the
-    transfers got, and cut the pieces to 1 MiB, which doubled the per-piece work that held the
-    transfers back (docs/BENCHMARKS.md, twelfth pass)."""
+    to ``limits.fits`` (a piece moves within 4 s at the rate transfers had while their parent
+    served all its slots), never below 1 MiB (:data:`SLOW_LINK_MIN_PIECE`): 2 MiB at 50 Mbit/s
+    per node on the testbed. The floor follows transfers measured at full load, not the cap's
+    extrapolation from every transfer: on a testbed whose 2 cores were saturated that estimate
+    read the uplinks at a sixth of what the transfers got and cut the pieces to 1 MiB, which
+    doubled the per-piece work that held the transfers back (docs/BENCHMARKS.md, twelfth
+    pass)."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
     if limits is None:
