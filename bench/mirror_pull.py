@@ -170,7 +170,7 @@ def timed_get(url: str) -> tuple[float, float, str]:
 def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: list[str]) -> list:
     """One fresh blob per run, GET in the order of the pull modes: direct, cold (node 0),
     peer (node N-1, cached on node 0 only), local (node N-1 again, now in its own cache), with
-    the CPU seconds rayfly's processes (every node's mirror and peer) used during each."""
+    the CPU seconds rayfly's processes (:func:`rayfly_pids`) used during each."""
     pids = rayfly_pids()
     rows = []
     for run in range(args.runs):
@@ -207,7 +207,7 @@ def blob_table(blobs: list[dict], args: dict) -> str:
         f"{len(blobs)} runs:",
         "",
         "| path | median s | median ratio to direct | median s to first byte "
-        "| median CPU-s of the peers and mirrors |",
+        "| median CPU-s of the peers, mirrors and scheduler |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for mode in ("direct", "cold", "peer", "local"):
@@ -340,7 +340,8 @@ def concurrent_table(many: list[dict], args: dict) -> str:
         f"{args['clients']} concurrent clients GET one {args['layer_mib']} MiB blob, "
         f"{len(many)} runs:",
         "",
-        "| path | median s | upstream bytes / blob | median CPU-s of the peers and mirrors |",
+        "| path | median s | upstream bytes / blob "
+        "| median CPU-s of the peers, mirrors and scheduler |",
         "| --- | ---: | ---: | ---: |",
         f"| through one node's mirror | {med(many, 'mirror_s'):.2f} | "
         f"{med(many, 'mirror_upstream_ratio'):.2f}x | {_cpu(many, 'mirror')} |",

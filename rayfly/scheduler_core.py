@@ -116,9 +116,14 @@ class PeerState:
     uploads: int = 0
     throughput: float = 0.0
     uplink: float = 0.0
-    transfer: float = 0.0
+    full_load_rate: float = 0.0
     suspect_until: float = -math.inf
     upload_rate: float | None = None
+
+
+def _moving(average: float, sample: float) -> float:
+    """A measured rate's moving average: the first sample, then 30 % of each new one."""
+    return 0.7 * average + 0.3 * sample if average else sample
 
 
 class _Reachable(Mapping[str, PeerState]):
@@ -294,13 +299,13 @@ class SchedulerCore:
             self._release(t, peer_id, d.piece)
             if d.parent in self.peers and d.seconds > 0:
                 p = self.peers[d.parent]
-                rate = d.nbytes / d.seconds  # the first measurement, then a moving average
-                p.throughput = 0.7 * p.throughput + 0.3 * rate if p.throughput else rate
+                rate = d.nbytes / d.seconds
+                p.throughput = _moving(p.throughput, rate)
                 if d.nbytes >= RATE_SAMPLE_MIN:  # smaller: the latency, not the links
-                    up = rate * (p.uploads + 1)  # it served this transfer and p.uploads others
-                    p.uplink = 0.7 * p.uplink + 0.3 * up if p.uplink else up
+                    # it served this transfer and p.uploads others
+                    p.uplink = _moving(p.uplink, rate * (p.uploads + 1))
                     if p.uploads + 1 >= p.slots:  # every slot busy: what a transfer gets
-                        p.transfer = 0.7 * p.transfer + 0.3 * rate if p.transfer else rate
+                        p.full_load_rate = _moving(p.full_load_rate, rate)
             if known:
                 self._hold(t, peer_id, d.piece, d.digest)
                 if d.parent is None:
@@ -359,7 +364,8 @@ class SchedulerCore:
     def piece_limits(self) -> PieceLimits | None:
         """The piece sizes a new task may have, from the transfers measured so far
         (:func:`rayfly.scheduling.piece_limits`); None before any."""
-        return piece_limits((p.uplink, p.slots, p.transfer) for p in self.peers.values())
+        peers = self.peers.values()
+        return piece_limits((p.uplink, p.slots, p.full_load_rate) for p in peers)
 
     def expect(self, task_id: str, members: int) -> None:
         """``members`` nodes are about to fetch the task: until that many have joined, the

@@ -199,9 +199,7 @@ def piece_limits(parents: Iterable[tuple[float, int, float]]) -> PieceLimits | N
     per_slot = sorted(slot for slot, _ in measured)
     cap = _pow2_below(per_slot[len(per_slot) // 2] * PIECE_TARGET_S)
     loaded = sorted(rate for _, rate in measured if rate > 0)
-    if not loaded:
-        return PieceLimits(cap, 2 * cap)
-    fits = _pow2_below(loaded[len(loaded) // 2] * 2 * PIECE_TARGET_S)
+    fits = _pow2_below(loaded[len(loaded) // 2] * 2 * PIECE_TARGET_S) if loaded else 0
     return PieceLimits(cap, max(2 * cap, fits))
 
 

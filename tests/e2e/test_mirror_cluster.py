@@ -238,10 +238,10 @@ def test_range_and_head_from_p2p_cache(mirrors, front, test_image):
     assert head.headers["Docker-Content-Digest"] == digest
 
 
-def test_range_of_a_blob_still_arriving_is_sent_from_the_store_file(mirrors, front, registry):
+def test_range_of_a_blob_still_arriving_is_read_from_the_store_file(mirrors, front, registry):
     """A node's mirror streams a blob its peer is still fetching from another node: pieces the
-    peer verified in its store's data file are sent from that file (sendfile), cut to the range
-    asked for, across piece boundaries, and nothing of it is asked upstream again."""
+    peer verified in its store's data file are read from that file, cut to the range asked
+    for, across piece boundaries, and nothing of it is asked upstream again."""
     image = fresh_image(registry, "rayfly/rangearriving", 73, [13 * MiB + 7])
     digest = image.layer_digests[0]
     data = image.blobs[digest]
