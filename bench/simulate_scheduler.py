@@ -347,6 +347,10 @@ def main() -> None:
         default=None,
         help="what-if: wake this many long-polling peers per report (0: all of them)",
     )
+    parser.add_argument(
+        "--slots", type=int, default=8, help="download slots and upload slots per peer"
+    )
+    parser.add_argument("--origin-parallelism", type=int, default=8)
     parser.add_argument("--slow-peers", type=int, default=0, help="peers with a slower link")
     parser.add_argument("--slow-factor", type=float, default=1.0, help="how much slower")
     parser.add_argument(
@@ -365,6 +369,8 @@ def main() -> None:
         cfg = SimConfig(peers=n, size=size, piece_size=piece, rate_gbit=args.rate_gbit,
                         origin_rate_gbit=args.rate_gbit, max_cpu_s=args.max_cpu,
                         wake_limit=args.wake_limit, slow_peers=args.slow_peers,
+                        concurrency=args.slots, upload_slots=args.slots,
+                        origin_parallelism=args.origin_parallelism,
                         slow_factor=args.slow_factor, ask_beside=args.ask_beside)  # fmt: skip
         result = Simulation(cfg).run()
         doc["runs"].append(result)

@@ -1,6 +1,8 @@
 """What writing a file costs on this machine: through the page cache (the first time, when the
 kernel has to find fresh pages, and again right after, when it reuses the pages it just
-freed), with ``fsync``, and with ``O_DIRECT``. Wall and CPU seconds of this process.
+freed), with ``fsync``, and with ``O_DIRECT``; and what the first touch of fresh anonymous
+memory costs (``touch``: one byte written per page of a new mapping, twice in a row). Wall and
+CPU seconds of this process.
 
     python -m bench.write_cost --size 1GiB --dir /tmp --runs 2
 
@@ -18,6 +20,8 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from rayfly.config import parse_size
 
@@ -48,6 +52,18 @@ def write_once(path: Path, size: int, mode: str, buf: mmap.mmap) -> dict[str, fl
     return {"seconds": seconds, "cpu_s": cpu}
 
 
+def touch_once(size: int) -> dict[str, float]:
+    """Map ``size`` bytes of anonymous memory, write one byte per page, unmap: what a process
+    pays for memory the kernel has to find (and, on a VM, the host has to back) afresh."""
+    mem = mmap.mmap(-1, size)
+    try:
+        t0, c0 = time.perf_counter(), _cpu()
+        np.frombuffer(mem, np.uint8)[:: mmap.PAGESIZE] = 1
+        return {"seconds": time.perf_counter() - t0, "cpu_s": _cpu() - c0}
+    finally:
+        mem.close()
+
+
 def main() -> None:
     """Command-line entry point: prints one JSON document."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -65,6 +81,11 @@ def main() -> None:
             got = write_once(path, size, mode.removesuffix("_again"), buf)
             per_gib = got["cpu_s"] / (size / 2**30)
             rows.append({"run": run, "mode": mode, **got, "cpu_s_per_gib": per_gib})
+        for mode in ("touch", "touch_again"):
+            got = touch_once(size)
+            rows.append(
+                {"run": run, "mode": mode, **got, "cpu_s_per_gib": got["cpu_s"] / (size / 2**30)}
+            )
         time.sleep(5)  # idle, as between two distributions
     doc = {"bench": "write_cost", "size": size, "dir": args.dir, "rows": rows}
     print(json.dumps(doc, indent=2))
