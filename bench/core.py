@@ -242,7 +242,8 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             f0 = [sum(map(minor_faults, pids)) for pids in (peers, raylets)]
             t0 = time.perf_counter()
             if method == "rayfly":
-                report = rayfly_once(url, str(dest / "{node_id}" / "payload.bin"))[1]
+                where = str(dest / "{node_id}" / "payload.bin")
+                report = rayfly_once(url, where, piece_size=args.piece_size)[1]
             else:
                 run_tasks(method, url, nodes, dest, "payload.bin")
             c1 = [sum(map(cpu_seconds, pids)) for pids in (peers, raylets)]
@@ -274,6 +275,7 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ),
         "nodes": args.nodes,
         "size": args.size,
+        "piece_size": args.piece_size,
         "runs": runs,
         "median": summary,
         "load_avg_1m": os.getloadavg()[0],
@@ -305,6 +307,12 @@ def main() -> None:
         choices=["on", "off"],
         default="on",
         help="RAYFLY_DIRECT_IO of the nodes: aligned pieces written past the page cache",
+    )
+    parser.add_argument(
+        "--piece-size",
+        type=parse_size,
+        default=None,
+        help="cluster: rayfly's piece size (default: the scheduler's choice)",
     )
     args = parser.parse_args()
     os.environ["RAYFLY_LOCAL_READS"] = args.local_reads
