@@ -68,6 +68,7 @@ class SimConfig:
     slow_peers: int = 0
     slow_factor: float = 1.0
     ask_beside: bool = True
+    shared_links: bool = False
 
 
 @dataclass
@@ -95,6 +96,67 @@ class Stats:
     max_call_s: float = 0.0
 
 
+@dataclass
+class Transfer:
+    """A piece in flight under :class:`SharedLinks`."""
+
+    peer_id: str
+    piece: int
+    parent: str | None
+    size: int
+    started: float
+    remaining: float
+    rate: float = 0.0
+    since: float = 0.0
+    version: int = 0
+
+
+class SharedLinks:
+    """Links shared at every moment (``--shared-links``): a transfer's rate is the smaller of its
+    parent's uplink (the origin's for an origin read) and its receiver's downlink, each split
+    evenly over the transfers using it, and it is shared again whenever a transfer starts or
+    ends (the default model keeps the rate a transfer started with, which flatters the first
+    of several transfers through one uplink). Cost per start or end: every transfer in flight,
+    so for clusters of tens of peers, not thousands."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.active: dict[int, Transfer] = {}
+        self.ups: Counter[str | None] = Counter()
+        self.downs: Counter[str] = Counter()
+        self.next_key = 0
+
+    def start(self, peer_id: str, piece: int, parent: str | None, size: int) -> None:
+        """A transfer begins now; every rate is shared again."""
+        self.next_key += 1
+        now = self.sim.now
+        self.active[self.next_key] = Transfer(peer_id, piece, parent, size, now, float(size))
+        self.ups[parent] += 1
+        self.downs[peer_id] += 1
+        self._reshare()
+
+    def finish(self, key: int, version: int) -> Transfer | None:
+        """The transfer ``key`` if this event is its current end (None: a stale event)."""
+        t = self.active.get(key)
+        if t is None or t.version != version:
+            return None
+        del self.active[key]
+        self.ups[t.parent] -= 1
+        self.downs[t.peer_id] -= 1
+        self._reshare()
+        return t
+
+    def _reshare(self) -> None:
+        now, sim = self.sim.now, self.sim
+        origin = sim.cfg.origin_rate_gbit * 1e9 / 8
+        for key, t in self.active.items():
+            t.remaining = max(0.0, t.remaining - t.rate * (now - t.since))
+            up = origin if t.parent is None else sim._link(t.parent)
+            t.rate = min(up / self.ups[t.parent], sim._link(t.peer_id) / self.downs[t.peer_id])
+            t.since, t.version = now, t.version + 1
+            sim._push(now + t.remaining / t.rate, "transfer", t.peer_id, (key, t.version))
+
+
 class Simulation:
     """A discrete-event simulation of one task spreading over ``config.peers`` peers."""
 
@@ -120,6 +182,7 @@ class Simulation:
         self.queue: deque[str] = deque()  # long-polling peers, in the order they started
         self.seq = 0
         self.stats = Stats()
+        self.links = SharedLinks(self) if config.shared_links else None
         for pid in self.peers:
             self._timed(self.core.join, self.task.task_id, pid, pid, config.upload_slots, None)
             self._push(self.rng.uniform(0, 0.05), "exchange", pid, None)
@@ -176,6 +239,9 @@ class Simulation:
             peer.inflight += 1
             self.stats.origin_assignments += a.parent is None
             size = self.task.piece_range(a.piece)[1] - self.task.piece_range(a.piece)[0]
+            if self.links is not None:
+                self.links.start(peer.peer_id, a.piece, a.parent, size)
+                continue
             secs = size / self._rate(a.parent, peer)
             self._push(self.now + secs, "piece", peer.peer_id, (a.piece, a.parent, size, secs))
         # a short answer long-polls: beside the pieces in flight when it left at least as many
@@ -249,7 +315,14 @@ class Simulation:
         up unless it was answered since); return its kind and peer."""
         self.now, _, kind, pid, data = heapq.heappop(self.events)
         peer = self.peers[pid]
-        if kind == "piece":
+        if kind == "transfer":
+            assert self.links is not None
+            t = self.links.finish(*data)
+            if t is None:
+                return "stale", peer
+            kind = "piece"
+            self.piece_done(peer, (t.piece, t.parent, t.size, self.now - t.started))
+        elif kind == "piece":
             self.piece_done(peer, data)
         elif kind == "exchange" or (kind == "poll" and peer.waiting and data == peer.wait_seq):
             self.exchange(peer)
@@ -351,6 +424,11 @@ def main() -> None:
         "--slots", type=int, default=8, help="download slots and upload slots per peer"
     )
     parser.add_argument("--origin-parallelism", type=int, default=8)
+    parser.add_argument(
+        "--shared-links",
+        action="store_true",
+        help="share each link's rate again whenever a transfer starts or ends (tens of peers)",
+    )
     parser.add_argument("--slow-peers", type=int, default=0, help="peers with a slower link")
     parser.add_argument("--slow-factor", type=float, default=1.0, help="how much slower")
     parser.add_argument(
@@ -371,6 +449,7 @@ def main() -> None:
                         wake_limit=args.wake_limit, slow_peers=args.slow_peers,
                         concurrency=args.slots, upload_slots=args.slots,
                         origin_parallelism=args.origin_parallelism,
+                        shared_links=args.shared_links,
                         slow_factor=args.slow_factor, ask_beside=args.ask_beside)  # fmt: skip
         result = Simulation(cfg).run()
         doc["runs"].append(result)
