@@ -26,6 +26,7 @@ import numpy as np
 from rayfly.config import parse_size
 
 CHUNK = 16 << 20  # one piece of a 1 GiB task
+MODES = ("buffered", "buffered_again", "direct", "fsync", "touch", "touch_again")
 
 
 def _cpu() -> float:
@@ -77,15 +78,11 @@ def main() -> None:
     path = Path(args.dir) / f"rayfly-write-cost-{os.getpid()}"
     rows = []
     for run in range(args.runs):
-        for mode in ("buffered", "buffered_again", "direct", "fsync"):
-            got = write_once(path, size, mode.removesuffix("_again"), buf)
+        for mode in MODES:
+            kind = mode.removesuffix("_again")
+            got = touch_once(size) if kind == "touch" else write_once(path, size, kind, buf)
             per_gib = got["cpu_s"] / (size / 2**30)
             rows.append({"run": run, "mode": mode, **got, "cpu_s_per_gib": per_gib})
-        for mode in ("touch", "touch_again"):
-            got = touch_once(size)
-            rows.append(
-                {"run": run, "mode": mode, **got, "cpu_s_per_gib": got["cpu_s"] / (size / 2**30)}
-            )
         time.sleep(5)  # idle, as between two distributions
     doc = {"bench": "write_cost", "size": size, "dir": args.dir, "rows": rows}
     print(json.dumps(doc, indent=2))
