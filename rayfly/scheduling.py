@@ -187,8 +187,9 @@ def piece_limits(parents: Iterable[tuple[float, int, float]]) -> PieceLimits | N
 
     ``cap``: the median of uplink / slots (a transfer's rate when every parent serves all its
     slots, extrapolated from every transfer) times :data:`PIECE_TARGET_S`. ``fits``: the median
-    rate measured at full load times twice that; twice the cap when no parent was at full load
-    yet. The extrapolation holds when the link is what slows a transfer; when the CPU is, a
+    rate measured at full load times twice that, and never less than twice the cap (the floor
+    before full-load rates were measured, and still the floor while no parent was at full
+    load). The extrapolation holds when the link is what slows a transfer; when the CPU is, a
     transfer beside one or two others is slow too, and the extrapolation reads it as a slow
     link shared by every slot. Ray asks again for an object whose pull has not finished after
     10 s (``object_manager_pull_timeout_ms``) and sends it twice: on slow links pieces must be

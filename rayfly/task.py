@@ -31,8 +31,8 @@ class PieceLimits:
     ``cap``: the largest piece that moves within 2 s when every parent serves all its slots
     (pieces share a parent's uplink; Ray asks again for an object whose pull has not finished
     after 10 s). ``fits``: the largest piece that moves within 4 s at the rate transfers had
-    while their parents served all their slots: pieces are cut below the CPU floor (4 MiB)
-    only down to it."""
+    while their parents served all their slots, and at least twice ``cap``: pieces are cut
+    below the CPU floor (4 MiB) only down to it."""
 
     cap: int
     fits: int
