@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import ray
 
 from rayfly import dest as dest_paths
@@ -188,17 +189,17 @@ class Peer:
         return known
 
     # --- serving ------------------------------------------------------------------------------
-    async def read_piece(self, task_id: str, index: int) -> list[ray.ObjectRef]:
-        """A verified piece for another peer, as ``[object reference]`` to an object in this
-        node's store that only this node holds and this actor owns, so that the caller pulls it
-        from here and it stays pullable for as long as this actor lives (whatever became of the
-        node the piece came from); raises PieceUnavailable if not held.
+    async def read_piece(self, task_id: str, index: int) -> np.ndarray | list[ray.ObjectRef]:
+        """A verified piece for another peer; raises PieceUnavailable if not held.
 
-        A piece this node received from a parent or served lately is copied from memory (no
-        disk read; :meth:`_serve_copy` says why a copy), except that an object made here is
-        handed out as it is the first time (only this node holds it yet); any other is read
-        from disk, checked against its digest, put into the object store and kept hot for the
-        next child."""
+        A piece this node received from a parent or served lately is answered with its bytes
+        from memory (no disk read): Ray copies them into this call's return object, made in
+        this node's store and owned by the caller, so that it is pulled from here and from no
+        other node (:meth:`_serve_bytes` says why that matters). An object made here (a piece
+        read from the origin, kept hot) is handed out as ``[its reference]`` the first time, with
+        no copy (only this node holds it yet); a piece read from disk is checked against its
+        digest, put into the object store, kept hot for the next child and handed out as
+        ``[its reference]``: an object this actor owns, pullable for as long as it lives."""
         self.uploads += 1
         try:
             nbytes = self.store.piece_length(task_id, index)  # PieceUnavailable if not held
@@ -206,32 +207,38 @@ class Peer:
                 await self._upload_limit.take(nbytes)
             kept = None if self._corrupt_served else self.hot.get(task_id, index)
             if kept is None:
-                ref = await self.downloads.disk_io(self._put_piece, task_id, index)
+                out = [await self.downloads.disk_io(self._put_piece, task_id, index)]
             else:
                 handed = self.hot.hand_out(task_id, index)
-                ref = kept.ref if handed else await self._serve_copy(kept)
+                out = [kept.ref] if handed else await self._serve_bytes(kept)
                 self.pieces_served_hot += 1
             self.pieces_served += 1
             metrics.piece_served(self.node_id)
-            return [ref]
+            return out
         except PieceCorrupt:
             await self._evict_corrupt(task_id)
             raise
         finally:
             self.uploads -= 1
 
-    async def _serve_copy(self, kept: KeptPiece) -> ray.ObjectRef:
-        """A new object holding the bytes of a piece kept hot, for one child.
+    @staticmethod
+    async def _serve_bytes(kept: KeptPiece) -> np.ndarray:
+        """The bytes of a piece kept hot, a read-only view of this node's copy in its store.
 
         Ray pulls an object from a node chosen at random among those holding a copy: one
         reference handed to every child is sent by whichever earlier child got it first, not by
         the parent the scheduler chose and counted, and a pull sent to a node that has evicted
-        its copy waits for Ray's retry (10 s). A copy per child (one memory copy of the piece)
-        has one location, this node. The bytes come from this node's store either way: a piece
-        received from a parent from the view that keeps its copy here (even once the node it
-        came from died), one made here from its primary copy."""
-        data = kept.pinned if kept.pinned is not None else await kept.ref
-        copy: ray.ObjectRef = await self.downloads.disk_io(put_piece, data)
+        its copy waits for Ray's retry (10 s). A new object per child (one memory copy of the
+        piece) has one location, this node. The bytes come from this node's store either way: a
+        piece received from a parent from the view that keeps its copy here (even once the node
+        it came from died), one made here from its primary copy."""
+        data: np.ndarray = kept.pinned if kept.pinned is not None else await kept.ref
+        return data
+
+    async def _serve_copy(self, kept: KeptPiece) -> ray.ObjectRef:
+        """A new object holding the bytes of a piece kept hot, that this actor owns (for the
+        node's mirror: see :meth:`_serve_bytes`)."""
+        copy: ray.ObjectRef = await self.downloads.disk_io(put_piece, await self._serve_bytes(kept))
         return copy
 
     def _put_piece(self, task_id: str, index: int) -> ray.ObjectRef:

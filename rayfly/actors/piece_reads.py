@@ -57,9 +57,13 @@ def put_from_store(
 
 
 async def _unbox(box: Any) -> tuple[Any, Any]:
-    """A parent answers with ``[reference]``: the reference, and its value pulled here."""
-    refs = await box
-    return refs[0], await refs[0]
+    """A parent's answer (``box``, the call's return object): the reference of the piece's
+    object and its bytes pulled here. The parent answers with the bytes (the return object is
+    the piece's) or with ``[reference]`` to an object it made before (see ``Peer.read_piece``)."""
+    value = await box
+    if isinstance(value, list):
+        return value[0], await value[0]
+    return box, value
 
 
 @dataclass
@@ -110,9 +114,9 @@ class PieceReader:
 
         A cached handle may point at an actor that died and was replaced on the same node: on an
         actor error the handle is looked up again once, so only a parent that is really gone is
-        reported dead. Every object a parent hands out is one its actor owns, so a reference
-        whose owner died comes from a parent actor replaced since it answered: the parent (its
-        new actor) is asked once more.
+        reported dead. Every object a parent hands out by reference is one its actor owns, so
+        a reference whose owner died comes from a parent actor replaced since it answered: the
+        parent (its new actor) is asked once more.
         """
         for attempt in range(2):
             box = self.links.peer(parent).read_piece.remote(task.task_id, index)

@@ -209,15 +209,16 @@ def test_pieces_relayed_from_a_dead_node_are_served_by_the_relay(
     relayed = rayfly.distribute(url, str(tmp_path / "relay.bin"), nodes=[relay], piece_size=piece)
     assert relayed.ok and relayed.origin_bytes == 0, str(relayed)
     task_id = relayed.task_ids[0]
-    # an object the dead node's peer will have owned, not pulled here before the kill
-    probe = ray.get(placement.existing_peers()[extra_node.node_id].read_piece.remote(task_id, 0))
+    # an answer of the dead node's peer (its piece's bytes), held on that node only
+    probe = placement.existing_peers()[extra_node.node_id].read_piece.remote(task_id, 0)
+    assert ray.wait([probe], timeout=60, fetch_local=False)[0] == [probe]
     extra_node.kill()
     extra_node.wait_dead()
     deadline = time.monotonic() + 60
-    while True:  # until Ray reports that owner gone (it takes a moment after the node's death)
+    while True:  # until Ray reports the node's objects lost (a moment after the node's death)
         try:
-            ray.get(probe[0], timeout=10)
-        except ray.exceptions.OwnerDiedError:
+            ray.get(probe, timeout=10)
+        except ray.exceptions.ObjectLostError:  # OwnerDiedError is one too
             break
         except ray.exceptions.GetTimeoutError:
             pass

@@ -3,6 +3,8 @@ corrupted in transit caught by the receiver's digest (a test-only fault hook on 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import ray
@@ -113,8 +115,7 @@ def test_pieces_travel_as_views_of_the_object_store(ray_cluster, origin, origin_
     assert sum(n.bytes_from_peers for n in report.nodes) > 0, str(report)
     for n in nodes:
         peer = placement.existing_peers()[n]
-        boxes = [peer.read_piece.remote(report.task_ids[0], i) for i in range(8)]
-        pieces = ray.get([box[0] for box in ray.get(boxes)])
+        pieces = [_served_bytes(peer, report.task_ids[0], i) for i in range(8)]
         kinds = {(type(p).__name__, getattr(p, "dtype", None)) for p in pieces}
         assert kinds == {("ndarray", np.dtype(np.uint8))}, (n, kinds)
         assert not any(p.flags.writeable for p in pieces)
@@ -162,12 +163,30 @@ def test_a_piece_served_from_memory_is_pulled_from_its_parent_only(
     assert report.ok and report.nodes[0].bytes_from_peers == 4 * MiB, str(report)
     peer = placement.existing_peers()[seed]
     task_id = report.task_ids[0]
-    refs = [ray.get(peer.read_piece.remote(task_id, 0))[0] for _ in range(2)]
-    assert refs[0] != refs[1]
-    where = ray.experimental.get_object_locations(refs)
-    for ref in refs:
+    answers = _answers_in_place(peer, task_id, [0, 0])
+    where = ray.experimental.get_object_locations(answers)
+    for ref in answers:
         assert where[ref]["node_ids"] == [seed], where
+    piece = ray.get(answers[0]).tobytes()
+    assert piece == (origin_root / "located.bin").read_bytes()[: len(piece)]
     assert _served(seed)["pieces_served_from_memory"] >= 2
+
+
+def _served_bytes(peer: Any, task_id: str, index: int) -> np.ndarray:
+    """Piece ``index`` as ``peer`` serves it: the bytes it answers with, or those of the object
+    it answers with a reference to."""
+    value = ray.get(peer.read_piece.remote(task_id, index))
+    return ray.get(value[0]) if isinstance(value, list) else value
+
+
+def _answers_in_place(peer: Any, task_id: str, indexes: list[int]) -> list[ray.ObjectRef]:
+    """``peer``'s answers for ``indexes``, each an object of its own holding the piece's bytes
+    (a piece it serves from memory), waited for without pulling them here."""
+    answers = [peer.read_piece.remote(task_id, i) for i in indexes]
+    ready, _ = ray.wait(answers, num_returns=len(answers), timeout=60, fetch_local=False)
+    assert len(ready) == len(answers)
+    assert len(set(answers)) == len(answers)
+    return answers
 
 
 @ray.remote(num_cpus=0)
@@ -203,7 +222,7 @@ def test_a_relay_keeps_its_copies_of_the_pieces_it_serves_from_memory(
     where = ray.experimental.get_object_locations(kept)
     assert all(relay in where[ref]["node_ids"] for ref in kept), where
     before = _served(relay)
-    copies = [ray.get(peer.read_piece.remote(task_id, i))[0] for i in range(8)]
+    copies = _answers_in_place(peer, task_id, list(range(8)))
     where = ray.experimental.get_object_locations(copies)
     assert all(where[ref]["node_ids"] == [relay] for ref in copies), where
     assert b"".join(ray.get(copies)) == src.read_bytes()
