@@ -30,6 +30,7 @@ import psutil
 import ray
 
 import rayfly
+from bench import ray_pieces
 from bench.procstat import stat_fields
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
@@ -232,22 +233,31 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     peers = [ray.get(p.info.remote())["pid"] for p in placement.existing_peers().values()]
     raylets = raylet_pids(ray.get_runtime_context().gcs_address)
     methods = args.methods.split(",")
+    floors = [m for m in methods if m.startswith("ray_pieces")]
+    holders = ray_pieces.holders(nodes) if floors else []
+    holder_pids = ray.get([h.pid.remote() for h in holders])
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for i in range(args.runs):
         for method in methods[i % len(methods) :] + methods[: i % len(methods)]:
             dest = work / "dest" / method
             origin.reset()
             report = None
-            c0 = [sum(map(cpu_seconds, pids)) for pids in (peers, raylets)]
-            f0 = [sum(map(minor_faults, pids)) for pids in (peers, raylets)]
+            procs = (holder_pids if method in floors else peers, raylets)
+            c0 = [sum(map(cpu_seconds, pids)) for pids in procs]
+            f0 = [sum(map(minor_faults, pids)) for pids in procs]
             t0 = time.perf_counter()
             if method == "rayfly":
                 where = str(dest / "{node_id}" / "payload.bin")
                 report = rayfly_once(url, where, piece_size=args.piece_size)[1]
+            elif method in floors:
+                piece = args.piece_size or ray_pieces.PIECE
+                by_value = method == "ray_pieces_value"
+                ray_pieces.run(holders, url, piece, call_per_piece=method != "ray_pieces_nocall",
+                               by_value=by_value)  # fmt: skip
             else:
                 run_tasks(method, url, nodes, dest, "payload.bin")
-            c1 = [sum(map(cpu_seconds, pids)) for pids in (peers, raylets)]
-            f1 = [sum(map(minor_faults, pids)) for pids in (peers, raylets)]
+            c1 = [sum(map(cpu_seconds, pids)) for pids in procs]
+            f1 = [sum(map(minor_faults, pids)) for pids in procs]
             runs[method].append(
                 {
                     "makespan_s": time.perf_counter() - t0,
@@ -294,7 +304,9 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="rayfly,plain,plain_sha256,ray",
-        help="cluster: comma-separated, of rayfly, plain, plain_sha256 (plain, hashing), ray",
+        help="cluster: comma-separated, of rayfly, plain, plain_sha256 (plain, hashing), ray, "
+        "ray_pieces (Ray's calls per piece alone: bench/ray_pieces.py), ray_pieces_nocall "
+        "(the same without the empty call per piece)",
     )
     parser.add_argument(
         "--local-reads",
