@@ -4,9 +4,11 @@
     python -m bench.core single --size 1GiB --runs 5
     python -m bench.core memory --size 4GiB
     python -m bench.core cluster --nodes 4 --size 1GiB --runs 3
+    python -m bench.core cluster --size 256MiB --methods rayfly,ray_pieces --piece-size 1MiB
 
 Each prints a JSON document (and appends it to bench/results/core.jsonl). The origin is
-rayfly's HTTP origin on loopback, which counts the bytes it sends.
+rayfly's HTTP origin on loopback, which counts the bytes it sends. The ``ray_pieces`` methods
+are the floor under rayfly's per-piece CPU (:mod:`bench.ray_pieces`).
 """
 
 from __future__ import annotations

@@ -2,23 +2,27 @@
 else (issue 9).
 
 For every piece a node receives, rayfly's design needs at least: one actor call to the parent,
-which ``ray.put``s a copy of the piece for this child (one location: see
-``Peer._serve_copy``) and answers ``[reference]``; and the child's ``get`` of that reference, a
-pull between the two nodes' object stores. :func:`run` moves a file that way with no disk, no
-digest and no scheduler: node 0's holder reads the file from the origin into memory, and every
-other node's holder asks it for each piece, ``concurrency`` at a time, copying each into a
-buffer of the file's size (as a write would). With ``call_per_piece`` each receiver also makes
-one empty call per piece to a third actor, the cost of a scheduler exchange per piece.
+which makes a new object holding the piece for this child (one location: see
+``Peer._serve_bytes``); and the child's ``get`` of it, a pull between the two nodes' object
+stores. :func:`run` moves a file that way with no disk, no digest and no scheduler: node 0's
+holder reads the file from the origin into memory, and every other node's holder asks it for
+each piece, ``concurrency`` at a time, copying each into one of ``concurrency`` reused buffers
+(as a write from a peer's buffer pool would). The parent ``ray.put`` s the copy and answers
+``[reference]``, or with ``by_value`` answers with the bytes (the call's return object is the
+copy). With ``call_per_piece`` each receiver also makes one empty call per piece to node 0's
+holder, the floor of a scheduler exchange per piece.
 
 ``python -m bench.core cluster --methods rayfly,ray_pieces --piece-size 1MiB`` runs it beside
-rayfly on the same cluster; the CPU of these holders is reported as ``peers_cpu_s``. The slope
-of CPU against the number of pieces (the same bytes cut into 4, 2 and 1 MiB pieces) is the
-per-piece cost; the bytes' own cost cancels out.
+rayfly on the same cluster (methods ``ray_pieces``, ``ray_pieces_nocall``, ``ray_pieces_value``);
+the CPU of these holders is reported as ``peers_cpu_s``. The slope of CPU against the number of
+pieces (the same bytes cut into 4, 2 and 1 MiB pieces) is the per-piece cost; the bytes' own
+cost cancels out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -40,8 +44,6 @@ class Holder:
 
     def pid(self) -> int:
         """This actor's process id (for its CPU time)."""
-        import os
-
         return os.getpid()
 
     def load(self, url: str) -> int:
