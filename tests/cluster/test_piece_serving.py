@@ -180,12 +180,12 @@ def _served_bytes(peer: Any, task_id: str, index: int) -> np.ndarray:
 
 
 def _answers_in_place(peer: Any, task_id: str, indexes: list[int]) -> list[ray.ObjectRef]:
-    """``peer``'s answers for ``indexes``, each an object of its own holding the piece's bytes
-    (a piece it serves from memory), waited for without pulling them here."""
+    """``peer``'s answers for ``indexes`` (the calls' return objects: for a piece it serves from
+    memory, the piece's bytes; a ``[reference]`` answer is a small value Ray returns inline, not
+    an object in the parent's store), waited for without pulling them here."""
     answers = [peer.read_piece.remote(task_id, i) for i in indexes]
     ready, _ = ray.wait(answers, num_returns=len(answers), timeout=60, fetch_local=False)
     assert len(ready) == len(answers)
-    assert len(set(answers)) == len(answers)
     return answers
 
 
