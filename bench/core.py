@@ -308,7 +308,8 @@ def main() -> None:
         default="rayfly,plain,plain_sha256,ray",
         help="cluster: comma-separated, of rayfly, plain, plain_sha256 (plain, hashing), ray, "
         "ray_pieces (Ray's calls per piece alone: bench/ray_pieces.py), ray_pieces_nocall "
-        "(the same without the empty call per piece)",
+        "(the same without the empty call per piece), ray_pieces_value (the parent answers "
+        "with the bytes)",
     )
     parser.add_argument(
         "--local-reads",

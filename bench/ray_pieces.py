@@ -52,9 +52,10 @@ class Holder:
         return int(self.data.nbytes)
 
     def piece(self, start: int, end: int) -> list[ray.ObjectRef]:
-        """A new object holding bytes ``start:end``, for one child (``[reference]``)."""
+        """A new object holding bytes ``start:end``, for one child (``[reference]``): the put
+        is the one copy, as a peer's ``put_piece`` of a piece it keeps."""
         assert self.data is not None
-        return [ray.put(self.data[start:end].copy())]
+        return [ray.put(self.data[start:end])]
 
     def piece_value(self, start: int, end: int) -> np.ndarray:
         """Bytes ``start:end`` as the call's return value: an object the caller owns, made in
