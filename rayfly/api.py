@@ -22,7 +22,13 @@ from rayfly.config import PackConfig, PeerConfig, SchedulerConfig, from_env, par
 from rayfly.errors import InvalidInput, RayflyError
 from rayfly.fanout import ProgressFn, fetch_everywhere
 from rayfly.filters import FileFilter
-from rayfly.protocol import FetchItem, FetchRequest, NodeResult
+from rayfly.protocol import (
+    FetchItem,
+    FetchRequest,
+    NodeResult,
+    flag_disagreements,
+    single_file,
+)
 from rayfly.report import Report
 from rayfly.task import PieceLimits, SourceSpec, TaskInfo, info_for
 from rayfly.version import Version, identity
@@ -298,6 +304,7 @@ def _planned(
 def _report(
     source_url: str, dest: str, items: list[FetchItem], results: list[NodeResult], t0: float
 ) -> Report:
+    flag_disagreements(results, single_file(items))
     return Report(
         source.redact_url(source_url),
         dest,

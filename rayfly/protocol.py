@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -24,6 +25,12 @@ class FetchItem:
     task: TaskInfo
     relpath: str | None = None
     relpaths: tuple[str, ...] = ()
+
+
+def single_file(items: list[FetchItem]) -> bool:
+    """True when ``items`` are one file put at the destination itself (not a prefix, not a
+    pack)."""
+    return len(items) == 1 and items[0].relpath is None and not items[0].task.members
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,18 @@ class Failed:
     parent_lacks: bool = False
     range_ignored: bool = False
     parent_unreachable: bool = False
+
+
+@dataclass(frozen=True)
+class Cached:
+    """A task complete in a peer's cache, as the peer announces it: how the copy is cut into
+    pieces (``length``, ``piece_size``) and each piece's digest. The same object registered
+    again may be cut otherwise (another piece size): the scheduler takes the announcement only
+    when the cut is the task's, since piece ``i`` of another cut is other bytes."""
+
+    length: int
+    piece_size: int
+    digests: dict[int, str]
 
 
 @dataclass(frozen=True)
@@ -247,3 +266,35 @@ def summarize_node(node: NodeResult, single: bool) -> NodeResult:
     if node.ok:
         node.sha256 = node.files[0].sha256 if single else tree_digest(node.files)
     return node
+
+
+def flag_disagreements(nodes: list[NodeResult], single: bool) -> int:
+    """Fail every copy of a file whose sha256 differs between nodes (``single``: as for
+    :func:`summarize_node`); returns how many copies were failed.
+
+    Every node of one distribution fetches the same task of each file, so its verified copies
+    must be identical. Copies that differ mean that some node holds other bytes than the origin
+    sent, and nothing here tells which: none of them is reported as a good copy."""
+    counts: dict[str, Counter[str]] = {}
+    for f in (f for node in nodes for f in node.files if f.ok and f.sha256):
+        counts.setdefault(f.relpath, Counter())[f.sha256] += 1
+    split = {path: found for path, found in counts.items() if len(found) > 1}
+    failed = 0
+    for node in nodes:
+        hit = [f for f in node.files if f.ok and f.relpath in split]
+        for f in hit:
+            shown = ", ".join(
+                f"{d[:12]} on {n} node{'s' * (n > 1)}" for d, n in split[f.relpath].most_common()
+            )
+            f.ok, f.error = (
+                False,
+                (
+                    f"the nodes' copies differ (sha256 {shown}): some node holds other bytes than "
+                    "the origin's; fetch again with --sha256 to pin the content"
+                ),
+            )
+        if hit:
+            node.ok, node.error, node.sha256 = False, None, None
+            summarize_node(node, single)
+        failed += len(hit)
+    return failed

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import math
 import random
 import time
@@ -32,7 +33,7 @@ from typing import Any
 from rayfly import durable, source
 from rayfly.config import SchedulerConfig
 from rayfly.errors import TaskNotFound
-from rayfly.protocol import Assignment, Batch, Done, Failed
+from rayfly.protocol import Assignment, Batch, Cached, Done, Failed
 from rayfly.scheduling import (
     TaskView,
     origin_quota,
@@ -45,6 +46,8 @@ from rayfly.scheduling import (
     who_will_ask,
 )
 from rayfly.task import PieceLimits, TaskInfo
+
+log = logging.getLogger(__name__)
 
 MAX_ORIGIN_FAILURES = 3
 RATE_SAMPLE_MIN = 1 << 20
@@ -227,17 +230,26 @@ class SchedulerCore:
         host: str,
         slots: int,
         incarnation: str,
-        have: dict[str, dict[int, str]],
+        have: dict[str, Cached],
         upload_rate: float | None = None,
     ) -> list[str]:
         """A peer tells what complete tasks it holds (after a restart of either side); returns
-        the task ids this scheduler knows, now recorded as held there."""
-        known = [tid for tid in have if tid in self.tasks and not self.tasks[tid].error]
+        the task ids this scheduler knows, now recorded as held there. A copy cut into other
+        pieces than the task's is left out: the peer re-cuts it when it is asked to fetch the
+        task (:meth:`rayfly.storage.PieceStore.recut`)."""
+        known = [tid for tid, held in have.items() if self._takes(tid, held)]
         for tid in known:
-            self.join(tid, peer_id, host, slots, have[tid], incarnation, upload_rate)
+            self.join(tid, peer_id, host, slots, have[tid].digests, incarnation, upload_rate)
             if len(self.tasks[tid].have[peer_id]) == self.tasks[tid].info.n_pieces:
                 self.tasks[tid].finished[peer_id] = None
         return known
+
+    def _takes(self, task_id: str, held: Cached) -> bool:
+        """Whether an announced copy is of a known task, cut as the task is."""
+        t = self.tasks.get(task_id)
+        if t is None or t.error:
+            return False
+        return (held.length, held.piece_size) == (t.info.length, t.info.piece_size)
 
     def suspect(self, peer_id: str) -> None:
         """A child could not reach ``peer_id``: choose other parents (or the origin) for a while."""
@@ -270,9 +282,12 @@ class SchedulerCore:
         t.have.setdefault(peer_id, set())
         t.leases.setdefault(peer_id, {})
         t.finished.pop(peer_id, None)
-        for piece, digest in (have or {}).items():
+        held = {i: d for i, d in (have or {}).items() if 0 <= i < t.info.n_pieces}
+        if len(held) < len(have or {}):
+            log.warning("task %s: %s claims pieces it cannot have; ignored", task_id, peer_id)
+        for piece, digest in held.items():
             self._hold(t, peer_id, piece, digest)
-        self._notify(wake_count(len(have or {}), 0, self.config.wake_per_piece))
+        self._notify(wake_count(len(held), 0, self.config.wake_per_piece))
 
     def _hold(self, t: TaskState, peer_id: str, piece: int, digest: str) -> None:
         t.have.setdefault(peer_id, set()).add(piece)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -445,16 +446,49 @@ class PieceStore:
         entry = self._require(task_id)
         if len(entry.have) != entry.n_pieces:
             raise StorageError(f"task {task_id} has {len(entry.have)} of {entry.n_pieces} pieces")
-        d = self._dir(task_id)
         with self._lock:
             self._retire(task_id)
-            os.chmod(d / "data", 0o444)
+            os.chmod(self._dir(task_id) / "data", 0o444)
             entry.sha256, entry.complete = sha256, True
-            meta = {k: v for k, v in asdict(entry).items() if k not in {"have", "last_used"}}
-            meta["n_pieces"] = entry.n_pieces
-            tmp = d / f".meta.{uuid.uuid4().hex}"
-            tmp.write_text(json.dumps(meta))
-            os.replace(tmp, d / "meta.json")
+            self._write_meta(entry)
+        return entry
+
+    def _write_meta(self, entry: TaskEntry) -> None:
+        """Record a complete entry in its ``meta.json`` (replaced atomically)."""
+        d = self._dir(entry.task_id)
+        meta = {k: v for k, v in asdict(entry).items() if k not in {"have", "last_used"}}
+        meta["n_pieces"] = entry.n_pieces
+        tmp = d / f".meta.{uuid.uuid4().hex}"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, d / "meta.json")
+
+    def recut(self, task_id: str, piece_size: int) -> TaskEntry:
+        """Cut a complete task into pieces of ``piece_size``: the same object registered again
+        with another piece size (the cluster restarted, or its scheduler dropped the task) is
+        served from this copy without fetching it again.
+
+        The data file is read once: its sha256 must still be the one recorded (else
+        :class:`PieceCorrupt`, and nothing changes), and each new piece's digest is taken from
+        the same bytes. The entry and its ``meta.json`` then record the new cut."""
+        entry = self._require(task_id)
+        if not entry.complete or entry.sha256 is None:
+            raise StorageError(f"task {task_id} is not complete; it cannot be re-cut")
+        n = piece_count(entry.length, piece_size)
+        whole, digests = hashlib.sha256(), {}
+        buf = np.empty(max(1, min(piece_size, entry.length)), dtype=np.uint8)
+        with open(self._dir(task_id) / "data", "rb", buffering=0) as fh:
+            for i in range(n):
+                start, end = piece_bounds(entry.length, piece_size, i)
+                view = buf[: end - start]
+                if os.preadv(fh.fileno(), [view], start) != end - start:
+                    raise StorageError(f"short read of task {task_id} at {self.root}")
+                whole.update(view)
+                digests[i] = piece_digest(view)
+        if whole.hexdigest() != entry.sha256:
+            raise PieceCorrupt(f"task {task_id} changed on disk at {self.root}")
+        with self._lock:
+            entry.piece_size, entry.digests, entry.have = piece_size, digests, set(range(n))
+            self._write_meta(entry)
         return entry
 
     def data_path(self, task_id: str) -> Path:

@@ -217,7 +217,10 @@ class Downloads:
         running = self.jobs.get(task.task_id)
         if running is not None and not running.done():
             return running
-        if (
+        if not self._cut_as(task):  # kept pieces and readiness are of the other cut
+            self.forget(task.task_id)
+            self.hot.drop_task(task.task_id)
+        elif (
             running is not None
             and not running.cancelled()
             and running.exception() is None
@@ -233,8 +236,31 @@ class Downloads:
         self.jobs[task.task_id] = job
         return job
 
+    def _cut_as(self, task: TaskInfo) -> bool:
+        """Whether this node's cache entry of ``task``, if any, is cut into the task's pieces."""
+        entry = self.store.entry(task.task_id)
+        return entry is None or (entry.length, entry.piece_size) == (task.length, task.piece_size)
+
+    async def _recut(self, task: TaskInfo) -> None:
+        """Cut a complete cached copy of ``task`` into the task's pieces (the same object was
+        registered again with another piece size: piece ``i`` of the old cut is other bytes,
+        so it may not be announced or served as is); a copy whose length differs, or whose
+        bytes no longer match their sha256, is dropped, and the task fetched anew."""
+        entry = self.store.entry(task.task_id)
+        if entry is None or self._cut_as(task):
+            return
+        if entry.complete and entry.length == task.length:
+            try:
+                await self.disk_io(self.store.recut, task.task_id, task.piece_size)
+                return
+            except (OSError, RayflyError) as exc:
+                log.warning("task %s: cached copy not re-cut: %s", task.task_id, exc)
+        log.warning("task %s: the cached copy is not this task's cut; fetching it", task.task_id)
+        self.store.discard(task.task_id)
+
     async def _download(self, task: TaskInfo, slots: asyncio.Semaphore) -> TaskOutcome:
         tid = task.task_id
+        await self._recut(task)
         entry = self.store.entry(tid)
         if entry is not None and entry.complete:
             for event in self.events(task):

@@ -25,7 +25,15 @@ from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
 from rayfly.errors import PieceCorrupt, RayflyError, SourceError
 from rayfly.eviction import GcPolicy
 from rayfly.piecemem import HotPieces
-from rayfly.protocol import FetchItem, FetchRequest, FileResult, NodeResult, summarize_node
+from rayfly.protocol import (
+    Cached,
+    FetchItem,
+    FetchRequest,
+    FileResult,
+    NodeResult,
+    single_file,
+    summarize_node,
+)
 from rayfly.ratelimit import TokenBucket
 from rayfly.scheduling import upload_slots
 from rayfly.storage import PieceStore
@@ -50,13 +58,6 @@ def _serve_memory(node: NodeConfig, node_id: str) -> int:
     mine = [n for n in ray.nodes() if n["NodeID"] == node_id]
     store = mine[0]["Resources"].get("object_store_memory", 0) if mine else 0
     return min(SERVE_MEMORY_MAX, int(store) // 4)
-
-
-def _single(request: FetchRequest) -> bool:
-    """True when the request is one file put at ``dest`` itself (not a prefix, not a pack)."""
-    if len(request.items) != 1:
-        return False
-    return request.items[0].relpath is None and not request.items[0].task.members
 
 
 def _succeeded(job: asyncio.Task[Any] | None) -> bool:
@@ -173,7 +174,7 @@ class Peer:
         the scheduler knows."""
         wanted = None if task_ids is None else set(task_ids)
         have = {
-            e.task_id: dict(e.digests)
+            e.task_id: Cached(e.length, e.piece_size, dict(e.digests))
             for e in self.store.entries()
             if e.complete and (wanted is None or e.task_id in wanted)
         }
@@ -345,7 +346,7 @@ class Peer:
         if node.timeline:
             node.tail_s = max(0.0, end - max(entry.time for entry in node.timeline))
         metrics.cache_bytes(self.node_id, self.store.used_bytes())
-        return summarize_node(node, single=_single(request))
+        return summarize_node(node, single=single_file(request.items))
 
     async def _fetch_one(
         self,

@@ -19,7 +19,7 @@ from rayfly import source
 from rayfly.actors.gcs_store import GcsStore
 from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import InvalidInput
-from rayfly.protocol import Batch, Done, Failed
+from rayfly.protocol import Batch, Cached, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
 from rayfly.task import PieceLimits, SourceSpec, TaskInfo, info_for
 from rayfly.version import identity
@@ -85,7 +85,7 @@ class Scheduler:
         host: str,
         slots: int,
         incarnation: str,
-        have: dict[str, dict[int, str]],
+        have: dict[str, Cached],
         upload_rate: float | None = None,
     ) -> list[str]:
         """See :meth:`SchedulerCore.announce`."""

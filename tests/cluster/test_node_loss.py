@@ -274,6 +274,38 @@ def test_a_restarted_scheduler_learns_what_the_nodes_hold(
     assert sha256_file(tmp_path / "b.bin") == sha256_file(src)
 
 
+def test_a_copy_cached_in_other_pieces_is_cut_anew_not_announced_as_is(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    """The scheduler forgets a task (a new Ray cluster over the same host caches, or more than
+    MAX_KEPT_TASKS newer tasks) and the object is registered again with another piece size.
+    5 MiB in 1 MiB pieces has a piece 2 (bytes 2-3 MiB) as long as piece 2 of a 2 MiB cut
+    (bytes 4-5 MiB): a node announcing its old cut as is was taken as holding the new one, and
+    the nodes that fetched piece 2 from it published other bytes, reported ok."""
+    from rayfly import durable
+    from rayfly.actors.gcs_store import GcsStore
+
+    src = make_file(origin_root / "recut.bin", 5 * MiB, seed=87)
+    url = origin.url + src.name
+    first, second, *others = (n.node_id for n in placement.alive_nodes())
+    old = rayfly.distribute(url, str(tmp_path / "old.bin"), nodes=[first], piece_size=2 * MiB)
+    assert old.ok, str(old)
+    durable.drop(GcsStore(), durable.TASKS, old.task_ids[0])  # the scheduler forgets it
+    restart(placement.get_scheduler())
+    fresh = rayfly.distribute(url, str(tmp_path / "fresh.bin"), nodes=[second], piece_size=MiB)
+    assert fresh.ok and fresh.task_ids == old.task_ids, str(fresh)
+    restart(placement.get_scheduler())  # every node announces what it holds
+    wait_held(second, src.name, 5 * MiB)
+    assert held_by(first, src.name) == 0  # its copy is cut into 2 MiB pieces
+    origin.reset()
+    report = rayfly.distribute(url, str(tmp_path / "{node_id}.bin"), piece_size=MiB)
+    assert report.ok and report.nodes_ok == 2 + len(others), str(report)
+    for node in report.nodes:
+        assert sha256_file(node.path) == sha256_file(src), node.node_id
+    assert origin.served("/" + src.name) == 0, origin.log
+    wait_held(first, src.name, 5 * MiB)  # cut anew, it holds the task as registered now
+
+
 def test_pins_survive_a_restart_of_the_pinner(ray_cluster, origin, origin_root, tmp_path):
     from rayfly import pin
 

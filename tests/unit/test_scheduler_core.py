@@ -3,7 +3,7 @@
 import asyncio
 
 from rayfly.config import SchedulerConfig
-from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Done, Failed
+from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Cached, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
 from rayfly.task import MAX_PIECE, PieceLimits, TaskInfo, default_piece_size
 
@@ -271,7 +271,10 @@ def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
     restarted = SchedulerCore(SchedulerConfig(), kv=kv, clock=lambda: now[0])
     assert restarted.tasks["t"].info == info and restarted.tasks["t"].order == "sequential"
     assert restarted.peers == {} and restarted.tasks["t"].holders == {}
-    have = {"t": {i: f"d{i}" for i in range(8)}, "never-registered": {0: "x"}}
+    have = {
+        "t": Cached(8 * MiB, MiB, {i: f"d{i}" for i in range(8)}),
+        "never-registered": Cached(1, MiB, {0: "x"}),
+    }
     assert restarted.announce("a", "ha", 4, "a1", have) == ["t"]
     assert "never-registered" not in restarted.tasks
     assert restarted.status()[0]["nodes_done"] == 1
@@ -279,6 +282,26 @@ def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
     batch = restarted.plan("t", "b", 4).assignments
     assert [(x.parent, x.digest) for x in batch] == [("a", f"d{x.piece}") for x in batch]
     assert len(batch) == 4 and list(kv.keys(TASKS)) == [TASKS + "t"]
+
+
+def test_a_copy_cut_into_other_pieces_is_not_taken_as_holding_the_task():
+    """The same object registered again with 2 MiB pieces, announced by a node that cached it
+    in 1 MiB pieces: its piece 2 is bytes 2-3 MiB, the task's is 4-5 MiB (same length)."""
+    core = SchedulerCore(SchedulerConfig())
+    core.add_task(TaskInfo("t", "http://o/x", 5 * MiB, 2 * MiB), "sequential")
+    old_cut = Cached(5 * MiB, MiB, {i: f"d{i}" for i in range(5)})
+    assert core.announce("a", "ha", 4, "a1", {"t": old_cut}) == []
+    assert core.tasks["t"].holders == {} and core.status()[0]["nodes_done"] == 0
+    same_cut = Cached(5 * MiB, 2 * MiB, {i: f"e{i}" for i in range(3)})
+    assert core.announce("a", "ha", 4, "a1", {"t": same_cut}) == ["t"]
+    assert core.tasks["t"].digests == {0: "e0", 1: "e1", 2: "e2"}
+
+
+def test_pieces_past_the_end_of_a_task_are_not_recorded():
+    core = SchedulerCore(SchedulerConfig())
+    core.add_task(TaskInfo("t", "http://o/x", 5 * MiB, 2 * MiB), "sequential")
+    core.join("t", "a", "ha", 4, have={0: "d0", 3: "d3", 4: "d4", -1: "x"}, incarnation="a1")
+    assert core.tasks["t"].holders == {0: {"a"}} and core.progress(["t"]) == {"a": 2 * MiB}
 
 
 def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():

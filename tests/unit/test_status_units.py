@@ -15,7 +15,7 @@ from rayfly import plot, submit
 from rayfly.cli.distribute import load_runtime_env
 from rayfly.errors import InvalidInput, MissingDependency
 from rayfly.progress import ProgressBar
-from rayfly.protocol import FileResult, NodeResult, PieceTime, summarize_node
+from rayfly.protocol import FileResult, NodeResult, PieceTime, flag_disagreements, summarize_node
 from rayfly.report import Report
 from rayfly.status import format_status
 
@@ -104,6 +104,30 @@ def test_a_nodes_pieces_are_summed_up_per_parent_in_the_json():
     report = Report("http://o/c", "/d/c", [node], 18, 10.0)
     assert json.loads(report.to_json())["nodes"][0]["parents"] == node.parents
     assert "parents" not in node.row()  # the flat table keeps its columns
+
+
+def _node(name: str, files: list[tuple[str, str]]) -> NodeResult:
+    node = NodeResult(name * 8, "10.0.0.1", name, f"/d/{name}")
+    node.files = [
+        FileResult(rel, f"/d/{name}/{rel}", 4, sha, 1.0, 0, 4, True) for rel, sha in files
+    ]
+    return summarize_node(node, single=False)
+
+
+def test_copies_that_differ_between_nodes_fail_everywhere_and_say_so():
+    good, bad = "a" * 64, "b" * 64
+    nodes = [_node(n, [("x", good), ("y", "c" * 64)]) for n in "pq"]
+    nodes.append(_node("r", [("x", bad), ("y", "c" * 64)]))
+    assert flag_disagreements(nodes, single=False) == 3
+    report = Report("s3://b/p/", "/d/{node_id}/", nodes, 8, 1.0)
+    assert not report.ok and report.nodes_failed == 3
+    for node in nodes:
+        x, y = node.files
+        assert not x.ok and y.ok and node.bytes == 4 and node.sha256 is None
+        assert f"sha256 {good[:12]} on 2 nodes, {bad[:12]} on 1 node" in str(x.error)
+        assert str(node.error).startswith("x: the nodes' copies differ")
+    same = [_node(n, [("x", good)]) for n in "pq"]
+    assert flag_disagreements(same, single=False) == 0 and all(n.ok for n in same)
 
 
 def test_plot_draws_two_lines_per_node():

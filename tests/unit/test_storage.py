@@ -143,6 +143,41 @@ def test_a_piece_changed_on_disk_is_caught_when_read_with_verify(tmp_path):
         store.read_piece("t1", 1, verify=True)
 
 
+def test_a_complete_task_is_recut_from_its_own_bytes_and_kept_so(tmp_path):
+    store = make_store(tmp_path, quota=1 << 20)
+    data = os.urandom(5 * 4096 + 100)
+    fill(store, "t1", data, 8192)
+    store.complete("t1", hashlib.sha256(data).hexdigest())
+    entry = store.recut("t1", 4096)
+    assert (entry.piece_size, entry.n_pieces, entry.have) == (4096, 6, set(range(6)))
+    assert entry.digests == {i: piece_digest(data[i * 4096 : (i + 1) * 4096]) for i in range(6)}
+    assert bytes(store.read_piece("t1", 5, verify=True)) == data[5 * 4096 :]
+    store.close()
+    again = make_store(tmp_path, quota=1 << 20)  # meta.json records the new cut
+    kept = again.entry("t1")
+    assert (kept.piece_size, kept.digests, kept.sha256) == (4096, entry.digests, entry.sha256)
+    assert bytes(again.read_piece("t1", 2, verify=True)) == data[2 * 4096 : 3 * 4096]
+
+
+def test_a_copy_changed_on_disk_is_not_recut(tmp_path):
+    store = make_store(tmp_path, quota=1 << 20)
+    data = os.urandom(4 * 4096)
+    fill(store, "t1", data, 8192)
+    store.complete("t1", hashlib.sha256(data).hexdigest())
+    before = dict(store.entry("t1").digests)
+    os.chmod(store.data_path("t1"), 0o644)  # the cache file is read-only: damage it anyway
+    with open(store.data_path("t1"), "r+b") as fh:
+        fh.seek(3 * 4096)
+        fh.write(b"\x00" * 16)
+    with pytest.raises(PieceCorrupt, match="changed on disk"):
+        store.recut("t1", 4096)
+    entry = store.entry("t1")
+    assert (entry.piece_size, entry.digests) == (8192, before)  # new digests would bless it
+    store.begin("partial", 5000, 4096)
+    with pytest.raises(StorageError, match="not complete"):
+        store.recut("partial", 1024)
+
+
 def test_gc_dry_run_says_why_and_evicts_nothing(tmp_path):
     now = [1000.0]
     store = make_store(tmp_path, quota=10_000, clock=lambda: now[0])
