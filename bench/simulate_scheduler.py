@@ -69,6 +69,7 @@ class SimConfig:
     slow_factor: float = 1.0
     ask_beside: bool = True
     shared_links: bool = False
+    tail_split: int = 1
 
 
 @dataclass
@@ -167,7 +168,9 @@ class Simulation:
         self.now = 0.0
         self.rng = random.Random(config.seed)
         piece = config.piece_size or default_piece_size(config.size)
-        self.task = TaskInfo("sim", "sim://origin/file", config.size, piece)
+        self.task = TaskInfo(
+            "sim", "sim://origin/file", config.size, piece, tail_split=config.tail_split
+        )
         sched_cfg = SchedulerConfig(
             origin_parallelism=config.origin_parallelism,
             lease_timeout_s=1e9,
@@ -429,6 +432,14 @@ def main() -> None:
         action="store_true",
         help="share each link's rate again whenever a transfer starts or ends (tens of peers)",
     )
+    parser.add_argument(
+        "--tail-split",
+        type=int,
+        default=1,
+        help="cut the task's last pieces this many times smaller (rayfly.task.Cut; a task of "
+        "default piece size has 4)",
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="runs per size, seeds 0..n-1")
     parser.add_argument("--slow-peers", type=int, default=0, help="peers with a slower link")
     parser.add_argument("--slow-factor", type=float, default=1.0, help="how much slower")
     parser.add_argument(
@@ -444,16 +455,18 @@ def main() -> None:
     piece = args.piece_size_mib << 20 if args.piece_size_mib else None
     doc: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "runs": [], "memory": []}
     for n in [int(x) for x in args.peers.split(",")]:
-        cfg = SimConfig(peers=n, size=size, piece_size=piece, rate_gbit=args.rate_gbit,
-                        origin_rate_gbit=args.rate_gbit, max_cpu_s=args.max_cpu,
-                        wake_limit=args.wake_limit, slow_peers=args.slow_peers,
-                        concurrency=args.slots, upload_slots=args.slots,
-                        origin_parallelism=args.origin_parallelism,
-                        shared_links=args.shared_links,
-                        slow_factor=args.slow_factor, ask_beside=args.ask_beside)  # fmt: skip
-        result = Simulation(cfg).run()
-        doc["runs"].append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)
+        for seed in range(args.seeds):
+            cfg = SimConfig(peers=n, size=size, piece_size=piece, rate_gbit=args.rate_gbit,
+                            origin_rate_gbit=args.rate_gbit, max_cpu_s=args.max_cpu,
+                            wake_limit=args.wake_limit, slow_peers=args.slow_peers,
+                            concurrency=args.slots, upload_slots=args.slots,
+                            origin_parallelism=args.origin_parallelism,
+                            shared_links=args.shared_links, tail_split=args.tail_split,
+                            seed=seed, slow_factor=args.slow_factor,
+                            ask_beside=args.ask_beside)  # fmt: skip
+            result = Simulation(cfg).run()
+            doc["runs"].append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)
         doc["memory"].append(state_memory(n, size, piece, cfg.upload_slots))
         print(json.dumps(doc["memory"][-1]), flush=True)
     big = SimConfig(peers=max(int(x) for x in args.peers.split(",")), size=size, piece_size=piece)

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from rayfly.task import TaskInfo
+from rayfly.task import Cut, TaskInfo
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,11 @@ class Failed:
 @dataclass(frozen=True)
 class Cached:
     """A task complete in a peer's cache, as the peer announces it: how the copy is cut into
-    pieces (``length``, ``piece_size``) and each piece's digest. The same object registered
-    again may be cut otherwise (another piece size): the scheduler takes the announcement only
-    when the cut is the task's, since piece ``i`` of another cut is other bytes."""
+    pieces and each piece's digest. The same object registered again may be cut otherwise
+    (another piece size): the scheduler takes the announcement only when the cut is the
+    task's, since piece ``i`` of another cut is other bytes."""
 
-    length: int
-    piece_size: int
+    cut: Cut
     digests: dict[int, str]
 
 

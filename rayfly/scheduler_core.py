@@ -249,7 +249,7 @@ class SchedulerCore:
         t = self.tasks.get(task_id)
         if t is None or t.error:
             return False
-        return (held.length, held.piece_size) == (t.info.length, t.info.piece_size)
+        return held.cut == t.info.cut
 
     def suspect(self, peer_id: str) -> None:
         """A child could not reach ``peer_id``: choose other parents (or the origin) for a while."""

@@ -33,7 +33,7 @@ from rayfly.errors import (
     SourceError,
     SourceNotFound,
 )
-from rayfly.task import SIGNATURE_PARAMS
+from rayfly.task import SIGNATURE_PARAMS, Cut
 from rayfly.version import Version, from_info, from_stat
 
 T = TypeVar("T")
@@ -401,7 +401,7 @@ def _read_direct(url: str, start: int, end: int, version: Version) -> Any:
 
 
 async def stream_pieces(
-    url: str, options: dict[str, Any], version: Version, length: int, piece_size: int
+    url: str, options: dict[str, Any], version: Version, cut: Cut
 ) -> AsyncIterator[tuple[int, bytes]]:
     """The object read once, front to back, as ``(index, piece)`` (for HTTP origins that
     ignore ``Range``); conditional on ``version`` like :func:`read_range_async`. Not retried:
@@ -411,9 +411,7 @@ async def stream_pieces(
         raise SourceError(f"only HTTP origins are streamed, not {redact_url(url)}")
     fs, path = found
     try:
-        async for index, piece in source_http.stream(
-            fs, path, redact_url(url), version, length, piece_size
-        ):
+        async for index, piece in source_http.stream(fs, path, redact_url(url), version, cut):
             yield index, piece
     except SourceError:
         raise

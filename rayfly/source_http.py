@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rayfly.errors import OriginChanged, RangeIgnored
-from rayfly.task import piece_count
+from rayfly.task import Cut
 from rayfly.version import Version, from_info
 
 IDENTITY = {"Accept-Encoding": "identity"}  # the bytes as stored, and their validators
@@ -115,12 +115,12 @@ def _cut(buf: bytearray, index: int, sizes: list[int]) -> list[bytes]:
 
 
 async def stream(
-    fs: Any, url: str, shown: str, version: Version, length: int, piece_size: int
+    fs: Any, url: str, shown: str, version: Version, cut: Cut
 ) -> AsyncIterator[tuple[int, bytes]]:
     """The object read once from its start, cut into ``(index, piece)`` as it arrives; a body
     of another length than listed is :class:`OriginChanged`."""
-    n = piece_count(length, piece_size)
-    sizes = [min(piece_size, length - i * piece_size) for i in range(n)]
+    length = cut.length
+    sizes = [end - start for start, end in map(cut.bounds, range(cut.n_pieces))]
     session = await fs.set_session()
     kw = _request_kwargs(fs, {**IDENTITY, **conditions(version)})
     async with session.get(fs.encode_url(url), **kw) as r:
@@ -140,5 +140,5 @@ async def stream(
             for piece in _cut(buf, index, sizes):
                 yield index, piece
                 index += 1
-        if index < n:
+        if index < len(sizes):
             raise changed(shown, f"size was {length}, the body ended at {received}")

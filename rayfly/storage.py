@@ -40,7 +40,7 @@ import xxhash
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
 from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, plan_gc
 from rayfly.piecemem import BUFFERS, PAGE
-from rayfly.task import piece_bounds, piece_count, validate_task_id
+from rayfly.task import Cut, validate_task_id
 
 
 def aligned(view: memoryview, start: int, memory: bool = True) -> bool:
@@ -69,11 +69,17 @@ class TaskEntry:
     complete: bool = False
     last_used: float = 0.0
     source: str = ""
+    tail_split: int = 1  # an entry recorded before tails were cut has none
+
+    @property
+    def cut(self) -> Cut:
+        """How the task is cut into pieces here."""
+        return Cut(self.length, self.piece_size, self.tail_split)
 
     @property
     def n_pieces(self) -> int:
         """Number of pieces of the task."""
-        return piece_count(self.length, self.piece_size)
+        return self.cut.n_pieces
 
 
 def _parse_meta(meta: Path) -> TaskEntry:
@@ -198,13 +204,15 @@ class PieceStore:
         st = os.stat(self.root)
         return st.st_dev, st.st_ino
 
-    def begin(self, task_id: str, length: int, piece_size: int, source: str = "") -> TaskEntry:
-        """Make room for a task and open its data file; an existing entry is returned as is."""
+    def begin(self, task_id: str, cut: Cut, source: str = "") -> TaskEntry:
+        """Make room for a task cut as ``cut`` and open its data file; an existing entry is
+        returned as is."""
         with self._lock:
             if task_id in self._entries:
                 entry = self._entries[task_id]
                 entry.last_used = self._clock()
                 return entry
+            length = cut.length
             self._make_room(length)
             d = self._dir(task_id)
             shutil.rmtree(d, ignore_errors=True)
@@ -215,7 +223,10 @@ class PieceStore:
             except OSError as exc:
                 shutil.rmtree(d, ignore_errors=True)
                 raise StorageError(f"cannot create cache file in {d}: {exc}") from exc
-            entry = TaskEntry(task_id, length, piece_size, last_used=self._clock(), source=source)
+            entry = TaskEntry(
+                task_id, length, cut.piece_size, last_used=self._clock(), source=source
+            )
+            entry.tail_split = cut.tail_split
             self._entries[task_id] = entry
             return entry
 
@@ -376,7 +387,7 @@ class PieceStore:
         ``digest``: the digest of ``data`` when the caller computed it already (it read the
         bytes and checked them), so that they are not hashed twice."""
         entry = self._require(task_id)
-        start, end = piece_bounds(entry.length, entry.piece_size, index)
+        start, end = entry.cut.bounds(index)
         view = memoryview(data).cast("B")
         if len(view) != end - start:
             raise PieceCorrupt(
@@ -413,7 +424,7 @@ class PieceStore:
         entry = self._require(task_id)
         if index not in entry.have:
             raise PieceUnavailable(f"piece {index} of task {task_id} is not held here")
-        start, end = piece_bounds(entry.length, entry.piece_size, index)
+        start, end = entry.cut.bounds(index)
         buf = np.empty(end - start, dtype=np.uint8) if into is None else into[: end - start]
         with self._open(task_id, entry) as f:
             direct = self.direct_io and f.direct is not None and aligned(memoryview(buf), start)
@@ -431,7 +442,7 @@ class PieceStore:
         entry = self._require(task_id)
         if index not in entry.have:
             raise PieceUnavailable(f"piece {index} of task {task_id} is not held here")
-        start, end = piece_bounds(entry.length, entry.piece_size, index)
+        start, end = entry.cut.bounds(index)
         return end - start
 
     def _require(self, task_id: str) -> TaskEntry:
@@ -462,23 +473,23 @@ class PieceStore:
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, d / "meta.json")
 
-    def recut(self, task_id: str, piece_size: int) -> TaskEntry:
-        """Cut a complete task into pieces of ``piece_size``: the same object registered again
-        with another piece size (the cluster restarted, or its scheduler dropped the task) is
-        served from this copy without fetching it again.
+    def recut(self, task_id: str, cut: Cut) -> TaskEntry:
+        """Cut a complete task as ``cut`` (of its length): the same object registered again with
+        other pieces (the cluster restarted, or its scheduler dropped the task) is served from
+        this copy without fetching it again.
 
         The data file is read once: its sha256 must still be the one recorded (else
         :class:`PieceCorrupt`, and nothing changes), and each new piece's digest is taken from
         the same bytes. The entry and its ``meta.json`` then record the new cut."""
         entry = self._require(task_id)
-        if not entry.complete or entry.sha256 is None:
-            raise StorageError(f"task {task_id} is not complete; it cannot be re-cut")
-        n = piece_count(entry.length, piece_size)
+        if not entry.complete or entry.sha256 is None or cut.length != entry.length:
+            raise StorageError(f"task {task_id} is not complete at that length: not re-cut")
+        n = cut.n_pieces
         whole, digests = hashlib.sha256(), {}
-        buf = np.empty(max(1, min(piece_size, entry.length)), dtype=np.uint8)
+        buf = np.empty(max(1, min(cut.piece_size, entry.length)), dtype=np.uint8)
         with open(self._dir(task_id) / "data", "rb", buffering=0) as fh:
             for i in range(n):
-                start, end = piece_bounds(entry.length, piece_size, i)
+                start, end = cut.bounds(i)
                 view = buf[: end - start]
                 if os.preadv(fh.fileno(), [view], start) != end - start:
                     raise StorageError(f"short read of task {task_id} at {self.root}")
@@ -487,7 +498,8 @@ class PieceStore:
         if whole.hexdigest() != entry.sha256:
             raise PieceCorrupt(f"task {task_id} changed on disk at {self.root}")
         with self._lock:
-            entry.piece_size, entry.digests, entry.have = piece_size, digests, set(range(n))
+            entry.piece_size, entry.tail_split = cut.piece_size, cut.tail_split
+            entry.digests, entry.have = digests, set(range(n))
             self._write_meta(entry)
         return entry
 

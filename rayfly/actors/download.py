@@ -239,7 +239,7 @@ class Downloads:
     def _cut_as(self, task: TaskInfo) -> bool:
         """Whether this node's cache entry of ``task``, if any, is cut into the task's pieces."""
         entry = self.store.entry(task.task_id)
-        return entry is None or (entry.length, entry.piece_size) == (task.length, task.piece_size)
+        return entry is None or entry.cut == task.cut
 
     async def _recut(self, task: TaskInfo) -> None:
         """Cut a complete cached copy of ``task`` into the task's pieces (the same object was
@@ -251,7 +251,7 @@ class Downloads:
             return
         if entry.complete and entry.length == task.length:
             try:
-                await self.disk_io(self.store.recut, task.task_id, task.piece_size)
+                await self.disk_io(self.store.recut, task.task_id, task.cut)
                 return
             except (OSError, RayflyError) as exc:
                 log.warning("task %s: cached copy not re-cut: %s", task.task_id, exc)
@@ -271,9 +271,7 @@ class Downloads:
         t0 = time.time()
         try:
             await self._ask_seed(task)
-            entry = await self.disk_io(
-                self.store.begin, tid, task.length, task.piece_size, task.url
-            )
+            entry = await self.disk_io(self.store.begin, tid, task.cut, task.url)
             await self._evicted()
             events = self.events(task)
             for i in entry.have:
@@ -556,7 +554,7 @@ class Downloads:
         t0 = time.time()
         try:
             async for index, data in source.stream_pieces(
-                task.url, task.storage_options, task.version, task.length, task.piece_size
+                task.url, task.storage_options, task.version, task.cut
             ):
                 out.bytes_from_origin += len(data)
                 await self._take_rate(task, True, len(data))  # slows the stream down

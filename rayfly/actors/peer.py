@@ -174,7 +174,7 @@ class Peer:
         the scheduler knows."""
         wanted = None if task_ids is None else set(task_ids)
         have = {
-            e.task_id: Cached(e.length, e.piece_size, dict(e.digests))
+            e.task_id: Cached(e.cut, dict(e.digests))
             for e in self.store.entries()
             if e.complete and (wanted is None or e.task_id in wanted)
         }

@@ -25,6 +25,7 @@ from typing import Protocol
 import aiohttp
 
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
+from rayfly.task import Cut
 
 PIECE_SIZE = 4 << 20
 
@@ -47,7 +48,7 @@ class BlobHandle(Protocol):
     """An open blob: in-order pieces, then a whole-blob check."""
 
     length: int
-    piece_size: int
+    cut: Cut
 
     async def piece(self, index: int) -> memoryview:
         """Bytes of piece ``index`` once they are on this node (checked per piece)."""
@@ -130,11 +131,10 @@ class _LocalHandle:
     def __init__(self, download: _Download) -> None:
         self._d = download
         self.length = download.length
-        self.piece_size = PIECE_SIZE
+        self.cut = Cut(download.length, PIECE_SIZE)
 
     async def piece(self, index: int) -> memoryview:
-        start = index * self.piece_size
-        end = min(self.length, start + self.piece_size)
+        start, end = self.cut.bounds(index)
         await self._d.wait_for(end)
         return self._d.read(start, end)
 
@@ -254,11 +254,10 @@ class _CompleteHandle:
     """A verified blob file on disk."""
 
     def __init__(self, path: Path, length: int) -> None:
-        self._path, self.length, self.piece_size = path, length, PIECE_SIZE
+        self._path, self.length, self.cut = path, length, Cut(length, PIECE_SIZE)
 
     async def piece(self, index: int) -> memoryview:
-        start = index * self.piece_size
-        return _read_file(self._path, start, min(self.length, start + self.piece_size))
+        return _read_file(self._path, *self.cut.bounds(index))
 
     async def verify(self) -> None:
         return None

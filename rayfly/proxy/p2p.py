@@ -23,7 +23,7 @@ from rayfly.proxy.blobs import BlobHandle, BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.source import SourceFile, Version
 from rayfly.storage import PieceStore, TaskEntry
-from rayfly.task import SourceSpec, TaskInfo
+from rayfly.task import Cut, SourceSpec, TaskInfo
 
 _PREPARE_GRACE_S = 10.0
 READ_AHEAD = 2
@@ -87,10 +87,10 @@ class _SharedPieces:
 class _P2PHandle:
     """Pieces of one blob from the node's peer, in order; ``verify`` waits for the whole."""
 
-    def __init__(self, owner: P2PBlobs, digest: Digest, length: int, piece_size: int) -> None:
+    def __init__(self, owner: P2PBlobs, digest: Digest, cut: Cut) -> None:
         self._owner, self._digest = owner, digest
-        self.length, self.piece_size = length, piece_size
-        self._n = max(1, -(-length // piece_size))
+        self.length, self.cut = cut.length, cut
+        self._n = cut.n_pieces
         self._shared = owner.shared(digest.task_id)
         self._shared.advance(id(self), 0)
 
@@ -102,9 +102,8 @@ class _P2PHandle:
             try:
                 box = await ref  # [the piece's reference]: pulled into this node's store once
                 if not box:  # verified in the node's store and not in memory: read its file
-                    start = index * self.piece_size
-                    size = min(self.piece_size, self.length - start)
-                    return await self._owner.read_stored(self._digest, start, size)
+                    start, end = self.cut.bounds(index)
+                    return await self._owner.read_stored(self._digest, start, end - start)
                 return await box[0]
             except (RayActorError, OwnerDiedError):
                 # the node's peer (the owner of every reference it hands out) died; a new one
@@ -126,8 +125,8 @@ class _P2PHandle:
         array = await self._get(index)
         for ahead in range(index + 1, min(self._n, index + 1 + READ_AHEAD)):
             self._shared.ref(ahead)
-        want = min(self.piece_size, self.length - index * self.piece_size)
-        if len(array) != want:
+        start, end = self.cut.bounds(index)
+        if len(array) != end - start:
             raise UpstreamError(f"piece {index} of {self._digest} has {len(array)} bytes")
         return memoryview(array).cast("B")
 
@@ -152,13 +151,12 @@ class _FileHandle:
     an eviction during the response does not cut it short.
     """
 
-    def __init__(self, fd: int, length: int, piece_size: int) -> None:
-        self._fd, self.length, self.piece_size = fd, length, piece_size
+    def __init__(self, fd: int, cut: Cut) -> None:
+        self._fd, self.length, self.cut = fd, cut.length, cut
 
     async def piece(self, index: int) -> memoryview:
-        start = index * self.piece_size
-        size = min(self.piece_size, self.length - start)
-        return memoryview(await asyncio.to_thread(os.pread, self._fd, size, start))
+        start, end = self.cut.bounds(index)
+        return memoryview(await asyncio.to_thread(os.pread, self._fd, end - start, start))
 
     async def verify(self) -> None:
         return None
@@ -221,7 +219,7 @@ class P2PBlobs:
             fd = os.open(PieceStore.data_path_at(self.store_root, digest.task_id), os.O_RDONLY)
         except OSError:
             return None
-        return _FileHandle(fd, entry.length, entry.piece_size)
+        return _FileHandle(fd, entry.cut)
 
     async def read_stored(self, digest: Digest, start: int, size: int) -> np.ndarray:
         """Bytes of the blob's data file in the node's piece store (pieces the peer verified
@@ -267,7 +265,7 @@ class P2PBlobs:
             return local
         info = await self._register(digest, source)
         await self.call("prepare", info, self.concurrency)
-        return _P2PHandle(self, digest, info.length, info.piece_size)
+        return _P2PHandle(self, digest, info.cut)
 
     async def _register(self, digest: Digest, source: SourceFactory) -> TaskInfo:
         key = digest.task_id

@@ -329,8 +329,8 @@ async def _send_blob(
         await resp.prepare(request)
         await resp.write_eof()
         return resp
-    first_piece = await handle.piece(start // handle.piece_size)
-    if start // handle.piece_size == end // handle.piece_size:
+    first_piece = await handle.piece(handle.cut.index_of(start))
+    if handle.cut.index_of(start) == handle.cut.index_of(end):
         await handle.verify()
     await resp.prepare(request)
     try:
@@ -350,12 +350,11 @@ async def _stream(
     resp: web.StreamResponse, handle: BlobHandle, start: int, end: int, first: memoryview
 ) -> None:
     """Write bytes ``start..end`` piece by piece; the final write waits for ``verify()``."""
-    size = handle.piece_size
-    first_index, last_index = start // size, end // size
+    first_index, last_index = handle.cut.index_of(start), handle.cut.index_of(end)
     for index in range(first_index, last_index + 1):
         data = first if index == first_index else await handle.piece(index)
-        lo = max(start, index * size) - index * size
-        hi = min(end + 1, (index + 1) * size) - index * size
+        first_byte, past = handle.cut.bounds(index)
+        lo, hi = max(start, first_byte) - first_byte, min(end + 1, past) - first_byte
         if index == last_index:
             await handle.verify()
         await resp.write(data[lo:hi])

@@ -36,6 +36,8 @@ def test_large_file_reaches_every_node_once_from_origin(ray_cluster, origin, ori
     assert {n.sha256 for n in report.nodes} == {want}
     assert sum(n.bytes_from_peers for n in report.nodes) >= 2 * src.stat().st_size
     assert report.to_arrow().num_rows == CLUSTER_NODES
+    sizes = {e.nbytes for n in report.nodes for e in n.timeline}
+    assert sizes == {max(sizes), max(sizes) // 4}  # the last 4 pieces' worth cut in quarters
     for n in report.nodes:  # every piece's time, from asking for it to holding it verified
         assert sum(e.nbytes for e in n.timeline) == n.bytes_from_origin + n.bytes_from_peers
         assert all(0 < entry.seconds <= n.seconds for entry in n.timeline), n.node_id

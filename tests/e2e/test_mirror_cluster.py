@@ -259,6 +259,27 @@ def test_range_of_a_blob_still_arriving_is_read_from_the_store_file(mirrors, fro
     assert front.state.bytes_by_digest[digest] == len(data)
 
 
+def test_ranges_across_the_split_tail_of_a_blob(mirrors, front, registry):
+    """A blob of default pieces has its last 4 pieces' worth cut in 1 MiB pieces
+    (:class:`rayfly.task.Cut`): 33 MiB + 7 is 5 pieces of 4 MiB, then 14 of 1 MiB. Ranges that
+    cross from the 4 MiB pieces into the 1 MiB ones, or lie in the tail, are cut right, on a
+    mirror whose peer fetches the blob from another node and on one that reads its cache."""
+    image = fresh_image(registry, "rayfly/splittail", 75, [33 * MiB + 7])
+    digest = image.layer_digests[0]
+    data = image.blobs[digest]
+    bases = list(mirrors.values())
+    whole = requests.get(blob_url(bases[0], image, digest), timeout=60)
+    assert "sha256:" + hashlib.sha256(whole.content).hexdigest() == digest
+    for base in (bases[2], bases[0]):
+        for lo, hi in [(19 * MiB + 3, 21 * MiB + 100), (25 * MiB - 1, 25 * MiB), (30 * MiB, -1)]:
+            hi = len(data) - 1 if hi < 0 else hi
+            resp = requests.get(
+                blob_url(base, image, digest), headers={"Range": f"bytes={lo}-{hi}"}, timeout=60
+            )
+            assert resp.status_code == 206 and resp.content == data[lo : hi + 1], (base, lo, hi)
+    assert front.state.bytes_by_digest[digest] == len(data)
+
+
 def test_cli_status_and_idempotent_start(mirrors, front_server):
     from click.testing import CliRunner
 

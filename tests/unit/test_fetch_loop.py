@@ -65,7 +65,7 @@ def setup(tmp_path, monkeypatch):
     task = TaskInfo("t", "http://origin/x", PIECES * MiB, MiB)
     core.add_task(task)
     store = PieceStore(tmp_path, 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
-    store.begin("t", task.length, task.piece_size, task.url)
+    store.begin("t", task.cut, task.url)
     limits = NodeLimits(TokenBucket(None), TokenBucket(None), TokenBucket(None))
     downloads = Downloads(
         "me", PeerConfig(), store, CoreLinks(core), limits, HotPieces(0), None, None

@@ -12,6 +12,7 @@ from rayfly.errors import StorageError
 from rayfly.eviction import GcPolicy
 from rayfly.identity import open_node_cache
 from rayfly.storage import PieceStore
+from rayfly.task import Cut
 
 NO_WATERMARKS = GcPolicy(1 << 20, high=1.0, low=1.0)  # the machine's own disk must not decide
 
@@ -22,7 +23,7 @@ OTHER_NODE = "cd" * 28
 def test_the_same_directory_is_the_same_cache_after_a_restart(tmp_path):
     first = open_node_cache(tmp_path, {"node_id": "n1"})
     store = PieceStore(first.store_dir, 1 << 20, policy=NO_WATERMARKS)
-    store.begin("t1", 5, 5)
+    store.begin("t1", Cut(5, 5))
     store.write_piece("t1", 0, b"hello")
     store.complete("t1", "sha")
     os.close(first.lock_fd)  # the peer's process ends

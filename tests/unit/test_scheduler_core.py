@@ -5,7 +5,7 @@ import asyncio
 from rayfly.config import SchedulerConfig
 from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Cached, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
-from rayfly.task import MAX_PIECE, PieceLimits, TaskInfo, default_piece_size
+from rayfly.task import MAX_PIECE, Cut, PieceLimits, TaskInfo, default_piece_size
 
 MiB = 1 << 20
 
@@ -272,8 +272,8 @@ def test_a_restarted_core_reloads_its_tasks_and_announcements_rebuild_holders():
     assert restarted.tasks["t"].info == info and restarted.tasks["t"].order == "sequential"
     assert restarted.peers == {} and restarted.tasks["t"].holders == {}
     have = {
-        "t": Cached(8 * MiB, MiB, {i: f"d{i}" for i in range(8)}),
-        "never-registered": Cached(1, MiB, {0: "x"}),
+        "t": Cached(Cut(8 * MiB, MiB), {i: f"d{i}" for i in range(8)}),
+        "never-registered": Cached(Cut(1, MiB), {0: "x"}),
     }
     assert restarted.announce("a", "ha", 4, "a1", have) == ["t"]
     assert "never-registered" not in restarted.tasks
@@ -289,10 +289,13 @@ def test_a_copy_cut_into_other_pieces_is_not_taken_as_holding_the_task():
     in 1 MiB pieces: its piece 2 is bytes 2-3 MiB, the task's is 4-5 MiB (same length)."""
     core = SchedulerCore(SchedulerConfig())
     core.add_task(TaskInfo("t", "http://o/x", 5 * MiB, 2 * MiB), "sequential")
-    old_cut = Cached(5 * MiB, MiB, {i: f"d{i}" for i in range(5)})
+    old_cut = Cached(Cut(5 * MiB, MiB), {i: f"d{i}" for i in range(5)})
     assert core.announce("a", "ha", 4, "a1", {"t": old_cut}) == []
     assert core.tasks["t"].holders == {} and core.status()[0]["nodes_done"] == 0
-    same_cut = Cached(5 * MiB, 2 * MiB, {i: f"e{i}" for i in range(3)})
+    core.add_task(TaskInfo("u", "http://o/y", 16 * MiB, 2 * MiB, tail_split=4), "sequential")
+    uniform = Cached(Cut(16 * MiB, 2 * MiB), {i: f"u{i}" for i in range(8)})
+    assert core.announce("a", "ha", 4, "a1", {"u": uniform}) == []  # its tail is not split
+    same_cut = Cached(Cut(5 * MiB, 2 * MiB), {i: f"e{i}" for i in range(3)})
     assert core.announce("a", "ha", 4, "a1", {"t": same_cut}) == ["t"]
     assert core.tasks["t"].digests == {0: "e0", 1: "e1", 2: "e2"}
 

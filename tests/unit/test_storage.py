@@ -11,6 +11,7 @@ from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageErro
 from rayfly.eviction import GcPolicy
 from rayfly.piecemem import BufferPool
 from rayfly.storage import PieceStore, aligned, piece_digest
+from rayfly.task import Cut
 
 
 def make_store(root, quota, **kw):
@@ -20,7 +21,7 @@ def make_store(root, quota, **kw):
 
 
 def fill(store, tid, data, piece):
-    store.begin(tid, len(data), piece)
+    store.begin(tid, Cut(len(data), piece))
     for i in range(0, max(1, -(-len(data) // piece))):
         store.write_piece(tid, i, data[i * piece : (i + 1) * piece])
 
@@ -28,7 +29,7 @@ def fill(store, tid, data, piece):
 def test_write_verify_read_back(tmp_path):
     store = make_store(tmp_path, quota=1 << 20)
     data = os.urandom(10_000)
-    store.begin("t1", len(data), 4096)
+    store.begin("t1", Cut(len(data), 4096))
     d = store.write_piece("t1", 1, data[4096:8192], expected=piece_digest(data[4096:8192]))
     assert d == piece_digest(data[4096:8192])
     assert bytes(store.read_piece("t1", 1)) == data[4096:8192]
@@ -38,7 +39,7 @@ def test_write_verify_read_back(tmp_path):
 
 def test_corrupt_piece_is_refused_and_not_recorded(tmp_path):
     store = make_store(tmp_path, quota=1 << 20)
-    store.begin("t1", 8192, 4096)
+    store.begin("t1", Cut(8192, 4096))
     good = os.urandom(4096)
     bad = bytearray(good)
     bad[0] ^= 1
@@ -77,7 +78,7 @@ def test_incomplete_tasks_are_dropped_on_restart_complete_kept(tmp_path):
     store = make_store(tmp_path, quota=1 << 20)
     fill(store, "done", b"a" * 5000, 4096)
     store.complete("done", "11" * 32)
-    store.begin("partial", 5000, 4096)
+    store.begin("partial", Cut(5000, 4096))
     store.write_piece("partial", 0, b"b" * 4096)
     store.close()
     again = make_store(tmp_path, quota=1 << 20)
@@ -93,7 +94,7 @@ def test_read_entry_reads_only_complete_tasks_without_opening_the_store(tmp_path
     data = b"a" * 5000
     fill(store, "done", data, 4096)
     store.complete("done", "11" * 32)
-    store.begin("partial", 5000, 4096)
+    store.begin("partial", Cut(5000, 4096))
     store.write_piece("partial", 0, b"b" * 4096)
     entry = PieceStore.read_entry(tmp_path, "done")
     assert entry is not None and entry.complete and entry.sha256 == "11" * 32
@@ -113,17 +114,17 @@ def test_lru_eviction_and_quota(tmp_path):
         store.complete(name, "00" * 32)
     now[0] += 1
     store.read_piece("old", 0)
-    store.begin("third", 4000, 4096)
+    store.begin("third", Cut(4000, 4096))
     assert store.entry("new") is None and store.entry("old") is not None
     with pytest.raises(CacheFull):
-        store.begin("huge", 20_000, 4096)
+        store.begin("huge", Cut(20_000, 4096))
 
 
 def test_pieces_accept_numpy_views(tmp_path):
     store = make_store(tmp_path, quota=1 << 20)
     arr = np.frombuffer(os.urandom(4096), dtype=np.uint8)
     arr.flags.writeable = False
-    store.begin("t", 4096, 4096)
+    store.begin("t", Cut(4096, 4096))
     store.write_piece("t", 0, arr)
     assert bytes(store.read_piece("t", 0)) == arr.tobytes()
 
@@ -148,7 +149,7 @@ def test_a_complete_task_is_recut_from_its_own_bytes_and_kept_so(tmp_path):
     data = os.urandom(5 * 4096 + 100)
     fill(store, "t1", data, 8192)
     store.complete("t1", hashlib.sha256(data).hexdigest())
-    entry = store.recut("t1", 4096)
+    entry = store.recut("t1", Cut(len(data), 4096))
     assert (entry.piece_size, entry.n_pieces, entry.have) == (4096, 6, set(range(6)))
     assert entry.digests == {i: piece_digest(data[i * 4096 : (i + 1) * 4096]) for i in range(6)}
     assert bytes(store.read_piece("t1", 5, verify=True)) == data[5 * 4096 :]
@@ -170,12 +171,12 @@ def test_a_copy_changed_on_disk_is_not_recut(tmp_path):
         fh.seek(3 * 4096)
         fh.write(b"\x00" * 16)
     with pytest.raises(PieceCorrupt, match="changed on disk"):
-        store.recut("t1", 4096)
+        store.recut("t1", Cut(len(data), 4096))
     entry = store.entry("t1")
     assert (entry.piece_size, entry.digests) == (8192, before)  # new digests would bless it
-    store.begin("partial", 5000, 4096)
+    store.begin("partial", Cut(5000, 4096))
     with pytest.raises(StorageError, match="not complete"):
-        store.recut("partial", 1024)
+        store.recut("partial", Cut(5000, 1024))
 
 
 def test_gc_dry_run_says_why_and_evicts_nothing(tmp_path):
@@ -193,7 +194,7 @@ def test_quota_evictions_are_queued_for_the_owner_to_report(tmp_path):
     store = make_store(tmp_path, quota=6000)
     fill(store, "a", b"a" * 4000, 4096)
     store.complete("a", "00" * 32)
-    store.begin("b", 4000, 4096)
+    store.begin("b", Cut(4000, 4096))
     assert [e.task_id for e in store.take_evictions()] == ["a"]
     assert store.take_evictions() == []
 
@@ -278,7 +279,7 @@ def test_watermarks_on_a_real_small_filesystem(small_tmpfs):
     store.publish("published", small_tmpfs / "out" / "published.bin")
     assert store.disk().used > 0.5 * store.disk().total  # 12 of 16 MiB
     now[0] += 1
-    store.begin("new", 2 * MiB, MiB)  # 14 of 16 MiB: above 80 %
+    store.begin("new", Cut(2 * MiB, MiB))  # 14 of 16 MiB: above 80 %
     evicted = [e.task_id for e in store.take_evictions()]
     assert evicted == ["a", "b"]  # "published" would free nothing; 2 are enough for 60 %
     assert store.entry("published") is not None and store.entry("c") is not None
@@ -328,7 +329,7 @@ def test_reads_racing_completion_and_removal_never_hit_a_closed_file(tmp_path):
 
 def test_another_store_on_this_host_is_read_directly_only_where_it_is_seen(tmp_path):
     store = PieceStore(tmp_path / "parent", 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
-    store.begin("t" * 64, 3000, 1024)
+    store.begin("t" * 64, Cut(3000, 1024))
     digest = store.write_piece("t" * 64, 1, b"x" * 1024)
     dev, ino = store.identity()
     view = {"node_ip": "10.0.0.1", "root": str(store.root), "dev": dev, "ino": ino}
@@ -352,7 +353,7 @@ def test_another_store_on_this_host_is_read_directly_only_where_it_is_seen(tmp_p
 
 def test_a_piece_checked_by_its_reader_is_not_hashed_again(tmp_path, monkeypatch):
     store = PieceStore(tmp_path / "s", 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
-    store.begin("t" * 64, 2048, 1024)
+    store.begin("t" * 64, Cut(2048, 1024))
     data = b"y" * 1024
     digest = piece_digest(data)
     calls = []
@@ -375,7 +376,7 @@ def test_aligned_pieces_are_written_past_the_page_cache_and_read_back_whole(tmp_
     piece, length = 8192, 3 * 8192 + 100
     payload = os.urandom(length)
     store = _direct_store(tmp_path / "s", direct_io=True)
-    store.begin("t" * 64, length, piece)
+    store.begin("t" * 64, Cut(length, piece))
     pool = BufferPool(keep=0)
     for i in range(4):
         chunk = payload[i * piece : (i + 1) * piece]
@@ -404,7 +405,7 @@ def test_a_filesystem_that_refuses_direct_io_gets_buffered_writes(tmp_path, monk
 
     monkeypatch.setattr(os, "open", refusing_open)  # the kernel's answer there, not ours
     store = _direct_store(tmp_path / "s", direct_io=True)
-    store.begin("t" * 64, 8192, 4096)
+    store.begin("t" * 64, Cut(8192, 4096))
     pool = BufferPool(keep=0)
     for i in range(2):
         buf = pool.take(4096)
@@ -427,7 +428,7 @@ def test_a_direct_write_refused_once_is_not_tried_again(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "pwrite", refusing_pwrite)  # the kernel's answer there, not ours
     store = _direct_store(tmp_path / "s", direct_io=True)
-    store.begin("t" * 64, 3 * 4096, 4096)
+    store.begin("t" * 64, Cut(3 * 4096, 4096))
     pool = BufferPool(keep=0)
     for i in range(3):
         buf = pool.take(4096)

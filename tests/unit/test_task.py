@@ -1,13 +1,17 @@
+import itertools
+
 import pytest
 
 from rayfly.errors import InvalidInput
 from rayfly.task import (
+    TAIL_PIECES,
+    Cut,
     PieceLimits,
+    SourceSpec,
     TaskInfo,
     default_piece_size,
+    info_for,
     normalize_url,
-    piece_bounds,
-    piece_count,
     task_id_for,
     validate_task_id,
 )
@@ -60,11 +64,47 @@ def test_a_piece_size_from_the_measured_links(length, measured, expected):
 
 def test_layout_covers_every_byte_once():
     length, size = 10 * MiB + 123, 4 * MiB
-    assert piece_count(length, size) == 3
-    ranges = [piece_bounds(length, size, i) for i in range(3)]
+    cut = Cut(length, size)
+    assert cut.n_pieces == 3
+    ranges = [cut.bounds(i) for i in range(3)]
     assert ranges == [(0, 4 * MiB), (4 * MiB, 8 * MiB), (8 * MiB, 10 * MiB + 123)]
     with pytest.raises(IndexError):
-        piece_bounds(length, size, 3)
+        cut.bounds(3)
+    with pytest.raises(InvalidInput, match="piece size must be positive"):
+        Cut(length, 0)
+
+
+def test_the_last_pieces_of_a_default_cut_are_split():
+    cut = Cut(512 * MiB, 4 * MiB, 4)  # the testbed's task: the last 16 MiB in 1 MiB pieces
+    assert cut.n_pieces == 124 + 16
+    assert cut.bounds(123) == (492 * MiB, 496 * MiB) and cut.bounds(124) == (496 * MiB, 497 * MiB)
+    assert cut.bounds(139) == (511 * MiB, 512 * MiB)
+    odd = Cut(10 * MiB + 5, MiB, 4)  # 11 pieces of 1 MiB: the last 3 MiB + 5 bytes split
+    sizes = [end - start for start, end in map(odd.bounds, range(odd.n_pieces))]
+    assert sizes == [MiB] * 7 + [MiB // 4] * 12 + [5]
+    assert Cut(7 * MiB, MiB, 4).n_pieces == 7  # fewer than twice TAIL_PIECES: none split
+    assert Cut(7 * MiB, MiB, 4) == Cut(7 * MiB, MiB)  # and the cut is the uniform one
+    assert 2 * TAIL_PIECES == 8 and Cut(8 * MiB, MiB, 4).n_pieces == 4 + 16
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [Cut(0, MiB, 4), Cut(1, MiB), Cut(10 * MiB + 5, MiB, 4), Cut(64 * MiB, 16 * MiB, 4)]
+    + [Cut(n, 4096, 4) for n in (8 * 4096 - 1, 8 * 4096, 9 * 4096 + 77, 100_003)],
+)
+def test_every_cut_covers_every_byte_once_and_finds_each_bytes_piece(cut):
+    ranges = [cut.bounds(i) for i in range(cut.n_pieces)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == cut.length
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert all(end > start for start, end in ranges) or cut.length == 0
+    for i, (start, end) in enumerate(ranges):
+        assert cut.index_of(start) == i and (end == start or cut.index_of(end - 1) == i)
+
+
+def test_a_default_piece_size_splits_the_tail_and_a_given_one_does_not():
+    spec = SourceSpec("http://o/x", task_id="t")
+    assert info_for(spec, 512 * MiB, True, None).cut == Cut(512 * MiB, 8 * MiB, 4)
+    assert info_for(spec, 512 * MiB, True, 4 * MiB).cut == Cut(512 * MiB, 4 * MiB, 1)
 
 
 def test_empty_task_has_one_empty_piece():

@@ -12,7 +12,7 @@ import pytest
 from rayfly import source
 from rayfly.demo_origin import OriginServer
 from rayfly.errors import OriginChanged, RangeIgnored
-from rayfly.task import SourceSpec, task_id_for
+from rayfly.task import Cut, SourceSpec, task_id_for
 from rayfly.version import Version, from_info, identity
 
 URL = "http://o/x.bin"
@@ -119,13 +119,21 @@ def test_an_origin_that_ignores_range_is_detected_and_streamed(plain_server):
             await source.read_range_async(listed.url, {}, 100, 200, version=listed.version)
         return [
             (i, p)
-            async for i, p in source.stream_pieces(listed.url, {}, listed.version, 16384, 5000)
+            async for i, p in source.stream_pieces(listed.url, {}, listed.version, Cut(16384, 5000))
         ]
 
     pieces = asyncio.run(go())
     assert [i for i, _ in pieces] == [0, 1, 2, 3]
     assert [len(p) for _, p in pieces] == [5000, 5000, 5000, 1384]
     assert b"".join(p for _, p in pieces) == bytes(range(256)) * 64
+
+    async def split():  # a cut whose last 4 pieces' worth is split in four: 12 + 16 pieces
+        cut = Cut(16384, 1024, 4)
+        return [p async for _, p in source.stream_pieces(listed.url, {}, listed.version, cut)]
+
+    tail = asyncio.run(split())
+    assert [len(p) for p in tail] == [1024] * 12 + [256] * 16
+    assert b"".join(tail) == bytes(range(256)) * 64
 
 
 def test_s3_reads_are_pinned_to_the_listed_etag(s3_options):
