@@ -437,7 +437,7 @@ def main() -> None:
         type=int,
         default=1,
         help="cut the task's last pieces this many times smaller (rayfly.task.Cut; a task of "
-        "default piece size has 4)",
+        "default piece size has rayfly.task.TAIL_SPLIT)",
     )
     parser.add_argument("--seeds", type=int, default=1, help="runs per size, seeds 0..n-1")
     parser.add_argument("--slow-peers", type=int, default=0, help="peers with a slower link")

@@ -206,8 +206,8 @@ def default_piece_size(length: int, limits: PieceLimits | None = None) -> int:
     return min(MAX_PIECE, max(floor, min(size, limits.cap)))
 
 
-TAIL_PIECES = 4
-TAIL_SPLIT = 4
+TAIL_PIECES = 2
+TAIL_SPLIT = 2
 
 
 @dataclass(frozen=True)
@@ -218,9 +218,10 @@ class Cut:
 
     The last pieces read from the origin are the last to spread, and every node waits for them:
     smaller ones are passed on sooner. In simulation (bench/simulate_scheduler.py, links
-    shared, 8 slots), 512 MiB in 4 MiB pieces with the last 16 MiB in 1 MiB pieces (12 pieces
-    more) took 1.085 S/B at 8 nodes against 1.113, 1.131 against 1.152 at 16, 1.063 against
-    1.070 at 4 (docs/BENCHMARKS.md, fifteenth pass)."""
+    shared, 8 slots), 512 MiB in 4 MiB pieces with the last 8 MiB in 2 MiB pieces (2 pieces
+    more) took 1.085 S/B at 8 nodes against 1.113, and 1.129 against 1.155 at 16; the last
+    16 MiB in 1 MiB pieces gained as much for 12 pieces more, which cost 4 local nodes 10 %
+    more CPU (docs/BENCHMARKS.md, fifteenth pass)."""
 
     length: int
     piece_size: int

@@ -95,7 +95,8 @@ def json_stdout() -> Iterator[TextIO]:
     callback=size_param,
     help="Piece size, e.g. 16MiB (default: length/64 rounded up to a power of two, 4..16 MiB, "
     "smaller on slow links: what moves between peers in about 2 s, at least 4 MiB, or 1-2 MiB "
-    "where 4 MiB would take over 4 s).",
+    "where 4 MiB would take over 4 s; the last 2 pieces' worth cut in halves). A size "
+    "given here is every piece's.",
 )
 @click.option(
     "--concurrency",

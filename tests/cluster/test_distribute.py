@@ -13,6 +13,7 @@ import rayfly
 from rayfly.actors import placement
 from rayfly.config import NAMESPACE, PEER_PREFIX
 from rayfly.demo_origin import make_file
+from rayfly.task import TAIL_SPLIT
 from tests.conftest import CLUSTER_NODES, sha256_file
 
 MiB = 1 << 20
@@ -37,7 +38,7 @@ def test_large_file_reaches_every_node_once_from_origin(ray_cluster, origin, ori
     assert sum(n.bytes_from_peers for n in report.nodes) >= 2 * src.stat().st_size
     assert report.to_arrow().num_rows == CLUSTER_NODES
     sizes = {e.nbytes for n in report.nodes for e in n.timeline}
-    assert sizes == {max(sizes), max(sizes) // 4}  # the last 4 pieces' worth cut in quarters
+    assert sizes == {max(sizes), max(sizes) // TAIL_SPLIT}  # the last pieces cut smaller
     for n in report.nodes:  # every piece's time, from asking for it to holding it verified
         assert sum(e.nbytes for e in n.timeline) == n.bytes_from_origin + n.bytes_from_peers
         assert all(0 < entry.seconds <= n.seconds for entry in n.timeline), n.node_id

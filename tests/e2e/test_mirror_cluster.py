@@ -260,10 +260,11 @@ def test_range_of_a_blob_still_arriving_is_read_from_the_store_file(mirrors, fro
 
 
 def test_ranges_across_the_split_tail_of_a_blob(mirrors, front, registry):
-    """A blob of default pieces has its last 4 pieces' worth cut in 1 MiB pieces
-    (:class:`rayfly.task.Cut`): 33 MiB + 7 is 5 pieces of 4 MiB, then 14 of 1 MiB. Ranges that
-    cross from the 4 MiB pieces into the 1 MiB ones, or lie in the tail, are cut right, on a
-    mirror whose peer fetches the blob from another node and on one that reads its cache."""
+    """A blob of default pieces has its last 2 pieces' worth cut in halves
+    (:class:`rayfly.task.Cut`): 33 MiB + 7 is 7 pieces of 4 MiB, then 2 MiB, 2 MiB and
+    1 MiB + 7. Ranges that cross from the 4 MiB pieces into the smaller ones, or from one of
+    those into the next, are cut right, on a mirror whose peer fetches the blob from another
+    node and on one that reads its cache."""
     image = fresh_image(registry, "rayfly/splittail", 75, [33 * MiB + 7])
     digest = image.layer_digests[0]
     data = image.blobs[digest]
@@ -271,7 +272,7 @@ def test_ranges_across_the_split_tail_of_a_blob(mirrors, front, registry):
     whole = requests.get(blob_url(bases[0], image, digest), timeout=60)
     assert "sha256:" + hashlib.sha256(whole.content).hexdigest() == digest
     for base in (bases[2], bases[0]):
-        for lo, hi in [(19 * MiB + 3, 21 * MiB + 100), (25 * MiB - 1, 25 * MiB), (30 * MiB, -1)]:
+        for lo, hi in [(27 * MiB + 3, 29 * MiB + 100), (30 * MiB - 1, 30 * MiB), (32 * MiB, -1)]:
             hi = len(data) - 1 if hi < 0 else hi
             resp = requests.get(
                 blob_url(base, image, digest), headers={"Range": f"bytes={lo}-{hi}"}, timeout=60

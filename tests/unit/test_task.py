@@ -5,6 +5,7 @@ import pytest
 from rayfly.errors import InvalidInput
 from rayfly.task import (
     TAIL_PIECES,
+    TAIL_SPLIT,
     Cut,
     PieceLimits,
     SourceSpec,
@@ -75,16 +76,16 @@ def test_layout_covers_every_byte_once():
 
 
 def test_the_last_pieces_of_a_default_cut_are_split():
-    cut = Cut(512 * MiB, 4 * MiB, 4)  # the testbed's task: the last 16 MiB in 1 MiB pieces
-    assert cut.n_pieces == 124 + 16
-    assert cut.bounds(123) == (492 * MiB, 496 * MiB) and cut.bounds(124) == (496 * MiB, 497 * MiB)
-    assert cut.bounds(139) == (511 * MiB, 512 * MiB)
-    odd = Cut(10 * MiB + 5, MiB, 4)  # 11 pieces of 1 MiB: the last 3 MiB + 5 bytes split
+    cut = Cut(512 * MiB, 4 * MiB, 2)  # the testbed's task: the last 8 MiB in 2 MiB pieces
+    assert cut.n_pieces == 126 + 4
+    assert cut.bounds(125) == (500 * MiB, 504 * MiB) and cut.bounds(126) == (504 * MiB, 506 * MiB)
+    assert cut.bounds(129) == (510 * MiB, 512 * MiB)
+    odd = Cut(10 * MiB + 5, MiB, 4)  # 11 pieces of 1 MiB: the last 1 MiB + 5 bytes in quarters
     sizes = [end - start for start, end in map(odd.bounds, range(odd.n_pieces))]
-    assert sizes == [MiB] * 7 + [MiB // 4] * 12 + [5]
-    assert Cut(7 * MiB, MiB, 4).n_pieces == 7  # fewer than twice TAIL_PIECES: none split
-    assert Cut(7 * MiB, MiB, 4) == Cut(7 * MiB, MiB)  # and the cut is the uniform one
-    assert 2 * TAIL_PIECES == 8 and Cut(8 * MiB, MiB, 4).n_pieces == 4 + 16
+    assert sizes == [MiB] * 9 + [MiB // 4] * 4 + [5]
+    assert 2 * TAIL_PIECES == 4 and Cut(3 * MiB, MiB, 2).n_pieces == 3  # too few: none split
+    assert Cut(3 * MiB, MiB, 2) == Cut(3 * MiB, MiB)  # and the cut is the uniform one
+    assert Cut(4 * MiB, MiB, 2).n_pieces == 2 + 4
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_every_cut_covers_every_byte_once_and_finds_each_bytes_piece(cut):
 
 def test_a_default_piece_size_splits_the_tail_and_a_given_one_does_not():
     spec = SourceSpec("http://o/x", task_id="t")
-    assert info_for(spec, 512 * MiB, True, None).cut == Cut(512 * MiB, 8 * MiB, 4)
+    assert info_for(spec, 512 * MiB, True, None).cut == Cut(512 * MiB, 8 * MiB, TAIL_SPLIT)
     assert info_for(spec, 512 * MiB, True, 4 * MiB).cut == Cut(512 * MiB, 4 * MiB, 1)
 
 
