@@ -8,6 +8,7 @@ one task, as in Dragonfly, and a changed object is a new task. OCI blobs use the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -100,9 +101,9 @@ class TaskInfo:
     members: tuple[PackMember, ...] = ()  # a pack of small files: each read from its own URL
     tail_split: int = 1  # see Cut
 
-    @property
+    @functools.cached_property
     def cut(self) -> Cut:
-        """How the task is cut into pieces."""
+        """How the task is cut into pieces (made once: the task is immutable)."""
         return Cut(self.length, self.piece_size, self.tail_split)
 
     @property
