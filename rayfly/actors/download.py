@@ -250,8 +250,12 @@ class Downloads:
         if entry is None or self._cut_as(task):
             return
         if entry.complete and entry.length == task.length:
+            was = entry.n_pieces
             try:
                 await self.disk_io(self.store.recut, task.task_id, task.cut)
+                log.info(
+                    "task %s: cached copy re-cut, %d pieces to %d", task.task_id, was, task.n_pieces
+                )
                 return
             except (OSError, RayflyError) as exc:
                 log.warning("task %s: cached copy not re-cut: %s", task.task_id, exc)
