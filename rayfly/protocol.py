@@ -285,12 +285,10 @@ def flag_disagreements(nodes: list[NodeResult], single: bool) -> int:
             shown = ", ".join(
                 f"{d[:12]} on {n} node{'s' * (n > 1)}" for d, n in split[f.relpath].most_common()
             )
-            f.ok, f.error = (
-                False,
-                (
-                    f"the nodes' copies differ (sha256 {shown}): some node holds other bytes than "
-                    "the origin's; fetch again with --sha256 to pin the content"
-                ),
+            f.ok = False
+            f.error = (
+                f"the nodes' copies differ (sha256 {shown}): some node holds other bytes than "
+                "the origin's; fetch again with --sha256 to pin the content"
             )
         if hit:
             node.ok, node.error, node.sha256 = False, None, None
