@@ -224,9 +224,13 @@ class PieceStore:
                 shutil.rmtree(d, ignore_errors=True)
                 raise StorageError(f"cannot create cache file in {d}: {exc}") from exc
             entry = TaskEntry(
-                task_id, length, cut.piece_size, last_used=self._clock(), source=source
+                task_id,
+                length,
+                cut.piece_size,
+                last_used=self._clock(),
+                source=source,
+                tail_split=cut.tail_split,
             )
-            entry.tail_split = cut.tail_split
             self._entries[task_id] = entry
             return entry
 

@@ -236,17 +236,17 @@ class Cut:
         if -(-self.length // self.piece_size) < 2 * TAIL_PIECES:  # too few pieces for a tail:
             object.__setattr__(self, "tail_split", 1)  # equal cuts compare equal
 
-    @property
+    @functools.cached_property
     def _head(self) -> int:
         """How many pieces of ``piece_size`` there are (all of them without a tail)."""
         n = max(1, -(-self.length // self.piece_size))
-        return n - TAIL_PIECES if self.tail_split > 1 and n >= 2 * TAIL_PIECES else n
+        return n - TAIL_PIECES if self.tail_split > 1 else n
 
-    @property
+    @functools.cached_property
     def _small(self) -> int:
         return max(1, self.piece_size // self.tail_split)
 
-    @property
+    @functools.cached_property
     def n_pieces(self) -> int:
         """Number of pieces (at least one, even for an empty task)."""
         rest = self.length - self._head * self.piece_size

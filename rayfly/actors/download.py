@@ -247,7 +247,7 @@ class Downloads:
         so it may not be announced or served as is); a copy whose length differs, or whose
         bytes no longer match their sha256, is dropped, and the task fetched anew."""
         entry = self.store.entry(task.task_id)
-        if entry is None or self._cut_as(task):
+        if entry is None or entry.cut == task.cut:
             return
         if entry.complete and entry.length == task.length:
             was = entry.n_pieces
