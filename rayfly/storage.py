@@ -1,4 +1,5 @@
-"""A node's piece store: one sparse data file per task, pieces verified on the way in.
+"""A node's piece store: one data file per task, its space reserved when the task begins
+(:mod:`rayfly.reserve`), pieces verified on the way in.
 
 Layout under ``root``::
 
@@ -40,6 +41,7 @@ import xxhash
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
 from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, plan_gc
 from rayfly.piecemem import BUFFERS, PAGE
+from rayfly.reserve import free_bytes, no_room, reserve
 from rayfly.task import Cut, validate_task_id
 
 
@@ -218,10 +220,11 @@ class PieceStore:
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
             try:
-                with open(d / "data", "wb") as fh:
-                    fh.truncate(length)
+                self._create(d / "data", length)
             except OSError as exc:
                 shutil.rmtree(d, ignore_errors=True)
+                if no_room(exc):
+                    raise CacheFull(self._no_room(task_id, length)) from exc
                 raise StorageError(f"cannot create cache file in {d}: {exc}") from exc
             entry = TaskEntry(
                 task_id,
@@ -233,6 +236,21 @@ class PieceStore:
             )
             self._entries[task_id] = entry
             return entry
+
+    def _create(self, path: Path, length: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            reserve(fd, length)
+        finally:
+            os.close(fd)
+
+    def _no_room(self, task_id: str, length: int) -> str:
+        return (
+            f"no room for task {task_id} on the disk of the cache at {self.root}: it needs "
+            f"{length} bytes, {free_bytes(self.root)} are free after evicting what the cache "
+            "could; free space there, lower RAYFLY_CACHE_QUOTA below the disk's free space, or "
+            "point RAYFLY_CACHE_DIR at a larger disk"
+        )
 
     @property
     def quota(self) -> int:
@@ -403,10 +421,19 @@ class PieceStore:
             raise PieceCorrupt(f"piece {index} of task {task_id}: digest {digest} != {expected}")
         if index in entry.have:
             return digest
-        with self._open(task_id, entry) as f:
-            written = self._pwrite(f, view, start)
+        try:
+            with self._open(task_id, entry) as f:
+                written = self._pwrite(f, view, start)
+        except OSError as exc:
+            if not no_room(exc):
+                raise
+            written = -1
         if written != len(view):
-            raise StorageError(f"short write of piece {index} of task {task_id}")
+            raise StorageError(
+                f"cannot write piece {index} of task {task_id} to the cache at {self.root}: "
+                f"its disk is full ({free_bytes(self.root)} bytes free); free space there or "
+                "point RAYFLY_CACHE_DIR at a larger disk"
+            )
         with self._lock:
             entry.digests[index] = digest
             entry.have.add(index)

@@ -103,13 +103,13 @@ class RayNode:
         raise TimeoutError(f"node {self.node_id} still alive {timeout}s after it was killed")
 
 
-def mount_tmpfs(where: Path, pid: int | None = None) -> None:
-    """Mount a small tmpfs at ``where`` (inside ``pid``'s mount namespace if given: with a
-    :class:`RayNode` started with ``private_mounts``, only that node sees it)."""
+def mount_tmpfs(where: Path, pid: int | None = None, size: str = "64m") -> None:
+    """Mount a tmpfs of ``size`` at ``where`` (inside ``pid``'s mount namespace if given: with
+    a :class:`RayNode` started with ``private_mounts``, only that node sees it)."""
     enter = ["nsenter", "-t", str(pid), "-m"] if pid else []
     where.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [*enter, "mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)], check=True
+        [*enter, "mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True
     )
 
 

@@ -288,6 +288,78 @@ def test_watermarks_on_a_real_small_filesystem(small_tmpfs):
     assert plan.task_ids == []  # back under the high watermark
 
 
+def _no_watermarks(root):
+    return PieceStore(root, 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
+
+
+def test_a_task_larger_than_the_free_disk_fails_when_it_begins_and_leaves_nothing(small_tmpfs):
+    """The quota allows it, the disk does not: the store says so before a byte is fetched,
+    naming the cache and the numbers, and keeps no entry or file; a task that fits still
+    begins, with its blocks allocated."""
+    MiB = 1 << 20
+    store = _no_watermarks(small_tmpfs / "cache")
+    with pytest.raises(CacheFull, match=r"no room for task big .* needs 25165824 bytes") as info:
+        store.begin("big", Cut(24 * MiB, MiB))
+    assert str(small_tmpfs / "cache") in str(info.value)
+    assert "RAYFLY_CACHE_DIR" in str(info.value)
+    assert store.entry("big") is None
+    assert list((small_tmpfs / "cache" / "tasks").iterdir()) == []
+    store.begin("fits", Cut(8 * MiB, MiB))
+    assert os.stat(store.data_path("fits")).st_blocks * 512 >= 8 * MiB
+
+
+def test_tasks_begun_together_cannot_overcommit_the_disk(small_tmpfs):
+    """Two tasks that each fit but not together: the second fails when it begins, and the
+    first, its space reserved, is written whole (a sparse file would let both begin and fail
+    both part-way, each after fetching a part of its pieces)."""
+    MiB = 1 << 20
+    store = _no_watermarks(small_tmpfs / "cache")
+    store.begin("a", Cut(10 * MiB, MiB))
+    with pytest.raises(CacheFull, match="no room for task b"):
+        store.begin("b", Cut(10 * MiB, MiB))
+    data = os.urandom(10 * MiB)
+    for i in range(10):
+        store.write_piece("a", i, data[i * MiB : (i + 1) * MiB])
+    store.complete("a", hashlib.sha256(data).hexdigest())
+    assert bytes(store.read_piece("a", 9)) == data[9 * MiB :]
+
+
+def test_a_full_disk_without_fallocate_fails_the_write_with_the_cache_named(
+    small_tmpfs, monkeypatch
+):
+    """Where the filesystem cannot reserve space (NFS, FUSE) the file stays sparse and the disk
+    can fill part-way: the write fails with a message that names the cache and its free
+    bytes, and nothing is left once the task is discarded."""
+    import rayfly.reserve
+
+    monkeypatch.setattr(rayfly.reserve, "_FALLOCATE", None)
+    MiB = 1 << 20
+    store = _no_watermarks(small_tmpfs / "cache")
+    store.begin("big", Cut(24 * MiB, MiB))
+    assert os.stat(store.data_path("big")).st_blocks == 0
+    with pytest.raises(StorageError, match="its disk is full") as info:
+        for i in range(24):
+            store.write_piece("big", i, os.urandom(MiB))
+    assert str(small_tmpfs / "cache") in str(info.value)
+    assert i >= 10  # it failed where the 16 MiB filled, not before
+    store.discard("big")
+    assert list((small_tmpfs / "cache" / "tasks").iterdir()) == []
+
+
+def test_reserve_allocates_the_blocks_or_extends_sparsely_where_it_cannot(tmp_path, monkeypatch):
+    import rayfly.reserve
+
+    with open(tmp_path / "a", "wb") as fh:
+        assert rayfly.reserve.reserve(fh.fileno(), 3 << 20) is True
+    assert os.stat(tmp_path / "a").st_size == 3 << 20
+    assert os.stat(tmp_path / "a").st_blocks * 512 >= 3 << 20
+    monkeypatch.setattr(rayfly.reserve, "_FALLOCATE", None)
+    with open(tmp_path / "b", "wb") as fh:
+        assert rayfly.reserve.reserve(fh.fileno(), 3 << 20) is False
+    assert os.stat(tmp_path / "b").st_size == 3 << 20
+    assert os.stat(tmp_path / "b").st_blocks == 0
+
+
 def test_reads_racing_completion_and_removal_never_hit_a_closed_file(tmp_path):
     """A peer serves pieces on several threads while the download completes the task (its
     read-write fd is replaced) or the task is removed. Every read gets the piece's bytes or
