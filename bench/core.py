@@ -1,7 +1,7 @@
 """Issue 2's figures on this machine: one node vs a plain fsspec download, peer memory, and
 4 local nodes against every node downloading itself and against Ray's own broadcast.
 
-    python -m bench.core single --size 1GiB --runs 5
+    python -m bench.core single --size 1GiB --runs 6   # also against a download hashed as it lands
     python -m bench.core memory --size 4GiB
     python -m bench.core cluster --nodes 4 --size 1GiB --runs 3
     python -m bench.core cluster --size 256MiB --methods rayfly,ray_pieces --piece-size 1MiB
@@ -14,6 +14,7 @@ are the floor under rayfly's per-piece CPU (:mod:`bench.ray_pieces`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -47,12 +48,39 @@ PLAIN = (
 )
 
 
-def plain_fsspec(url: str, dest: Path) -> tuple[float, float]:
+# the same download verified as a careful user would, in the fewest copies the standard library
+# allows: the body read in 4 MiB chunks, written, and hashed as it arrives on a thread of its own
+# (hashlib lets go of the GIL), so the hash overlaps the download: a floor under any tool that
+# checks what it downloaded (fsspec's streaming file was tried first: 2-4x slower than get_file)
+PLAIN_VERIFIED = """
+import hashlib, queue, sys, threading, urllib.request
+q, h = queue.Queue(16), hashlib.sha256()
+def hasher():
+    while (b := q.get()) is not None:
+        h.update(b)
+t = threading.Thread(target=hasher)
+t.start()
+with urllib.request.urlopen(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
+    while b := src.read(1 << 22):
+        dst.write(b)
+        q.put(b)
+q.put(None)
+t.join()
+assert h.hexdigest() == sys.argv[3], h.hexdigest()
+"""
+
+
+def plain_fsspec(url: str, dest: Path, want_sha256: str | None = None) -> tuple[float, float]:
     """Download ``url`` to ``dest`` with fsspec in a fresh process, as a user would without
-    rayfly; (seconds, CPU seconds of that process, its interpreter start included)."""
+    rayfly; (seconds, CPU seconds of that process, its interpreter start included). With
+    ``want_sha256``, the download of :data:`PLAIN_VERIFIED` instead: hashed as it arrives and
+    checked."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", PLAIN, url, str(dest)], check=True, timeout=600)
+    argv = ["-c", PLAIN, url, str(dest)]
+    if want_sha256:
+        argv = ["-c", PLAIN_VERIFIED, url, str(dest), want_sha256]
+    subprocess.run([sys.executable, *argv], check=True, timeout=600)
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -96,6 +124,15 @@ def sha256_cpu(path: Path) -> float:
     subprocess.run([sys.executable, "-c", HASH, str(path)], check=True, timeout=600)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file (the origin's, to check the verified plain download against)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def settle(dest: Path, report: rayfly.Report | None = None) -> None:
@@ -162,18 +199,22 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     peer = next(iter(placement.existing_peers().values()))
     pid = ray.get(peer.info.remote())["pid"]
     raylets = raylet_pids(ray.get_runtime_context().gcs_address)
-    times: dict[str, list[float]] = {"fsspec": [], "rayfly": []}
-    cpu: dict[str, list[float]] = {"fsspec": [], "rayfly": [], "raylet": [], "sha256": []}
+    want = sha256_of(work / "origin" / "payload.bin")
+    methods = ("fsspec", "rayfly", "verified")
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in (*methods, "raylet", "sha256")}
     tail: list[float] = []  # seconds from rayfly's last piece landing to its call returning
-    ratios = []
+    ratios, verified_ratios = [], []
     for i in range(args.runs):
-        for method in ("fsspec", "rayfly") if i % 2 == 0 else ("rayfly", "fsspec"):
+        for method in methods[i % 3 :] + methods[: i % 3]:  # each method first in turn
             dest = work / "dest" / method
             dest.mkdir(parents=True, exist_ok=True)
             report = None
             if method == "fsspec":
                 seconds, used = plain_fsspec(url, dest / "payload.bin")
                 cpu["sha256"].append(sha256_cpu(dest / "payload.bin"))
+            elif method == "verified":
+                seconds, used = plain_fsspec(url, dest / "payload.bin", want)
             else:
                 c0, r0 = cpu_seconds(pid), sum(map(cpu_seconds, raylets))
                 seconds, report = rayfly_once(url, str(dest / "payload.bin"))
@@ -184,6 +225,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             cpu[method].append(used)
             settle(dest, report)
         ratios.append(times["rayfly"][-1] / times["fsspec"][-1])
+        verified_ratios.append(times["rayfly"][-1] / times["verified"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     gib = args.size / 2**30
@@ -196,6 +238,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "median_s": med,
         "median_of_run_ratios": statistics.median(ratios),
         "ratio_rayfly_over_fsspec": med["rayfly"] / med["fsspec"],
+        "median_of_run_ratios_to_verified": statistics.median(verified_ratios),
         "median_cpu_s": cpu_med,
         "cpu_s_per_gib": {k: v / gib for k, v in cpu_med.items()},
         "peer_cpu_over_plain_plus_sha256": cpu_med["rayfly"]
