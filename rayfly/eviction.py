@@ -56,6 +56,11 @@ class Disk:
     total: int
     used: int
 
+    @property
+    def free(self) -> int:
+        """Bytes still usable."""
+        return self.total - self.used
+
 
 @dataclass(frozen=True)
 class Eviction:

@@ -50,12 +50,6 @@ def reserve(fd: int, length: int) -> bool:
     return False
 
 
-def free_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes an unprivileged writer can still allocate on ``path``'s filesystem."""
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def no_room(exc: OSError) -> bool:
     """True when ``exc`` says the disk (or the user's disk quota) is full."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)

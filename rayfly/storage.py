@@ -41,7 +41,7 @@ import xxhash
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
 from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, plan_gc
 from rayfly.piecemem import BUFFERS, PAGE
-from rayfly.reserve import free_bytes, no_room, reserve
+from rayfly.reserve import no_room, reserve
 from rayfly.task import Cut, validate_task_id
 
 
@@ -247,7 +247,7 @@ class PieceStore:
     def _no_room(self, task_id: str, length: int) -> str:
         return (
             f"no room for task {task_id} on the disk of the cache at {self.root}: it needs "
-            f"{length} bytes, {free_bytes(self.root)} are free after evicting what the cache "
+            f"{length} bytes, {self.disk().free} are free after evicting what the cache "
             "could; free space there, lower RAYFLY_CACHE_QUOTA below the disk's free space, or "
             "point RAYFLY_CACHE_DIR at a larger disk"
         )
@@ -431,7 +431,7 @@ class PieceStore:
         if written != len(view):
             raise StorageError(
                 f"cannot write piece {index} of task {task_id} to the cache at {self.root}: "
-                f"its disk is full ({free_bytes(self.root)} bytes free); free space there or "
+                f"its disk is full ({self.disk().free} bytes free); free space there or "
                 "point RAYFLY_CACHE_DIR at a larger disk"
             )
         with self._lock:

@@ -13,7 +13,7 @@ import rayfly
 from rayfly.actors import placement
 from rayfly.demo_origin import make_file
 from tests.conftest import CLUSTER_NODES, sha256_file
-from tests.support.raynode import mount_tmpfs, start_node
+from tests.support.raynode import node_with_tmpfs_cache
 
 MiB = 1 << 20
 pytestmark = pytest.mark.cluster
@@ -27,12 +27,7 @@ def test_a_node_without_room_fails_alone_before_it_takes_origin_reads(
     publishes nothing and keeps no entry; the others get the file, and the origin serves it
     once: the small node took no origin read that another node had to repeat."""
     cache = tmp_path / "small-cache"
-    small = start_node(
-        ray_cluster.address, tmp_path / "logs", env={"RAYFLY_CACHE_DIR": str(cache)},
-        private_mounts=True,
-    )  # fmt: skip
-    try:
-        mount_tmpfs(cache, small.proc.pid, size="16m")  # before its peer makes its store there
+    with node_with_tmpfs_cache(ray_cluster.address, tmp_path / "logs", cache, "16m") as small:
         src = make_file(origin_root / "too-big.bin", 40 * MiB, seed=97)
         report = rayfly.distribute(
             origin.url + src.name, str(tmp_path / "{node_id}.bin"), piece_size=4 * MiB
@@ -45,12 +40,8 @@ def test_a_node_without_room_fails_alone_before_it_takes_origin_reads(
         assert not (tmp_path / f"{small.node_id}.bin").exists()
         entries = ray.get(placement.existing_peers()[small.node_id].cache_entries.remote())
         assert report.task_ids[0] not in {e["task_id"] for e in entries}
-        assert len(by_node) == CLUSTER_NODES and all(n.ok for n in by_node.values()), str(report)
-        want = sha256_file(src)
-        for node_id in by_node:
-            assert sha256_file(tmp_path / f"{node_id}.bin") == want
-        assert origin.served("/too-big.bin") == 40 * MiB, origin.log
-    finally:
-        small.kill()
-        small.wait_dead()
-        ray.get(placement.get_scheduler().peer_lost.remote(small.node_id))
+    assert len(by_node) == CLUSTER_NODES and all(n.ok for n in by_node.values()), str(report)
+    want = sha256_file(src)
+    for node_id in by_node:
+        assert sha256_file(tmp_path / f"{node_id}.bin") == want
+    assert origin.served("/too-big.bin") == 40 * MiB, origin.log

@@ -20,7 +20,7 @@ from rayfly.actors import placement
 from rayfly.config import SchedulerConfig, from_env
 from rayfly.demo_origin import make_file
 from tests.conftest import sha256_file
-from tests.support.raynode import RayNode, mount_tmpfs, start_node
+from tests.support.raynode import RayNode, node_with_tmpfs_cache, start_node
 
 MiB = 1 << 20
 PIECES = 8
@@ -35,9 +35,7 @@ def reader(ray_cluster, session_dir: Path) -> Iterator[RayNode]:
         ray_cluster.address, session_dir / "local-reads", env={"RAYFLY_LOCAL_READS": "on"}
     )
     yield node
-    node.kill()
-    node.wait_dead()
-    ray.get(placement.get_scheduler().peer_lost.remote(node.node_id))
+    node.retire()
 
 
 def info(node_id: str) -> dict:
@@ -113,20 +111,11 @@ def test_a_parent_whose_store_is_out_of_sight_serves_through_its_actor(
     """A parent on this host whose store is on a tmpfs in its own mount namespace (another
     host's disk, as far as the reader can see)."""
     cache = tmp_path / "hidden-cache"
-    hidden = start_node(
-        ray_cluster.address, tmp_path / "logs", env={"RAYFLY_CACHE_DIR": str(cache)},
-        private_mounts=True,
-    )  # fmt: skip
-    try:
-        mount_tmpfs(cache, hidden.proc.pid)  # before its peer makes its store there
+    with node_with_tmpfs_cache(ray_cluster.address, tmp_path / "logs", cache) as hidden:
         src = make_file(origin_root / "hidden.bin", PIECES * MiB, seed=93)
         url = origin.url + "hidden.bin"
         report, local, served = seed_then_read(url, hidden.node_id, reader, tmp_path, origin)
-        assert report.ok, str(report)
-        assert sha256_file(tmp_path / "read.bin") == sha256_file(src)
-        assert (local, served) == (0, PIECES)
-        assert origin.served("/hidden.bin") == 0  # every piece came from the hidden parent
-    finally:
-        hidden.kill()
-        hidden.wait_dead()
-        ray.get(placement.get_scheduler().peer_lost.remote(hidden.node_id))
+    assert report.ok, str(report)
+    assert sha256_file(tmp_path / "read.bin") == sha256_file(src)
+    assert (local, served) == (0, PIECES)
+    assert origin.served("/hidden.bin") == 0  # every piece came from the hidden parent

@@ -63,9 +63,7 @@ def hidden(ray_cluster, session_dir: Path) -> Iterator[RayNode]:
             if attempt == 2:
                 raise
     yield node
-    node.kill()
-    node.wait_dead()
-    ray.get(placement.get_scheduler().peer_lost.remote(node.node_id))
+    node.retire()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,17 @@ class RayNode:
         self.proc.wait(30)
         self.log.close()
 
+    def retire(self) -> None:
+        """Kill the node, wait until the cluster sees it dead, and tell the scheduler its peer
+        is gone, so that later tests on the session cluster neither see nor wait for it."""
+        import ray
+
+        from rayfly.actors import placement
+
+        self.kill()
+        self.wait_dead()
+        ray.get(placement.get_scheduler().peer_lost.remote(self.node_id))
+
     def wait_dead(self, timeout: float = 60) -> None:
         """Wait until the cluster has noticed the node is gone."""
         import ray
@@ -111,6 +123,20 @@ def mount_tmpfs(where: Path, pid: int | None = None, size: str = "64m") -> None:
     subprocess.run(
         [*enter, "mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True
     )
+
+
+@contextlib.contextmanager
+def node_with_tmpfs_cache(
+    address: str, log_dir: Path, cache: Path, size: str = "64m"
+) -> Iterator[RayNode]:
+    """A worker node whose cache is a tmpfs of ``size`` at ``cache`` that only it sees (its own
+    mount namespace: another host's disk); retired on exit."""
+    node = start_node(address, log_dir, env={"RAYFLY_CACHE_DIR": str(cache)}, private_mounts=True)
+    try:
+        mount_tmpfs(cache, node.proc.pid, size)  # before its peer makes its store there
+        yield node
+    finally:
+        node.retire()
 
 
 def start_node(address: str, log_dir: Path, attempts: int = 2, **kwargs: Any) -> RayNode:
