@@ -131,6 +131,7 @@ class PieceStore:
         self.root = Path(root)
         self.direct_io = direct_io
         self.direct_writes = 0  # pieces written past the page cache
+        self.unreserved_files = 0  # tasks begun sparse: the filesystem has no fallocate
         self.policy = policy or GcPolicy(quota)
         self._clock = clock
         self._lock = threading.Lock()
@@ -240,7 +241,8 @@ class PieceStore:
     def _create(self, path: Path, length: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            reserve(fd, length)
+            if not reserve(fd, length):
+                self.unreserved_files += 1
         finally:
             os.close(fd)
 

@@ -149,6 +149,7 @@ class Peer:
             "local_reads": self.node.local_reads,
             "direct_io": self.store.direct_io,
             "pieces_written_direct": self.store.direct_writes,
+            "tasks_begun_unreserved": self.store.unreserved_files,
             "serve_memory": {"limit": self.hot.limit, "held": self.hot.held},
         }
 

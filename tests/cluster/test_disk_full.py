@@ -44,4 +44,6 @@ def test_a_node_without_room_fails_alone_before_it_takes_origin_reads(
     want = sha256_file(src)
     for node_id in by_node:
         assert sha256_file(tmp_path / f"{node_id}.bin") == want
+        info = ray.get(placement.existing_peers()[node_id].info.remote())
+        assert info["tasks_begun_unreserved"] == 0  # this disk has fallocate: every task reserved
     assert origin.served("/too-big.bin") == 40 * MiB, origin.log

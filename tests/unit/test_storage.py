@@ -306,6 +306,7 @@ def test_a_task_larger_than_the_free_disk_fails_when_it_begins_and_leaves_nothin
     assert list((small_tmpfs / "cache" / "tasks").iterdir()) == []
     store.begin("fits", Cut(8 * MiB, MiB))
     assert os.stat(store.data_path("fits")).st_blocks * 512 >= 8 * MiB
+    assert store.unreserved_files == 0
 
 
 def test_tasks_begun_together_cannot_overcommit_the_disk(small_tmpfs):
@@ -337,6 +338,7 @@ def test_a_full_disk_without_fallocate_fails_the_write_with_the_cache_named(
     store = _no_watermarks(small_tmpfs / "cache")
     store.begin("big", Cut(24 * MiB, MiB))
     assert os.stat(store.data_path("big")).st_blocks == 0
+    assert store.unreserved_files == 1  # the peer reports it (tasks_begun_unreserved)
     with pytest.raises(StorageError, match="its disk is full") as info:
         for i in range(24):
             store.write_piece("big", i, os.urandom(MiB))
