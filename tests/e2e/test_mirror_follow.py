@@ -14,7 +14,7 @@ from rayfly.cli import main
 from rayfly.config import NAMESPACE
 from rayfly.proxy.actor import mirror_status, proxy_name
 from rayfly.proxy.keeper import get_keeper
-from tests.support.raynode import start_node
+from tests.support.raynode import node_with_tmpfs_cache, start_node
 from tests.support.registry import build_image, push_image
 
 MiB = 1 << 20
@@ -76,3 +76,28 @@ def test_a_mirror_that_died_comes_back(kept, ray_cluster):
     victim = mirror_status()[0]["node_id"]
     ray.kill(ray.get_actor(proxy_name(victim), namespace=NAMESPACE))
     assert wait_for(lambda: healthy(victim)) is not None, "the mirror did not come back in 30 s"
+
+
+def test_a_node_whose_cache_has_no_room_still_pulls_from_the_registry(
+    kept, ray_cluster, front, registry, containerd_factory, tmp_path
+):
+    """A node whose cache disk is smaller than a layer: its mirror cannot keep the layer and
+    says so (an error, not a truncated body), and containerd takes it from the registry, its
+    fallback ``server``: the pull succeeds with the right bytes."""
+    cache = tmp_path / "small-cache"
+    with node_with_tmpfs_cache(ray_cluster.address, tmp_path / "logs", cache, "4m") as node:
+        row = wait_for(lambda: healthy(node.node_id))
+        assert row is not None, "no mirror on the joining node within 30 s"
+        image = build_image("rayfly/no-room", "v1", [8 * MiB, 60_000], seed=23)
+        push_image(registry.url, image)
+        ctd = containerd_factory("no-room")
+        ctd.remove_all()
+        ctd.use_mirror(front.host, row["url"], front.url)
+        out = ctd.pull(f"{front.host}/{image.name}:v1")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert set(image.blob_digests) <= ctd.content_digests()
+        status = healthy(node.node_id)
+    big = image.layer_digests[0]
+    # once, by containerd: the node failed before it read any of it upstream
+    assert front.state.bytes_by_digest[big] == len(image.blobs[big]), front.state.blob_gets
+    assert status is not None and status["errors"] >= 1, status
