@@ -121,10 +121,9 @@ def format_status(status: dict[str, Any]) -> str:
         if "error" in p:
             lines.append(f"  {p['node_id'][:12]} unreachable: {p['error']}")
             continue
-        shared = " (temporary: directory shared with a live peer)" if p.get("cache_shared") else ""
         lines.append(
             f"  {p['node_id'][:12]} {p.get('node_ip', ''):<15} "
-            f"cache {p.get('cache_id', '?')[:12]}{shared} "
+            f"cache {p.get('cache_id', '?')[:12]}{_cache_notes(p)} "
             f"{_mib(p['cache_used'])}/{_mib(p['cache_quota'])} "
             f"uploads={p['uploads']} downloads={p.get('downloads_inflight', 0)} "
             f"served={p['pieces_served']} "
@@ -143,6 +142,17 @@ def format_status(status: dict[str, Any]) -> str:
             + (f" errors={p['errors']}" if p.get("errors") else "")
         )
     return "\n".join(lines)
+
+
+def _cache_notes(peer: dict[str, Any]) -> str:
+    """What a peer row says about its cache beside its id: a directory shared with another
+    live peer, a filesystem on which task space cannot be reserved (no ``fallocate``)."""
+    notes = []
+    if peer.get("cache_shared"):
+        notes.append("temporary: directory shared with a live peer")
+    if unreserved := peer.get("tasks_begun_unreserved"):
+        notes.append(f"space not reserved for {unreserved} task(s): no fallocate on its disk")
+    return "".join(f" ({n})" for n in notes)
 
 
 def _asks(asks: dict[str, int]) -> str:

@@ -251,3 +251,15 @@ def test_status_text_says_why_pieces_asked_for_were_not_given():
     text = format_status({**doc, "tasks": [task], "pins": []})
     assert "pieces asked=12 given=2 not given: holders busy=8 origin=0 none left=2" in text
     assert "asked=" not in format_status({**doc, "tasks": [{**task, "asks": {}}], "pins": []})
+
+
+def test_status_text_says_when_a_cache_cannot_reserve_task_space():
+    peer = {
+        "node_id": "n1", "node_ip": "10.0.0.1", "cache_id": "c1", "cache_used": 0,
+        "cache_quota": 1 << 30, "uploads": 0, "pieces_served": 0, "tasks_begun_unreserved": 2,
+    }  # fmt: skip
+    doc = {"cluster": "c", "nodes_alive": 1, "scheduler": True, "tasks": [], "mirrors": []}
+    text = format_status({**doc, "peers": [peer], "pins": []})
+    assert "space not reserved for 2 task(s): no fallocate on its disk" in text
+    peer["tasks_begun_unreserved"] = 0
+    assert "not reserved" not in format_status({**doc, "peers": [peer], "pins": []})
