@@ -5,6 +5,7 @@ back, until `rayfly mirror stop`."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import ray
@@ -36,6 +37,28 @@ def wait_for(what, timeout: float = 30.0):
 
 
 @pytest.fixture
+def pull_through(front, registry, containerd_factory):
+    """``pull(node_id, name, sizes)``: push a new image ``rayfly/<name>`` of layers of ``sizes``
+    and pull it with a containerd of its own through the mirror on ``node_id`` (once that mirror
+    is up), the registry as its fallback; asserts the pull got every blob, returns the image."""
+
+    def pull(node_id: str, name: str, sizes: list[int]) -> Any:
+        row = wait_for(lambda: healthy(node_id))
+        assert row is not None, "no mirror on the joining node within 30 s"
+        image = build_image(f"rayfly/{name}", "v1", sizes, seed=len(name))
+        push_image(registry.url, image)
+        ctd = containerd_factory(name)
+        ctd.remove_all()
+        ctd.use_mirror(front.host, row["url"], front.url)
+        out = ctd.pull(f"{front.host}/{image.name}:v1")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert set(image.blob_digests) <= ctd.content_digests()
+        return image
+
+    return pull
+
+
+@pytest.fixture
 def kept(ray_cluster, front_server, monkeypatch):
     monkeypatch.setenv("RAYFLY_MIRROR_INTERVAL_S", "1")
     host = front_server.host
@@ -49,22 +72,13 @@ def kept(ray_cluster, front_server, monkeypatch):
 
 
 def test_joining_node_gets_a_mirror_and_serves_a_pull(
-    kept, ray_cluster, front, registry, containerd_factory, tmp_path
+    kept, ray_cluster, front, pull_through, tmp_path
 ):
     node = start_node(
         ray_cluster.address, tmp_path / "logs", env={"RAYFLY_CACHE_DIR": str(tmp_path / "c")}
     )
     try:
-        row = wait_for(lambda: healthy(node.node_id))
-        assert row is not None, "no mirror on the joining node within 30 s"
-        image = build_image("rayfly/follow", "v1", [3 * MiB, 70_000], seed=21)
-        push_image(registry.url, image)
-        ctd = containerd_factory("follow")
-        ctd.remove_all()
-        ctd.use_mirror(front.host, row["url"], front.url)
-        out = ctd.pull(f"{front.host}/{image.name}:v1")
-        assert out.returncode == 0, out.stderr + out.stdout
-        assert set(image.blob_digests) <= ctd.content_digests()
+        image = pull_through(node.node_id, "follow", [3 * MiB, 70_000])
         for digest in image.blob_digests:
             assert front.state.bytes_by_digest[digest] == len(image.blobs[digest]), digest
     finally:
@@ -79,23 +93,14 @@ def test_a_mirror_that_died_comes_back(kept, ray_cluster):
 
 
 def test_a_node_whose_cache_has_no_room_still_pulls_from_the_registry(
-    kept, ray_cluster, front, registry, containerd_factory, tmp_path
+    kept, ray_cluster, front, pull_through, tmp_path
 ):
     """A node whose cache disk is smaller than a layer: its mirror cannot keep the layer and
     says so (an error, not a truncated body), and containerd takes it from the registry, its
     fallback ``server``: the pull succeeds with the right bytes."""
     cache = tmp_path / "small-cache"
     with node_with_tmpfs_cache(ray_cluster.address, tmp_path / "logs", cache, "4m") as node:
-        row = wait_for(lambda: healthy(node.node_id))
-        assert row is not None, "no mirror on the joining node within 30 s"
-        image = build_image("rayfly/no-room", "v1", [8 * MiB, 60_000], seed=23)
-        push_image(registry.url, image)
-        ctd = containerd_factory("no-room")
-        ctd.remove_all()
-        ctd.use_mirror(front.host, row["url"], front.url)
-        out = ctd.pull(f"{front.host}/{image.name}:v1")
-        assert out.returncode == 0, out.stderr + out.stdout
-        assert set(image.blob_digests) <= ctd.content_digests()
+        image = pull_through(node.node_id, "no-room", [8 * MiB, 60_000])
         status = healthy(node.node_id)
     big = image.layer_digests[0]
     # once, by containerd: the node failed before it read any of it upstream
