@@ -4,7 +4,7 @@ A cache file written sparsely runs out of disk mid-task when the disk is smaller
 or when other data fills it meanwhile: the node has then taken origin reads that others must
 repeat, and fails late. :func:`reserve` allocates the whole file up front with ``fallocate(2)``
 (mode 0: blocks allocated, nothing written, so it costs no I/O), so a node without room fails
-before it joins the task. Where the filesystem or platform has no ``fallocate`` (NFS, some
+before it joins the task. Where the filesystem or platform has no ``fallocate`` (NFSv3, some
 FUSE filesystems, macOS) the file stays sparse; glibc's ``posix_fallocate`` is not used for
 that reason, as it falls back to writing zeros over the whole file.
 """
