@@ -35,12 +35,15 @@ _FALLOCATE = _load_fallocate()
 
 
 def reserve(fd: int, length: int) -> bool:
-    """Make the file at ``fd`` ``length`` bytes long with its blocks allocated; True when they
-    are, False when the file could only be extended sparsely (no ``fallocate`` here).
+    """Make the (new, empty) file at ``fd`` ``length`` bytes long with its blocks allocated;
+    True when they are (or there are none to allocate), False when the file could only be
+    extended sparsely (no ``fallocate`` here).
 
     Raises OSError with ``errno.ENOSPC`` (or ``EDQUOT``) when the filesystem has no room; some
     blocks may have been allocated by then, so the caller removes the file."""
-    if length > 0 and _FALLOCATE is not None:
+    if length <= 0:
+        return True
+    if _FALLOCATE is not None:
         if _FALLOCATE(fd, 0, 0, length) == 0:
             return True
         err = ctypes.get_errno()

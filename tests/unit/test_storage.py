@@ -355,6 +355,11 @@ def test_reserve_allocates_the_blocks_or_extends_sparsely_where_it_cannot(tmp_pa
         assert rayfly.reserve.reserve(fh.fileno(), 3 << 20) is True
     assert os.stat(tmp_path / "a").st_size == 3 << 20
     assert os.stat(tmp_path / "a").st_blocks * 512 >= 3 << 20
+    with open(tmp_path / "empty", "wb") as fh:  # nothing to reserve: not counted as unreserved
+        assert rayfly.reserve.reserve(fh.fileno(), 0) is True
+    store = make_store(tmp_path / "store", 1 << 30)
+    store.begin("empty", Cut(0, 1 << 20))
+    assert store.unreserved_files == 0  # `rayfly status` must not blame the disk for it
     monkeypatch.setattr(rayfly.reserve, "_FALLOCATE", None)
     with open(tmp_path / "b", "wb") as fh:
         assert rayfly.reserve.reserve(fh.fileno(), 3 << 20) is False
