@@ -329,8 +329,9 @@ async def _send_blob(
         await resp.prepare(request)
         await resp.write_eof()
         return resp
-    first_piece = await handle.piece(handle.cut.index_of(start))
-    if handle.cut.index_of(start) == handle.cut.index_of(end):
+    first = handle.cut.index_of(start)
+    first_piece = await handle.piece(first)
+    if first == handle.cut.index_of(end):
         await handle.verify()
     await resp.prepare(request)
     try:
