@@ -42,15 +42,25 @@ def containerd_hosts_toml(
 ) -> str:
     """The text of a containerd ``hosts.toml`` that sends pulls of ``registry`` to ``mirror``.
 
-    With ``fallback`` the upstream stays the ``server``, used if the mirror fails.
+    With ``fallback`` the upstream stays the ``server``, used if the mirror fails (and for
+    pushes). Without, the mirror is the server and the only host: containerd asks every host
+    of the file for a blob whatever capabilities it lists (1.6 to 2.x), and adds the registry
+    itself when no server is written, so nothing else keeps pulls off the registry. Pushes to
+    ``registry`` then fail: the mirror serves pulls only.
     """
     registry, mirror = validate_registry(registry), _check_mirror(mirror)
-    lines = []
-    if fallback:
-        lines += [f'server = "{_check_mirror(server or default_server(registry))}"', ""]
-    lines += [f'[host."{mirror}"]', '  capabilities = ["pull", "resolve"]']
+    pulls = ['capabilities = ["pull", "resolve"]']
     if mirror.startswith("https://"):
-        lines.append("  skip_verify = false")
+        pulls.append("skip_verify = false")
+    if fallback:
+        server = _check_mirror(server or default_server(registry))
+        lines = [f'server = "{server}"', "", f'[host."{mirror}"]', *(f"  {x}" for x in pulls)]
+    elif server is not None:
+        raise InvalidInput("a server is the fallback upstream: leave it out without fallback")
+    else:
+        # no host besides the server, but the table must be there: containerd 1.6 reads a file
+        # without it as invalid, and then pulls from the registry itself
+        lines = [f'server = "{mirror}"', *pulls, "", "[host]"]
     return "\n".join(lines) + "\n"
 
 

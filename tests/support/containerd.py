@@ -65,9 +65,13 @@ class Containerd:
             timeout=timeout,
         )
 
-    def use_mirror(self, registry: str, mirror_url: str, upstream_url: str) -> None:
-        """Point pulls of ``registry`` at ``mirror_url`` (falling back to ``upstream_url``)."""
-        write_containerd_hosts(registry, self.hosts_dir, mirror_url, server=upstream_url)
+    def use_mirror(
+        self, registry: str, mirror_url: str, upstream_url: str, fallback: bool = True
+    ) -> None:
+        """Point pulls of ``registry`` at ``mirror_url`` (with ``fallback``, falling back to
+        ``upstream_url``; without, the mirror is the only host asked)."""
+        server = upstream_url if fallback else None
+        write_containerd_hosts(registry, self.hosts_dir, mirror_url, server, fallback)
 
     def pull(self, ref: str) -> subprocess.CompletedProcess[str]:
         """``ctr images pull`` with the hosts dir, unpacked on the native snapshotter."""

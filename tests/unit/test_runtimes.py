@@ -22,8 +22,12 @@ def test_hosts_toml_for_docker_hub():
 def test_hosts_toml_without_fallback_and_custom_mirror():
     text = runtimes.containerd_hosts_toml("ghcr.io", "http://127.0.0.1:4000", fallback=False)
     doc = tomllib.loads(text)
-    assert "server" not in doc
-    assert list(doc["host"]) == ["http://127.0.0.1:4000"]
+    # containerd asks every host of the file for a blob, and adds the registry when no server
+    # is written (or the file has no [host] table): the mirror is the server, and the only host
+    want = {"server": "http://127.0.0.1:4000", "capabilities": ["pull", "resolve"], "host": {}}
+    assert doc == want
+    with pytest.raises(InvalidInput, match="leave it out without fallback"):
+        runtimes.containerd_hosts_toml("ghcr.io", server="https://ghcr.io", fallback=False)
 
 
 def test_write_hosts_keeps_original(tmp_path):
