@@ -192,6 +192,13 @@ class Downloads:
         """Whether this node downloads (or downloaded) ``task_id`` since the peer started."""
         return task_id in self._ready
 
+    def failure(self, task_id: str) -> BaseException | None:
+        """Why the last download of ``task_id`` failed, if it did (kept until it starts anew)."""
+        job = self.jobs.get(task_id)
+        if job is None or not job.done() or job.cancelled():
+            return None
+        return job.exception()
+
     async def wait_verified(self, task_id: str, index: int) -> None:
         """Wait until piece ``index`` of a tracked task is here (raises if its download fails)."""
         waiter = asyncio.ensure_future(self._ready[task_id][index].wait())

@@ -272,7 +272,10 @@ class Peer:
         if self.downloads.tracked(task_id):
             await self.downloads.wait_verified(task_id, index)
         elif not self.store.has(task_id):
-            raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
+            # a download that failed before this call (no room for it, say) says why
+            raise self.downloads.failure(task_id) or RayflyError(
+                f"task {task_id} is not prepared on node {self.node_id}"
+            )
         kept = self.hot.get(task_id, index)
         if kept is not None and kept.pinned is None:
             return [kept.ref]

@@ -179,7 +179,13 @@ def _status_line(r: dict[str, Any]) -> str:
         f"served {r.get('bytes_served', 0) / 1e6:9.1f} MB  "
         f"upstream {r.get('bytes_from_upstream', 0) / 1e6:9.1f} MB  "
         f"peers {r.get('bytes_from_peers', 0) / 1e6:9.1f} MB"
+        + _passed_note(r.get("blobs_passed_through", 0))
     )
+
+
+def _passed_note(n: int) -> str:
+    """Blobs this node's mirror could not keep (no room in its cache), served from upstream."""
+    return f"  passed through {n} blob(s): no room in the node's cache" if n else ""
 
 
 @mirror.command()
@@ -237,7 +243,11 @@ def config() -> None:
 @click.option("--hosts-dir", default=runtimes.DEFAULT_HOSTS_DIR, show_default=True)
 @click.option("--mirror", "mirror_url", default=runtimes.DEFAULT_MIRROR, show_default=True)
 @click.option("--server", default=None, help="Fallback upstream (default https://REGISTRY).")
-@click.option("--no-fallback", is_flag=True, help="Fail rather than go upstream directly.")
+@click.option(
+    "--no-fallback",
+    is_flag=True,
+    help="Pull through the mirror only, never from the registry directly (pushes to it fail).",
+)
 @click.option(
     "--config-toml",
     default=None,

@@ -72,6 +72,7 @@ class Proxy:
                 info.get("cache_dir"),
                 self.settings.p2p_concurrency,
                 get_peer=lambda: placement.get_or_create_peer(node, peer_config),
+                session=self._session,
             )
             self._mirror = Mirror(self.settings, clients, blobs)
             self._runner, self.port = await start_server(

@@ -9,22 +9,26 @@ peer fetches pieces from other peers or, for pieces nobody holds, from the upstr
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.retry import unwrap
-from rayfly.errors import RayflyError
+from rayfly.errors import CacheFull, RayflyError
 from rayfly.proxy.blobs import BlobHandle, BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
+from rayfly.proxy.passthrough import PassThrough
 from rayfly.source import SourceFile, Version
 from rayfly.storage import PieceStore, TaskEntry
 from rayfly.task import Cut, SourceSpec, TaskInfo
 
+log = logging.getLogger(__name__)
 _PREPARE_GRACE_S = 10.0
 READ_AHEAD = 2
 
@@ -85,14 +89,21 @@ class _SharedPieces:
 
 
 class _P2PHandle:
-    """Pieces of one blob from the node's peer, in order; ``verify`` waits for the whole."""
+    """Pieces of one blob from the node's peer, in order; ``verify`` waits for the whole.
 
-    def __init__(self, owner: P2PBlobs, digest: Digest, cut: Cut) -> None:
-        self._owner, self._digest = owner, digest
+    If the node cannot keep the blob (its cache has no room: the peer fails the task before it
+    reads any of it), the handle passes the blob through from the upstream instead, when
+    nothing was sent yet: the client gets the blob from this mirror either way.
+    """
+
+    def __init__(self, owner: P2PBlobs, digest: Digest, cut: Cut, source: SourceFactory) -> None:
+        self._owner, self._digest, self._source = owner, digest, source
         self.length, self.cut = cut.length, cut
         self._n = cut.n_pieces
         self._shared = owner.shared(digest.task_id)
         self._shared.advance(id(self), 0)
+        self._sent = False
+        self._passing: PassThrough | None = None
 
     async def _get(self, index: int) -> Any:
         loop = asyncio.get_running_loop()
@@ -121,8 +132,19 @@ class _P2PHandle:
 
     async def piece(self, index: int) -> memoryview:
         """Piece ``index``; the next READ_AHEAD pieces are requested while it is sent."""
+        if self._passing is not None:
+            return await self._passing.piece(index)
         self._shared.advance(id(self), index)
-        array = await self._get(index)
+        try:
+            array = await self._get(index)
+        except CacheFull as exc:
+            if self._sent:
+                raise
+            self._owner.release(self._digest.task_id, id(self))
+            owner = self._owner
+            self._passing = await owner.pass_through(self._digest, self.cut, self._source, exc)
+            return await self._passing.piece(index)
+        self._sent = True
         for ahead in range(index + 1, min(self._n, index + 1 + READ_AHEAD)):
             self._shared.ref(ahead)
         start, end = self.cut.bounds(index)
@@ -131,9 +153,15 @@ class _P2PHandle:
         return memoryview(array).cast("B")
 
     def close(self) -> None:
-        self._owner.release(self._digest.task_id, id(self))
+        if self._passing is None:
+            self._owner.release(self._digest.task_id, id(self))
+            return
+        self._owner.passed(self._passing)
+        self._passing.close()
 
     async def verify(self) -> None:
+        if self._passing is not None:
+            return await self._passing.verify()
         try:
             result = await self._owner.call("wait_complete", self._digest.task_id)
         except RayTaskError as exc:
@@ -183,15 +211,22 @@ class P2PBlobs:
         store_root: str | Path | None = None,
         concurrency: int | None = None,
         get_peer: Callable[[], Any] | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.peer, self.scheduler = peer, scheduler
+        self._session = session
         self._get_peer = get_peer
         self.concurrency = concurrency
         self.store_root = Path(store_root) if store_root else None
         self._opening: dict[str, asyncio.Future[TaskInfo]] = {}
         self._counted: set[str] = set()
         self._shared: dict[str, _SharedPieces] = {}
-        self._counters = {"bytes_from_upstream": 0, "bytes_from_peers": 0, "blobs_fetched": 0}
+        self._counters = {
+            "bytes_from_upstream": 0,
+            "bytes_from_peers": 0,
+            "blobs_fetched": 0,
+            "blobs_passed_through": 0,
+        }
 
     async def reconnect(self) -> None:
         """Look the node's peer up again (created anew if it died): with ``get_peer`` the
@@ -265,7 +300,22 @@ class P2PBlobs:
             return local
         info = await self._register(digest, source)
         await self.call("prepare", info, self.concurrency)
-        return _P2PHandle(self, digest, info.cut)
+        return _P2PHandle(self, digest, info.cut, source)
+
+    async def pass_through(
+        self, digest: Digest, cut: Cut, source: SourceFactory, why: CacheFull
+    ) -> PassThrough:
+        """The blob straight from the upstream, for one response (this node cannot keep it);
+        ``why`` is re-raised when the mirror has no HTTP session to fetch with."""
+        if self._session is None:
+            raise why
+        log.warning("blob %s passes through from the upstream, kept nowhere: %s", digest, why)
+        self._counters["blobs_passed_through"] += 1
+        return await PassThrough.open(self._session, await source(), digest, cut)
+
+    def passed(self, handle: PassThrough) -> None:
+        """Count the upstream bytes a passed-through response read."""
+        self._counters["bytes_from_upstream"] += handle.bytes_read
 
     async def _register(self, digest: Digest, source: SourceFactory) -> TaskInfo:
         key = digest.task_id

@@ -12,6 +12,7 @@ import ray
 import rayfly
 from rayfly.actors import placement
 from rayfly.demo_origin import make_file
+from rayfly.errors import CacheFull
 from tests.conftest import CLUSTER_NODES, sha256_file
 from tests.support.raynode import node_with_tmpfs_cache
 
@@ -38,8 +39,13 @@ def test_a_node_without_room_fails_alone_before_it_takes_origin_reads(
         assert "no room for task" in failed.error and str(cache) in failed.error, failed.error
         assert f"needs {40 * MiB} bytes" in failed.error, failed.error
         assert not (tmp_path / f"{small.node_id}.bin").exists()
-        entries = ray.get(placement.existing_peers()[small.node_id].cache_entries.remote())
+        peer = placement.existing_peers()[small.node_id]
+        entries = ray.get(peer.cache_entries.remote())
         assert report.task_ids[0] not in {e["task_id"] for e in entries}
+        # asked for a piece afterwards (a node's mirror does), the peer says why, not "not
+        # prepared": the mirror passes such a blob through from the upstream
+        with pytest.raises(CacheFull, match="no room for task"):
+            ray.get(peer.wait_piece.remote(report.task_ids[0], 0))
     assert len(by_node) == CLUSTER_NODES and all(n.ok for n in by_node.values()), str(report)
     want = sha256_file(src)
     for node_id in by_node:

@@ -1,0 +1,119 @@
+"""A blob passed through from the upstream, against a real aiohttp server on loopback: pieces in
+order, a range that starts later, and every way the upstream's bytes can be wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from rayfly.proxy.blobs import BlobSource
+from rayfly.proxy.oci import BlobDigestMismatch, UpstreamError, digest_of
+from rayfly.proxy.passthrough import PassThrough
+from rayfly.task import Cut
+
+BLOB = os.urandom(10_000)
+PIECE = 4096
+
+
+def serve(body: bytes, status: int = 200) -> Callable[[Any], Awaitable[Any]]:
+    """Run ``check(handle_factory)`` against a loopback server answering ``body``."""
+
+    async def run(check: Callable[..., Awaitable[Any]]) -> Any:
+        seen: list[dict[str, str]] = []
+
+        async def blob(request: web.Request) -> web.Response:
+            seen.append(dict(request.headers))
+            return web.Response(body=body, status=status)
+
+        app = web.Application()
+        app.router.add_get("/blob", blob)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        src = BlobSource(f"http://127.0.0.1:{port}/blob", {"Authorization": "Bearer t"}, len(BLOB))
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def opened() -> PassThrough:
+                    return await PassThrough.open(
+                        session, src, digest_of(BLOB), Cut(len(BLOB), PIECE)
+                    )
+
+                return await check(opened), seen
+        finally:
+            await runner.cleanup()
+
+    return run
+
+
+async def _all(opened: Callable[[], Awaitable[PassThrough]]) -> bytes:
+    handle = await opened()
+    try:
+        parts = [bytes(await handle.piece(i)) for i in range(handle.cut.n_pieces)]
+        await handle.verify()
+        assert handle.bytes_read == len(BLOB)
+        return b"".join(parts)
+    finally:
+        handle.close()
+
+
+def test_pieces_arrive_in_order_with_the_blobs_bytes_and_the_auth_header() -> None:
+    got, seen = asyncio.run(serve(BLOB)(_all))
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(BLOB).hexdigest()
+    assert seen[0]["Authorization"] == "Bearer t" and "Range" not in seen[0]
+
+
+def test_a_range_that_starts_later_still_reads_and_checks_the_whole_blob() -> None:
+    async def later(opened: Callable[[], Awaitable[PassThrough]]) -> tuple[bytes, int]:
+        handle = await opened()
+        try:
+            second = bytes(await handle.piece(1))
+            await handle.verify()  # the client wanted piece 1 only: the rest is read and hashed
+            return second, handle.bytes_read
+        finally:
+            handle.close()
+
+    (second, read), _ = asyncio.run(serve(BLOB)(later))
+    assert second == BLOB[PIECE : 2 * PIECE] and read == len(BLOB)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [BLOB[:-1] + bytes([BLOB[-1] ^ 1]), BLOB + b"x"],
+    ids=["one-bit-flipped", "one-byte-more"],
+)
+def test_wrong_bytes_fail_the_check_before_the_last_piece_counts(body: bytes) -> None:
+    with pytest.raises(BlobDigestMismatch, match="do not match the digest"):
+        asyncio.run(serve(body)(_all))
+
+
+def test_a_short_body_names_how_many_bytes_came() -> None:
+    with pytest.raises(UpstreamError, match=f"upstream sent 9999 of {len(BLOB)} bytes"):
+        asyncio.run(serve(BLOB[:-1])(_all))
+
+
+def test_an_upstream_error_status_is_an_upstream_error() -> None:
+    with pytest.raises(UpstreamError, match="upstream answered 404"):
+        asyncio.run(serve(b"{}", status=404)(_all))
+
+
+def test_a_piece_already_passed_cannot_be_asked_again() -> None:
+    async def back(opened: Callable[[], Awaitable[PassThrough]]) -> None:
+        handle = await opened()
+        try:
+            await handle.piece(1)
+            await handle.piece(0)
+        finally:
+            handle.close()
+
+    with pytest.raises(UpstreamError, match="piece 0 was already passed through"):
+        asyncio.run(serve(BLOB)(back))
