@@ -219,8 +219,8 @@ class PieceStore:
             self._make_room(length)
             d = self._dir(task_id)
             shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
             try:
+                d.mkdir(parents=True)
                 self._create(d / "data", length)
             except OSError as exc:
                 shutil.rmtree(d, ignore_errors=True)

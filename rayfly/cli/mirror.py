@@ -185,7 +185,7 @@ def _status_line(r: dict[str, Any]) -> str:
 
 def _passed_note(n: int) -> str:
     """Blobs this node's mirror could not keep (no room in its cache), served from upstream."""
-    return f"  passed through {n} blob(s): no room in the node's cache" if n else ""
+    return f"  passed through {n} blob(s): the node's cache could not keep them" if n else ""
 
 
 @mirror.command()

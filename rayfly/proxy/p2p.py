@@ -20,7 +20,7 @@ import numpy as np
 from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.retry import unwrap
-from rayfly.errors import CacheFull, RayflyError
+from rayfly.errors import RayflyError, StorageError
 from rayfly.proxy.blobs import BlobHandle, BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.proxy.passthrough import PassThrough
@@ -91,9 +91,9 @@ class _SharedPieces:
 class _P2PHandle:
     """Pieces of one blob from the node's peer, in order; ``verify`` waits for the whole.
 
-    If the node cannot keep the blob (its cache has no room: the peer fails the task before it
-    reads any of it), the handle passes the blob through from the upstream instead, when
-    nothing was sent yet: the client gets the blob from this mirror either way.
+    If the node cannot keep the blob (no room in its cache: the peer fails the task before it
+    reads any of it; a cache it cannot write), the handle passes the blob through from the
+    upstream instead, when it sent nothing yet: the client gets the blob from this mirror.
     """
 
     def __init__(self, owner: P2PBlobs, digest: Digest, cut: Cut, source: SourceFactory) -> None:
@@ -137,7 +137,7 @@ class _P2PHandle:
         self._shared.advance(id(self), index)
         try:
             array = await self._get(index)
-        except CacheFull as exc:
+        except StorageError as exc:  # no room (CacheFull), a read-only disk...
             if self._sent:
                 raise
             self._owner.release(self._digest.task_id, id(self))
@@ -303,7 +303,7 @@ class P2PBlobs:
         return _P2PHandle(self, digest, info.cut, source)
 
     async def pass_through(
-        self, digest: Digest, cut: Cut, source: SourceFactory, why: CacheFull
+        self, digest: Digest, cut: Cut, source: SourceFactory, why: StorageError
     ) -> PassThrough:
         """The blob straight from the upstream, for one response (this node cannot keep it);
         ``why`` is re-raised when the mirror has no HTTP session to fetch with."""

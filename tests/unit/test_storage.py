@@ -309,6 +309,22 @@ def test_a_task_larger_than_the_free_disk_fails_when_it_begins_and_leaves_nothin
     assert store.unreserved_files == 0
 
 
+def test_a_cache_on_a_read_only_disk_fails_begin_with_a_storage_error(small_tmpfs):
+    """A disk remounted read-only under the store: begin raises StorageError naming the task's
+    directory (what a node's mirror passes through on), not a bare OSError."""
+    import subprocess
+
+    store = _no_watermarks(small_tmpfs / "cache")
+    remount = ["mount", "-o", "remount,ro", str(small_tmpfs)]
+    assert subprocess.run(remount, capture_output=True).returncode == 0
+    try:
+        with pytest.raises(StorageError, match=r"cannot create cache file in .*tasks/t"):
+            store.begin("t", Cut(1 << 20, 1 << 20))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    assert store.entry("t") is None
+
+
 def test_tasks_begun_together_cannot_overcommit_the_disk(small_tmpfs):
     """Two tasks that each fit but not together: the second fails when it begins, and the
     first, its space reserved, is written whole (a sparse file would let both begin and fail
