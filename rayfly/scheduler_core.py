@@ -394,14 +394,18 @@ class SchedulerCore:
         """The task if it has not failed and every piece has a holder that is not a suspect:
         a new member then needs nothing from the origin, so nothing about it (its URL, its
         credentials) has to be asked of the origin first."""
+        return self.tasks[task_id].info if self.holders(task_id) is not None else None
+
+    def holders(self, task_id: str) -> list[list[str]] | None:
+        """Per piece, the peers holding it that are not suspects (sorted), if every piece has
+        one and the task has not failed; else None."""
         t = self.tasks.get(task_id)
         if t is None or t.error:
             return None
         now = self.clock()
         live = {p for p, s in self.peers.items() if s.suspect_until <= now}
-        if all(t.holders.get(i, set()) & live for i in range(t.info.n_pieces)):
-            return t.info
-        return None
+        per_piece = [sorted(t.holders.get(i, set()) & live) for i in range(t.info.n_pieces)]
+        return per_piece if all(per_piece) else None
 
     async def exchange(
         self,

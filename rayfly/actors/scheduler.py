@@ -146,6 +146,10 @@ class Scheduler:
         """See :meth:`SchedulerCore.held`."""
         return self.core.held(task_id)
 
+    def holders(self, task_id: str) -> list[list[str]] | None:
+        """See :meth:`SchedulerCore.holders`."""
+        return self.core.holders(task_id)
+
     def _registered(self, task_id: str) -> TaskInfo | None:
         """The task ``task_id`` if it is registered and has not failed."""
         state = self.core.tasks.get(task_id)

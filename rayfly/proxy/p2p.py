@@ -19,11 +19,12 @@ import aiohttp
 import numpy as np
 from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
+from rayfly.actors.links import Links
 from rayfly.actors.retry import unwrap
 from rayfly.errors import RayflyError, StorageError
 from rayfly.proxy.blobs import BlobHandle, BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
-from rayfly.proxy.passthrough import PassThrough
+from rayfly.proxy.passthrough import PassThrough, from_peers, from_upstream
 from rayfly.source import SourceFile, Version
 from rayfly.storage import PieceStore, TaskEntry
 from rayfly.task import Cut, SourceSpec, TaskInfo
@@ -215,6 +216,7 @@ class P2PBlobs:
     ) -> None:
         self.peer, self.scheduler = peer, scheduler
         self._session = session
+        self._links = Links()
         self._get_peer = get_peer
         self.concurrency = concurrency
         self.store_root = Path(store_root) if store_root else None
@@ -305,17 +307,24 @@ class P2PBlobs:
     async def pass_through(
         self, digest: Digest, cut: Cut, source: SourceFactory, why: StorageError
     ) -> PassThrough:
-        """The blob straight from the upstream, for one response (this node cannot keep it);
-        ``why`` is re-raised when the mirror has no HTTP session to fetch with."""
-        if self._session is None:
+        """The blob for one response, kept nowhere (this node cannot keep it): from the nodes
+        that hold it if there are such, else from the upstream. ``why`` is re-raised when the
+        mirror has no HTTP session and the upstream would be needed."""
+        holders = await self.scheduler.holders.remote(digest.task_id)
+        where = "other nodes" if holders else "the upstream"
+        if holders is None and self._session is None:
             raise why
-        log.warning("blob %s passes through from the upstream, kept nowhere: %s", digest, why)
+        log.warning("blob %s passes through from %s, kept nowhere: %s", digest, where, why)
         self._counters["blobs_passed_through"] += 1
-        return await PassThrough.open(self._session, await source(), digest, cut)
+        if holders:
+            return from_peers(digest, cut, holders, self._links)
+        assert self._session is not None
+        return await from_upstream(self._session, await source(), digest, cut)
 
     def passed(self, handle: PassThrough) -> None:
-        """Count the upstream bytes a passed-through response read."""
-        self._counters["bytes_from_upstream"] += handle.bytes_read
+        """Count the bytes a passed-through response read."""
+        key = "bytes_from_peers" if handle.from_peers else "bytes_from_upstream"
+        self._counters[key] += handle.bytes_read
 
     async def _register(self, digest: Digest, source: SourceFactory) -> TaskInfo:
         key = digest.task_id

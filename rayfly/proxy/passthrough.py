@@ -1,19 +1,25 @@
-"""A blob streamed from the upstream to one response and kept nowhere: what the mirror serves
-when its node cannot keep the blob (no room for it in the node's cache).
+"""A blob streamed to one response and kept nowhere: what the mirror serves when its node
+cannot keep the blob (no room for it in the node's cache, a cache it cannot write).
 
-The runtime need not fall back to the registry itself (containerd with ``--no-fallback``,
-CRI-O or podman with no location fallback): the mirror still answers with the right bytes. The
-blob is read whole, from its first byte, whatever range the client asked for, so that its
-sha256 is checked before the response's last bytes are sent, as for any other blob.
+The pieces come from the nodes that hold the whole blob, if the scheduler knows of such nodes
+(the registry is not asked again), else from one GET of the blob upstream. The runtime need
+not fall back to the registry itself (containerd with ``--no-fallback``, CRI-O or podman with
+no location fallback): the mirror still answers with the right bytes. The blob is read whole,
+from its first byte, whatever range the client asked for, so that its sha256 is checked before
+the response's last bytes are sent, as for any other blob.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
+from ray.exceptions import OwnerDiedError, RayActorError, RayTaskError
 
+from rayfly.actors.links import Links, ParentGone
 from rayfly.proxy.blobs import BlobSource
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.task import Cut
@@ -21,45 +27,38 @@ from rayfly.task import Cut
 # No overall deadline: a large layer from a slow registry may take longer than any; a read that
 # stalls this long fails.
 READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+READ_AHEAD = 2
+
+ReadPiece = Callable[[int], Awaitable[Any]]
 
 
 class PassThrough:
-    """The upstream's body of one blob as in-order pieces of ``cut``, each hashed as it is read;
-    :meth:`verify` reads what the client did not ask for and checks the digest."""
+    """A blob as in-order pieces of ``cut`` from ``read`` (called once per piece, in order),
+    each hashed as it arrives; :meth:`verify` reads what the client did not ask for and checks
+    the digest. ``from_peers``: where the bytes come from, for the mirror's counters."""
 
-    def __init__(self, response: aiohttp.ClientResponse, digest: Digest, cut: Cut) -> None:
-        self._response, self._digest = response, digest
+    def __init__(
+        self,
+        digest: Digest,
+        cut: Cut,
+        read: ReadPiece,
+        close: Callable[[], None],
+        from_peers: bool,
+    ) -> None:
+        self._digest, self._read, self._close = digest, read, close
         self.length, self.cut = cut.length, cut
+        self.from_peers = from_peers
         self._sha = hashlib.sha256()
         self._next = 0
         self.bytes_read = 0
 
-    @classmethod
-    async def open(
-        cls, session: aiohttp.ClientSession, src: BlobSource, digest: Digest, cut: Cut
-    ) -> PassThrough:
-        """A GET of the whole blob at ``src`` (its auth headers, no range)."""
-        try:
-            response = await session.get(src.url, headers=src.headers, timeout=READ_TIMEOUT)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            msg = f"blob {digest}: upstream unreachable: {type(exc).__name__}"
-            raise UpstreamError(msg) from None
-        if response.status != 200:
-            response.release()
-            raise UpstreamError(f"blob {digest}: upstream answered {response.status}")
-        return cls(response, digest, cut)
-
-    async def _read_next(self) -> bytes:
-        start, end = self.cut.bounds(self._next)
-        try:
-            data = await self._response.content.readexactly(end - start)
-        except asyncio.IncompleteReadError as exc:
-            got = start + len(exc.partial)
-            msg = f"blob {self._digest}: upstream sent {got} of {self.length} bytes"
-            raise UpstreamError(msg) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            msg = f"blob {self._digest}: upstream read failed: {type(exc).__name__}"
-            raise UpstreamError(msg) from None
+    async def _read_next(self) -> memoryview:
+        index = self._next
+        start, end = self.cut.bounds(index)
+        data = memoryview(await self._read(index)).cast("B")
+        if len(data) != end - start:
+            msg = f"piece {index} of blob {self._digest} has {len(data)} bytes, not {end - start}"
+            raise UpstreamError(msg)
         await asyncio.to_thread(self._sha.update, data)  # off the event loop: 4 MiB is ~3 ms
         self._next += 1
         self.bytes_read += len(data)
@@ -69,19 +68,90 @@ class PassThrough:
         """Piece ``index``; pieces before it (a range that starts later) are read and hashed."""
         if index < self._next:
             raise UpstreamError(f"blob {self._digest}: piece {index} was already passed through")
-        data = b""
+        data = memoryview(b"")
         while self._next <= index:
             data = await self._read_next()
-        return memoryview(data)
+        return data
 
     async def verify(self) -> None:
         """Read the rest of the blob; BlobDigestMismatch unless it is the digest's bytes."""
         while self._next < self.cut.n_pieces:
             await self._read_next()
-        extra = await self._response.content.read(1)
-        if extra or self._sha.hexdigest() != self._digest.hex:
-            raise BlobDigestMismatch(f"upstream bytes for {self._digest} do not match the digest")
+        if self._sha.hexdigest() != self._digest.hex:
+            raise BlobDigestMismatch(f"bytes passed through for {self._digest} do not match it")
 
     def close(self) -> None:
-        """Drop the upstream connection (a body not read to the end is not reused)."""
-        self._response.close()
+        """Release the source (an upstream body not read to the end is not reused)."""
+        self._close()
+
+
+async def from_upstream(
+    session: aiohttp.ClientSession, src: BlobSource, digest: Digest, cut: Cut
+) -> PassThrough:
+    """The blob from one GET of the whole of it at ``src`` (its auth headers, no range)."""
+    try:
+        response = await session.get(src.url, headers=src.headers, timeout=READ_TIMEOUT)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        msg = f"blob {digest}: upstream unreachable: {type(exc).__name__}"
+        raise UpstreamError(msg) from None
+    if response.status != 200:
+        response.release()
+        raise UpstreamError(f"blob {digest}: upstream answered {response.status}")
+
+    async def read(index: int) -> bytes:
+        start, end = cut.bounds(index)
+        try:
+            data = await response.content.readexactly(end - start)
+        except asyncio.IncompleteReadError as exc:
+            got = start + len(exc.partial)
+            raise UpstreamError(
+                f"blob {digest}: upstream sent {got} of {cut.length} bytes"
+            ) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            msg = f"blob {digest}: upstream read failed: {type(exc).__name__}"
+            raise UpstreamError(msg) from None
+        if index == cut.n_pieces - 1 and await response.content.read(1):
+            raise BlobDigestMismatch(f"upstream sent more than the {cut.length} bytes of {digest}")
+        return data
+
+    return PassThrough(digest, cut, read, response.close, from_peers=False)
+
+
+class _FromPeers:
+    """Pieces read from the peers that hold them, ``READ_AHEAD`` pieces ahead; a piece whose
+    holder fails is asked of its next holder."""
+
+    def __init__(self, task_id: str, holders: list[list[str]], links: Links) -> None:
+        self._task_id, self._holders, self._links = task_id, holders, links
+        self._pending: dict[int, asyncio.Task[Any]] = {}
+
+    async def _one(self, index: int) -> Any:
+        holders = self._holders[index]
+        turn = index % len(holders)  # spread the pieces over the holders
+        last: BaseException | None = None
+        for peer_id in holders[turn:] + holders[:turn]:
+            try:
+                peer = await asyncio.to_thread(self._links.peer, peer_id)
+                got = await peer.read_piece.remote(self._task_id, index)
+                return await got[0] if isinstance(got, list) else got
+            except (ParentGone, RayActorError, RayTaskError, OwnerDiedError) as exc:
+                self._links.forget(peer_id)
+                last = exc
+        raise UpstreamError(f"no node could serve piece {index} of {self._task_id}: {last}")
+
+    async def read(self, index: int) -> Any:
+        for ahead in range(index, min(len(self._holders), index + 1 + READ_AHEAD)):
+            if ahead not in self._pending:
+                self._pending[ahead] = asyncio.ensure_future(self._one(ahead))
+        return await self._pending.pop(index)
+
+    def close(self) -> None:
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
+
+
+def from_peers(digest: Digest, cut: Cut, holders: list[list[str]], links: Links) -> PassThrough:
+    """The blob from the peers that hold it: ``holders[i]`` lists the nodes holding piece i."""
+    peers = _FromPeers(digest.task_id, holders, links)
+    return PassThrough(digest, cut, peers.read, peers.close, from_peers=True)

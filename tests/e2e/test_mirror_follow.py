@@ -110,3 +110,24 @@ def test_a_node_whose_cache_has_no_room_passes_the_layer_through(
     assert status is not None, "the node's mirror did not answer its status"
     assert status["blobs_passed_through"] == 1 and status["errors"] == 0, status
     assert status["bytes_from_upstream"] >= len(image.blobs[big]), status
+
+
+def test_a_node_without_room_passes_through_a_layer_from_the_nodes_that_hold_it(
+    kept, ray_cluster, front, pull_through, tmp_path
+):
+    """The image was pulled through another node first: the node without room passes the
+    layer through from that node's peer, and the registry sends it once in all."""
+    holder = mirror_status()[0]["node_id"]
+    sizes = [8 * MiB, 50_000]
+    image = pull_through(holder, "held-elsewhere", sizes)
+    cache = tmp_path / "small-cache"
+    with node_with_tmpfs_cache(ray_cluster.address, tmp_path / "logs", cache, "4m") as node:
+        pull_through(node.node_id, "held-elsewhere", sizes, fallback=False)
+        status = healthy(node.node_id)
+    big = image.layer_digests[0]
+    # once in all: the first pull's pieces (ranged GETs); the second pull asked nothing of it
+    assert front.state.bytes_by_digest[big] == len(image.blobs[big]), front.state.bytes_by_digest
+    assert status is not None, "the node's mirror did not answer its status"
+    assert status["blobs_passed_through"] == 1 and status["errors"] == 0, status
+    assert status["bytes_from_upstream"] == 0, status
+    assert status["bytes_from_peers"] >= len(image.blobs[big]), status

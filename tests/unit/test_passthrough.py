@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 
+from rayfly.actors.links import ParentGone
 from rayfly.proxy.blobs import BlobSource
 from rayfly.proxy.oci import BlobDigestMismatch, UpstreamError, digest_of
-from rayfly.proxy.passthrough import PassThrough
+from rayfly.proxy.passthrough import PassThrough, from_peers, from_upstream
 from rayfly.task import Cut
 
 BLOB = os.urandom(10_000)
@@ -44,9 +46,7 @@ def serve(body: bytes, status: int = 200) -> Callable[[Any], Awaitable[Any]]:
             async with aiohttp.ClientSession() as session:
 
                 async def opened() -> PassThrough:
-                    return await PassThrough.open(
-                        session, src, digest_of(BLOB), Cut(len(BLOB), PIECE)
-                    )
+                    return await from_upstream(session, src, digest_of(BLOB), Cut(len(BLOB), PIECE))
 
                 return await check(opened), seen
         finally:
@@ -92,7 +92,7 @@ def test_a_range_that_starts_later_still_reads_and_checks_the_whole_blob() -> No
     ids=["one-bit-flipped", "one-byte-more"],
 )
 def test_wrong_bytes_fail_the_check_before_the_last_piece_counts(body: bytes) -> None:
-    with pytest.raises(BlobDigestMismatch, match="do not match the digest"):
+    with pytest.raises(BlobDigestMismatch, match=r"do not match it|sent more than the 10000"):
         asyncio.run(serve(body)(_all))
 
 
@@ -117,3 +117,59 @@ def test_a_piece_already_passed_cannot_be_asked_again() -> None:
 
     with pytest.raises(UpstreamError, match="piece 0 was already passed through"):
         asyncio.run(serve(BLOB)(back))
+
+
+class _Peer:
+    """A stand-in for a peer actor handle: ``read_piece.remote`` gives a piece or fails."""
+
+    def __init__(self, fails: bool) -> None:
+        self.fails, self.asked = fails, []
+        self.read_piece = self
+
+    async def remote(self, task_id: str, index: int) -> Any:
+        self.asked.append(index)
+        if self.fails:
+            raise ParentGone("gone")
+        start, end = Cut(len(BLOB), PIECE).bounds(index)
+        return np.frombuffer(BLOB[start:end], dtype=np.uint8)
+
+
+class _Links:
+    def __init__(self, peers: dict[str, _Peer]) -> None:
+        self.peers, self.forgotten = peers, []
+
+    def peer(self, peer_id: str) -> _Peer:
+        return self.peers[peer_id]
+
+    def forget(self, peer_id: str) -> None:
+        self.forgotten.append(peer_id)
+
+
+def test_pieces_from_peers_spread_over_holders_and_a_failing_holder_is_passed_over() -> None:
+    """Ray actors stand in here (the e2e test runs real ones): the pass-through from peers
+    asks each piece's holders in turn, skips one that fails, and checks the whole blob."""
+    links = _Links({"a": _Peer(fails=False), "b": _Peer(fails=True)})
+    cut = Cut(len(BLOB), PIECE)
+    holders = [["a", "b"]] * cut.n_pieces
+
+    async def run() -> bytes:
+        handle = from_peers(digest_of(BLOB), cut, holders, links)  # type: ignore[arg-type]
+        try:
+            parts = [bytes(await handle.piece(i)) for i in range(cut.n_pieces)]
+            await handle.verify()
+            return b"".join(parts)
+        finally:
+            handle.close()
+
+    assert asyncio.run(run()) == BLOB
+    assert sorted(links.peers["a"].asked) == list(range(cut.n_pieces))
+    assert links.peers["b"].asked == [1] and links.forgotten == ["b"]  # b's turn: piece 1
+
+
+def test_a_piece_no_holder_can_serve_is_an_upstream_error() -> None:
+    links = _Links({"b": _Peer(fails=True)})
+    cut = Cut(len(BLOB), PIECE)
+    handle = from_peers(digest_of(BLOB), cut, [["b"]] * cut.n_pieces, links)  # type: ignore[arg-type]
+    with pytest.raises(UpstreamError, match="no node could serve piece 0"):
+        asyncio.run(handle.piece(0))
+    handle.close()

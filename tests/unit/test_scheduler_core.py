@@ -405,8 +405,11 @@ def test_held_names_a_task_only_while_live_peers_hold_every_piece():
     c.join("t", "a", "ha", 4, {i: f"d{i}" for i in range(4)})
     c.join("t", "b", "hb", 4, {i: f"d{i}" for i in range(4, 8)})
     assert c.held("t") == c.tasks["t"].info  # every piece somewhere, on two peers
+    c.join("t", "z", "hz", 4, {0: "d0"})
+    assert c.holders("t") == [["a", "z"]] + [["a"]] * 3 + [["b"]] * 4  # who, piece by piece
     c.suspect("b")
     assert c.held("t") is None  # pieces 4-7 only on a peer nobody reaches now
+    assert c.holders("t") is None
     now[0] += 21
     assert c.held("t") is not None
     c.peer_lost("a")
