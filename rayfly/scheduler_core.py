@@ -394,18 +394,27 @@ class SchedulerCore:
         """The task if it has not failed and every piece has a holder that is not a suspect:
         a new member then needs nothing from the origin, so nothing about it (its URL, its
         credentials) has to be asked of the origin first."""
-        return self.tasks[task_id].info if self.holders(task_id) is not None else None
+        t, live = self._unfailed(task_id)
+        if t is None or not all(t.holders.get(i, set()) & live for i in range(t.info.n_pieces)):
+            return None
+        return t.info
 
     def holders(self, task_id: str) -> list[list[str]] | None:
         """Per piece, the peers holding it that are not suspects (sorted), if every piece has
         one and the task has not failed; else None."""
-        t = self.tasks.get(task_id)
-        if t is None or t.error:
+        t, live = self._unfailed(task_id)
+        if t is None:
             return None
-        now = self.clock()
-        live = {p for p, s in self.peers.items() if s.suspect_until <= now}
         per_piece = [sorted(t.holders.get(i, set()) & live) for i in range(t.info.n_pieces)]
         return per_piece if all(per_piece) else None
+
+    def _unfailed(self, task_id: str) -> tuple[TaskState | None, set[str]]:
+        """The task unless unknown or failed, and the peers that are not suspects now."""
+        t = self.tasks.get(task_id)
+        if t is None or t.error:
+            return None, set()
+        now = self.clock()
+        return t, {p for p, s in self.peers.items() if s.suspect_until <= now}
 
     async def exchange(
         self,

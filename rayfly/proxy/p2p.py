@@ -93,8 +93,9 @@ class _P2PHandle:
     """Pieces of one blob from the node's peer, in order; ``verify`` waits for the whole.
 
     If the node cannot keep the blob (no room in its cache: the peer fails the task before it
-    reads any of it; a cache it cannot write), the handle passes the blob through from the
-    upstream instead, when it sent nothing yet: the client gets the blob from this mirror.
+    reads any of it; a cache it cannot write), the handle passes the blob through instead, from
+    the nodes that hold it or else the upstream, when it sent nothing yet: the client gets the
+    blob from this mirror either way (:meth:`P2PBlobs.pass_through`).
     """
 
     def __init__(self, owner: P2PBlobs, digest: Digest, cut: Cut, source: SourceFactory) -> None:
