@@ -73,6 +73,7 @@ class Proxy:
                 self.settings.p2p_concurrency,
                 get_peer=lambda: placement.get_or_create_peer(node, peer_config),
                 session=self._session,
+                piece_timeout_s=peer_config.piece_timeout_s,
             )
             self._mirror = Mirror(self.settings, clients, blobs)
             self._runner, self.port = await start_server(

@@ -214,9 +214,10 @@ class P2PBlobs:
         concurrency: int | None = None,
         get_peer: Callable[[], Any] | None = None,
         session: aiohttp.ClientSession | None = None,
+        piece_timeout_s: float = 60.0,
     ) -> None:
         self.peer, self.scheduler = peer, scheduler
-        self._session = session
+        self._session, self._piece_timeout_s = session, piece_timeout_s
         self._links = Links()
         self._get_peer = get_peer
         self.concurrency = concurrency
@@ -318,7 +319,7 @@ class P2PBlobs:
         log.warning("blob %s passes through from %s, kept nowhere: %s", digest, where, why)
         self._counters["blobs_passed_through"] += 1
         if holders:
-            return from_peers(digest, cut, holders, self._links)
+            return from_peers(digest, cut, holders, self._links, self._piece_timeout_s)
         assert self._session is not None
         return await from_upstream(self._session, await source(), digest, cut)
 

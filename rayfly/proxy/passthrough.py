@@ -119,10 +119,14 @@ async def from_upstream(
 
 class _FromPeers:
     """Pieces read from the peers that hold them, ``READ_AHEAD`` pieces ahead; a piece whose
-    holder fails is asked of its next holder."""
+    holder fails, or does not answer within ``timeout_s`` (a node cut off, not yet known
+    dead), is asked of its next holder."""
 
-    def __init__(self, task_id: str, holders: list[list[str]], links: Links) -> None:
+    def __init__(
+        self, task_id: str, holders: list[list[str]], links: Links, timeout_s: float
+    ) -> None:
         self._task_id, self._holders, self._links = task_id, holders, links
+        self._timeout_s = timeout_s
         self._pending: dict[int, asyncio.Task[Any]] = {}
 
     async def _one(self, index: int) -> Any:
@@ -132,12 +136,15 @@ class _FromPeers:
         for peer_id in holders[turn:] + holders[:turn]:
             try:
                 peer = await asyncio.to_thread(self._links.peer, peer_id)
-                got = await peer.read_piece.remote(self._task_id, index)
-                return await got[0] if isinstance(got, list) else got
-            except (ParentGone, RayActorError, RayTaskError, OwnerDiedError) as exc:
+                return await asyncio.wait_for(self._read(peer, index), self._timeout_s)
+            except (ParentGone, RayActorError, RayTaskError, OwnerDiedError, TimeoutError) as exc:
                 self._links.forget(peer_id)
                 last = exc
         raise UpstreamError(f"no node could serve piece {index} of {self._task_id}: {last}")
+
+    async def _read(self, peer: Any, index: int) -> Any:
+        got = await peer.read_piece.remote(self._task_id, index)
+        return await got[0] if isinstance(got, list) else got
 
     async def read(self, index: int) -> Any:
         for ahead in range(index, min(len(self._holders), index + 1 + READ_AHEAD)):
@@ -151,7 +158,10 @@ class _FromPeers:
         self._pending.clear()
 
 
-def from_peers(digest: Digest, cut: Cut, holders: list[list[str]], links: Links) -> PassThrough:
-    """The blob from the peers that hold it: ``holders[i]`` lists the nodes holding piece i."""
-    peers = _FromPeers(digest.task_id, holders, links)
+def from_peers(
+    digest: Digest, cut: Cut, holders: list[list[str]], links: Links, timeout_s: float = 60.0
+) -> PassThrough:
+    """The blob from the peers that hold it: ``holders[i]`` lists the nodes holding piece i;
+    a holder gets ``timeout_s`` to answer for a piece (the peers' ``piece_timeout_s``)."""
+    peers = _FromPeers(digest.task_id, holders, links, timeout_s)
     return PassThrough(digest, cut, peers.read, peers.close, from_peers=True)

@@ -120,16 +120,19 @@ def test_a_piece_already_passed_cannot_be_asked_again() -> None:
 
 
 class _Peer:
-    """A stand-in for a peer actor handle: ``read_piece.remote`` gives a piece or fails."""
+    """A stand-in for a peer actor handle: ``read_piece.remote`` gives a piece, fails, or
+    (``hangs``) never answers, as a node cut off from this one."""
 
-    def __init__(self, fails: bool) -> None:
-        self.fails, self.asked = fails, []
+    def __init__(self, fails: bool, hangs: bool = False) -> None:
+        self.fails, self.hangs, self.asked = fails, hangs, []
         self.read_piece = self
 
     async def remote(self, task_id: str, index: int) -> Any:
         self.asked.append(index)
         if self.fails:
             raise ParentGone("gone")
+        if self.hangs:
+            await asyncio.sleep(3600)
         start, end = Cut(len(BLOB), PIECE).bounds(index)
         return np.frombuffer(BLOB[start:end], dtype=np.uint8)
 
@@ -173,3 +176,21 @@ def test_a_piece_no_holder_can_serve_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamError, match="no node could serve piece 0"):
         asyncio.run(handle.piece(0))
     handle.close()
+
+
+def test_a_holder_that_does_not_answer_is_passed_over_after_the_timeout() -> None:
+    links = _Links({"a": _Peer(fails=False), "b": _Peer(fails=False, hangs=True)})
+    cut = Cut(len(BLOB), PIECE)
+    holders = [["b", "a"]] * cut.n_pieces  # b first for piece 0
+
+    async def run() -> bytes:
+        handle = from_peers(digest_of(BLOB), cut, holders, links, timeout_s=0.2)  # type: ignore[arg-type]
+        try:
+            parts = [bytes(await handle.piece(i)) for i in range(cut.n_pieces)]
+            await handle.verify()
+            return b"".join(parts)
+        finally:
+            handle.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 10)) == BLOB
+    assert "b" in links.forgotten and 0 in links.peers["b"].asked
