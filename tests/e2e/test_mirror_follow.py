@@ -104,6 +104,9 @@ def test_a_node_whose_cache_has_no_room_passes_the_layer_through(
     with node_with_tmpfs_cache(ray_cluster.address, tmp_path / "logs", cache, "4m") as node:
         image = pull_through(node.node_id, "no-room", [8 * MiB, 60_000], fallback=False)
         status = healthy(node.node_id)
+        shown = CliRunner().invoke(main, ["mirror", "status"]).output
+    line = next((x for x in shown.splitlines() if x.startswith(node.node_id[:12])), "")
+    assert "passed through 1 blob(s): the node's cache could not keep them" in line, shown
     big = image.layer_digests[0]
     assert front.state.blob_gets[big] == 1, front.state.blob_gets
     assert front.state.bytes_by_digest[big] == len(image.blobs[big]), front.state.bytes_by_digest
