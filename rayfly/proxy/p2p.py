@@ -24,7 +24,7 @@ from rayfly.actors.retry import unwrap
 from rayfly.errors import RayflyError, StorageError
 from rayfly.proxy.blobs import BlobHandle, BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
-from rayfly.proxy.passthrough import PassThrough, from_peers, from_upstream
+from rayfly.proxy.passthrough import PassThrough, from_peers, from_upstream, upstream_pieces
 from rayfly.source import SourceFile, Version
 from rayfly.storage import PieceStore, TaskEntry
 from rayfly.task import Cut, SourceSpec, TaskInfo
@@ -310,23 +310,26 @@ class P2PBlobs:
         self, digest: Digest, cut: Cut, source: SourceFactory, why: StorageError
     ) -> PassThrough:
         """The blob for one response, kept nowhere (this node cannot keep it): from the nodes
-        that hold it if there are such, else from the upstream. ``why`` is re-raised when the
-        mirror has no HTTP session and the upstream would be needed."""
+        that hold it if there are such (a piece none of them serves: from the upstream), else
+        from the upstream. ``why`` is re-raised when the mirror has no HTTP session and the
+        upstream would be needed."""
         holders = await self.scheduler.holders.remote(digest.task_id)
         where = "other nodes" if holders else "the upstream"
         if holders is None and self._session is None:
             raise why
         log.warning("blob %s passes through from %s, kept nowhere: %s", digest, where, why)
         self._counters["blobs_passed_through"] += 1
+        session = self._session
         if holders:
-            return from_peers(digest, cut, holders, self._links, self._piece_timeout_s)
-        assert self._session is not None
-        return await from_upstream(self._session, await source(), digest, cut)
+            upstream = upstream_pieces(session, source, digest, cut) if session else None
+            return from_peers(digest, cut, holders, self._links, self._piece_timeout_s, upstream)
+        assert session is not None
+        return await from_upstream(session, await source(), digest, cut)
 
     def passed(self, handle: PassThrough) -> None:
         """Count the bytes a passed-through response read."""
-        key = "bytes_from_peers" if handle.from_peers else "bytes_from_upstream"
-        self._counters[key] += handle.bytes_read
+        self._counters["bytes_from_peers"] += handle.bytes_from_peers
+        self._counters["bytes_from_upstream"] += handle.bytes_from_upstream
 
     async def _register(self, digest: Digest, source: SourceFactory) -> TaskInfo:
         key = digest.task_id

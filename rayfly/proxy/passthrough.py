@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import aiohttp
 from ray.exceptions import OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.links import Links, ParentGone
-from rayfly.proxy.blobs import BlobSource
+from rayfly.proxy.blobs import BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.task import Cut
 
@@ -28,40 +29,40 @@ from rayfly.task import Cut
 # stalls this long fails.
 READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
 READ_AHEAD = 2
+log = logging.getLogger(__name__)
 
-ReadPiece = Callable[[int], Awaitable[Any]]
+ReadPiece = Callable[[int], Awaitable[tuple[Any, bool]]]
+"""Piece ``i`` of a blob, and whether it came from a peer (else from the upstream)."""
 
 
 class PassThrough:
     """A blob as in-order pieces of ``cut`` from ``read`` (called once per piece, in order),
     each hashed as it arrives; :meth:`verify` reads what the client did not ask for and checks
-    the digest. ``from_peers``: where the bytes come from, for the mirror's counters."""
+    the digest. Counts the bytes read from peers and from the upstream."""
 
     def __init__(
-        self,
-        digest: Digest,
-        cut: Cut,
-        read: ReadPiece,
-        close: Callable[[], None],
-        from_peers: bool,
+        self, digest: Digest, cut: Cut, read: ReadPiece, close: Callable[[], None]
     ) -> None:
         self._digest, self._read, self._close = digest, read, close
         self.length, self.cut = cut.length, cut
-        self.from_peers = from_peers
         self._sha = hashlib.sha256()
         self._next = 0
-        self.bytes_read = 0
+        self.bytes_from_peers = self.bytes_from_upstream = 0
 
     async def _read_next(self) -> memoryview:
         index = self._next
         start, end = self.cut.bounds(index)
-        data = memoryview(await self._read(index)).cast("B")
+        got, from_peer = await self._read(index)
+        data = memoryview(got).cast("B")
         if len(data) != end - start:
             msg = f"piece {index} of blob {self._digest} has {len(data)} bytes, not {end - start}"
             raise UpstreamError(msg)
         await asyncio.to_thread(self._sha.update, data)  # off the event loop: 4 MiB is ~3 ms
         self._next += 1
-        self.bytes_read += len(data)
+        if from_peer:
+            self.bytes_from_peers += len(data)
+        else:
+            self.bytes_from_upstream += len(data)
         return data
 
     async def piece(self, index: int) -> memoryview:
@@ -98,7 +99,7 @@ async def from_upstream(
         response.release()
         raise UpstreamError(f"blob {digest}: upstream answered {response.status}")
 
-    async def read(index: int) -> bytes:
+    async def read(index: int) -> tuple[bytes, bool]:
         start, end = cut.bounds(index)
         try:
             data = await response.content.readexactly(end - start)
@@ -112,9 +113,38 @@ async def from_upstream(
             raise UpstreamError(msg) from None
         if index == cut.n_pieces - 1 and await response.content.read(1):
             raise BlobDigestMismatch(f"upstream sent more than the {cut.length} bytes of {digest}")
-        return data
+        return data, False
 
-    return PassThrough(digest, cut, read, response.close, from_peers=False)
+    return PassThrough(digest, cut, read, response.close)
+
+
+def upstream_pieces(
+    session: aiohttp.ClientSession, source: SourceFactory, digest: Digest, cut: Cut
+) -> ReadPiece:
+    """Single pieces of the blob by ranged GETs upstream (``source()`` awaited once): what a
+    pass-through from peers reads when no holder of a piece answers (a node that just died)."""
+    found: list[BlobSource] = []
+
+    async def read(index: int) -> tuple[bytes, bool]:
+        if not found:
+            found.append(await source())
+        src = found[0]
+        start, end = cut.bounds(index)
+        headers = {**src.headers, "Range": f"bytes={start}-{end - 1}"}
+        try:
+            async with session.get(src.url, headers=headers, timeout=READ_TIMEOUT) as resp:
+                whole = resp.status == 200 and start == 0 and end == cut.length
+                if resp.status != 206 and not whole:
+                    msg = f"blob {digest}: upstream answered {resp.status} to a range"
+                    raise UpstreamError(msg)
+                return await resp.content.readexactly(end - start), False
+        except asyncio.IncompleteReadError:
+            raise UpstreamError(f"blob {digest}: upstream sent part of piece {index}") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            msg = f"blob {digest}: upstream read failed: {type(exc).__name__}"
+            raise UpstreamError(msg) from None
+
+    return read
 
 
 class _FromPeers:
@@ -123,30 +153,40 @@ class _FromPeers:
     dead), is asked of its next holder."""
 
     def __init__(
-        self, task_id: str, holders: list[list[str]], links: Links, timeout_s: float
+        self,
+        task_id: str,
+        holders: list[list[str]],
+        links: Links,
+        timeout_s: float,
+        fallback: ReadPiece | None,
     ) -> None:
         self._task_id, self._holders, self._links = task_id, holders, links
-        self._timeout_s = timeout_s
-        self._pending: dict[int, asyncio.Task[Any]] = {}
+        self._timeout_s, self._fallback = timeout_s, fallback
+        self._pending: dict[int, asyncio.Task[tuple[Any, bool]]] = {}
 
-    async def _one(self, index: int) -> Any:
+    async def _one(self, index: int) -> tuple[Any, bool]:
         holders = self._holders[index]
         turn = index % len(holders)  # spread the pieces over the holders
         last: BaseException | None = None
         for peer_id in holders[turn:] + holders[:turn]:
             try:
                 peer = await asyncio.to_thread(self._links.peer, peer_id)
-                return await asyncio.wait_for(self._read(peer, index), self._timeout_s)
+                data = await asyncio.wait_for(self._read(peer, index), self._timeout_s)
+                return data, True
             except (ParentGone, RayActorError, RayTaskError, OwnerDiedError, TimeoutError) as exc:
                 self._links.forget(peer_id)
                 last = exc
+        if self._fallback is not None:
+            what = "piece %d of %s: no holder answered (%s), read upstream"
+            log.warning(what, index, self._task_id, last)
+            return await self._fallback(index)
         raise UpstreamError(f"no node could serve piece {index} of {self._task_id}: {last}")
 
     async def _read(self, peer: Any, index: int) -> Any:
         got = await peer.read_piece.remote(self._task_id, index)
         return await got[0] if isinstance(got, list) else got
 
-    async def read(self, index: int) -> Any:
+    async def read(self, index: int) -> tuple[Any, bool]:
         for ahead in range(index, min(len(self._holders), index + 1 + READ_AHEAD)):
             if ahead not in self._pending:
                 self._pending[ahead] = asyncio.ensure_future(self._one(ahead))
@@ -159,9 +199,15 @@ class _FromPeers:
 
 
 def from_peers(
-    digest: Digest, cut: Cut, holders: list[list[str]], links: Links, timeout_s: float = 60.0
+    digest: Digest,
+    cut: Cut,
+    holders: list[list[str]],
+    links: Links,
+    timeout_s: float = 60.0,
+    fallback: ReadPiece | None = None,
 ) -> PassThrough:
     """The blob from the peers that hold it: ``holders[i]`` lists the nodes holding piece i;
-    a holder gets ``timeout_s`` to answer for a piece (the peers' ``piece_timeout_s``)."""
-    peers = _FromPeers(digest.task_id, holders, links, timeout_s)
-    return PassThrough(digest, cut, peers.read, peers.close, from_peers=True)
+    a holder gets ``timeout_s`` to answer for a piece (the peers' ``piece_timeout_s``). A piece
+    no holder serves is read with ``fallback`` (:func:`upstream_pieces`), if given."""
+    peers = _FromPeers(digest.task_id, holders, links, timeout_s, fallback)
+    return PassThrough(digest, cut, peers.read, peers.close)

@@ -17,7 +17,7 @@ from aiohttp import web
 from rayfly.actors.links import ParentGone
 from rayfly.proxy.blobs import BlobSource
 from rayfly.proxy.oci import BlobDigestMismatch, UpstreamError, digest_of
-from rayfly.proxy.passthrough import PassThrough, from_peers, from_upstream
+from rayfly.proxy.passthrough import PassThrough, from_peers, from_upstream, upstream_pieces
 from rayfly.task import Cut
 
 BLOB = os.urandom(10_000)
@@ -60,7 +60,7 @@ async def _all(opened: Callable[[], Awaitable[PassThrough]]) -> bytes:
     try:
         parts = [bytes(await handle.piece(i)) for i in range(handle.cut.n_pieces)]
         await handle.verify()
-        assert handle.bytes_read == len(BLOB)
+        assert handle.bytes_from_upstream == len(BLOB) and handle.bytes_from_peers == 0
         return b"".join(parts)
     finally:
         handle.close()
@@ -78,7 +78,7 @@ def test_a_range_that_starts_later_still_reads_and_checks_the_whole_blob() -> No
         try:
             second = bytes(await handle.piece(1))
             await handle.verify()  # the client wanted piece 1 only: the rest is read and hashed
-            return second, handle.bytes_read
+            return second, handle.bytes_from_upstream
         finally:
             handle.close()
 
@@ -194,3 +194,47 @@ def test_a_holder_that_does_not_answer_is_passed_over_after_the_timeout() -> Non
 
     assert asyncio.run(asyncio.wait_for(run(), 10)) == BLOB
     assert "b" in links.forgotten and 0 in links.peers["b"].asked
+
+
+def test_a_piece_no_holder_serves_is_read_upstream_by_range() -> None:
+    """The only holder died (the scheduler does not know yet): each piece is read upstream
+    with a ranged GET, and the blob still checks out."""
+    links = _Links({"b": _Peer(fails=True)})
+    cut = Cut(len(BLOB), PIECE)
+    ranges: list[str] = []
+
+    async def ranged(request: web.Request) -> web.Response:
+        ranges.append(request.headers["Range"])
+        first, last = map(int, request.headers["Range"].removeprefix("bytes=").split("-"))
+        return web.Response(body=BLOB[first : last + 1], status=206)
+
+    async def run() -> tuple[bytes, int, int]:
+        app = web.Application()
+        app.router.add_get("/blob", ranged)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        src = BlobSource(f"http://127.0.0.1:{port}/blob", {}, len(BLOB))
+
+        async def source() -> BlobSource:
+            return src
+
+        try:
+            async with aiohttp.ClientSession() as session:
+                fallback = upstream_pieces(session, source, digest_of(BLOB), cut)
+                holders = [["b"]] * cut.n_pieces
+                handle = from_peers(digest_of(BLOB), cut, holders, links, 5, fallback)  # type: ignore[arg-type]
+                try:
+                    parts = [bytes(await handle.piece(i)) for i in range(cut.n_pieces)]
+                    await handle.verify()
+                    return b"".join(parts), handle.bytes_from_upstream, handle.bytes_from_peers
+                finally:
+                    handle.close()
+        finally:
+            await runner.cleanup()
+
+    got, upstream, peers = asyncio.run(run())
+    assert got == BLOB and upstream == len(BLOB) and peers == 0
+    assert sorted(ranges) == sorted(f"bytes={a}-{b - 1}" for a, b in map(cut.bounds, range(3)))
