@@ -123,12 +123,12 @@ def upstream_pieces(
 ) -> ReadPiece:
     """Single pieces of the blob by ranged GETs upstream (``source()`` awaited once): what a
     pass-through from peers reads when no holder of a piece answers (a node that just died)."""
-    found: list[BlobSource] = []
+    found: list[asyncio.Future[BlobSource]] = []  # one HEAD for every piece read this way
 
     async def read(index: int) -> tuple[bytes, bool]:
         if not found:
-            found.append(await source())
-        src = found[0]
+            found.append(asyncio.ensure_future(source()))
+        src = await asyncio.shield(found[0])
         start, end = cut.bounds(index)
         headers = {**src.headers, "Range": f"bytes={start}-{end - 1}"}
         try:
