@@ -4,9 +4,10 @@ order, a range that starts later, and every way the upstream's bytes can be wron
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,22 @@ BLOB = os.urandom(10_000)
 PIECE = 4096
 
 
+@contextlib.asynccontextmanager
+async def loopback(handler: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
+    """The URL of ``/blob`` on a loopback server answering with ``handler``."""
+    app = web.Application()
+    app.router.add_get("/blob", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/blob"
+    finally:
+        await runner.cleanup()
+
+
 def serve(body: bytes, status: int = 200) -> Callable[[Any], Awaitable[Any]]:
     """Run ``check(handle_factory)`` against a loopback server answering ``body``."""
 
@@ -34,36 +51,32 @@ def serve(body: bytes, status: int = 200) -> Callable[[Any], Awaitable[Any]]:
             seen.append(dict(request.headers))
             return web.Response(body=body, status=status)
 
-        app = web.Application()
-        app.router.add_get("/blob", blob)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        src = BlobSource(f"http://127.0.0.1:{port}/blob", {"Authorization": "Bearer t"}, len(BLOB))
-        try:
-            async with aiohttp.ClientSession() as session:
+        async with loopback(blob) as url, aiohttp.ClientSession() as session:
+            src = BlobSource(url, {"Authorization": "Bearer t"}, len(BLOB))
 
-                async def opened() -> PassThrough:
-                    return await from_upstream(session, src, digest_of(BLOB), Cut(len(BLOB), PIECE))
+            async def opened() -> PassThrough:
+                return await from_upstream(session, src, digest_of(BLOB), Cut(len(BLOB), PIECE))
 
-                return await check(opened), seen
-        finally:
-            await runner.cleanup()
+            return await check(opened), seen
 
     return run
 
 
-async def _all(opened: Callable[[], Awaitable[PassThrough]]) -> bytes:
-    handle = await opened()
+async def whole(handle: PassThrough) -> bytes:
+    """Every piece of ``handle`` in order, checked, then closed."""
     try:
         parts = [bytes(await handle.piece(i)) for i in range(handle.cut.n_pieces)]
         await handle.verify()
-        assert handle.bytes_from_upstream == len(BLOB) and handle.bytes_from_peers == 0
         return b"".join(parts)
     finally:
         handle.close()
+
+
+async def _all(opened: Callable[[], Awaitable[PassThrough]]) -> bytes:
+    handle = await opened()
+    got = await whole(handle)
+    assert handle.bytes_from_upstream == len(BLOB) and handle.bytes_from_peers == 0
+    return got
 
 
 def test_pieces_arrive_in_order_with_the_blobs_bytes_and_the_auth_header() -> None:
@@ -155,16 +168,8 @@ def test_pieces_from_peers_spread_over_holders_and_a_failing_holder_is_passed_ov
     cut = Cut(len(BLOB), PIECE)
     holders = [["a", "b"]] * cut.n_pieces
 
-    async def run() -> bytes:
-        handle = from_peers(digest_of(BLOB), cut, holders, links)  # type: ignore[arg-type]
-        try:
-            parts = [bytes(await handle.piece(i)) for i in range(cut.n_pieces)]
-            await handle.verify()
-            return b"".join(parts)
-        finally:
-            handle.close()
-
-    assert asyncio.run(run()) == BLOB
+    handle = from_peers(digest_of(BLOB), cut, holders, links)  # type: ignore[arg-type]
+    assert asyncio.run(whole(handle)) == BLOB and handle.bytes_from_peers == len(BLOB)
     assert sorted(links.peers["a"].asked) == list(range(cut.n_pieces))
     assert links.peers["b"].asked == [1] and links.forgotten == ["b"]  # b's turn: piece 1
 
@@ -183,16 +188,8 @@ def test_a_holder_that_does_not_answer_is_passed_over_after_the_timeout() -> Non
     cut = Cut(len(BLOB), PIECE)
     holders = [["b", "a"]] * cut.n_pieces  # b first for piece 0
 
-    async def run() -> bytes:
-        handle = from_peers(digest_of(BLOB), cut, holders, links, timeout_s=0.2)  # type: ignore[arg-type]
-        try:
-            parts = [bytes(await handle.piece(i)) for i in range(cut.n_pieces)]
-            await handle.verify()
-            return b"".join(parts)
-        finally:
-            handle.close()
-
-    assert asyncio.run(asyncio.wait_for(run(), 10)) == BLOB
+    handle = from_peers(digest_of(BLOB), cut, holders, links, timeout_s=0.2)  # type: ignore[arg-type]
+    assert asyncio.run(asyncio.wait_for(whole(handle), 10)) == BLOB
     assert "b" in links.forgotten and 0 in links.peers["b"].asked
 
 
@@ -210,33 +207,18 @@ def test_a_piece_no_holder_serves_is_read_upstream_by_range() -> None:
         return web.Response(body=BLOB[first : last + 1], status=206)
 
     async def run() -> tuple[bytes, int, int]:
-        app = web.Application()
-        app.router.add_get("/blob", ranged)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        src = BlobSource(f"http://127.0.0.1:{port}/blob", {}, len(BLOB))
+        async with loopback(ranged) as url, aiohttp.ClientSession() as session:
+            src = BlobSource(url, {}, len(BLOB))
 
-        async def source() -> BlobSource:
-            heads.append(1)
-            await asyncio.sleep(0.01)  # a HEAD takes a while: the read-ahead pieces wait for it
-            return src
+            async def source() -> BlobSource:
+                heads.append(1)
+                await asyncio.sleep(0.01)  # a HEAD takes a while: read-ahead pieces wait for it
+                return src
 
-        try:
-            async with aiohttp.ClientSession() as session:
-                fallback = upstream_pieces(session, source, digest_of(BLOB), cut)
-                holders = [["b"]] * cut.n_pieces
-                handle = from_peers(digest_of(BLOB), cut, holders, links, 5, fallback)  # type: ignore[arg-type]
-                try:
-                    parts = [bytes(await handle.piece(i)) for i in range(cut.n_pieces)]
-                    await handle.verify()
-                    return b"".join(parts), handle.bytes_from_upstream, handle.bytes_from_peers
-                finally:
-                    handle.close()
-        finally:
-            await runner.cleanup()
+            fallback = upstream_pieces(session, source, digest_of(BLOB), cut)
+            holders = [["b"]] * cut.n_pieces
+            handle = from_peers(digest_of(BLOB), cut, holders, links, 5, fallback)  # type: ignore[arg-type]
+            return await whole(handle), handle.bytes_from_upstream, handle.bytes_from_peers
 
     got, upstream, peers = asyncio.run(run())
     assert got == BLOB and upstream == len(BLOB) and peers == 0 and len(heads) == 1
