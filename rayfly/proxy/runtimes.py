@@ -56,7 +56,8 @@ def containerd_hosts_toml(
         server = _check_mirror(server or default_server(registry))
         lines = [f'server = "{server}"', "", f'[host."{mirror}"]', *(f"  {x}" for x in pulls)]
     elif server is not None:
-        raise InvalidInput("a server is the fallback upstream: leave it out without fallback")
+        msg = "a server (--server) is the fallback upstream: give it or --no-fallback, not both"
+        raise InvalidInput(msg)
     else:
         # no host besides the server, but the table must be there: containerd 1.6 reads a file
         # without it as invalid, and then pulls from the registry itself

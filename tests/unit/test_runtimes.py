@@ -26,7 +26,7 @@ def test_hosts_toml_without_fallback_and_custom_mirror():
     # is written (or the file has no [host] table): the mirror is the server, and the only host
     want = {"server": "http://127.0.0.1:4000", "capabilities": ["pull", "resolve"], "host": {}}
     assert doc == want
-    with pytest.raises(InvalidInput, match="leave it out without fallback"):
+    with pytest.raises(InvalidInput, match="give it or --no-fallback, not both"):
         runtimes.containerd_hosts_toml("ghcr.io", server="https://ghcr.io", fallback=False)
 
 
