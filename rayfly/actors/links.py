@@ -35,8 +35,8 @@ def visible_store(view: dict[str, Any], node_ip: str) -> Path | None:
 class Links:
     """Handles to the scheduler and to other peers, looked up lazily and forgotten on error."""
 
-    def __init__(self) -> None:
-        self._scheduler: Any = None
+    def __init__(self, scheduler: Any = None) -> None:
+        self._scheduler: Any = scheduler  # a handle to start with (else looked up by name)
         self._handles: dict[str, Any] = {}
         self._stores: dict[str, Path | None] = {}
 

@@ -216,9 +216,9 @@ class P2PBlobs:
         session: aiohttp.ClientSession | None = None,
         piece_timeout_s: float = 60.0,
     ) -> None:
-        self.peer, self.scheduler = peer, scheduler
+        self.peer = peer
         self._session, self._piece_timeout_s = session, piece_timeout_s
-        self._links = Links()
+        self._links = Links(scheduler)  # scheduler calls retried while it restarts
         self._get_peer = get_peer
         self.concurrency = concurrency
         self.store_root = Path(store_root) if store_root else None
@@ -280,7 +280,7 @@ class P2PBlobs:
     async def held(self, digest: Digest) -> TaskInfo | None:
         """The blob's task if other nodes hold every piece of it (the upstream need not be
         asked anything to fetch it), else None."""
-        return await self.scheduler.held.remote(digest.task_id)
+        return await self._links.ask("held", digest.task_id)
 
     async def cached_length(self, digest: Digest) -> int | None:
         """The blob's length if complete and verified in this node's cache, or held whole by
@@ -313,7 +313,7 @@ class P2PBlobs:
         that hold it if there are such (a piece none of them serves: from the upstream), else
         from the upstream. ``why`` is re-raised when the mirror has no HTTP session and the
         upstream would be needed."""
-        holders = await self.scheduler.holders.remote(digest.task_id)
+        holders = await self._links.ask("holders", digest.task_id)
         where = "other nodes" if holders else "the upstream"
         if holders is None and self._session is None:
             raise why
@@ -354,7 +354,7 @@ class P2PBlobs:
         try:
             spec = blob_spec(src.url, src.headers, digest)
             # A client streams the blob front to back: fetch pieces in index order.
-            info = await self.scheduler.register.remote(spec, None, "sequential", blob_listing(src))
+            info = await self._links.ask("register", spec, None, "sequential", blob_listing(src))
         except RayTaskError as exc:
             raise unwrap(exc) from None
         if info.length != src.length:

@@ -11,6 +11,7 @@ import pytest
 import ray
 from click.testing import CliRunner
 
+from rayfly.actors import placement
 from rayfly.cli import main
 from rayfly.config import NAMESPACE
 from rayfly.proxy.actor import mirror_status, proxy_name
@@ -134,3 +135,22 @@ def test_a_node_without_room_passes_through_a_layer_from_the_nodes_that_hold_it(
     assert status["blobs_passed_through"] == 1 and status["errors"] == 0, status
     assert status["bytes_from_upstream"] == 0, status
     assert status["bytes_from_peers"] >= len(image.blobs[big]), status
+
+
+def test_a_pull_while_the_scheduler_restarts_waits_for_it(
+    kept, ray_cluster, front, registry, containerd_factory
+):
+    """The scheduler is killed (Ray restarts it) just before a pull with no fallback: the
+    mirror's calls to it are retried while it restarts, as the peers' are, and the pull gets
+    every blob (before: the mirror answered the first blob with an error, the pull failed)."""
+    row = wait_for(lambda: mirror_status())
+    assert row, "no mirror"
+    image = build_image("rayfly/restart", "v1", [3 * MiB, 20_000], seed=77)
+    push_image(registry.url, image)
+    ctd = containerd_factory("restart")
+    ctd.remove_all()
+    ctd.use_mirror(front.host, row[0]["url"], front.url, fallback=False)
+    ray.kill(placement.get_scheduler(), no_restart=False)
+    out = ctd.pull(f"{front.host}/{image.name}:v1")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert set(image.blob_digests) <= ctd.content_digests()
