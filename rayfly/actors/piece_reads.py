@@ -56,7 +56,7 @@ def put_from_store(
         BUFFERS.give(buf)
 
 
-async def _unbox(box: Any) -> tuple[Any, Any]:
+async def unbox(box: Any) -> tuple[Any, Any]:
     """A parent's answer (``box``, the call's return object): the reference of the piece's
     object and its bytes pulled here. The parent answers with the bytes (the return object is
     the piece's) or with ``[reference]`` to an object it made before (see ``Peer.read_piece``)."""
@@ -121,7 +121,7 @@ class PieceReader:
         for attempt in range(2):
             box = self.links.peer(parent).read_piece.remote(task.task_id, index)
             try:
-                return await asyncio.wait_for(_unbox(box), self.config.piece_timeout_s)
+                return await asyncio.wait_for(unbox(box), self.config.piece_timeout_s)
             except ActorUnavailableError:
                 raise
             except RayActorError:

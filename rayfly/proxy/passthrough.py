@@ -21,6 +21,7 @@ import aiohttp
 from ray.exceptions import OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.links import Links, ParentGone
+from rayfly.actors.piece_reads import unbox
 from rayfly.proxy.blobs import BlobSource, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.task import Cut
@@ -171,7 +172,8 @@ class _FromPeers:
         for peer_id in holders[turn:] + holders[:turn]:
             try:
                 peer = await asyncio.to_thread(self._links.peer, peer_id)
-                data = await asyncio.wait_for(self._read(peer, index), self._timeout_s)
+                box = peer.read_piece.remote(self._task_id, index)
+                _, data = await asyncio.wait_for(unbox(box), self._timeout_s)
                 return data, True
             except (ParentGone, RayActorError, RayTaskError, OwnerDiedError, TimeoutError) as exc:
                 self._links.forget(peer_id)
@@ -181,10 +183,6 @@ class _FromPeers:
             log.warning(what, index, self._task_id, last)
             return await self._fallback(index)
         raise UpstreamError(f"no node could serve piece {index} of {self._task_id}: {last}")
-
-    async def _read(self, peer: Any, index: int) -> Any:
-        got = await peer.read_piece.remote(self._task_id, index)
-        return await got[0] if isinstance(got, list) else got
 
     async def read(self, index: int) -> tuple[Any, bool]:
         for ahead in range(index, min(len(self._holders), index + 1 + READ_AHEAD)):
