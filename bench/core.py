@@ -14,7 +14,6 @@ are the floor under rayfly's per-piece CPU (:mod:`bench.ray_pieces`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -34,6 +33,7 @@ import ray
 
 import rayfly
 from bench import ray_pieces
+from bench.files import sha256_of
 from bench.procstat import stat_fields
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
@@ -124,15 +124,6 @@ def sha256_cpu(path: Path) -> float:
     subprocess.run([sys.executable, "-c", HASH, str(path)], check=True, timeout=600)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file (the origin's, to check the verified plain download against)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def settle(dest: Path, report: rayfly.Report | None = None) -> None:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bench.broadcast.report import dumps, summarize, write_outputs
+from bench.files import sha256_of
 from bench.procstat import stat_fields
 from bench.testbed.netns import REPO_ROOT, Testbed, TestbedConfig
 
@@ -262,15 +263,6 @@ def make_payload(path: Path, size: int, seed: int = 4) -> str:
             digest.update(chunk)
             out.write(chunk)
             left -= len(chunk)
-    return digest.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(8 << 20):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
