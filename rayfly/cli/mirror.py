@@ -184,7 +184,8 @@ def _status_line(r: dict[str, Any]) -> str:
 
 
 def _passed_note(n: int) -> str:
-    """Blobs this node's mirror could not keep (no room in its cache), served from upstream."""
+    """Blobs this node's mirror could not keep (no room in its cache, say) and passed through,
+    from the nodes that hold them or the upstream."""
     return f"  passed through {n} blob(s): the node's cache could not keep them" if n else ""
 
 
