@@ -24,6 +24,7 @@ from typing import Protocol
 
 import aiohttp
 
+from rayfly.proxy.neterrors import upstream_failure
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.task import Cut
 
@@ -230,7 +231,7 @@ class LocalBlobs:
             await d.finish(error)
 
     async def _copy(self, src: BlobSource, d: _Download) -> None:
-        try:
+        with upstream_failure("blob download failed"):
             async with self._session.get(src.url, headers=src.headers) as resp:
                 if resp.status != 200:
                     raise UpstreamError(f"upstream answered {resp.status} for a blob")
@@ -242,8 +243,6 @@ class LocalBlobs:
                     d.sha.update(chunk)
                     self._counters["bytes_from_upstream"] += len(chunk)
                     await d.advance(len(chunk))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise UpstreamError(f"blob download failed: {type(exc).__name__}") from None
 
     def stats(self) -> dict[str, int]:
         """Counters since start."""

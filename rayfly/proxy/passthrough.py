@@ -23,6 +23,7 @@ from ray.exceptions import OwnerDiedError, RayActorError, RayTaskError
 from rayfly.actors.links import Links, ParentGone
 from rayfly.actors.piece_reads import unbox
 from rayfly.proxy.blobs import BlobSource, SourceFactory
+from rayfly.proxy.neterrors import upstream_failure
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.task import Cut
 
@@ -91,11 +92,8 @@ async def from_upstream(
     session: aiohttp.ClientSession, src: BlobSource, digest: Digest, cut: Cut
 ) -> PassThrough:
     """The blob from one GET of the whole of it at ``src`` (its auth headers, no range)."""
-    try:
+    with upstream_failure(f"blob {digest}: upstream unreachable"):
         response = await session.get(src.url, headers=src.headers, timeout=READ_TIMEOUT)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        msg = f"blob {digest}: upstream unreachable: {type(exc).__name__}"
-        raise UpstreamError(msg) from None
     if response.status != 200:
         response.release()
         raise UpstreamError(f"blob {digest}: upstream answered {response.status}")
@@ -103,15 +101,13 @@ async def from_upstream(
     async def read(index: int) -> tuple[bytes, bool]:
         start, end = cut.bounds(index)
         try:
-            data = await response.content.readexactly(end - start)
+            with upstream_failure(f"blob {digest}: upstream read failed"):
+                data = await response.content.readexactly(end - start)
         except asyncio.IncompleteReadError as exc:
             got = start + len(exc.partial)
             raise UpstreamError(
                 f"blob {digest}: upstream sent {got} of {cut.length} bytes"
             ) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            msg = f"blob {digest}: upstream read failed: {type(exc).__name__}"
-            raise UpstreamError(msg) from None
         if index == cut.n_pieces - 1 and await response.content.read(1):
             raise BlobDigestMismatch(f"upstream sent more than the {cut.length} bytes of {digest}")
         return data, False
@@ -133,17 +129,15 @@ def upstream_pieces(
         start, end = cut.bounds(index)
         headers = {**src.headers, "Range": f"bytes={start}-{end - 1}"}
         try:
-            async with session.get(src.url, headers=headers, timeout=READ_TIMEOUT) as resp:
-                whole = resp.status == 200 and start == 0 and end == cut.length
-                if resp.status != 206 and not whole:
-                    msg = f"blob {digest}: upstream answered {resp.status} to a range"
-                    raise UpstreamError(msg)
-                return await resp.content.readexactly(end - start), False
+            with upstream_failure(f"blob {digest}: upstream read failed"):
+                async with session.get(src.url, headers=headers, timeout=READ_TIMEOUT) as resp:
+                    whole = resp.status == 200 and start == 0 and end == cut.length
+                    if resp.status != 206 and not whole:
+                        msg = f"blob {digest}: upstream answered {resp.status} to a range"
+                        raise UpstreamError(msg)
+                    return await resp.content.readexactly(end - start), False
         except asyncio.IncompleteReadError:
             raise UpstreamError(f"blob {digest}: upstream sent part of piece {index}") from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            msg = f"blob {digest}: upstream read failed: {type(exc).__name__}"
-            raise UpstreamError(msg) from None
 
     return read
 

@@ -27,6 +27,7 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 
 from rayfly.errors import InvalidInput
+from rayfly.proxy.neterrors import upstream_failure
 from rayfly.proxy.oci import (
     ACCEPT_MANIFESTS,
     DOCKER_HUB,
@@ -315,7 +316,8 @@ class _Send:
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         c = self._client
-        try:
+        path = urlsplit(self._url).path
+        with upstream_failure(f"{self._method} {path} on {c.upstream.name} failed"):
             self._cm = c._session.request(
                 self._method,
                 self._url,
@@ -324,11 +326,6 @@ class _Send:
                 allow_redirects=True,
             )
             self._resp = await self._cm.__aenter__()  # type: ignore[attr-defined]
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            path = urlsplit(self._url).path
-            raise UpstreamError(
-                f"{self._method} {path} on {c.upstream.name} failed: {type(exc).__name__}"
-            ) from None
         return self._resp
 
     async def __aexit__(self, *exc: object) -> None:
