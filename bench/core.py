@@ -3,6 +3,7 @@
 
     python -m bench.core single --size 1GiB --runs 6   # also against a download hashed as it lands
     python -m bench.core memory --size 4GiB
+    python -m bench.core memory --size 4GiB --nodes 4 --local-reads off   # as between hosts
     python -m bench.core cluster --nodes 4 --size 1GiB --runs 3
     python -m bench.core cluster --size 256MiB --methods rayfly,ray_pieces --piece-size 1MiB
 
@@ -14,6 +15,7 @@ are the floor under rayfly's per-piece CPU (:mod:`bench.ray_pieces`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -34,7 +36,7 @@ import ray
 import rayfly
 from bench import ray_pieces
 from bench.files import sha256_of
-from bench.procstat import stat_fields
+from bench.procstat import resident, stat_fields
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
 from rayfly.config import NAMESPACE, parse_size
@@ -146,21 +148,45 @@ def rayfly_once(url: str, dest: str, **kwargs: Any) -> tuple[float, rayfly.Repor
     return time.perf_counter() - t0, report
 
 
-class RssSampler:
-    """Samples a process's resident set size every 20 ms in a thread; keeps the peak."""
+class PeerMemory:
+    """Samples a peer's memory every 20 ms in a thread, keeping peaks: its resident set (as
+    ``ps`` shows it), its own memory (resident minus the object-store pages it has touched),
+    the object-store bytes it keeps referenced to serve again (``serve_memory``), and the sum
+    of the last two at one instant: the peer's memory (issue 9's row)."""
 
-    def __init__(self, pid: int):
-        self.proc = psutil.Process(pid)
-        self.peak = 0
+    def __init__(self, pid: int, peer: Any):
+        self.pid, self.peer = pid, peer
+        self.peak = {
+            "rss": 0,
+            "own": 0,
+            "store_mapped": 0,
+            "referenced": 0,
+            "own_plus_referenced": 0,
+        }
+        self.baseline = self._sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> dict[str, int]:
+        mem = resident(self.pid)
+        held = ray.get(self.peer.info.remote(), timeout=10)["serve_memory"]["held"]
+        own = mem["anon"] + mem["file"]
+        sample = {
+            "rss": own + mem["shmem"],
+            "own": own,
+            "store_mapped": mem["shmem"],
+            "referenced": held,
+            "own_plus_referenced": own + held,
+        }
+        for key, value in sample.items():
+            self.peak[key] = max(self.peak[key], value)
+        return sample
+
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._sample()
 
-    def __enter__(self) -> RssSampler:
-        self.peak = self.proc.memory_info().rss
+    def __enter__(self) -> PeerMemory:
         self._thread.start()
         return self
 
@@ -241,21 +267,46 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Peak RSS of the (one) peer actor while it moves an ``args.size`` file."""
-    origin, _ = setup(1, work, args.size)
-    peer = next(iter(placement.existing_peers().values()))
-    pid = ray.get(peer.info.remote())["pid"]
-    with RssSampler(pid) as rss:
-        baseline = rss.peak
-        seconds, _ = rayfly_once(origin.url + "payload.bin", str(work / "dest" / "p.bin"))
+    """Peak memory of every peer while ``args.nodes`` nodes move an ``args.size``
+    file (see :class:`PeerMemory`); with more than one node, pieces travel between peers as
+    between hosts when local reads are off."""
+    origin, _ = setup(args.nodes, work, args.size)
+    peers = list(placement.existing_peers().values())
+    samplers = [PeerMemory(ray.get(p.info.remote())["pid"], p) for p in peers]
+    cpu0 = sum(cpu_seconds(s.pid) for s in samplers)
+    with contextlib.ExitStack() as stack:
+        for sampler in samplers:
+            stack.enter_context(sampler)
+        where = str(work / "dest" / "{node_id}" / "p.bin")
+        seconds, _ = rayfly_once(origin.url + "payload.bin", where, piece_size=args.piece_size)
+    cpu = sum(cpu_seconds(s.pid) for s in samplers) - cpu0
+    mib = 2**20
+
+    def served(key: str) -> int:
+        return sum(ray.get(p.info.remote())[key] for p in peers)
+
     return {
         "bench": "memory",
         "size": args.size,
+        "nodes": args.nodes,
+        "local_reads": args.local_reads,
+        "piece_size": next(
+            e["piece_size"]
+            for e in ray.get(peers[0].cache_entries.remote())
+            if e["length"] == args.size
+        ),
         "seconds": seconds,
+        "peers_cpu_s": cpu,
         "load_avg_1m": os.getloadavg()[0],
-        "peer_rss_baseline_mib": baseline / 2**20,
-        "peer_rss_peak_mib": rss.peak / 2**20,
+        "peer_rss_baseline_mib": max(s.baseline["rss"] for s in samplers) / mib,
+        "peer_rss_peak_mib": max(s.peak["rss"] for s in samplers) / mib,
+        "peers_peak_mib": [{k: v / mib for k, v in s.peak.items()} for s in samplers],
+        "peer_own_plus_referenced_peak_mib": max(s.peak["own_plus_referenced"] for s in samplers)
+        / mib,
         "origin_bytes": origin.bytes_served,
+        "serve_memory_limit_mib": ray.get(peers[0].info.remote())["serve_memory"]["limit"] / mib,
+        "pieces_served": served("pieces_served"),
+        "pieces_served_from_memory": served("pieces_served_from_memory"),
     }
 
 
@@ -336,7 +387,9 @@ def main() -> None:
     parser.add_argument("which", choices=["single", "memory", "cluster"])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument(
+        "--nodes", type=int, default=None, help="cluster: default 4; memory: default 1"
+    )
     parser.add_argument(
         "--methods",
         default="rayfly,plain,plain_sha256,ray",
@@ -361,9 +414,11 @@ def main() -> None:
         "--piece-size",
         type=parse_size,
         default=None,
-        help="cluster: rayfly's piece size (default: the scheduler's choice)",
+        help="cluster, memory: rayfly's piece size (default: the scheduler's choice)",
     )
     args = parser.parse_args()
+    if args.nodes is None:
+        args.nodes = 1 if args.which == "memory" else 4
     os.environ["RAYFLY_LOCAL_READS"] = args.local_reads
     os.environ["RAYFLY_DIRECT_IO"] = args.direct_io
     work = Path(tempfile.mkdtemp(prefix="rayfly-bench-"))

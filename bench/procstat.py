@@ -21,3 +21,17 @@ def machine_busy_s() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def resident(pid: int | str) -> dict[str, int]:
+    """``pid``'s resident memory by kind, in bytes (``/proc/PID/status``): ``anon`` its own
+    (heap, buffers), ``file`` mapped files (libraries), ``shmem`` shared memory it has touched
+    (Ray's object store: those pages belong to the node's store, counted once there).
+    OSError if the process is gone."""
+    kinds = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, *rest = line.split()
+        if name in kinds:
+            out[kinds[name]] = int(rest[0]) * 1024  # kB
+    return out
