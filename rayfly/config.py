@@ -192,7 +192,7 @@ class NodeConfig:
     pieces served and origin reads; the cache's TTL, disk watermarks and GC period; and how many
     bytes of recently received or served pieces the peer keeps referenced in Ray's object store
     to serve them again without a disk read (``serve_memory``; default: a quarter of the node's
-    object store, at most 256 MiB; 0: always from disk); and whether a piece held by a parent on
+    object store, at most 128 MiB; 0: always from disk); and whether a piece held by a parent on
     this host, whose piece store this node sees, is read from that store's file directly
     instead of through the object store (``local_reads``, default on); and whether the piece
     store writes aligned pieces with ``O_DIRECT``, past the page cache (``direct_io``, default

@@ -47,7 +47,11 @@ def _alive_node_ids() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
-SERVE_MEMORY_MAX = 256 << 20
+SERVE_MEMORY_MAX = 128 << 20
+"""The default cap of a peer's kept pieces. With 256 MiB a peer's own memory plus the pieces it
+kept referenced reached 507-530 MiB moving 4 GiB to 4 nodes (pieces between them as between
+hosts); with 128 MiB 378-403 MiB, at the same time and CPU (docs/BENCHMARKS.md, eighteenth
+pass)."""
 
 
 def _serve_memory(node: NodeConfig, node_id: str) -> int:
