@@ -130,6 +130,22 @@ class HotPieces(Generic[V]):
         return len(self._items)
 
 
+SERVE_MEMORY_MAX = 128 << 20
+"""The default cap of a peer's kept pieces. With 256 MiB a peer's own memory plus the pieces it
+kept referenced reached 507-530 MiB moving 4 GiB to 4 nodes (pieces between them as between
+hosts); with 128 MiB 378-403 MiB, at the same time and CPU (docs/BENCHMARKS.md, eighteenth
+pass)."""
+
+
+def serve_memory(setting: int | None, store_bytes: int) -> int:
+    """Bytes of pieces a peer keeps referenced to serve them again: ``setting``
+    (``RAYFLY_SERVE_MEMORY``) if given, else a quarter of the node's object store of
+    ``store_bytes``, at most :data:`SERVE_MEMORY_MAX`, so that they never crowd it out."""
+    if setting is not None:
+        return setting
+    return min(SERVE_MEMORY_MAX, store_bytes // 4)
+
+
 PAGE = 4096
 
 

@@ -24,7 +24,7 @@ from rayfly.actors.piece_reads import KeptPiece, put_from_store, put_piece
 from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
 from rayfly.errors import PieceCorrupt, RayflyError, SourceError
 from rayfly.eviction import GcPolicy
-from rayfly.piecemem import HotPieces
+from rayfly.piecemem import HotPieces, serve_memory
 from rayfly.protocol import (
     Cached,
     FetchItem,
@@ -47,21 +47,12 @@ def _alive_node_ids() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
-SERVE_MEMORY_MAX = 128 << 20
-"""The default cap of a peer's kept pieces. With 256 MiB a peer's own memory plus the pieces it
-kept referenced reached 507-530 MiB moving 4 GiB to 4 nodes (pieces between them as between
-hosts); with 128 MiB 378-403 MiB, at the same time and CPU (docs/BENCHMARKS.md, eighteenth
-pass)."""
-
-
 def _serve_memory(node: NodeConfig, node_id: str) -> int:
-    """Bytes of pieces kept referenced for serving: the node's setting, else a quarter of its
-    object store (at most :data:`SERVE_MEMORY_MAX`), so that they never crowd it out."""
-    if node.serve_memory is not None:
-        return node.serve_memory
+    """Bytes of pieces kept referenced for serving (:func:`piecemem.serve_memory` of the
+    node's setting and its object store's size)."""
     mine = [n for n in ray.nodes() if n["NodeID"] == node_id]
     store = mine[0]["Resources"].get("object_store_memory", 0) if mine else 0
-    return min(SERVE_MEMORY_MAX, int(store) // 4)
+    return serve_memory(node.serve_memory, int(store))
 
 
 def _succeeded(job: asyncio.Task[Any] | None) -> bool:

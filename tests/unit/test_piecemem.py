@@ -3,7 +3,14 @@
 import numpy as np
 
 from rayfly.actors.download import HASH_WINDOW_MAX, hash_window_bytes
-from rayfly.piecemem import PAGE, BufferPool, HashWindow, HotPieces
+from rayfly.piecemem import (
+    PAGE,
+    SERVE_MEMORY_MAX,
+    BufferPool,
+    HashWindow,
+    HotPieces,
+    serve_memory,
+)
 
 
 def test_hash_window_keeps_pieces_ahead_until_their_turn():
@@ -98,3 +105,13 @@ def test_pool_buffers_start_on_a_page_for_direct_writes():
         buf = pool.take(n)
         assert len(buf) == n and buf.ctypes.data % PAGE == 0
         buf[:] = 1  # all of it is writable memory of its own
+
+
+def test_serve_memory_is_a_quarter_of_the_store_at_most_128_mib():
+    """Kept pieces take a quarter of the node's object store, capped so that a peer's own
+    memory plus the pieces it keeps stays under 512 MiB; a node's setting wins, 0 included."""
+    assert serve_memory(None, 256 << 20) == 64 << 20
+    assert serve_memory(None, 1 << 30) == 128 << 20
+    assert serve_memory(None, 64 << 30) == SERVE_MEMORY_MAX == 128 << 20
+    assert serve_memory(1 << 30, 256 << 20) == 1 << 30
+    assert serve_memory(0, 64 << 30) == 0
