@@ -4,7 +4,8 @@ received are not read back from disk (pure: no Ray, no files).
 - :class:`HashWindow`: pieces that arrived ahead of the task's in-order sha256, kept until the
   hash reaches them; a piece that does not fit is read back from the store at its turn.
 - :class:`HotPieces`: a least-recently-used map of pieces a peer can serve again without a disk
-  read or a new copy (for the peer: Ray object references of received and served pieces).
+  read or a new copy (for the peer: Ray object references of received and served pieces);
+  :func:`serve_memory`, how many bytes of them by default.
 - :class:`BufferPool`: piece buffers handed back once their bytes are written and hashed, so
   that the next read lands in memory already mapped instead of fresh pages the kernel must
   fault in and zero (an eighth of a peer's CPU before).
