@@ -5,6 +5,7 @@
     python -m bench.core memory --size 4GiB
     python -m bench.core memory --size 4GiB --nodes 4 --local-reads off   # as between hosts
     python -m bench.core cluster --nodes 4 --size 1GiB --runs 3
+    python -m bench.core soak --size 64MiB --runs 60 --local-reads off   # memory over many tasks
     python -m bench.core cluster --size 256MiB --methods rayfly,ray_pieces --piece-size 1MiB
 
 Each prints a JSON document (and appends it to bench/results/core.jsonl). The origin is
@@ -151,32 +152,30 @@ def rayfly_once(url: str, dest: str, **kwargs: Any) -> tuple[float, rayfly.Repor
 class PeerMemory:
     """Samples a peer's memory every 20 ms in a thread, keeping peaks: its resident set (as
     ``ps`` shows it), its own memory (resident minus the object-store pages it has touched),
-    the object-store bytes it keeps referenced to serve again (``serve_memory``), and the sum
-    of the last two at one instant: the peer's memory (issue 9's row)."""
+    the object-store bytes it keeps to serve again (``kept``), every object-store byte it
+    keeps referenced (``referenced``: also pieces in flight and in the hash window), and the
+    sum of own and referenced at one instant: the peer's memory (issue 9's row)."""
 
     def __init__(self, pid: int, peer: Any):
         self.pid, self.peer = pid, peer
-        self.peak = {
-            "rss": 0,
-            "own": 0,
-            "store_mapped": 0,
-            "referenced": 0,
-            "own_plus_referenced": 0,
-        }
+        self.peak = dict.fromkeys(
+            ("rss", "own", "store_mapped", "kept", "referenced", "own_plus_referenced"), 0
+        )
         self.baseline = self._sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> dict[str, int]:
         mem = resident(self.pid)
-        held = ray.get(self.peer.info.remote(), timeout=10)["serve_memory"]["held"]
+        kept = ray.get(self.peer.info.remote(), timeout=10)["serve_memory"]
         own = mem["anon"] + mem["file"]
         sample = {
             "rss": own + mem["shmem"],
             "own": own,
             "store_mapped": mem["shmem"],
-            "referenced": held,
-            "own_plus_referenced": own + held,
+            "kept": kept["held"],
+            "referenced": kept["referenced"],
+            "own_plus_referenced": own + kept["referenced"],
         }
         for key, value in sample.items():
             self.peak[key] = max(self.peak[key], value)
@@ -310,6 +309,46 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def scheduler_pids() -> list[int]:
+    """The scheduler actor's process (Ray titles an actor's worker ``ray::<class>``)."""
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::Scheduler")
+    ]
+
+
+def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Own memory (resident less object-store pages) of every peer and of the scheduler over
+    ``args.runs`` distributions, each a new task removed from every cache after it, as on a
+    long-lived cluster: a leak shows as growth from the first sample to the last."""
+    origin, _ = setup(args.nodes, work, args.size)
+    peers = list(placement.existing_peers().values())
+    scheduler = scheduler_pids()
+    if len(scheduler) != 1:
+        raise RuntimeError(f"expected one scheduler process, found {scheduler}")
+    pids = [ray.get(p.info.remote())["pid"] for p in peers] + scheduler
+    samples = []
+    for i in range(args.runs):
+        where = str(work / "dest" / "{node_id}" / "p.bin")
+        report = rayfly_once(origin.url + "payload.bin", where, piece_size=args.piece_size)[1]
+        settle(work / "dest", report)
+        if i % 10 == 0 or i == args.runs - 1:
+            own = [(m["anon"] + m["file"]) / 2**20 for m in map(resident, pids)]
+            samples.append(
+                {"tasks": i + 1, "peers_own_mib": own[:-1], "scheduler_own_mib": own[-1]}
+            )
+            print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
+    return {
+        "bench": "soak",
+        "size": args.size,
+        "nodes": args.nodes,
+        "local_reads": args.local_reads,
+        "samples": samples,
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
 def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """rayfly vs every node downloading vs Ray's broadcast, alternating order, medians."""
     from bench.broadcast.driver import run_tasks
@@ -384,11 +423,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("which", choices=["single", "memory", "cluster"])
+    parser.add_argument("which", choices=["single", "memory", "cluster", "soak"])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--nodes", type=int, default=None, help="cluster: default 4; memory: default 1"
+        "--nodes", type=int, default=None, help="cluster: default 4; memory: 1; soak: 2"
     )
     parser.add_argument(
         "--methods",
@@ -418,12 +457,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.nodes is None:
-        args.nodes = 1 if args.which == "memory" else 4
+        args.nodes = {"memory": 1, "soak": 2}.get(args.which, 4)
     os.environ["RAYFLY_LOCAL_READS"] = args.local_reads
     os.environ["RAYFLY_DIRECT_IO"] = args.direct_io
     work = Path(tempfile.mkdtemp(prefix="rayfly-bench-"))
     try:
-        doc = {"single": single, "memory": memory, "cluster": cluster}[args.which](args, work)
+        benches = {"single": single, "memory": memory, "cluster": cluster, "soak": soak}
+        doc = benches[args.which](args, work)
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)

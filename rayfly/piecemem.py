@@ -6,6 +6,7 @@ received are not read back from disk (pure: no Ray, no files).
 - :class:`HotPieces`: a least-recently-used map of pieces a peer can serve again without a disk
   read or a new copy (for the peer: Ray object references of received and served pieces);
   :func:`serve_memory`, how many bytes of them by default.
+- :class:`Pins`: the bytes of the node's object store that received pieces' views pin.
 - :class:`BufferPool`: piece buffers handed back once their bytes are written and hashed, so
   that the next read lands in memory already mapped instead of fresh pages the kernel must
   fault in and zero (an eighth of a peer's CPU before).
@@ -76,6 +77,7 @@ class HotPieces(Generic[V]):
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
+        self.made = 0  # of ``held``: the bytes of values made here, not received
         self._items: OrderedDict[tuple[str, int], _Kept[V]] = OrderedDict()
 
     def get(self, task_id: str, index: int) -> V | None:
@@ -111,24 +113,58 @@ class HotPieces(Generic[V]):
             return
         self.drop(task_id, index)
         self._items[(task_id, index)] = _Kept(value, nbytes, received, handed)
-        self.held += nbytes
+        self._count(nbytes, received)
         while self.held > self.limit:
             _, gone = self._items.popitem(last=False)
-            self.held -= gone.nbytes
+            self._count(-gone.nbytes, gone.received)
+
+    def _count(self, nbytes: int, received: bool) -> None:
+        self.held += nbytes
+        if not received:
+            self.made += nbytes
 
     def drop(self, task_id: str, index: int) -> None:
         """Forget one piece."""
         item = self._items.pop((task_id, index), None)
         if item is not None:
-            self.held -= item.nbytes
+            self._count(-item.nbytes, item.received)
 
     def drop_task(self, task_id: str) -> None:
         """Forget every piece of ``task_id`` (it left the cache)."""
         for key in [k for k in self._items if k[0] == task_id]:
-            self.held -= self._items.pop(key).nbytes
+            gone = self._items.pop(key)
+            self._count(-gone.nbytes, gone.received)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class Pins:
+    """Bytes of objects that are alive in this process, each counted until it is garbage: for
+    a peer, the views of pieces received from other nodes, each of which keeps that piece's
+    copy in this node's object store (in flight, in the hash window, kept to serve).
+    Thread-safe: the last reference to a view may go on any thread."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def track(self, obj: Any, nbytes: int) -> None:
+        """Count ``nbytes`` until ``obj`` is garbage. An object that takes no weak references
+        (``bytes``: a private copy, not a view of the store) is not counted."""
+        try:
+            weakref.finalize(obj, self._add, -nbytes)
+        except TypeError:
+            return
+        self._add(nbytes)
+
+    def _add(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes += nbytes
+
+
+PINS = Pins()
+"""The views of received pieces this process holds (see :class:`Pins`)."""
 
 
 SERVE_MEMORY_MAX = 128 << 20

@@ -128,7 +128,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"uploads={p['uploads']} downloads={p.get('downloads_inflight', 0)} "
             f"served={p['pieces_served']} "
             f"(from memory {p.get('pieces_served_from_memory', 0)}, "
-            f"{_mib(p.get('serve_memory', {}).get('held', 0))} held)"
+            f"{_kept(p.get('serve_memory', {}))})"
         )
         lines.append(f"  {'':12} {_limits(p.get('limits', {}), p.get('gc', {}))}")
     lines.append(f"mirrors ({len(status['mirrors'])}):")
@@ -142,6 +142,14 @@ def format_status(status: dict[str, Any]) -> str:
             + (f" errors={p['errors']}" if p.get("errors") else "")
         )
     return "\n".join(lines)
+
+
+def _kept(kept: dict[str, int]) -> str:
+    """The bytes of pieces a peer keeps to serve, and of its node's object store it pins."""
+    text = f"{_mib(kept.get('held', 0))} kept"
+    if "referenced" in kept:
+        text += f", {_mib(kept['referenced'])} of the object store referenced"
+    return text
 
 
 def _cache_notes(peer: dict[str, Any]) -> str:

@@ -44,7 +44,7 @@ from rayfly.errors import (
     RayflyError,
     SourceError,
 )
-from rayfly.piecemem import BUFFERS, HashWindow, HotPieces
+from rayfly.piecemem import BUFFERS, PINS, HashWindow, HotPieces
 from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Batch, Done, Failed, PieceTime
 from rayfly.ratelimit import TokenBucket, take_all
 from rayfly.storage import PieceStore
@@ -499,6 +499,8 @@ class Downloads:
         await self._take_rate(task, a.parent is None, end - start)
         try:
             got = await self.reader.read(task, a)
+            if got.ref is not None:  # a view of this node's copy in its object store
+                PINS.track(got.data, end - start)
             digest = await self.disk_io(
                 self.store.write_piece, task.task_id, a.piece, got.data, a.digest, got.digest
             )

@@ -16,7 +16,7 @@ import numpy as np
 import ray
 
 from rayfly import dest as dest_paths
-from rayfly import identity, metrics, source
+from rayfly import identity, metrics, piecemem, source
 from rayfly.actors.download import Downloads, NodeLimits
 from rayfly.actors.links import Links
 from rayfly.actors.packs import fetch_pack
@@ -145,7 +145,14 @@ class Peer:
             "direct_io": self.store.direct_io,
             "pieces_written_direct": self.store.direct_writes,
             "tasks_begun_unreserved": self.store.unreserved_files,
-            "serve_memory": {"limit": self.hot.limit, "held": self.hot.held},
+            "serve_memory": {
+                "limit": self.hot.limit,
+                "held": self.hot.held,
+                # bytes of the node's object store this peer keeps: pieces it made and kept,
+                # and the views of received pieces (kept, in flight, in the hash window); PINS
+                # is read through its module: Ray pickles this class, and PINS holds a lock
+                "referenced": self.hot.made + piecemem.PINS.bytes,
+            },
         }
 
     def store_view(self) -> dict[str, Any]:

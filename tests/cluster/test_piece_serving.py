@@ -96,6 +96,9 @@ def test_pieces_read_from_the_origin_are_served_from_memory(
     for d in delta.values():
         assert d["pieces_served_from_memory"] == d["pieces_served"], delta
         assert d["pieces_kept_from_origin"] >= d["pieces_served"], delta
+    for n in nodes:  # at rest, what a peer keeps of its store is what it keeps to serve
+        kept = _served(n)["serve_memory"]
+        assert kept["referenced"] == kept["held"] > 0, kept
 
 
 def test_pieces_travel_as_views_of_the_object_store(ray_cluster, origin, origin_root, tmp_path):

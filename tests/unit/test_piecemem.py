@@ -9,6 +9,7 @@ from rayfly.piecemem import (
     BufferPool,
     HashWindow,
     HotPieces,
+    Pins,
     serve_memory,
 )
 
@@ -115,3 +116,33 @@ def test_serve_memory_is_a_quarter_of_the_store_at_most_128_mib():
     assert serve_memory(None, 64 << 30) == SERVE_MEMORY_MAX == 128 << 20
     assert serve_memory(1 << 30, 256 << 20) == 1 << 30
     assert serve_memory(0, 64 << 30) == 0
+
+
+def test_pins_count_an_object_until_it_is_garbage():
+    pins = Pins()
+    a, b = np.zeros(10, np.uint8), np.zeros(20, np.uint8)
+    pins.track(a, 10)
+    pins.track(b, 20)
+    assert pins.bytes == 30
+    del a
+    assert pins.bytes == 20
+    pins.track(b"a private copy", 14)  # takes no weak reference: not a view of the store
+    assert pins.bytes == 20
+    del b
+    assert pins.bytes == 0
+
+
+def test_hot_pieces_count_the_bytes_made_here_apart():
+    """``made`` is the part of ``held`` this node made (received pieces are counted by their
+    views instead), through puts, evictions and drops."""
+    hot: HotPieces[str] = HotPieces(limit=10)
+    hot.put("t", 0, "made", 4)
+    hot.put("t", 1, "received", 4, received=True)
+    assert (hot.held, hot.made) == (8, 4)
+    hot.put("u", 0, "made", 4)  # over the limit: the oldest (made here) goes
+    assert (hot.held, hot.made) == (8, 4)
+    hot.drop("u", 0)
+    assert (hot.held, hot.made) == (4, 0)
+    hot.put("t", 2, "made", 2)
+    hot.drop_task("t")
+    assert (hot.held, hot.made) == (0, 0)
