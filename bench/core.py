@@ -453,7 +453,7 @@ def main() -> None:
         "--piece-size",
         type=parse_size,
         default=None,
-        help="cluster, memory: rayfly's piece size (default: the scheduler's choice)",
+        help="cluster, memory, soak: rayfly's piece size (default: the scheduler's choice)",
     )
     args = parser.parse_args()
     if args.nodes is None:
