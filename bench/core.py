@@ -37,7 +37,7 @@ import ray
 import rayfly
 from bench import ray_pieces
 from bench.files import sha256_of
-from bench.procstat import resident, stat_fields
+from bench.procstat import own_memory, resident, stat_fields
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
 from rayfly.config import NAMESPACE, parse_size
@@ -194,6 +194,11 @@ class PeerMemory:
         self._thread.join()
 
 
+def peer_pid(peer: Any) -> int:
+    """The process id of a peer actor (its ``info()``)."""
+    return int(ray.get(peer.info.remote())["pid"])
+
+
 def setup(nodes: int, work: Path, size: int) -> tuple[OriginServer, Any]:
     """A local cluster of ``nodes`` nodes, an origin serving a ``size``-byte file, warm peers."""
     os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
@@ -213,7 +218,7 @@ def single(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     origin, _ = setup(1, work, args.size)
     url = origin.url + "payload.bin"
     peer = next(iter(placement.existing_peers().values()))
-    pid = ray.get(peer.info.remote())["pid"]
+    pid = peer_pid(peer)
     raylets = raylet_pids(ray.get_runtime_context().gcs_address)
     want = sha256_of(work / "origin" / "payload.bin")
     methods = ("fsspec", "rayfly", "verified")
@@ -271,7 +276,7 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     between hosts when local reads are off."""
     origin, _ = setup(args.nodes, work, args.size)
     peers = list(placement.existing_peers().values())
-    samplers = [PeerMemory(ray.get(p.info.remote())["pid"], p) for p in peers]
+    samplers = [PeerMemory(peer_pid(p), p) for p in peers]
     cpu0 = sum(cpu_seconds(s.pid) for s in samplers)
     with contextlib.ExitStack() as stack:
         for sampler in samplers:
@@ -327,14 +332,14 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     scheduler = scheduler_pids()
     if len(scheduler) != 1:
         raise RuntimeError(f"expected one scheduler process, found {scheduler}")
-    pids = [ray.get(p.info.remote())["pid"] for p in peers] + scheduler
+    pids = [peer_pid(p) for p in peers] + scheduler
     samples = []
     for i in range(args.runs):
         where = str(work / "dest" / "{node_id}" / "p.bin")
         report = rayfly_once(origin.url + "payload.bin", where, piece_size=args.piece_size)[1]
         settle(work / "dest", report)
         if i % 10 == 0 or i == args.runs - 1:
-            own = [(m["anon"] + m["file"]) / 2**20 for m in map(resident, pids)]
+            own = [own_memory(pid) / 2**20 for pid in pids]
             samples.append(
                 {"tasks": i + 1, "peers_own_mib": own[:-1], "scheduler_own_mib": own[-1]}
             )
@@ -356,7 +361,7 @@ def cluster(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     origin, _ = setup(args.nodes, work, args.size)
     url = origin.url + "payload.bin"
     nodes = sorted((n for n in ray.nodes() if n["Alive"]), key=lambda n: n["NodeID"])
-    peers = [ray.get(p.info.remote())["pid"] for p in placement.existing_peers().values()]
+    peers = [peer_pid(p) for p in placement.existing_peers().values()]
     raylets = raylet_pids(ray.get_runtime_context().gcs_address)
     methods = args.methods.split(",")
     floors = [m for m in methods if m.startswith("ray_pieces")]

@@ -40,7 +40,7 @@ import psutil
 import ray
 import requests
 
-from bench.core import cpu_seconds
+from bench.core import cpu_seconds, peer_pid
 from bench.procstat import machine_busy_s
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
@@ -192,7 +192,7 @@ def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: li
 
 def rayfly_pids() -> list[int]:
     """The processes of every node's peer and mirror actors and of the scheduler."""
-    peers = [ray.get(p.info.remote())["pid"] for p in placement.existing_peers().values()]
+    peers = [peer_pid(p) for p in placement.existing_peers().values()]
     others = [
         p.pid
         for p in psutil.process_iter(["cmdline"])

@@ -35,3 +35,10 @@ def resident(pid: int | str) -> dict[str, int]:
         if name in kinds:
             out[kinds[name]] = int(rest[0]) * 1024  # kB
     return out
+
+
+def own_memory(pid: int | str) -> int:
+    """``pid``'s own resident bytes: :func:`resident`'s ``anon`` + ``file``, without the shared
+    object-store pages it touched. OSError if the process is gone."""
+    mem = resident(pid)
+    return mem["anon"] + mem["file"]

@@ -242,6 +242,56 @@ def phases_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CPU_COLUMNS = {
+    "peers": ("ray::Peer",),
+    "raylets": ("raylet",),
+    "scheduler": ("ray::Scheduler",),
+    "chain": ("ray::chain_link",),
+    "origin, drivers": ("python3.11", "rayfly"),
+    "outside the testbed": ("(outside the testbed)",),
+}
+
+
+def cpu_budget(run: dict[str, Any]) -> dict[str, float]:
+    """Where one run's CPU went: each of :data:`CPU_COLUMNS`' share of the CPU seconds the
+    testbed's processes and the rest of the machine spent over the whole driver run (setup and
+    checks included; ``rest``: Ray's GCS, dashboard, idle workers); ``cores``: the cores busy
+    on average while the file moved (testbed and the rest), and ``per_gib``: the CPU seconds
+    that makes per GiB the hosts received."""
+    spent = {k: v["user"] + v["system"] for k, v in run["cpu_seconds_by_process"].items()}
+    whole = sum(spent.values())
+    out = {col: sum(spent.pop(c, 0.0) for c in comms) / whole for col, comms in CPU_COLUMNS.items()}
+    out["rest"] = sum(spent.values()) / whole
+    cores = run["cpu"]["mine_cores_mean"] + run["cpu"]["other_cores_mean"]
+    delivered_gib = run["n"] * run["size"] / (1 << 30)
+    return {**out, "cores": cores, "per_gib": cores * _makespan(run) / delivered_gib}
+
+
+def cpu_table(doc: dict[str, Any], cores: float = 2.0) -> str:
+    """Medians of :func:`cpu_budget` per (N, method) over successful runs, as a Markdown table;
+    ``carries``: the rate per host that ``cores`` fully busy would deliver at that CPU cost
+    per byte (on this machine the makespan cannot be shorter than S over it)."""
+    groups: dict[tuple[int, str], list[dict[str, float]]] = defaultdict(list)
+    for run in doc["runs"]:
+        if _ok(run) and "cpu_seconds_by_process" in run and "cpu" in run:
+            groups[(run["n"], run["method"])].append(cpu_budget(run))
+    shares = [*CPU_COLUMNS, "rest"]
+    lines = [
+        "| N | method | " + " | ".join(shares) + " | cores busy while it moved "
+        f"| CPU-s per GiB received | {cores:g} cores carry (Mbit/s per host) |",
+        "|" + "---|" * (len(shares) + 5),
+    ]
+    for (n, method), budgets in sorted(groups.items()):
+        med = {k: _median([b[k] for b in budgets]) for k in (*shares, "cores", "per_gib")}
+        carries = cores / med["per_gib"] * (1 << 30) * 8 / 1e6 / n
+        cells = " | ".join(f"{med[k]:.0%}" for k in shares)
+        lines.append(
+            f"| {n} | {METHOD_LABEL[method]} | {cells} | {med['cores']:.2f} "
+            f"| {med['per_gib']:.1f} | {carries:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def write_outputs(doc: dict[str, Any], json_path: Path, png_path: Path) -> None:
     """Summary into the JSON, the PNG, and the Markdown table on stdout."""
     doc["summary"] = summarize(doc)
@@ -258,11 +308,14 @@ def main() -> None:
     parser.add_argument(
         "--phases", action="store_true", help="print where each rayfly run lost link time, only"
     )
+    parser.add_argument(
+        "--cpu", action="store_true", help="print each method's CPU seconds by process, only"
+    )
     args = parser.parse_args()
     path = Path(args.json)
     doc = json.loads(path.read_text())
-    if args.phases:
-        print(phases_table(doc))
+    if args.phases or args.cpu:
+        print(phases_table(doc) if args.phases else cpu_table(doc))
         return
     write_outputs(doc, path, Path(args.plot) if args.plot else path.with_suffix(".png"))
 
