@@ -14,9 +14,13 @@ received are not read back from disk (pure: no Ray, no files).
 
 from __future__ import annotations
 
+import math
+import mmap
 import threading
+import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -188,16 +192,36 @@ PAGE = 4096
 
 class BufferPool:
     """Uninitialised byte buffers for piece reads, reused: :meth:`take` one, :meth:`give` it
-    back when nothing uses its bytes any more; up to ``keep`` bytes of free buffers are kept.
-    Buffers start on a page (:data:`PAGE`), so that the store can write them with ``O_DIRECT``.
+    back when nothing uses its bytes any more.
+
+    Free buffers are kept up to ``busy_keep`` bytes (default ``keep``), so that a download's
+    whole working set (reads in flight, the hash window, its read-back) is reused: kept to
+    64 MiB, a fifth of a 1 GiB download's reads landed in fresh pages the kernel had to fault
+    in and zero, which took a third of the peer's CPU on these VMs (docs/BENCHMARKS.md,
+    nineteenth pass). A buffer of another size is dropped first to make room. Once no buffer
+    was taken for ``idle_s`` seconds, :meth:`trim` drops free buffers down to ``keep`` bytes.
+
+    Each buffer is an anonymous memory map of its own: it starts on a page (:data:`PAGE`), so
+    that the store can write it with ``O_DIRECT``, and its pages go back to the kernel as soon
+    as it is dropped (a buffer from the heap may stay in the allocator's arenas).
 
     Only buffers this pool made are taken back (anything else given is ignored), so a caller
     may hand back whatever a read returned. Thread-safe.
     """
 
-    def __init__(self, keep: int):
+    def __init__(
+        self,
+        keep: int,
+        busy_keep: int | None = None,
+        idle_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.keep = keep
+        self.busy_keep = keep if busy_keep is None else max(keep, busy_keep)
+        self.idle_s = idle_s
         self.free_bytes = 0
+        self._clock = clock
+        self._last_take = -math.inf
         self._free: dict[int, list[np.ndarray]] = {}
         self._made: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
@@ -205,13 +229,15 @@ class BufferPool:
     def take(self, nbytes: int) -> np.ndarray:
         """A buffer of exactly ``nbytes`` (contents undefined)."""
         with self._lock:
+            self._last_take = self._clock()
             free = self._free.get(nbytes)
             if free:
                 self.free_bytes -= nbytes
                 return free.pop()
-        raw = np.empty(nbytes + PAGE - 1, dtype=np.uint8)
-        skip = -int(raw.ctypes.data) % PAGE
-        buf = raw[skip : skip + nbytes]
+        if not nbytes:
+            return np.empty(0, dtype=np.uint8)
+        private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        buf = np.frombuffer(mmap.mmap(-1, nbytes, flags=private), dtype=np.uint8)
         with self._lock:
             self._made[id(buf)] = buf
         return buf
@@ -221,11 +247,37 @@ class BufferPool:
         it and there is room; the caller must hold no other reference to its bytes."""
         buf = data.obj if isinstance(data, memoryview) else data
         with self._lock:
-            if self._made.get(id(buf)) is not buf or self.free_bytes + buf.nbytes > self.keep:
+            if self._made.get(id(buf)) is not buf:
                 return
-            self._free.setdefault(buf.nbytes, []).append(buf)
-            self.free_bytes += buf.nbytes
+            others = [n for n in self._free if n != buf.nbytes]
+            self._drop_free(self.busy_keep - buf.nbytes, others)
+            if self.free_bytes + buf.nbytes <= self.busy_keep:
+                self._free.setdefault(buf.nbytes, []).append(buf)
+                self.free_bytes += buf.nbytes
+
+    def trim(self) -> int:
+        """Drop free buffers down to ``keep`` bytes if none was taken for ``idle_s`` seconds;
+        the bytes dropped."""
+        with self._lock:
+            if self._clock() - self._last_take < self.idle_s:
+                return 0
+            before = self.free_bytes
+            self._drop_free(self.keep, list(self._free))
+            return before - self.free_bytes
+
+    def _drop_free(self, limit: int, sizes: list[int]) -> None:
+        """Drop free buffers of ``sizes`` until at most ``limit`` bytes are free (the lock
+        held)."""
+        for size in sizes:
+            free = self._free[size]
+            while free and self.free_bytes > limit:
+                free.pop()
+                self.free_bytes -= size
+            if not free:
+                del self._free[size]
 
 
-BUFFERS = BufferPool(64 << 20)
-"""Free piece buffers kept for the next reads of this process (origin reads, local reads)."""
+BUFFERS = BufferPool(64 << 20, busy_keep=256 << 20)
+"""Free piece buffers kept for the next reads of this process (origin reads, local reads): up
+to 256 MiB while reads go on (14 of 16 MiB are in use at once in a one-node download: 8 reads
+in flight, the hash window's 4 pieces, its 2 read-back buffers), 64 MiB once idle."""

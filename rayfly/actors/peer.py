@@ -101,6 +101,7 @@ class Peer:
         # test-only fault hook: serve every piece with one byte flipped (see tests/cluster)
         self._corrupt_served = os.environ.get("RAYFLY_TEST_CORRUPT_SERVED") == "1"
         self._gc_loop = asyncio.ensure_future(self._collect_garbage())
+        self._trim_loop = asyncio.ensure_future(self._trim_buffers())
         self.uploads = 0
         self.pieces_served = 0
         self.pieces_served_hot = 0
@@ -451,6 +452,15 @@ class Peer:
                 await self.cache_gc()
             except Exception:
                 log.exception("periodic cache GC on node %s failed", self.node_id)
+
+    @staticmethod
+    async def _trim_buffers() -> None:
+        """Give the piece buffers an idle peer keeps beyond the pool's ``keep`` back to the
+        kernel (:meth:`rayfly.piecemem.BufferPool.trim`). The pool is read through its module:
+        Ray pickles this class, and a global holding a lock does not pickle."""
+        while True:
+            await asyncio.sleep(piecemem.BUFFERS.idle_s)
+            piecemem.BUFFERS.trim()
 
     async def _removed(self, task_ids: list[str], why: str) -> None:
         """``task_ids`` left the store: drop their finished downloads, update the cache gauge,

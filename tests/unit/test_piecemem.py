@@ -100,12 +100,44 @@ def test_buffer_pool_reuses_only_its_own_buffers_within_its_limit():
     assert pool.take(512) is not c  # another size: a new buffer
 
 
+def test_buffer_pool_keeps_its_working_set_while_busy_and_trims_it_once_idle():
+    now = [0.0]
+    pool = BufferPool(keep=2048, busy_keep=4096, idle_s=5.0, clock=lambda: now[0])
+    bufs = [pool.take(1024) for _ in range(5)]
+    for buf in bufs:
+        pool.give(buf)
+    assert pool.free_bytes == 4096  # four kept while busy; the fifth did not fit
+    again = [pool.take(1024) for _ in range(4)]
+    assert {id(b) for b in again} <= {id(b) for b in bufs}  # no fresh pages
+    for buf in again:
+        pool.give(buf)
+    now[0] = 4.9
+    assert pool.trim() == 0  # a buffer was taken less than idle_s ago
+    now[0] = 5.0
+    assert pool.trim() == 2048 and pool.free_bytes == 2048
+    assert pool.trim() == 0
+
+
+def test_buffer_pool_drops_buffers_of_another_size_to_keep_the_one_given():
+    pool = BufferPool(keep=0, busy_keep=3072)
+    small = [pool.take(512) for _ in range(4)]
+    large = pool.take(2048)
+    for buf in small:
+        pool.give(buf)
+    assert pool.free_bytes == 2048
+    pool.give(large)  # room is made from the other size
+    assert pool.free_bytes == 3072
+    assert pool.take(2048) is large
+    assert pool.free_bytes == 1024  # two of the small ones are left
+
+
 def test_pool_buffers_start_on_a_page_for_direct_writes():
     pool = BufferPool(keep=0)
     for n in (1, 4096, 5000, 1 << 20):
         buf = pool.take(n)
         assert len(buf) == n and buf.ctypes.data % PAGE == 0
         buf[:] = 1  # all of it is writable memory of its own
+    assert len(pool.take(0)) == 0
 
 
 def test_serve_memory_is_a_quarter_of_the_store_at_most_128_mib():
