@@ -196,14 +196,15 @@ class BufferPool:
 
     Free buffers are kept up to ``busy_keep`` bytes (default ``keep``), so that a download's
     whole working set (reads in flight, the hash window, its read-back) is reused: kept to
-    64 MiB, a fifth of a 1 GiB download's reads landed in fresh pages the kernel had to fault
-    in and zero, which took a third of the peer's CPU on these VMs (docs/BENCHMARKS.md,
-    nineteenth pass). A buffer of another size is dropped first to make room. Once no buffer
-    was taken for ``idle_s`` seconds, :meth:`trim` drops free buffers down to ``keep`` bytes.
+    64 MiB, a third of a 1 GiB download's reads landed in fresh buffers, whose pages the kernel
+    had to fault in and zero again (docs/BENCHMARKS.md, nineteenth pass). A buffer of another
+    size is dropped first to make room. Once no buffer was taken for ``idle_s`` seconds,
+    :meth:`trim` drops free buffers down to ``keep`` bytes.
 
-    Each buffer is an anonymous memory map of its own: it starts on a page (:data:`PAGE`), so
-    that the store can write it with ``O_DIRECT``, and its pages go back to the kernel as soon
-    as it is dropped (a buffer from the heap may stay in the allocator's arenas).
+    Each buffer is an anonymous memory map of its own, advised to use huge pages as numpy's
+    large arrays are: it starts on a page (:data:`PAGE`), so that the store can write it with
+    ``O_DIRECT``, and its pages go back to the kernel as soon as it is dropped (a buffer from
+    the heap may stay in the allocator's arenas).
 
     Only buffers this pool made are taken back (anything else given is ignored), so a caller
     may hand back whatever a read returned. Thread-safe.
@@ -236,8 +237,9 @@ class BufferPool:
                 return free.pop()
         if not nbytes:
             return np.empty(0, dtype=np.uint8)
-        private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        buf = np.frombuffer(mmap.mmap(-1, nbytes, flags=private), dtype=np.uint8)
+        mapped = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapped.madvise(mmap.MADV_HUGEPAGE)
+        buf = np.frombuffer(mapped, dtype=np.uint8)
         with self._lock:
             self._made[id(buf)] = buf
         return buf
@@ -277,7 +279,9 @@ class BufferPool:
                 del self._free[size]
 
 
-BUFFERS = BufferPool(64 << 20, busy_keep=256 << 20)
+BUFFERS = BufferPool(64 << 20, busy_keep=256 << 20, idle_s=60.0)
 """Free piece buffers kept for the next reads of this process (origin reads, local reads): up
 to 256 MiB while reads go on (14 of 16 MiB are in use at once in a one-node download: 8 reads
-in flight, the hash window's 4 pieces, its 2 read-back buffers), 64 MiB once idle."""
+in flight, the hash window's 4 pieces, its 2 read-back buffers), 64 MiB once idle for a
+minute (a new working set costs its first faults again: on these VMs about 1 CPU-s for
+14 buffers of 16 MiB in huge pages)."""
