@@ -168,7 +168,7 @@ class PeerMemory:
     def _sample(self) -> dict[str, int]:
         mem = resident(self.pid)
         kept = ray.get(self.peer.info.remote(), timeout=10)["serve_memory"]
-        own = mem["anon"] + mem["file"]
+        own = own_memory(mem)
         sample = {
             "rss": own + mem["shmem"],
             "own": own,
@@ -314,12 +314,14 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def scheduler_pids() -> list[int]:
-    """The scheduler actor's process (Ray titles an actor's worker ``ray::<class>``)."""
+def actor_pids(*classes: str) -> list[int]:
+    """The processes of the actors of ``classes`` on this machine (Ray titles an actor's
+    worker ``ray::<class>``)."""
+    titles = tuple(f"ray::{c}" for c in classes)
     return [
         p.pid
         for p in psutil.process_iter(["cmdline"])
-        if (p.info["cmdline"] or [""])[0].startswith("ray::Scheduler")
+        if (p.info["cmdline"] or [""])[0].startswith(titles)
     ]
 
 
@@ -329,7 +331,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     long-lived cluster: a leak shows as growth from the first sample to the last."""
     origin, _ = setup(args.nodes, work, args.size)
     peers = list(placement.existing_peers().values())
-    scheduler = scheduler_pids()
+    scheduler = actor_pids("Scheduler")
     if len(scheduler) != 1:
         raise RuntimeError(f"expected one scheduler process, found {scheduler}")
     pids = [peer_pid(p) for p in peers] + scheduler
@@ -339,7 +341,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         report = rayfly_once(origin.url + "payload.bin", where, piece_size=args.piece_size)[1]
         settle(work / "dest", report)
         if i % 10 == 0 or i == args.runs - 1:
-            own = [own_memory(pid) / 2**20 for pid in pids]
+            own = [own_memory(resident(pid)) / 2**20 for pid in pids]
             samples.append(
                 {"tasks": i + 1, "peers_own_mib": own[:-1], "scheduler_own_mib": own[-1]}
             )

@@ -36,11 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import psutil
 import ray
 import requests
 
-from bench.core import cpu_seconds, peer_pid
+from bench.core import actor_pids, cpu_seconds, peer_pid
 from bench.procstat import machine_busy_s
 from rayfly.actors import placement
 from rayfly.cluster import start_local_cluster
@@ -193,12 +192,7 @@ def blob_gets(args, registry: RegistryProcess, front: CountingFront, mirrors: li
 def rayfly_pids() -> list[int]:
     """The processes of every node's peer and mirror actors and of the scheduler."""
     peers = [peer_pid(p) for p in placement.existing_peers().values()]
-    others = [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if (p.info["cmdline"] or [""])[0].startswith(("ray::Proxy", "ray::Scheduler"))
-    ]
-    return peers + others
+    return peers + actor_pids("Proxy", "Scheduler")
 
 
 def blob_table(blobs: list[dict], args: dict) -> str:

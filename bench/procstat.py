@@ -4,6 +4,7 @@ parentheses, so the line is cut at its last ``)``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -37,8 +38,7 @@ def resident(pid: int | str) -> dict[str, int]:
     return out
 
 
-def own_memory(pid: int | str) -> int:
-    """``pid``'s own resident bytes: :func:`resident`'s ``anon`` + ``file``, without the shared
-    object-store pages it touched. OSError if the process is gone."""
-    mem = resident(pid)
+def own_memory(mem: Mapping[str, int]) -> int:
+    """A process's own resident bytes from its :func:`resident` memory: ``anon`` + ``file``,
+    without the shared object-store pages it touched."""
     return mem["anon"] + mem["file"]

@@ -314,8 +314,11 @@ def main() -> None:
     args = parser.parse_args()
     path = Path(args.json)
     doc = json.loads(path.read_text())
-    if args.phases or args.cpu:
-        print(phases_table(doc) if args.phases else cpu_table(doc))
+    if args.phases:
+        print(phases_table(doc))
+        return
+    if args.cpu:
+        print(cpu_table(doc))
         return
     write_outputs(doc, path, Path(args.plot) if args.plot else path.with_suffix(".png"))
 
