@@ -2,7 +2,8 @@
 received are not read back from disk (pure: no Ray, no files).
 
 - :class:`HashWindow`: pieces that arrived ahead of the task's in-order sha256, kept until the
-  hash reaches them; a piece that does not fit is read back from the store at its turn.
+  hash reaches them; a piece that does not fit is read back from the store at its turn, and
+  while the hash is what holds the window back, the pieces past it wait to be fetched.
 - :class:`HotPieces`: a least-recently-used map of pieces a peer can serve again without a disk
   read or a new copy (for the peer: Ray object references of received and served pieces);
   :func:`serve_memory`, how many bytes of them by default.
@@ -14,6 +15,7 @@ received are not read back from disk (pure: no Ray, no files).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import mmap
@@ -31,13 +33,17 @@ V = TypeVar("V")
 
 
 class HashWindow:
-    """Pieces of one task waiting for the in-order hash, at most ``limit`` bytes of them."""
+    """Pieces of one task waiting for the in-order hash, at most ``limit`` bytes of them; and
+    the gate that keeps the pieces past them from being fetched while the hash is behind."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
         self.next = 0
         self._pieces: dict[int, Any] = {}
+        self._fetching: set[int] = set()
+        self._open = False
+        self._moved = asyncio.Event()
 
     def offer(self, index: int, data: Any, nbytes: int) -> bool:
         """Keep ``data`` (piece ``index``) for the hash if it is still ahead and fits; the next
@@ -54,6 +60,7 @@ class HashWindow:
         """The bytes of piece ``index`` if kept (None: read them from the store); the hash has
         moved past it."""
         self.next = index + 1
+        self._moved.set()
         kept = self._pieces.pop(index, None)
         if kept is None:
             return None
@@ -61,9 +68,31 @@ class HashWindow:
         return kept[0]
 
     def clear(self) -> None:
-        """Drop every kept piece."""
+        """Drop every kept piece, and open the gate for good (the hash ended)."""
         self._pieces.clear()
         self.held = 0
+        self._open = True
+        self._moved.set()
+
+    def past(self, index: int, piece_size: int) -> bool:
+        """Whether piece ``index``, were it to land now, would be past what the window keeps."""
+        return not self._open and (index - self.next + 1) * piece_size > self.limit
+
+    async def admit(self, index: int, piece_size: int, landed: Callable[[int], bool]) -> None:
+        """Wait while piece ``index`` would land past the window and the piece the hash takes
+        next is here or on its way (``landed``, or admitted and not yet :meth:`fetched`): the
+        hash, not the pieces, holds the window back then, and reading ``index`` now would cost
+        a read back from the store later and CPU the hash is short of now. The wait always
+        ends: that next piece lands (the hash moves on) or fails (the gate opens)."""
+        while self.past(index, piece_size) and (self.next in self._fetching or landed(self.next)):
+            self._moved.clear()
+            await self._moved.wait()
+        self._fetching.add(index)
+
+    def fetched(self, index: int) -> None:
+        """Piece ``index``, admitted, has landed or failed."""
+        self._fetching.discard(index)
+        self._moved.set()
 
 
 @dataclass(slots=True)

@@ -290,6 +290,7 @@ class Downloads:
             await self._join(task, dict(entry.digests))
             window = HashWindow(hash_window_bytes(task.piece_size))
             hasher = asyncio.ensure_future(self._hash(task, window))
+            hasher.add_done_callback(lambda _: window.clear())  # a failed hash holds no piece
             try:
                 await self._fetch_all(task, slots, out, window)
                 out.sha256 = await hasher
@@ -491,9 +492,25 @@ class Downloads:
     async def _piece(
         self, task: TaskInfo, a: Any, out: TaskOutcome, window: HashWindow
     ) -> Done | Failed:
-        """Fetch, verify and store one piece; a failure becomes a :class:`Failed` report."""
+        """Fetch, verify and store one piece once the hash window admits it (while the hash is
+        behind, a piece past the window waits: :meth:`HashWindow.admit`); a failure becomes a
+        :class:`Failed` report."""
         if a.stream:
             return await self._stream(task, out, window)
+        landed = self.events(task)
+        await window.admit(
+            a.piece, task.piece_size, lambda i: i < len(landed) and landed[i].is_set()
+        )
+        try:
+            return await self._fetch_piece(task, a, out, window)
+        finally:
+            window.fetched(a.piece)
+
+    async def _fetch_piece(
+        self, task: TaskInfo, a: Any, out: TaskOutcome, window: HashWindow
+    ) -> Done | Failed:
+        """:meth:`_piece`, admitted: its seconds (reported, and rates are made of them) start
+        here, not while it waited for the hash."""
         start, end = task.piece_range(a.piece)
         t0 = time.time()
         await self._take_rate(task, a.parent is None, end - start)

@@ -1,11 +1,15 @@
 """A peer's fetch loop against the scheduler's own state machine (no Ray): the slots a short
 batch left free are asked for beside the pieces in flight, so a parent's freed slot is used at
-once instead of when one of the peer's own pieces lands."""
+once instead of when one of the peer's own pieces lands; and the reads wait for a hash that
+falls behind rather than outrun it."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import os
+import time
 from typing import Any
 
 import pytest
@@ -107,3 +111,83 @@ async def _a_slot_left_free_is_filled_when_a_parent_frees_one(core, task, downlo
     assert sorted(a.piece for a in fetches.started) == list(range(PIECES))
     assert core.tasks["t"].have["me"] == set(range(PIECES))  # every Done was reported
     assert core.peers["a"].uploads == 0
+
+
+SHA256 = hashlib.sha256
+PIECE = 64 * 1024
+
+
+class SlowSha256:
+    """hashlib's sha256, slowed down (a hash short of CPU): 20 ms per update; the update
+    numbered ``fail_at`` (if any) raises, as a read back from a failing disk would."""
+
+    fail_at: int | None = None
+
+    def __init__(self) -> None:
+        self.h = SHA256()
+        self.updates = 0
+
+    def update(self, data: Any) -> None:
+        time.sleep(0.02)
+        self.updates += 1
+        if self.updates == self.fail_at:
+            raise OSError("disk read failed")
+        self.h.update(data)
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+@pytest.fixture
+def from_origin(tmp_path, monkeypatch):
+    """A node's download of a 48-piece local file (the hash keeps 16 pieces ahead of it) with
+    a slow sha256, the scheduler's state machine in this process, and the pieces the hash
+    read back from the store."""
+    payload = os.urandom(48 * PIECE)
+    (tmp_path / "origin.bin").write_bytes(payload)
+    task = TaskInfo("t", str(tmp_path / "origin.bin"), len(payload), PIECE)
+    core = SchedulerCore(SchedulerConfig())
+    core.add_task(task)
+    store = PieceStore(tmp_path / "cache", 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
+    read_back: list[int] = []
+    read_piece = store.read_piece
+    monkeypatch.setattr(store, "read_piece", lambda *a: read_back.append(a[1]) or read_piece(*a))
+    monkeypatch.setattr(download.hashlib, "sha256", SlowSha256)
+
+    async def join(t: TaskInfo, have: dict[int, str]) -> None:
+        core.join(t.task_id, "me", "host-me", 4, have)
+
+    async def evicted() -> None:
+        pass
+
+    limits = NodeLimits(TokenBucket(None), TokenBucket(None), TokenBucket(None))
+    downloads = Downloads(
+        "me", PeerConfig(), store, CoreLinks(core), limits, HotPieces(0), join, evicted
+    )
+
+    async def run() -> TaskOutcome:
+        async with asyncio.timeout(30):
+            return await downloads._download(task, asyncio.Semaphore(8))
+
+    yield payload, run, read_back
+    downloads._disk_pool.shutdown()
+    downloads.reader.origin_pool.shutdown()
+
+
+def test_reads_wait_for_a_hash_that_falls_behind(from_origin):
+    """A hash slower than the reads holds back the pieces past its window until it reaches
+    them: none is read back from the store for it, and the file's sha256 is right."""
+    payload, run, read_back = from_origin
+    out = asyncio.run(run())
+    assert out.sha256 == SHA256(payload).hexdigest()
+    assert out.bytes_from_origin == len(payload)
+    assert read_back == []
+
+
+def test_a_hash_that_fails_fails_the_download_and_holds_no_read(from_origin, monkeypatch):
+    """The hash fails with reads waiting for it: they go on, and the download fails with the
+    hash's error (it does not wait for a hash that will never move)."""
+    _, run, _ = from_origin
+    monkeypatch.setattr(SlowSha256, "fail_at", 3)
+    with pytest.raises(OSError, match="disk read failed"):
+        asyncio.run(run())

@@ -1,5 +1,7 @@
 """The in-memory piece windows: the in-order hash window and the hot pieces a peer serves."""
 
+import asyncio
+
 import numpy as np
 
 from rayfly.actors.download import HASH_WINDOW_MAX, hash_window_bytes
@@ -29,6 +31,60 @@ def test_hash_window_always_keeps_the_next_piece_and_nothing_behind():
     assert w.offer(0, b"y", 4)  # the next piece in order: the hash takes it at once
     assert w.take(0) == b"y" and w.take(1) == b"x"
     assert not w.offer(1, b"late", 4)  # the hash is past it
+
+
+async def _pending(fut: asyncio.Future[None]) -> bool:
+    await asyncio.sleep(0.05)
+    return not fut.done()
+
+
+def test_hash_window_admits_what_fits_at_once_however_far_behind_the_hash():
+    async def run() -> None:
+        w = HashWindow(limit=3 * 10)
+        for i in range(3):  # the next piece and two ahead of it
+            await asyncio.wait_for(w.admit(i, 10, lambda _: True), 1)
+        assert w.past(3, 10) and not w.past(2, 10)
+
+    asyncio.run(run())
+
+
+def test_hash_window_holds_a_piece_past_it_until_the_hash_catches_up():
+    async def run() -> None:
+        w = HashWindow(limit=2 * 10)
+        landed = {0, 1, 2}  # the hash has three pieces to get through
+        gate = asyncio.ensure_future(w.admit(4, 10, landed.__contains__))
+        assert await _pending(gate)
+        w.take(0)
+        w.take(1)
+        assert await _pending(gate)  # 2 is here, and 4 is still past the window
+        w.take(2)
+        await asyncio.wait_for(gate, 1)  # 3 and 4 fit
+
+    asyncio.run(run())
+
+
+def test_hash_window_holds_a_piece_past_it_only_while_the_next_one_is_coming():
+    async def run() -> None:
+        w = HashWindow(limit=10)
+        await w.admit(0, 10, lambda _: False)  # admitted: on its way
+        gate = asyncio.ensure_future(w.admit(5, 10, lambda _: False))
+        assert await _pending(gate)
+        w.fetched(0)  # failed: nothing this peer fetches will move the hash, so 5 goes
+        await asyncio.wait_for(gate, 1)
+
+    asyncio.run(run())
+
+
+def test_hash_window_clear_opens_the_gate():
+    async def run() -> None:
+        w = HashWindow(limit=10)
+        gate = asyncio.ensure_future(w.admit(5, 10, lambda _: True))
+        assert await _pending(gate)
+        w.clear()  # the hash ended (done, or failed): nothing waits for it
+        await asyncio.wait_for(gate, 1)
+        assert not w.past(100, 10)
+
+    asyncio.run(run())
 
 
 def test_hash_window_clear_drops_everything():
