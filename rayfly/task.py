@@ -122,15 +122,16 @@ def info_for(
     ranges: bool,
     piece_size: int | None,
     limits: PieceLimits | None = None,
+    floor: int = MIN_PIECE,
 ) -> TaskInfo:
     """The task of ``spec``, an object of ``size`` bytes (``piece_size`` None: the default,
-    within ``limits``, its last pieces split (:class:`Cut`); a piece size given is kept for every
-    piece)."""
+    within ``limits`` and above ``floor`` (:func:`default_piece_size`), its last pieces split
+    (:class:`Cut`); a piece size given is kept for every piece)."""
     return TaskInfo(
         spec.resolved_task_id(),
         spec.url,
         size,
-        piece_size or default_piece_size(size, limits),
+        piece_size or default_piece_size(size, limits, floor),
         spec.storage_options,
         spec.expected_sha256,
         spec.version,
@@ -180,9 +181,11 @@ def task_id_for(
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def default_piece_size(length: int, limits: PieceLimits | None = None) -> int:
-    """The next power of two of ``length / 64``, clamped to 4..16 MiB, and to ``limits.cap``
-    when the links are slow (:class:`PieceLimits`).
+def default_piece_size(
+    length: int, limits: PieceLimits | None = None, floor: int = MIN_PIECE
+) -> int:
+    """The next power of two of ``length / 64``, clamped to ``floor``..16 MiB, and to
+    ``limits.cap`` when the links are slow (:class:`PieceLimits`).
 
     Dragonfly aims at ~500 pieces (``length / 500``); a rayfly piece costs more to move (an
     actor call and an object in Ray's object store, ~10 ms of CPU per piece across peer and
@@ -191,19 +194,21 @@ def default_piece_size(length: int, limits: PieceLimits | None = None) -> int:
     (docs/BENCHMARKS.md). 16 MiB at most keeps a peer's memory bounded: 8 pieces in flight and
     the hash window (:data:`rayfly.actors.download.HASH_WINDOW_MAX`) stay under 512 MiB.
 
-    The 4 MiB floor is for CPU (the ~10 ms per piece above) and yields on slower links, down
-    to ``limits.fits`` (a piece moves within 4 s at the rate transfers had while their parent
-    served all its slots), never below 1 MiB (:data:`SLOW_LINK_MIN_PIECE`): 2 MiB at 50 Mbit/s
-    per node on the testbed. The floor follows transfers measured at full load, not the cap's
-    extrapolation from every transfer: on a testbed whose 2 cores were saturated that estimate
-    read the uplinks at a sixth of what the transfers got and cut the pieces to 1 MiB, which
-    doubled the per-piece work that held the transfers back (docs/BENCHMARKS.md, twelfth
-    pass)."""
+    The floor (4 MiB: :data:`MIN_PIECE`) is for CPU (the ~10 ms per piece above); a caller
+    whose pieces each cost more asks for a higher one (the registry mirror: a call and a read
+    of its own per piece, :data:`rayfly.proxy.p2p.BLOB_PIECE_FLOOR`). It yields on slower
+    links, down to ``limits.fits`` (a piece moves within 4 s at the rate transfers had while
+    their parent served all its slots), never below 1 MiB (:data:`SLOW_LINK_MIN_PIECE`): 2 MiB
+    at 50 Mbit/s per node on the testbed. The floor follows transfers measured at full load,
+    not the cap's extrapolation from every transfer: on a testbed whose 2 cores were saturated
+    that estimate read the uplinks at a sixth of what the transfers got and cut the pieces to
+    1 MiB, which doubled the per-piece work that held the transfers back (docs/BENCHMARKS.md,
+    twelfth pass)."""
     target = max(1, -(-length // TARGET_PIECES))
     size = 1 << (target - 1).bit_length()
     if limits is None:
-        return min(MAX_PIECE, max(MIN_PIECE, size))
-    floor = max(SLOW_LINK_MIN_PIECE, min(MIN_PIECE, limits.fits))
+        return min(MAX_PIECE, max(floor, size))
+    floor = max(SLOW_LINK_MIN_PIECE, min(floor, limits.fits))
     return min(MAX_PIECE, max(floor, min(size, limits.cap)))
 
 

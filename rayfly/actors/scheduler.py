@@ -21,7 +21,7 @@ from rayfly.config import NAMESPACE, PEER_PREFIX, SchedulerConfig
 from rayfly.errors import InvalidInput
 from rayfly.protocol import Batch, Cached, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
-from rayfly.task import PieceLimits, SourceSpec, TaskInfo, info_for
+from rayfly.task import MIN_PIECE, PieceLimits, SourceSpec, TaskInfo, info_for
 from rayfly.version import identity
 
 PEER_CHECK_TIMEOUT_S = 10.0
@@ -97,6 +97,7 @@ class Scheduler:
         piece_size: int | None = None,
         order: str | None = None,
         listed: source.SourceFile | None = None,
+        piece_floor: int = MIN_PIECE,
     ) -> TaskInfo:
         """The task for ``spec``; concurrent and later calls for the same task share one.
 
@@ -105,6 +106,7 @@ class Scheduler:
         names its task id, the version found is folded into the id (:func:`version.identity`);
         a node-local file (``spec.source_node``) must come listed by its node. ``order``: the
         piece policy (None: the scheduler's configured one, ``RAYFLY_POLICY``).
+        ``piece_floor``: the smallest default piece on fast links (:func:`default_piece_size`).
         """
         if spec.task_id is not None and (known := self._registered(spec.resolved_task_id())):
             return known
@@ -118,7 +120,8 @@ class Scheduler:
         task_id = spec.resolved_task_id()
         if (known := self._registered(task_id)) is not None:
             return known  # no await since the check: the actor's one thread makes it single-flight
-        info = info_for(spec, listed.size, listed.ranges, piece_size, self.core.piece_limits())
+        limits = self.core.piece_limits()
+        info = info_for(spec, listed.size, listed.ranges, piece_size, limits, piece_floor)
         self.core.add_task(info, order)
         return info
 

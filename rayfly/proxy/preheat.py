@@ -36,7 +36,7 @@ from rayfly.proxy.oci import (
     parse_manifest,
     parse_platform,
 )
-from rayfly.proxy.p2p import blob_spec
+from rayfly.proxy.p2p import BLOB_PIECE_FLOOR, blob_spec
 from rayfly.proxy.upstream import (
     Credentials,
     RegistryClient,
@@ -154,7 +154,8 @@ def _fetch_everywhere(
     scheduler = placement.get_scheduler(from_env(SchedulerConfig))
     specs = [blob_spec(p.url, p.headers, p.descriptor.digest) for p in plans]
     try:
-        tasks: list[TaskInfo] = ray.get([scheduler.register.remote(s) for s in specs])
+        registered = [scheduler.register.remote(s, piece_floor=BLOB_PIECE_FLOOR) for s in specs]
+        tasks: list[TaskInfo] = ray.get(registered)
     except RayTaskError as exc:
         raise unwrap(exc) from None
     items = [FetchItem(t, str(p.descriptor.digest)) for t, p in zip(tasks, plans, strict=True)]

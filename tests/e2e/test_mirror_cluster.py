@@ -16,9 +16,11 @@ import requests
 
 from rayfly.actors import placement
 from rayfly.proxy.actor import mirror_status, start_mirrors, stop_mirrors
+from rayfly.proxy.p2p import BLOB_PIECE_FLOOR
 from rayfly.proxy.preheat import preheat
 from rayfly.proxy.server import MirrorSettings
 from rayfly.proxy.upstream import Upstream
+from rayfly.task import default_piece_size
 from tests.conftest import CLUSTER_NODES
 from tests.support.mirror import concurrent_sha256s
 from tests.support.registry import build_image, push_image
@@ -189,6 +191,20 @@ def test_a_blob_another_node_holds_is_served_without_asking_upstream(mirrors, fr
     assert front.state.bytes_by_digest[digest] == len(image.blobs[digest])
 
 
+def test_a_blob_is_cut_into_pieces_no_smaller_than_the_blob_floor(mirrors, front, registry):
+    """A blob of 24 MiB (and its tar headers) is cut into 8 MiB pieces, where a file of its
+    size gets 4 MiB ones: each piece the mirror streams costs it a call and a read, so blobs
+    get fewer, larger pieces."""
+    image = fresh_image(registry, "rayfly/blobfloor", 77, [24 * MiB])
+    digest = image.layer_digests[0]
+    resp = requests.get(blob_url(list(mirrors.values())[1], image, digest), timeout=60)
+    assert "sha256:" + hashlib.sha256(resp.content).hexdigest() == digest
+    scheduler = placement.get_scheduler()
+    info = ray.get(scheduler.held.remote(digest.replace(":", "-")))
+    assert info is not None and info.piece_size == BLOB_PIECE_FLOOR == 8 * MiB
+    assert default_piece_size(info.length) == 4 * MiB
+
+
 def test_registry_without_ranges_is_read_as_one_stream(mirrors, front, registry):
     """The HEAD announces no ``Accept-Ranges`` and GETs answer whole: the blob, registered
     from that HEAD, is read once front to back, not in ranged pieces that come back whole."""
@@ -225,7 +241,7 @@ def test_range_and_head_from_p2p_cache(mirrors, front, test_image):
     digest = test_image.layer_digests[0]
     data = test_image.blobs[digest]
     url = blob_url(list(mirrors.values())[3], test_image, digest)
-    lo, hi = 4 * MiB - 100, 12 * MiB + 50  # spans three pieces
+    lo, hi = 8 * MiB - 100, 16 * MiB + 50  # spans three pieces (8 MiB: BLOB_PIECE_FLOOR)
     resp = requests.get(url, headers={"Range": f"bytes={lo}-{hi}"}, timeout=60)
     assert resp.status_code == 206
     assert resp.headers["Content-Range"] == f"bytes {lo}-{hi}/{len(data)}"
@@ -242,12 +258,12 @@ def test_range_of_a_blob_still_arriving_is_read_from_the_store_file(mirrors, fro
     """A node's mirror streams a blob its peer is still fetching from another node: pieces the
     peer verified in its store's data file are read from that file, cut to the range asked
     for, across piece boundaries, and nothing of it is asked upstream again."""
-    image = fresh_image(registry, "rayfly/rangearriving", 73, [13 * MiB + 7])
+    image = fresh_image(registry, "rayfly/rangearriving", 73, [21 * MiB + 7])
     digest = image.layer_digests[0]
     data = image.blobs[digest]
     bases = list(mirrors.values())
     requests.get(blob_url(bases[0], image, digest), timeout=60).raise_for_status()
-    lo, hi = 3 * MiB + 5, 9 * MiB + 17  # starts in piece 0, ends in piece 2 (4 MiB pieces)
+    lo, hi = 3 * MiB + 5, 17 * MiB + 17  # starts in piece 0, ends in piece 2 (8 MiB pieces)
     resp = requests.get(
         blob_url(bases[1], image, digest), headers={"Range": f"bytes={lo}-{hi}"}, timeout=60
     )
@@ -261,8 +277,8 @@ def test_range_of_a_blob_still_arriving_is_read_from_the_store_file(mirrors, fro
 
 def test_ranges_across_the_split_tail_of_a_blob(mirrors, front, registry):
     """A blob of default pieces has its last 2 pieces' worth cut in halves
-    (:class:`rayfly.task.Cut`): 33 MiB + 7 is 7 pieces of 4 MiB, then 2 MiB, 2 MiB and
-    1 MiB + 7. Ranges that cross from the 4 MiB pieces into the smaller ones, or from one of
+    (:class:`rayfly.task.Cut`): 33 MiB + 7 is 3 pieces of 8 MiB, then 4 MiB, 4 MiB and
+    1 MiB + 7. Ranges that cross from the 8 MiB pieces into the smaller ones, or from one of
     those into the next, are cut right, on a mirror whose peer fetches the blob from another
     node and on one that reads its cache."""
     image = fresh_image(registry, "rayfly/splittail", 75, [33 * MiB + 7])
@@ -272,7 +288,7 @@ def test_ranges_across_the_split_tail_of_a_blob(mirrors, front, registry):
     whole = requests.get(blob_url(bases[0], image, digest), timeout=60)
     assert "sha256:" + hashlib.sha256(whole.content).hexdigest() == digest
     for base in (bases[2], bases[0]):
-        for lo, hi in [(27 * MiB + 3, 29 * MiB + 100), (30 * MiB - 1, 30 * MiB), (32 * MiB, -1)]:
+        for lo, hi in [(23 * MiB + 3, 25 * MiB + 100), (28 * MiB - 1, 28 * MiB), (32 * MiB, -1)]:
             hi = len(data) - 1 if hi < 0 else hi
             resp = requests.get(
                 blob_url(base, image, digest), headers={"Range": f"bytes={lo}-{hi}"}, timeout=60

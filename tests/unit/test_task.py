@@ -63,6 +63,21 @@ def test_a_piece_size_from_the_measured_links(length, measured, expected):
     assert default_piece_size(length, measured) == expected
 
 
+@pytest.mark.parametrize(
+    ("length", "measured", "expected"),
+    [
+        (80 * MiB, None, 8 * MiB),  # a file: 4 MiB
+        (24 * MiB, None, 8 * MiB),
+        (1 << 30, None, 16 * MiB),  # large blobs as large files
+        (80 * MiB, limits(1 << 30, 1 << 30), 8 * MiB),
+        (80 * MiB, limits(2 * MiB, 4 * MiB), 4 * MiB),  # 100 Mbit/s: yields as a file's does
+        (80 * MiB, limits(1 * MiB, 2 * MiB), 2 * MiB),  # 50 Mbit/s
+    ],
+)
+def test_a_higher_floor_for_pieces_that_cost_more(length, measured, expected):
+    assert default_piece_size(length, measured, floor=8 * MiB) == expected
+
+
 def test_layout_covers_every_byte_once():
     length, size = 10 * MiB + 123, 4 * MiB
     cut = Cut(length, size)
