@@ -34,8 +34,8 @@ _PREPARE_GRACE_S = 10.0
 READ_AHEAD = 2
 # A blob's pieces are at least 8 MiB on fast links (files': 4 MiB): a piece the mirror
 # streams costs a call to the node's peer and a read of its own besides the peer's work.
-# 8 MiB against 4 MiB, five invocations each, alternating (docs/BENCHMARKS.md, twentieth
-# pass): an image pull through a cold mirror 1.20x the registry's time against 1.31x, with the
+# 8 MiB against 4 MiB, seven invocations each, alternating (docs/BENCHMARKS.md, twentieth
+# pass): an image pull through a cold mirror 1.20x the registry's time against 1.30x, with the
 # blob on another node 1.09x against 1.17x.
 BLOB_PIECE_FLOOR = 8 << 20
 
