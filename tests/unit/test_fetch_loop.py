@@ -6,10 +6,13 @@ falls behind rather than outrun it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,23 +66,33 @@ class Fetches:
                 await self.changed.wait()
 
 
+@contextlib.contextmanager
+def node_downloads(
+    core: SchedulerCore, root: Path, join: Any = None, evicted: Any = None
+) -> Iterator[Downloads]:
+    """One node's :class:`Downloads` over a piece store in ``root``, the scheduler's state
+    machine ``core`` answering its calls, no rate limit; its thread pools shut down after."""
+    store = PieceStore(root, 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
+    limits = NodeLimits(TokenBucket(None), TokenBucket(None), TokenBucket(None))
+    downloads = Downloads(
+        "me", PeerConfig(), store, CoreLinks(core), limits, HotPieces(0), join, evicted
+    )
+    yield downloads
+    downloads._disk_pool.shutdown()
+    downloads.reader.origin_pool.shutdown()
+
+
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     core = SchedulerCore(SchedulerConfig(long_poll_s=30.0))
     task = TaskInfo("t", "http://origin/x", PIECES * MiB, MiB)
     core.add_task(task)
-    store = PieceStore(tmp_path, 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
-    store.begin("t", task.cut, task.url)
-    limits = NodeLimits(TokenBucket(None), TokenBucket(None), TokenBucket(None))
-    downloads = Downloads(
-        "me", PeerConfig(), store, CoreLinks(core), limits, HotPieces(0), None, None
-    )
-    fetches = Fetches(store)
-    monkeypatch.setattr(downloads, "_piece", fetches.piece)
-    monkeypatch.setattr(download, "HEARTBEAT_S", 60.0)  # no report but the ones under test
-    yield core, task, downloads, fetches
-    downloads._disk_pool.shutdown()
-    downloads.reader.origin_pool.shutdown()
+    with node_downloads(core, tmp_path) as downloads:
+        downloads.store.begin("t", task.cut, task.url)
+        fetches = Fetches(downloads.store)
+        monkeypatch.setattr(downloads, "_piece", fetches.piece)
+        monkeypatch.setattr(download, "HEARTBEAT_S", 60.0)  # no report but the ones under test
+        yield core, task, downloads, fetches
 
 
 def test_a_slot_left_free_is_filled_when_a_parent_frees_one(setup):
@@ -148,10 +161,7 @@ def from_origin(tmp_path, monkeypatch):
     task = TaskInfo("t", str(tmp_path / "origin.bin"), len(payload), PIECE)
     core = SchedulerCore(SchedulerConfig())
     core.add_task(task)
-    store = PieceStore(tmp_path / "cache", 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
     read_back: list[int] = []
-    read_piece = store.read_piece
-    monkeypatch.setattr(store, "read_piece", lambda *a: read_back.append(a[1]) or read_piece(*a))
     monkeypatch.setattr(download.hashlib, "sha256", SlowSha256)
 
     async def join(t: TaskInfo, have: dict[int, str]) -> None:
@@ -160,18 +170,17 @@ def from_origin(tmp_path, monkeypatch):
     async def evicted() -> None:
         pass
 
-    limits = NodeLimits(TokenBucket(None), TokenBucket(None), TokenBucket(None))
-    downloads = Downloads(
-        "me", PeerConfig(), store, CoreLinks(core), limits, HotPieces(0), join, evicted
-    )
+    with node_downloads(core, tmp_path / "cache", join, evicted) as downloads:
+        read_piece = downloads.store.read_piece
+        monkeypatch.setattr(
+            downloads.store, "read_piece", lambda *a: read_back.append(a[1]) or read_piece(*a)
+        )
 
-    async def run() -> TaskOutcome:
-        async with asyncio.timeout(30):
-            return await downloads._download(task, asyncio.Semaphore(8))
+        async def run() -> TaskOutcome:
+            async with asyncio.timeout(30):
+                return await downloads._download(task, asyncio.Semaphore(8))
 
-    yield payload, run, read_back
-    downloads._disk_pool.shutdown()
-    downloads.reader.origin_pool.shutdown()
+        yield payload, run, read_back
 
 
 def test_reads_wait_for_a_hash_that_falls_behind(from_origin):
