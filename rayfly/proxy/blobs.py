@@ -45,14 +45,29 @@ class BlobSource:
 SourceFactory = Callable[[], Awaitable[BlobSource]]
 
 
+@dataclass(frozen=True)
+class FileSpan:
+    """A piece's bytes in a file on this node, verified there: ``length`` bytes at ``offset`` of
+    ``path``. The server has the kernel send them (``sendfile``) instead of reading them into
+    memory and writing them out again."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+Piece = memoryview | FileSpan
+"""What :meth:`BlobHandle.piece` gives: the bytes, or where they are on this node."""
+
+
 class BlobHandle(Protocol):
     """An open blob: in-order pieces, then a whole-blob check."""
 
     length: int
     cut: Cut
 
-    async def piece(self, index: int) -> memoryview:
-        """Bytes of piece ``index`` once they are on this node (checked per piece)."""
+    async def piece(self, index: int) -> Piece:
+        """Piece ``index`` once it is on this node (checked per piece)."""
         ...
 
     async def verify(self) -> None:
@@ -255,8 +270,9 @@ class _CompleteHandle:
     def __init__(self, path: Path, length: int) -> None:
         self._path, self.length, self.cut = path, length, Cut(length, PIECE_SIZE)
 
-    async def piece(self, index: int) -> memoryview:
-        return _read_file(self._path, *self.cut.bounds(index))
+    async def piece(self, index: int) -> Piece:
+        start, end = self.cut.bounds(index)
+        return FileSpan(self._path, start, end - start)
 
     async def verify(self) -> None:
         return None

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 from ray.exceptions import ActorUnavailableError, OwnerDiedError, RayActorError, RayTaskError
 
 from rayfly.actors.links import Links
 from rayfly.actors.retry import unwrap
 from rayfly.errors import RayflyError, StorageError
-from rayfly.proxy.blobs import BlobHandle, BlobSource, SourceFactory
+from rayfly.proxy.blobs import BlobHandle, BlobSource, FileSpan, Piece, SourceFactory
 from rayfly.proxy.oci import BlobDigestMismatch, Digest, UpstreamError
 from rayfly.proxy.passthrough import PassThrough, from_peers, from_upstream, upstream_pieces
 from rayfly.source import SourceFile, Version
@@ -120,9 +119,9 @@ class _P2PHandle:
             ref = self._shared.ref(index)
             try:
                 box = await ref  # [the piece's reference]: pulled into this node's store once
-                if not box:  # verified in the node's store and not in memory: read its file
+                if not box:  # verified in the node's store and not in memory: sent from its file
                     start, end = self.cut.bounds(index)
-                    return await self._owner.read_stored(self._digest, start, end - start)
+                    return self._owner.stored_span(self._digest, start, end - start)
                 return await box[0]
             except (RayActorError, OwnerDiedError):
                 # the node's peer (the owner of every reference it hands out) died; a new one
@@ -138,7 +137,7 @@ class _P2PHandle:
                     raise cause from None
                 await asyncio.sleep(0.005)
 
-    async def piece(self, index: int) -> memoryview:
+    async def piece(self, index: int) -> Piece:
         """Piece ``index``; the next READ_AHEAD pieces are requested while it is sent."""
         if self._passing is not None:
             return await self._passing.piece(index)
@@ -155,6 +154,8 @@ class _P2PHandle:
         self._sent = True
         for ahead in range(index + 1, min(self._n, index + 1 + READ_AHEAD)):
             self._shared.ref(ahead)
+        if isinstance(array, FileSpan):
+            return array
         start, end = self.cut.bounds(index)
         if len(array) != end - start:
             raise UpstreamError(f"piece {index} of {self._digest} has {len(array)} bytes")
@@ -266,15 +267,11 @@ class P2PBlobs:
             return None
         return _FileHandle(fd, entry.cut)
 
-    async def read_stored(self, digest: Digest, start: int, size: int) -> np.ndarray:
-        """Bytes of the blob's data file in the node's piece store (pieces the peer verified
-        there while the blob downloads); OSError if the file is gone, StorageError if short."""
+    def stored_span(self, digest: Digest, start: int, size: int) -> FileSpan:
+        """Where bytes of the blob are in the node's piece store (pieces the peer verified
+        there while the blob downloads): the server sends them from its data file."""
         assert self.store_root is not None
-        buf = np.empty(size, dtype=np.uint8)
-        read = PieceStore.read_range_at
-        return await asyncio.to_thread(
-            read, self.store_root, digest.task_id, start, start + size, None, buf
-        )
+        return FileSpan(PieceStore.data_path_at(self.store_root, digest.task_id), start, size)
 
     async def local_path(self, digest: Digest) -> Path | None:
         """The piece store's data file of the blob, if complete and verified on this node."""

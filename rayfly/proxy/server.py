@@ -16,6 +16,7 @@ whole blob's digest was checked.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -27,8 +28,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from rayfly.errors import DigestMismatch, RayflyError, SourceNotFound
-from rayfly.proxy.blobs import BlobBackend, BlobHandle, BlobSource
+from rayfly.errors import DigestMismatch, RayflyError, SourceNotFound, StorageError
+from rayfly.proxy.blobs import BlobBackend, BlobHandle, BlobSource, FileSpan, Piece
 from rayfly.proxy.oci import (
     BlobDigestMismatch,
     BlobUnknown,
@@ -335,7 +336,7 @@ async def _send_blob(
         await handle.verify()
     await resp.prepare(request)
     try:
-        await _stream(resp, handle, start, end, first_piece)
+        await _stream(request, resp, handle, (start, end), first_piece)
     except Exception as err:
         log.warning("blob %s aborted after headers: %s", digest, type(err).__name__)
         mirror.stats.errors += 1
@@ -348,9 +349,14 @@ async def _send_blob(
 
 
 async def _stream(
-    resp: web.StreamResponse, handle: BlobHandle, start: int, end: int, first: memoryview
+    request: web.Request,
+    resp: web.StreamResponse,
+    handle: BlobHandle,
+    span: tuple[int, int],
+    first: Piece,
 ) -> None:
-    """Write bytes ``start..end`` piece by piece; the final write waits for ``verify()``."""
+    """Write bytes ``span[0]..span[1]`` piece by piece; the final write waits for ``verify()``."""
+    start, end = span
     first_index, last_index = handle.cut.index_of(start), handle.cut.index_of(end)
     for index in range(first_index, last_index + 1):
         data = first if index == first_index else await handle.piece(index)
@@ -358,7 +364,24 @@ async def _stream(
         lo, hi = max(start, first_byte) - first_byte, min(end + 1, past) - first_byte
         if index == last_index:
             await handle.verify()
-        await resp.write(data[lo:hi])
+        if isinstance(data, FileSpan):
+            await _send_span(request, data, lo, hi)
+        else:
+            await resp.write(data[lo:hi])
+
+
+async def _send_span(request: web.Request, span: FileSpan, lo: int, hi: int) -> None:
+    """Have the kernel send bytes ``lo..hi`` of a piece from its file (``sendfile``; asyncio
+    first lets the transport flush what was written before, and falls back to reads and
+    writes where the transport cannot, e.g. TLS); a file shorter than the span aborts."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client closed the connection")
+    with open(span.path, "rb") as file:
+        loop = asyncio.get_running_loop()
+        sent = await loop.sendfile(transport, file, span.offset + lo, hi - lo)
+    if sent != hi - lo:
+        raise StorageError(f"{span.path} ended {hi - lo - sent} bytes before the piece's end")
 
 
 def make_clients(
