@@ -84,6 +84,28 @@ class GcPlan:
         return [e.task_id for e in self.evictions]
 
 
+def may_evict(
+    policy: GcPolicy,
+    oldest_use: float | None,
+    now: float,
+    cache_bytes: int,
+    disk: Disk | None = None,
+    need: int = 0,
+) -> bool:
+    """Whether :func:`plan_gc` could evict anything with room for ``need`` more bytes: an entry
+    is past its TTL (``oldest_use``: the least recent use of a complete entry, None when there
+    is none), the quota cannot hold ``need`` more, or the disk would go above its high
+    watermark. When False the plan is empty whatever the entries' bytes on disk, so a store
+    making room for a new task need not look at each entry's file."""
+    if oldest_use is None:
+        return False
+    if policy.ttl_s is not None and now - oldest_use > policy.ttl_s:
+        return True
+    if cache_bytes + need > policy.quota:
+        return True
+    return disk is not None and disk.used + need > policy.high * disk.total
+
+
 def plan_gc(
     candidates: list[Candidate],
     policy: GcPolicy,

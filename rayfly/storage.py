@@ -39,7 +39,7 @@ import numpy as np
 import xxhash
 
 from rayfly.errors import CacheFull, PieceCorrupt, PieceUnavailable, StorageError
-from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, plan_gc
+from rayfly.eviction import Candidate, Disk, Eviction, GcPlan, GcPolicy, may_evict, plan_gc
 from rayfly.piecemem import BUFFERS, PAGE
 from rayfly.reserve import no_room, reserve
 from rayfly.task import Cut, validate_task_id
@@ -265,7 +265,7 @@ class PieceStore:
                 f"a {length}-byte task exceeds the cache quota of {self.quota} bytes; "
                 "raise RAYFLY_CACHE_QUOTA"
             )
-        plan = self._plan(self.policy, need=length)
+        plan = self._room_plan(length)
         self._apply(plan)
         self._evicted += plan.evictions
         if self._used() + length > self.quota:
@@ -273,6 +273,16 @@ class PieceStore:
                 f"cache at {self.root} is full with tasks in progress; "
                 "raise RAYFLY_CACHE_QUOTA or wait"
             )
+
+    def _room_plan(self, need: int) -> GcPlan:
+        """What to evict for ``need`` more bytes. Each complete entry's file is looked at only
+        when something may have to go: a cache of thousands of entries within its limits
+        would otherwise pay a ``stat`` per entry at every task's begin."""
+        oldest = min((e.last_used for e in self._entries.values() if e.complete), default=None)
+        now, used, disk = self._clock(), self._used(), self.disk()
+        if not may_evict(self.policy, oldest, now, used, disk, need):
+            return GcPlan([])
+        return plan_gc(self._candidates(), self.policy, now, used, disk, need)
 
     def _used(self) -> int:
         return sum(e.length for e in self._entries.values())
@@ -299,8 +309,8 @@ class PieceStore:
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
         return Disk(used + st.f_bavail * st.f_frsize, used)
 
-    def _plan(self, policy: GcPolicy, need: int = 0) -> GcPlan:
-        return plan_gc(self._candidates(), policy, self._clock(), self._used(), self.disk(), need)
+    def _plan(self, policy: GcPolicy) -> GcPlan:
+        return plan_gc(self._candidates(), policy, self._clock(), self._used(), self.disk())
 
     def _apply(self, plan: GcPlan) -> None:
         for e in plan.evictions:

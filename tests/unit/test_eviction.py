@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from rayfly.errors import InvalidInput
-from rayfly.eviction import Candidate, Disk, GcPolicy, plan_gc
+from rayfly.eviction import Candidate, Disk, GcPolicy, may_evict, plan_gc
 
 DAY = 86400.0
 NOW = 100 * DAY
@@ -49,6 +51,46 @@ def test_watermark_stops_and_says_so_when_the_rest_is_published():
 def test_below_the_high_watermark_nothing_goes():
     plan = plan_gc([cand("a", 4)], GcPolicy(10_000, ttl_s=None), NOW, 100, Disk(1000, 790))
     assert plan.task_ids == [] and plan.note is None
+
+
+def test_nothing_to_evict_is_known_without_the_entries_bytes_on_disk():
+    """Where ``may_evict`` says no, the plan is empty whatever each entry's file frees: the
+    store then skips the stat of every entry (seeded random caches, policies and disks)."""
+    rng = random.Random(9)
+    seen = {True: 0, False: 0}
+    for _ in range(3000):
+        entries = [
+            Candidate(
+                f"t{i}", rng.randint(1, 300), NOW - rng.uniform(0, 10) * DAY, rng.randint(0, 300)
+            )
+            for i in range(rng.randint(0, 6))
+        ]
+        policy = GcPolicy(
+            rng.randint(100, 2000), ttl_s=rng.choice([None, 7 * DAY]), high=0.8, low=0.6
+        )
+        cache = sum(c.length for c in entries) + rng.randint(0, 300)  # plus tasks in progress
+        disk = rng.choice([None, Disk(1000, rng.randint(0, 1000))])
+        need = rng.randint(0, 400)
+        oldest = min((c.last_used for c in entries), default=None)
+        answer = may_evict(policy, oldest, NOW, cache, disk, need)
+        seen[answer] += 1
+        if not answer:
+            assert plan_gc(entries, policy, NOW, cache, disk, need).evictions == []
+    assert min(seen.values()) > 300  # both answers were exercised
+
+
+@pytest.mark.parametrize(
+    ("oldest_days", "cache", "disk", "need", "why"),
+    [
+        (8, 100, None, 0, "TTL"),
+        (1, 900, None, 200, "quota"),
+        (1, 100, Disk(1000, 700), 150, "watermark"),
+    ],
+)
+def test_each_reason_to_evict_is_seen(oldest_days, cache, disk, need, why):
+    policy = GcPolicy(1000, ttl_s=7 * DAY)
+    assert may_evict(policy, NOW - oldest_days * DAY, NOW, cache, disk, need), why
+    assert not may_evict(policy, None, NOW, cache, disk, need)  # no complete entry to evict
 
 
 @pytest.mark.parametrize(("low", "high"), [(0.9, 0.8), (0.0, 0.5), (0.5, 1.5)])

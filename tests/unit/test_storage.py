@@ -120,6 +120,41 @@ def test_lru_eviction_and_quota(tmp_path):
         store.begin("huge", Cut(20_000, 4096))
 
 
+def test_an_entry_past_its_ttl_goes_when_a_task_begins(tmp_path):
+    now = [0.0]
+    policy = GcPolicy(1 << 20, ttl_s=60, high=1.0, low=1.0)
+    store = PieceStore(tmp_path, 1 << 20, policy=policy, clock=lambda: now[0])
+    for name in ("stale", "fresh"):
+        fill(store, name, b"s" * 4000, 4096)
+        store.complete(name, "00" * 32)
+        now[0] += 50
+    store.begin("next", Cut(4000, 4096))  # "stale" last used 100 s ago, "fresh" 50 s ago
+    assert [e.task_id for e in store.take_evictions()] == ["stale"]
+    assert store.entry("fresh") is not None
+
+
+def test_a_cache_within_its_limits_begins_a_task_without_a_stat_per_entry(tmp_path, monkeypatch):
+    """Making room looks at each complete entry's file only when something may have to go:
+    500 cached entries cost a new task's begin no stat of theirs."""
+    store = make_store(tmp_path, quota=1 << 30)
+    for i in range(500):
+        fill(store, f"e{i}", b"e" * 100, 4096)
+        store.complete(f"e{i}", "00" * 32)
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    store.begin("new", Cut(100, 4096))
+    assert not [p for p in stats if p.endswith("/data")]
+    assert store.take_evictions() == []
+    store.gc(keep_bytes=0, dry_run=True)  # a real plan still looks at every entry's file
+    assert len([p for p in stats if p.endswith("/data")]) == 500
+
+
 def test_pieces_accept_numpy_views(tmp_path):
     store = make_store(tmp_path, quota=1 << 20)
     arr = np.frombuffer(os.urandom(4096), dtype=np.uint8)
