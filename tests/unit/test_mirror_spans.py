@@ -115,6 +115,22 @@ def test_a_blob_streams_from_memory_then_from_its_file(served):
     assert mirror.stats.bytes_served == LENGTH and mirror.stats.errors == 0
 
 
+def test_the_connection_serves_the_next_request_after_file_spans(served):
+    """The kernel's bytes bypass aiohttp's writer: the response must still end where its
+    Content-Length says, and the kept-alive connection answer the next request."""
+    _, port, data, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        for span in ("bytes=0-", f"bytes={PIECE}-{2 * PIECE + 5}"):
+            conn.request("GET", f"/v2/library/blob/blobs/{_digest(data)}", headers={"Range": span})
+            resp = conn.getresponse()
+            first, _, last = span.removeprefix("bytes=").partition("-")
+            assert resp.read() == data[int(first) : int(last) + 1 if last else None]
+            assert resp.getheader("Connection", "keep-alive").lower() != "close"
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize(
     "first,last",
     [
