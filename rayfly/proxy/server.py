@@ -355,14 +355,15 @@ async def _stream(
     span: tuple[int, int],
     first: Piece,
 ) -> None:
-    """Write bytes ``span[0]..span[1]`` piece by piece; the final write waits for ``verify()``."""
+    """Write bytes ``span[0]..span[1]`` piece by piece; the final write of a span over several
+    pieces waits for ``verify()`` (a span within one piece was verified before its headers)."""
     start, end = span
     first_index, last_index = handle.cut.index_of(start), handle.cut.index_of(end)
     for index in range(first_index, last_index + 1):
         data = first if index == first_index else await handle.piece(index)
         first_byte, past = handle.cut.bounds(index)
         lo, hi = max(start, first_byte) - first_byte, min(end + 1, past) - first_byte
-        if index == last_index:
+        if index == last_index != first_index:
             await handle.verify()
         if isinstance(data, FileSpan):
             await _send_span(request, data, lo, hi)

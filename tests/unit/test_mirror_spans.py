@@ -29,8 +29,9 @@ LENGTH = 5 * PIECE + 12345  # six pieces, the last one short
 
 
 class _SpanHandle:
-    def __init__(self, path: Path, length: int) -> None:
+    def __init__(self, path: Path, length: int, verified: list[int]) -> None:
         self._path, self.length, self.cut = path, length, Cut(length, PIECE)
+        self._verified = verified
 
     async def piece(self, index: int) -> Piece:
         start, end = self.cut.bounds(index)
@@ -40,7 +41,7 @@ class _SpanHandle:
         return FileSpan(self._path, start, end - start)
 
     async def verify(self) -> None:
-        return None
+        self._verified.append(1)  # each verify() of the P2P backend is a call to the peer
 
     def close(self) -> None:
         return None
@@ -51,12 +52,13 @@ class _SpanBlobs:
 
     def __init__(self, path: Path, length: int) -> None:
         self.path, self.length = path, length
+        self.verified: list[int] = []
 
     async def cached_length(self, digest: Digest) -> int | None:
         return self.length
 
     async def open(self, digest: Digest, source: SourceFactory) -> BlobHandle:
-        return _SpanHandle(self.path, self.length)
+        return _SpanHandle(self.path, self.length, self.verified)
 
     async def local_path(self, digest: Digest) -> Path | None:
         return None  # never the whole-file response: every GET streams the handle's pieces
@@ -140,11 +142,12 @@ def test_the_connection_serves_the_next_request_after_file_spans(served):
     ],
 )
 def test_ranges_across_memory_and_file_spans(served, first, last):
-    _, port, data, _ = served
+    mirror, port, data, _ = served
     status, headers, body = _get(port, _digest(data), {"Range": f"bytes={first}-{last}"})
     assert status == 206
     assert headers["Content-Range"] == f"bytes {first}-{last}/{LENGTH}"
     assert body == data[first : last + 1]
+    assert mirror.blobs.verified == [1]  # the blob is checked once per response, one piece or many
 
 
 def test_a_file_shorter_than_its_pieces_aborts_the_response(served):
