@@ -6,10 +6,10 @@ import hashlib
 from pathlib import Path
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
     """The sha256 of a file, read in 8 MiB chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
 import socket
@@ -12,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bench.files import sha256_of as sha256_file  # noqa: F401 (the tests' name for it)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -32,15 +33,6 @@ def _own_home() -> Path:
 TEST_HOME = _own_home()
 
 CLUSTER_NODES = 4
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file on disk."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def free_port() -> int:
