@@ -58,6 +58,11 @@ ACTIVE_PERIOD_S = 1.0
 WAITERS_PRUNE_AT = 4096
 SUSPECT_S = 20.0
 MAX_KEPT_TASKS = 4096
+# past MAX_KEPT_TASKS, the tasks are scanned for some to drop once per PRUNE_SLACK more
+PRUNE_SLACK = 512
+# a task nobody joined may be dropped this long after it was registered (a client registers
+# a listing's tasks at once; its nodes join them one by one, possibly hours later)
+PENDING_GRACE_S = 24 * 3600.0
 RESTORE_GRACE_S = 3.0
 
 
@@ -148,6 +153,16 @@ class _Reachable(Mapping[str, PeerState]):
         return len(self.peers)
 
 
+def settled(t: TaskState, now: float) -> bool:
+    """Whether no distribution needs task ``t`` any more: no piece of it is leased, every node
+    that joined it finished, and no node a client said would fetch it is still to come; or,
+    when that is never said to end (a client that left), :data:`PENDING_GRACE_S` after it
+    was registered with no lease out and nobody fetching."""
+    if any(t.leases.values()) or not all(p in t.finished for p in t.have):
+        return False
+    return (bool(t.have) and t.awaited == 0) or now - t.created >= PENDING_GRACE_S
+
+
 class SchedulerCore:
     """The scheduler's state machine, usable without Ray (the actor wraps it)."""
 
@@ -162,6 +177,7 @@ class SchedulerCore:
         self.tasks: dict[str, TaskState] = {}
         self.peers: dict[str, PeerState] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._prune_at = 0  # the number of tasks at which the next scan for some to drop runs
         self._rng = random.Random()
         self._expired_at = -math.inf
         self.kv: durable.KeyValue = kv if kv is not None else durable.MemoryStore()
@@ -216,13 +232,21 @@ class SchedulerCore:
         return state
 
     def _prune(self) -> None:
-        excess = len(self.tasks) - MAX_KEPT_TASKS
-        if excess <= 0:
+        """Past :data:`MAX_KEPT_TASKS` (and :data:`PRUNE_SLACK` more since the last scan),
+        drop the oldest tasks that no distribution needs any more (:func:`settled`) down to
+        the bound; when none is settled (a large listing being fetched) the cache grows."""
+        if len(self.tasks) <= max(MAX_KEPT_TASKS, self._prune_at):
             return
-        idle = [tid for tid, t in self.tasks.items() if not any(t.leases.values())]
-        for tid in sorted(idle, key=lambda tid: self.tasks[tid].created)[:excess]:
+        excess = len(self.tasks) - MAX_KEPT_TASKS
+        settled_ids = self._settled_ids()
+        for tid in sorted(settled_ids, key=lambda tid: self.tasks[tid].created)[:excess]:
             del self.tasks[tid]
             durable.drop(self.kv, durable.TASKS, tid)
+        self._prune_at = len(self.tasks) + PRUNE_SLACK
+
+    def _settled_ids(self) -> list[str]:
+        now = time.time()
+        return [tid for tid, t in self.tasks.items() if settled(t, now)]
 
     def announce(
         self,

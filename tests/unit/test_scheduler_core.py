@@ -323,17 +323,76 @@ def test_a_restarted_core_reads_nothing_from_the_origin_while_peers_rejoin():
     assert {x.parent for x in restarted.plan("t", "b", 4).assignments} == {None}
 
 
-def test_kept_tasks_are_bounded(monkeypatch):
+def _few_kept(monkeypatch, kept: int, slack: int = 0):
     from rayfly import scheduler_core as scheduler
+
+    monkeypatch.setattr(scheduler, "MAX_KEPT_TASKS", kept)
+    monkeypatch.setattr(scheduler, "PRUNE_SLACK", slack)
+
+
+def _fetched(c, task_id: str, peer: str) -> None:
+    """``peer`` joins ``task_id`` (one piece), fetches its piece from the origin and finishes."""
+    c.join(task_id, peer, peer, 4)
+    (a,) = c.plan(task_id, peer, 1).assignments
+    c.report(task_id, peer, [Done(a.piece, "d", None, MiB, 0.1)], [])
+    c.finish(task_id, peer, None)
+
+
+def test_kept_tasks_are_bounded(monkeypatch):
     from rayfly.durable import TASKS, MemoryStore
 
-    monkeypatch.setattr(scheduler, "MAX_KEPT_TASKS", 3)
+    _few_kept(monkeypatch, 3)
     kv = MemoryStore()
     c = SchedulerCore(SchedulerConfig(), kv=kv)
     for i in range(5):
         c.add_task(TaskInfo(f"t{i}", "http://o/x", MiB, MiB), "rarest-first")
+        _fetched(c, f"t{i}", "a")
     assert len(c.tasks) == 3 and len(kv.keys(TASKS)) == 3
+    assert set(c.tasks) == {"t2", "t3", "t4"}  # the oldest went
     assert set(SchedulerCore(SchedulerConfig(), kv=kv).tasks) == set(c.tasks)
+
+
+def test_a_listing_larger_than_the_kept_tasks_stays_until_its_nodes_fetched_it(monkeypatch):
+    """A client registers a dataset's tasks in one call and its nodes join them one by one:
+    none of them may be dropped before it was fetched (joining a dropped task fails)."""
+    _few_kept(monkeypatch, 3)
+    c = SchedulerCore(SchedulerConfig())
+    for i in range(6):
+        c.add_task(TaskInfo(f"t{i}", "http://o/x", MiB, MiB), "rarest-first")
+    c.expect("t0", 2)  # two nodes will fetch t0
+    for i in range(6):
+        _fetched(c, f"t{i}", "a")
+    c.add_task(TaskInfo("t6", "http://o/x", MiB, MiB), "rarest-first")
+    assert "t0" in c.tasks  # fetched by one of the two nodes expected: still needed
+    _fetched(c, "t0", "b")
+    c.join("t6", "a", "a", 4)  # t6 is being fetched: leased, and its member not finished
+    c.plan("t6", "a", 1)
+    c.add_task(TaskInfo("t7", "http://o/x", MiB, MiB), "rarest-first")
+    assert set(c.tasks) == {"t5", "t6", "t7"}
+
+
+def test_a_task_nobody_joined_goes_after_the_grace(monkeypatch):
+    from rayfly import scheduler_core as scheduler
+
+    _few_kept(monkeypatch, 1)
+    c = SchedulerCore(SchedulerConfig())
+    c.add_task(TaskInfo("old", "http://o/x", MiB, MiB), "rarest-first")
+    c.tasks["old"].created -= scheduler.PENDING_GRACE_S + 1
+    c.add_task(TaskInfo("new", "http://o/x", MiB, MiB), "rarest-first")
+    assert set(c.tasks) == {"new"}
+
+
+def test_registering_past_the_bound_does_not_sort_every_task_each_time(monkeypatch):
+    """Past the bound, a registration scans the tasks only every ``PRUNE_SLACK`` tasks more."""
+    _few_kept(monkeypatch, 10, slack=5)
+    c = SchedulerCore(SchedulerConfig())
+    scans = []
+    real = SchedulerCore._settled_ids
+    monkeypatch.setattr(SchedulerCore, "_settled_ids", lambda self: scans.append(1) or real(self))
+    for i in range(40):  # never fetched, within the grace: none can go
+        c.add_task(TaskInfo(f"t{i}", "http://o/x", MiB, MiB), "rarest-first")
+    assert len(c.tasks) == 40
+    assert len(scans) == 5  # at 16, 21, 26, 31 and 36 tasks, not at each of the last 25
 
 
 def test_an_unreachable_parent_is_passed_over_until_heard_from_or_the_time_is_up():
