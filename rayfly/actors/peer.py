@@ -21,8 +21,9 @@ from rayfly.actors.download import Downloads, NodeLimits
 from rayfly.actors.links import Links
 from rayfly.actors.packs import fetch_pack
 from rayfly.actors.piece_reads import KeptPiece, put_from_store, put_piece
+from rayfly.actors.retry import unwrap
 from rayfly.config import NodeConfig, PeerConfig, from_env, node_cache_dir
-from rayfly.errors import PieceCorrupt, RayflyError, SourceError
+from rayfly.errors import PieceCorrupt, RayflyError, SourceError, TaskNotFound
 from rayfly.eviction import GcPolicy
 from rayfly.piecemem import HotPieces, serve_memory
 from rayfly.protocol import (
@@ -170,7 +171,22 @@ class Peer:
         rate = self.node.upload_rate
         slots = upload_slots(self.config.upload_slots, rate, task.piece_size)
         args = (task.task_id, self.node_id, self.node_ip, slots, have, self._incarnation, rate)
-        await self.links.ask("join", *args)
+        try:
+            await self.links.ask("join", *args)
+        except ray.exceptions.RayTaskError as exc:
+            if not isinstance(unwrap(exc), TaskNotFound):
+                raise
+            # The scheduler does not know the task (it restarted without it, or dropped it
+            # after a day that nobody joined it): this peer has the task as it was registered.
+            log.info("task %s: unknown to the scheduler; registering it again", task.task_id)
+            (registered,) = await self.links.ask("register_tasks", [task])
+            if registered.cut != task.cut:  # registered anew meanwhile, cut otherwise
+                raise RayflyError(
+                    f"task {task.task_id} was registered again with {registered.piece_size}-byte "
+                    f"pieces while node {self.node_id} fetched it in {task.piece_size}-byte "
+                    "ones; fetch it again"
+                ) from None
+            await self.links.ask("join", *args)
 
     async def announce(self, task_ids: list[str] | None = None) -> list[str]:
         """Tell the scheduler which complete tasks this node holds (those of ``task_ids``, or

@@ -274,6 +274,31 @@ def test_a_restarted_scheduler_learns_what_the_nodes_hold(
     assert sha256_file(tmp_path / "b.bin") == sha256_file(src)
 
 
+def test_a_node_registers_again_a_task_the_scheduler_forgot(
+    ray_cluster, origin, origin_root, tmp_path
+):
+    """A task registered, then forgotten before any node joined it (the scheduler restarted
+    and its store lacked the task): the node asked to fetch it registers it again from the
+    task it was given, and fetches it; the origin serves it once."""
+    from rayfly import durable
+    from rayfly.actors.gcs_store import GcsStore
+    from rayfly.task import SourceSpec
+
+    src = make_file(origin_root / "forgotten.bin", 3 * MiB, seed=89)
+    scheduler = placement.get_scheduler()
+    task = ray.get(scheduler.register.remote(SourceSpec(origin.url + src.name, {})))
+    durable.drop(GcsStore(), durable.TASKS, task.task_id)
+    restart(scheduler)
+    assert wait_restarted(lambda: _tids(src.name)) == []  # the scheduler forgot the task
+    node = placement.alive_nodes()[1].node_id
+    peer = ray.get_actor(PEER_PREFIX + node, namespace=NAMESPACE)
+    ray.get(peer.prepare.remote(task))
+    done = ray.get(peer.wait_complete.remote(task.task_id), timeout=60)
+    assert done["sha256"] == sha256_file(src) and done["bytes_from_origin"] == 3 * MiB
+    assert origin.served("/" + src.name) == 3 * MiB, origin.log
+    assert held_by(node, src.name) == 3 * MiB  # the scheduler knows the task and its holder
+
+
 def test_a_copy_cached_in_other_pieces_is_cut_anew_not_announced_as_is(
     ray_cluster, origin, origin_root, tmp_path
 ):
