@@ -596,3 +596,22 @@ def test_children_asking_in_turn_take_different_pieces_from_one_holder():
     batch = c.plan("t", "d", 4).assignments
     assert [x.piece for x in batch] == [6, 7, 0, 1]
     assert [x.parent for x in batch[2:]] == ["a", "a"]  # r serves 6 and 7, a passes 0 and 1 on
+
+
+def test_a_member_that_is_done_keeps_no_lease_table_and_may_come_back():
+    """The expiry scan walks every kept task's lease tables each second: a member that
+    finished (or failed) has none left, its leases released, and one that joins again gets
+    pieces as before."""
+    c, now = core(parallelism=2)
+    c.join("t", "a", "ha", 4)
+    c.join("t", "b", "hb", 4)
+    leased = [x.piece for x in c.plan("t", "a", 4).assignments]
+    assert leased and set(c.tasks["t"].leases) == {"a", "b"}
+    c.finish("t", "a", "cancelled by the client")
+    assert set(c.tasks["t"].leases) == {"b"}
+    assert sorted(x.piece for x in c.plan("t", "b", 8).assignments) == sorted(leased)
+    now[0] += 11  # b's leases expire (lease_timeout_s=10): the scan still finds them
+    c.expire_leases()
+    assert not c.tasks["t"].leases["b"]
+    c.join("t", "a", "ha", 4)
+    assert c.plan("t", "a", 1).assignments
