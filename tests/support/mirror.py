@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from rayfly.proxy.blobs import LocalBlobs
+from rayfly.proxy.blobs import BlobBackend, LocalBlobs
 from rayfly.proxy.server import Mirror, MirrorSettings, make_clients, start_server
 from rayfly.proxy.upstream import Credentials, Upstream
 from tests.support.registry import LoopThread
@@ -42,9 +43,11 @@ def start_local_mirror(
     default: str | None = None,
     credentials: dict[str, Credentials] | None = None,
     timeout_s: float = 30.0,
+    blobs: Callable[[aiohttp.ClientSession], BlobBackend] | None = None,
     **settings: Any,
 ) -> RunningMirror:
-    """A mirror of ``{name: http-url}`` upstreams serving from ``cache_dir``."""
+    """A mirror of ``{name: http-url}`` upstreams serving from ``cache_dir`` (``blobs``: another
+    backend than :class:`LocalBlobs` there, made with the mirror's HTTP session)."""
 
     async def _start() -> RunningMirror:
         ups = {n: Upstream(n, u, insecure=u.startswith("http://")) for n, u in upstreams.items()}
@@ -52,9 +55,8 @@ def start_local_mirror(
             ups, default_upstream=default, upstream_timeout_s=timeout_s, **settings
         )
         session = aiohttp.ClientSession()
-        mirror = Mirror(
-            conf, make_clients(conf, session, credentials), LocalBlobs(cache_dir, session)
-        )
+        backend = blobs(session) if blobs is not None else LocalBlobs(cache_dir, session)
+        mirror = Mirror(conf, make_clients(conf, session, credentials), backend)
         runner, port = await start_server(mirror, "127.0.0.1", 0)
         return RunningMirror(mirror, port, cache_dir, runner, session, loop)
 

@@ -14,15 +14,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from rayfly.proxy.blobs import BlobHandle, FileSpan, Piece, SourceFactory
-from rayfly.proxy.oci import Digest, parse_digest
-from rayfly.proxy.server import Mirror, MirrorSettings, make_clients, start_server
-from rayfly.proxy.upstream import Upstream
+from rayfly.proxy.oci import Digest
+from rayfly.proxy.server import Mirror
 from rayfly.task import Cut
-from tests.support.registry import LoopThread
+from tests.support.mirror import start_local_mirror
+from tests.support.registry import LoopThread, sha256_digest
 
 PIECE = 1 << 20
 LENGTH = 5 * PIECE + 12345  # six pieces, the last one short
@@ -75,22 +74,10 @@ def served(tmp_path) -> Iterator[tuple[Mirror, int, bytes, Path]]:
     loop = LoopThread()
     # an upstream the route can name; nothing ever connects to it (the backend holds the blob)
     up = "127.0.0.1:9"
-    settings = MirrorSettings({up: Upstream(up, f"http://{up}", insecure=True)}, up)
-
-    async def start() -> tuple[Mirror, object, int, aiohttp.ClientSession]:
-        session = aiohttp.ClientSession()
-        mirror = Mirror(settings, make_clients(settings, session), _SpanBlobs(path, LENGTH))
-        runner, port = await start_server(mirror, "127.0.0.1", 0)
-        return mirror, runner, port, session
-
-    mirror, runner, port, session = loop.run(start())
-    yield mirror, port, data, path
-
-    async def stop() -> None:
-        await runner.cleanup()  # type: ignore[attr-defined]
-        await session.close()
-
-    loop.run(stop())
+    blobs = _SpanBlobs(path, LENGTH)
+    running = start_local_mirror(loop, tmp_path, {up: f"http://{up}"}, up, blobs=lambda _: blobs)
+    yield running.mirror, running.port, data, path
+    running.stop()
     loop.stop()
 
 
@@ -104,13 +91,9 @@ def _get(port: int, digest: str, headers: dict[str, str] | None = None) -> tuple
         conn.close()
 
 
-def _digest(data: bytes) -> str:
-    return str(parse_digest("sha256:" + hashlib.sha256(data).hexdigest()))
-
-
 def test_a_blob_streams_from_memory_then_from_its_file(served):
     mirror, port, data, _ = served
-    status, headers, body = _get(port, _digest(data))
+    status, headers, body = _get(port, sha256_digest(data))
     assert status == 200
     assert int(headers["Content-Length"]) == LENGTH
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
@@ -124,7 +107,9 @@ def test_the_connection_serves_the_next_request_after_file_spans(served):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         for span in ("bytes=0-", f"bytes={PIECE}-{2 * PIECE + 5}"):
-            conn.request("GET", f"/v2/library/blob/blobs/{_digest(data)}", headers={"Range": span})
+            conn.request(
+                "GET", f"/v2/library/blob/blobs/{sha256_digest(data)}", headers={"Range": span}
+            )
             resp = conn.getresponse()
             first, _, last = span.removeprefix("bytes=").partition("-")
             assert resp.read() == data[int(first) : int(last) + 1 if last else None]
@@ -143,7 +128,7 @@ def test_the_connection_serves_the_next_request_after_file_spans(served):
 )
 def test_ranges_across_memory_and_file_spans(served, first, last):
     mirror, port, data, _ = served
-    status, headers, body = _get(port, _digest(data), {"Range": f"bytes={first}-{last}"})
+    status, headers, body = _get(port, sha256_digest(data), {"Range": f"bytes={first}-{last}"})
     assert status == 206
     assert headers["Content-Range"] == f"bytes {first}-{last}/{LENGTH}"
     assert body == data[first : last + 1]
@@ -154,6 +139,6 @@ def test_a_file_shorter_than_its_pieces_aborts_the_response(served):
     mirror, port, data, path = served
     os.truncate(path, 3 * PIECE + 100)  # pieces 3 to 5 are no longer all there
     with pytest.raises(http.client.IncompleteRead) as got:
-        _get(port, _digest(data))
+        _get(port, sha256_digest(data))
     assert bytes(got.value.partial) == data[: 3 * PIECE + 100]
     assert mirror.stats.errors == 1 and mirror.stats.bytes_served == 0

@@ -2,6 +2,7 @@
 
 import asyncio
 
+from bench.scheduler_tasks import fetched
 from rayfly.config import SchedulerConfig
 from rayfly.protocol import SHARE_HOST, SHARE_REMOTE, Cached, Done, Failed
 from rayfly.scheduler_core import SchedulerCore
@@ -330,14 +331,6 @@ def _few_kept(monkeypatch, kept: int, slack: int = 0):
     monkeypatch.setattr(scheduler, "PRUNE_SLACK", slack)
 
 
-def _fetched(c, task_id: str, peer: str) -> None:
-    """``peer`` joins ``task_id`` (one piece), fetches its piece from the origin and finishes."""
-    c.join(task_id, peer, peer, 4)
-    (a,) = c.plan(task_id, peer, 1).assignments
-    c.report(task_id, peer, [Done(a.piece, "d", None, MiB, 0.1)], [])
-    c.finish(task_id, peer, None)
-
-
 def test_kept_tasks_are_bounded(monkeypatch):
     from rayfly.durable import TASKS, MemoryStore
 
@@ -346,7 +339,7 @@ def test_kept_tasks_are_bounded(monkeypatch):
     c = SchedulerCore(SchedulerConfig(), kv=kv)
     for i in range(5):
         c.add_task(TaskInfo(f"t{i}", "http://o/x", MiB, MiB), "rarest-first")
-        _fetched(c, f"t{i}", "a")
+        fetched(c, f"t{i}", "a")
     assert len(c.tasks) == 3 and len(kv.keys(TASKS)) == 3
     assert set(c.tasks) == {"t2", "t3", "t4"}  # the oldest went
     assert set(SchedulerCore(SchedulerConfig(), kv=kv).tasks) == set(c.tasks)
@@ -361,10 +354,10 @@ def test_a_listing_larger_than_the_kept_tasks_stays_until_its_nodes_fetched_it(m
         c.add_task(TaskInfo(f"t{i}", "http://o/x", MiB, MiB), "rarest-first")
     c.expect("t0", 2)  # two nodes will fetch t0
     for i in range(6):
-        _fetched(c, f"t{i}", "a")
+        fetched(c, f"t{i}", "a")
     c.add_task(TaskInfo("t6", "http://o/x", MiB, MiB), "rarest-first")
     assert "t0" in c.tasks  # fetched by one of the two nodes expected: still needed
-    _fetched(c, "t0", "b")
+    fetched(c, "t0", "b")
     c.join("t6", "a", "a", 4)  # t6 is being fetched: leased, and its member not finished
     c.plan("t6", "a", 1)
     c.add_task(TaskInfo("t7", "http://o/x", MiB, MiB), "rarest-first")
