@@ -160,7 +160,7 @@ class Downloads:
         links: Links,
         limits: NodeLimits,
         hot: HotPieces[KeptPiece],
-        join: Callable[[TaskInfo, dict[int, str]], Awaitable[None]],
+        join: Callable[[TaskInfo, dict[int, str], int, bool], Awaitable[Batch]],
         evicted: Callable[[], Awaitable[None]],
         local_ip: str | None = None,
     ):
@@ -276,7 +276,7 @@ class Downloads:
         if entry is not None and entry.complete:
             for event in self.events(task):
                 event.set()
-            await self._join(task, entry.digests)
+            await self._join(task, entry.digests, 0, False)
             return TaskOutcome(entry.sha256 or "", entry.length, cached=True)
         out = TaskOutcome("", task.length)
         t0 = time.time()
@@ -287,12 +287,11 @@ class Downloads:
             events = self.events(task)
             for i in entry.have:
                 events[i].set()
-            await self._join(task, dict(entry.digests))
             window = HashWindow(hash_window_bytes(task.piece_size))
             hasher = asyncio.ensure_future(self._hash(task, window))
             hasher.add_done_callback(lambda _: window.clear())  # a failed hash holds no piece
             try:
-                await self._fetch_all(task, slots, out, window)
+                await self._fetch_all(task, slots, out, window, dict(entry.digests))
                 out.sha256 = await hasher
             finally:
                 hasher.cancel()
@@ -368,14 +367,21 @@ class Downloads:
         return h.hexdigest()
 
     async def _fetch_all(
-        self, task: TaskInfo, slots: asyncio.Semaphore, out: TaskOutcome, window: HashWindow
+        self,
+        task: TaskInfo,
+        slots: asyncio.Semaphore,
+        out: TaskOutcome,
+        window: HashWindow,
+        have: dict[int, str],
     ) -> None:
-        """The fetch loop: ask for batches, run them with bounded concurrency, report.
+        """The fetch loop: join (with the pieces the cache ``have``; the first batch comes in
+        the answer), ask for batches, run them with bounded concurrency, report.
 
         A short batch may leave its free slots asked for in a long-poll beside the pieces in
         flight (``asking``, see :meth:`_start`), answered as soon as a parent's slot frees."""
         entry = self.store.entry(task.task_id)
         assert entry is not None
+        joining: list[dict[int, str]] = [have]  # until the join is made
         inflight: dict[asyncio.Future[Done | Failed], int] = {}
         done: list[Done] = []
         failed: list[Failed] = []
@@ -386,7 +392,7 @@ class Downloads:
                 if want or done or failed:
                     wait = not inflight and not asking.pending
                     try:
-                        batch = await self._exchange(task, done, failed, want, wait)
+                        batch = await self._ask(task, joining, done, failed, want, wait)
                     except BaseException:  # the task failed: the slots taken go back
                         asking.give_back(slots, want)
                         raise
@@ -402,13 +408,7 @@ class Downloads:
                     if (answered := asking.answer(finished, slots)) is not None:
                         self._start(task, *answered, slots, inflight, asking, (out, window))
                     self._settle(finished, inflight, slots, done, failed)
-            if inflight:
-                # every piece is stored, but the last ones' coroutines may not have returned
-                # yet: wait for them, or their Done would never reach the scheduler
-                finished, _ = await asyncio.wait(inflight)
-                self._settle(finished, inflight, slots, done, failed)
-            if done or failed:
-                await self._exchange(task, done, failed, 0, False)
+            await self._last_report(task, joining, inflight, slots, (done, failed))
         except _Fatal as exc:
             raise exc.error from None
         finally:
@@ -440,19 +440,59 @@ class Downloads:
         else:
             _Asking.give_back(slots, short)
 
+    async def _last_report(
+        self,
+        task: TaskInfo,
+        joining: list[dict[int, str]],
+        inflight: dict[asyncio.Future[Done | Failed], int],
+        slots: asyncio.Semaphore,
+        report: tuple[list[Done], list[Failed]],
+    ) -> None:
+        """Every piece is stored: wait for the last pieces' coroutines (they may not have
+        returned yet, and their Done must reach the scheduler), then report them; a node whose
+        cache held every piece joins (declaring them) instead of asking for any."""
+        done, failed = report
+        if inflight:
+            finished, _ = await asyncio.wait(inflight)
+            self._settle(finished, inflight, slots, done, failed)
+        if joining:
+            await self._join(task, joining.pop(), 0, False)
+        if done or failed:
+            await self._exchange(task, done, failed, 0, False)
+
+    async def _ask(
+        self,
+        task: TaskInfo,
+        joining: list[dict[int, str]],
+        done: list[Done],
+        failed: list[Failed],
+        want: int,
+        wait: bool,
+    ) -> Batch:
+        """The next batch: the answer to the node's join, with the pieces its cache holds (taken
+        from ``joining``), the first time; then an :meth:`_exchange`'s."""
+        if joining:
+            return self._answer(await self._join(task, joining.pop(), want, wait))
+        return await self._exchange(task, done, failed, want, wait)
+
     async def _exchange(
         self, task: TaskInfo, done: list[Done], failed: list[Failed], want: int, wait: bool
     ) -> Batch:
         """Report pieces and ask for ``want`` more; rejoin (with what the cache holds) when the
         scheduler no longer knows this peer, e.g. after it restarted."""
-        batch: Batch = await self.links.ask(
-            "exchange", task.task_id, self.node_id, done, failed, want, wait
+        batch = self._answer(
+            await self.links.ask("exchange", task.task_id, self.node_id, done, failed, want, wait)
         )
-        if batch.error:
-            raise SourceError(batch.error)
         if batch.rejoin:
             entry = self.store.entry(task.task_id)
-            await self._join(task, dict(entry.digests) if entry else {})
+            await self._join(task, dict(entry.digests) if entry else {}, 0, False)
+        return batch
+
+    @staticmethod
+    def _answer(batch: Batch) -> Batch:
+        """``batch``, unless it says the task failed (raised as a :class:`SourceError`)."""
+        if batch.error:
+            raise SourceError(batch.error)
         return batch
 
     def _settle(

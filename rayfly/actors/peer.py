@@ -27,6 +27,7 @@ from rayfly.errors import PieceCorrupt, RayflyError, SourceError, TaskNotFound
 from rayfly.eviction import GcPolicy
 from rayfly.piecemem import HotPieces, serve_memory
 from rayfly.protocol import (
+    Batch,
     Cached,
     FetchItem,
     FetchRequest,
@@ -167,12 +168,15 @@ class Peer:
         """This actor's id: a restarted peer on the same node is a different incarnation."""
         return self._incarnation
 
-    async def _join(self, task: TaskInfo, have: dict[int, str]) -> None:
+    async def _join(
+        self, task: TaskInfo, have: dict[int, str], want: int = 0, wait: bool = False
+    ) -> Batch:
+        """Join ``task`` with the pieces ``have`` holds; with ``want``, its first batch too."""
         rate = self.node.upload_rate
         slots = upload_slots(self.config.upload_slots, rate, task.piece_size)
         args = (task.task_id, self.node_id, self.node_ip, slots, have, self._incarnation, rate)
         try:
-            await self.links.ask("join", *args)
+            return await self.links.ask("join", *args, want, wait)
         except ray.exceptions.RayTaskError as exc:
             if not isinstance(unwrap(exc), TaskNotFound):
                 raise
@@ -186,7 +190,7 @@ class Peer:
                     f"pieces while node {self.node_id} fetched it in {task.piece_size}-byte "
                     "ones; fetch it again"
                 ) from None
-            await self.links.ask("join", *args)
+            return await self.links.ask("join", *args, want, wait)
 
     async def announce(self, task_ids: list[str] | None = None) -> list[str]:
         """Tell the scheduler which complete tasks this node holds (those of ``task_ids``, or

@@ -162,7 +162,7 @@ class Scheduler:
         """Every file at ``url`` (one file, or all under a directory or prefix)."""
         return await asyncio.to_thread(source.list_files, url, options)
 
-    def join(
+    async def join(
         self,
         task_id: str,
         peer_id: str,
@@ -171,9 +171,15 @@ class Scheduler:
         have: dict[int, str] | None = None,
         incarnation: str = "",
         upload_rate: float | None = None,
-    ) -> None:
-        """See :meth:`SchedulerCore.join`."""
+        want: int = 0,
+        wait: bool = False,
+    ) -> Batch:
+        """See :meth:`SchedulerCore.join`; with ``want`` the peer's first batch in the same
+        call (:meth:`exchange` with nothing to report), one round trip per task less."""
         self.core.join(task_id, peer_id, host, slots, have, incarnation, upload_rate)
+        if want <= 0:
+            return Batch([])
+        return await self.exchange(task_id, peer_id, [], [], want, wait)
 
     async def exchange(
         self,

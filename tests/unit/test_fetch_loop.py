@@ -21,7 +21,7 @@ from rayfly.actors import download
 from rayfly.actors.download import Downloads, NodeLimits, TaskOutcome
 from rayfly.config import PeerConfig, SchedulerConfig
 from rayfly.piecemem import HashWindow, HotPieces
-from rayfly.protocol import Assignment, Done
+from rayfly.protocol import Assignment, Batch, Done
 from rayfly.ratelimit import TokenBucket
 from rayfly.scheduler_core import SchedulerCore
 from rayfly.storage import GcPolicy, PieceStore
@@ -36,8 +36,10 @@ class CoreLinks:
 
     def __init__(self, core: SchedulerCore):
         self.core = core
+        self.calls: list[str] = []
 
     async def ask(self, method: str, *args: Any) -> Any:
+        self.calls.append(method)
         answer = getattr(self.core, method)(*args)
         return await answer if inspect.isawaitable(answer) else answer
 
@@ -66,6 +68,20 @@ class Fetches:
                 await self.changed.wait()
 
 
+def joins_as_me(core: SchedulerCore, slots: int, calls: list[str] | None = None) -> Any:
+    """The peer's ``_join`` for node "me" with ``slots`` upload slots, answered by ``core`` as
+    the scheduler actor's ``join`` does (the first batch in the same call); each call is
+    appended to ``calls``."""
+
+    async def join(t: TaskInfo, have: dict[int, str], want: int, wait: bool) -> Batch:
+        if calls is not None:
+            calls.append("join")
+        core.join(t.task_id, "me", "host-me", slots, have)
+        return await core.exchange(t.task_id, "me", [], [], want, wait) if want else Batch([])
+
+    return join
+
+
 @contextlib.contextmanager
 def node_downloads(
     core: SchedulerCore, root: Path, join: Any = None, evicted: Any = None
@@ -74,6 +90,7 @@ def node_downloads(
     machine ``core`` answering its calls, no rate limit; its thread pools shut down after."""
     store = PieceStore(root, 1 << 30, policy=GcPolicy(1 << 30, high=1.0, low=1.0))
     limits = NodeLimits(TokenBucket(None), TokenBucket(None), TokenBucket(None))
+    join = join or joins_as_me(core, 2)
     downloads = Downloads(
         "me", PeerConfig(), store, CoreLinks(core), limits, HotPieces(0), join, evicted
     )
@@ -102,12 +119,10 @@ def test_a_slot_left_free_is_filled_when_a_parent_frees_one(setup):
 async def _a_slot_left_free_is_filled_when_a_parent_frees_one(core, task, downloads, fetches):
     core.join("t", "a", "host-a", 2, have={i: "d" for i in range(PIECES)})  # the only holder
     core.join("t", "c", "host-c", 1)
-    core.join("t", "me", "host-me", 2)
     (theirs,) = core.plan("t", "c", 1).assignments  # c takes one of a's two upload slots
     window = HashWindow(PIECES * MiB)
-    loop = asyncio.ensure_future(
-        downloads._fetch_all(task, asyncio.Semaphore(2), TaskOutcome("", task.length), window)
-    )
+    out = TaskOutcome("", task.length)
+    loop = asyncio.ensure_future(downloads._fetch_all(task, asyncio.Semaphore(2), out, window, {}))
     await fetches.until(1)  # a's other slot; the second piece was asked for and not given
     await asyncio.sleep(0.2)
     assert len(fetches.started) == 1 and core.peers["a"].uploads == 2
@@ -124,6 +139,48 @@ async def _a_slot_left_free_is_filled_when_a_parent_frees_one(core, task, downlo
     assert sorted(a.piece for a in fetches.started) == list(range(PIECES))
     assert core.tasks["t"].have["me"] == set(range(PIECES))  # every Done was reported
     assert core.peers["a"].uploads == 0
+
+
+def test_a_node_joins_and_gets_its_first_pieces_in_one_call(setup):
+    asyncio.run(_a_node_joins_and_gets_its_first_pieces_in_one_call(*setup))
+
+
+async def _a_node_joins_and_gets_its_first_pieces_in_one_call(core, task, downloads, fetches):
+    """The first pieces start on the answer to the node's join: no ``exchange`` before them
+    (one round trip per task and node less); the rest of the download reports as before."""
+    calls: list[str] = []
+    downloads._join = joins_as_me(core, 2, calls)
+    core.join("t", "a", "host-a", 8, have={i: "d" for i in range(PIECES)})
+    window = HashWindow(PIECES * MiB)
+    out = TaskOutcome("", task.length)
+    loop = asyncio.ensure_future(downloads._fetch_all(task, asyncio.Semaphore(2), out, window, {}))
+    await fetches.until(2)
+    assert calls == ["join"] and downloads.links.calls == []
+    assert {a.parent for a in fetches.started} == {"a"}
+    for i in range(PIECES):
+        fetches.release[i].set()
+    async with asyncio.timeout(10):
+        await loop
+    assert calls == ["join"] and set(downloads.links.calls) == {"exchange"}
+    assert core.tasks["t"].have["me"] == set(range(PIECES))
+
+
+def test_a_node_that_holds_every_piece_joins_without_asking(setup):
+    asyncio.run(_a_node_that_holds_every_piece_joins_without_asking(*setup))
+
+
+async def _a_node_that_holds_every_piece_joins_without_asking(core, task, downloads, fetches):
+    """A cache entry with every piece (resumed after a restart, say) still joins, declaring
+    its pieces, and asks for none."""
+    for i in range(PIECES):
+        downloads.store.write_piece("t", i, bytes(task.piece_size))
+    held = dict(downloads.store.entry("t").digests)
+    out = TaskOutcome("", task.length)
+    window = HashWindow(PIECES * MiB)
+    async with asyncio.timeout(10):
+        await downloads._fetch_all(task, asyncio.Semaphore(2), out, window, held)
+    assert fetches.started == [] and downloads.links.calls == []
+    assert core.tasks["t"].have["me"] == set(range(PIECES))
 
 
 SHA256 = hashlib.sha256
@@ -164,13 +221,10 @@ def from_origin(tmp_path, monkeypatch):
     read_back: list[int] = []
     monkeypatch.setattr(download.hashlib, "sha256", SlowSha256)
 
-    async def join(t: TaskInfo, have: dict[int, str]) -> None:
-        core.join(t.task_id, "me", "host-me", 4, have)
-
     async def evicted() -> None:
         pass
 
-    with node_downloads(core, tmp_path / "cache", join, evicted) as downloads:
+    with node_downloads(core, tmp_path / "cache", joins_as_me(core, 4), evicted) as downloads:
         read_piece = downloads.store.read_piece
         monkeypatch.setattr(
             downloads.store, "read_piece", lambda *a: read_back.append(a[1]) or read_piece(*a)
