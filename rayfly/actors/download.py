@@ -172,6 +172,7 @@ class Downloads:
         self._join = join
         self._evicted = evicted
         self.jobs: dict[str, asyncio.Task[TaskOutcome]] = {}
+        self._stored: dict[str, asyncio.Future[TaskOutcome]] = {}
         self.hot = hot
         self.pieces_kept_from_origin = 0
         self._ready: dict[str, list[asyncio.Event]] = {}
@@ -214,6 +215,7 @@ class Downloads:
         """Drop a finished download's record and its pieces' readiness (its cache entry left:
         fetched again, the task starts with no piece ready)."""
         self.jobs.pop(task_id, None)
+        self._stored.pop(task_id, None)
         self._ready.pop(task_id, None)
 
     def start(
@@ -239,9 +241,22 @@ class Downloads:
             self.limits.per_task[task.task_id] = limit
         else:
             self.limits.per_task.pop(task.task_id, None)
+        self._stored[task.task_id] = asyncio.get_running_loop().create_future()
         job = asyncio.ensure_future(self._download(task, slots))
         self.jobs[task.task_id] = job
         return job
+
+    async def wait_stored(self, task_id: str) -> TaskOutcome:
+        """The outcome of a started download as soon as its bytes are verified and its cache
+        entry complete, before the scheduler is told (one call sooner than the download's
+        end); raises what the download raised if it failed before that."""
+        job = self.jobs[task_id]
+        stored = self._stored.get(task_id)
+        if stored is not None and not job.done():
+            await asyncio.wait([stored, job], return_when=asyncio.FIRST_COMPLETED)
+            if stored.done():
+                return stored.result()
+        return await asyncio.shield(job)
 
     def _cut_as(self, task: TaskInfo) -> bool:
         """Whether this node's cache entry of ``task``, if any, is cut into the task's pieces."""
@@ -302,7 +317,6 @@ class Downloads:
                     f"expected {task.expected_sha256}"
                 )
             await self.disk_io(self.store.complete, tid, out.sha256)
-            await self.links.ask("finish", tid, self.node_id, None)
         except BaseException as exc:
             fatal = isinstance(exc, IntegrityError | SourceError)
             with contextlib.suppress(Exception):
@@ -312,7 +326,24 @@ class Downloads:
             self._ready.pop(tid, None)
             raise
         out.seconds = time.time() - t0
+        if (stored := self._stored.get(tid)) is not None and not stored.done():
+            stored.set_result(out)
+        await self._tell_finished(tid)
         return out
+
+    async def _tell_finished(self, task_id: str) -> None:
+        """Tell the scheduler this node holds every piece of ``task_id``. The entry is complete
+        and verified already, and stays if the scheduler cannot be told: its pieces were
+        reported as they landed, and the node announces its cache to a restarted scheduler."""
+        try:
+            await self.links.ask("finish", task_id, self.node_id, None)
+        except Exception as exc:
+            log.warning(
+                "task %s: complete on node %s; the scheduler was not told: %s",
+                task_id,
+                self.node_id,
+                first_line(exc),
+            )
 
     async def _ask_seed(self, task: TaskInfo) -> None:
         """A node-local file is read on its source node only: make sure that node's peer fetches

@@ -318,9 +318,9 @@ class Peer:
         self.downloads.start(task, asyncio.Semaphore(concurrency or self.config.concurrency))
 
     async def wait_complete(self, task_id: str) -> dict[str, Any]:
-        """Wait for a prepared task; return its sha256 and byte counts (raises on failure)."""
-        download = self.downloads.jobs.get(task_id)
-        if download is None:
+        """Wait for a prepared task to be complete and verified in this node's cache (not for
+        the scheduler to be told); return its sha256 and byte counts (raises on failure)."""
+        if task_id not in self.downloads.jobs:
             entry = self.store.entry(task_id)
             if entry is None or not entry.complete:
                 raise RayflyError(f"task {task_id} is not prepared on node {self.node_id}")
@@ -330,7 +330,7 @@ class Peer:
                 "bytes_from_origin": 0,
                 "bytes_from_peers": 0,
             }
-        out = await asyncio.shield(download)
+        out = await self.downloads.wait_stored(task_id)
         return {
             "sha256": out.sha256,
             "bytes": out.length,

@@ -37,9 +37,15 @@ class CoreLinks:
     def __init__(self, core: SchedulerCore):
         self.core = core
         self.calls: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}  # a call of one of these waits for its event
+        self.errors: dict[str, Exception] = {}  # and a call of one of these raises
 
     async def ask(self, method: str, *args: Any) -> Any:
         self.calls.append(method)
+        if method in self.gates:
+            await self.gates[method].wait()
+        if method in self.errors:
+            raise self.errors[method]
         answer = getattr(self.core, method)(*args)
         return await answer if inspect.isawaitable(answer) else answer
 
@@ -254,3 +260,73 @@ def test_a_hash_that_fails_fails_the_download_and_holds_no_read(from_origin, mon
     monkeypatch.setattr(SlowSha256, "fail_at", 3)
     with pytest.raises(OSError, match="disk read failed"):
         asyncio.run(run())
+
+
+@pytest.fixture
+def plain_download(tmp_path):
+    """A node's download of a 4-piece local file, the scheduler's state machine answering its
+    calls in this process: (payload, downloads, task)."""
+    payload = os.urandom(4 * PIECE)
+    (tmp_path / "origin.bin").write_bytes(payload)
+    task = TaskInfo("t", str(tmp_path / "origin.bin"), len(payload), PIECE)
+    core = SchedulerCore(SchedulerConfig())
+    core.add_task(task)
+
+    async def evicted() -> None:
+        pass
+
+    with node_downloads(core, tmp_path / "cache", joins_as_me(core, 4), evicted) as downloads:
+        yield payload, downloads, task
+
+
+def test_a_download_is_answered_stored_before_the_scheduler_is_told(plain_download):
+    """``wait_stored`` (the mirror's ``wait_complete``) answers once the bytes are verified and
+    the entry complete, while the node's ``finish`` call is still out."""
+    payload, downloads, task = plain_download
+
+    async def run() -> None:
+        downloads.links.gates["finish"] = told = asyncio.Event()
+        job = downloads.start(task, asyncio.Semaphore(4))
+        async with asyncio.timeout(10):
+            out = await downloads.wait_stored("t")
+        assert out.sha256 == SHA256(payload).hexdigest()
+        assert downloads.store.has("t") and not job.done()
+        assert downloads.links.calls[-1] == "finish"
+        told.set()
+        async with asyncio.timeout(10):
+            assert (await job).sha256 == out.sha256
+
+    asyncio.run(run())
+
+
+def test_a_scheduler_not_told_keeps_the_verified_entry(plain_download, caplog):
+    """A ``finish`` that fails (the scheduler gone for good) leaves the complete, verified
+    entry in the cache and the download a success; the failure is logged."""
+    payload, downloads, task = plain_download
+    downloads.links.errors["finish"] = RuntimeError("scheduler gone")
+
+    async def run() -> TaskOutcome:
+        async with asyncio.timeout(10):
+            return await downloads.start(task, asyncio.Semaphore(4))
+
+    out = asyncio.run(run())
+    assert out.sha256 == SHA256(payload).hexdigest()
+    assert downloads.store.has("t")
+    assert downloads.store.read_entry(downloads.store.root, "t").sha256 == out.sha256
+    assert "the scheduler was not told: RuntimeError: scheduler gone" in caplog.text
+
+
+def test_a_download_that_fails_before_it_is_stored_raises_from_wait_stored(plain_download):
+    """The origin file disappears: ``wait_stored`` raises the download's error, and no entry
+    is left."""
+    _, downloads, task = plain_download
+    os.remove(task.url)
+
+    async def run() -> None:
+        downloads.start(task, asyncio.Semaphore(4))
+        async with asyncio.timeout(10):
+            await downloads.wait_stored("t")
+
+    with pytest.raises(Exception, match=r"origin\.bin"):
+        asyncio.run(run())
+    assert not downloads.store.has("t")
