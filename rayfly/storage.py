@@ -136,6 +136,10 @@ class PieceStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, TaskEntry] = {}
+        self._reserved = 0  # the entries' lengths, summed (kept as they come and go)
+        # at most the least recent use of a complete entry: uses only move forward, so it
+        # stays a bound as entries are used and removed (see _oldest_use)
+        self._oldest_bound: float | None = None
         self._fds: dict[str, _OpenFile] = {}
         self._evicted: list[Eviction] = []
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
@@ -153,6 +157,8 @@ class PieceStore:
                 shutil.rmtree(d, ignore_errors=True)
                 continue
             self._entries[entry.task_id] = entry
+            self._reserved += entry.length
+            self._bound_oldest(entry)
 
     @staticmethod
     def read_entry(root: str | Path, task_id: str) -> TaskEntry | None:
@@ -236,6 +242,7 @@ class PieceStore:
                 tail_split=cut.tail_split,
             )
             self._entries[task_id] = entry
+            self._reserved += length
             return entry
 
     def _create(self, path: Path, length: int) -> None:
@@ -278,14 +285,29 @@ class PieceStore:
         """What to evict for ``need`` more bytes. Each complete entry's file is looked at only
         when something may have to go: a cache of thousands of entries within its limits
         would otherwise pay a ``stat`` per entry at every task's begin."""
-        oldest = min((e.last_used for e in self._entries.values() if e.complete), default=None)
         now, used, disk = self._clock(), self._used(), self.disk()
+        oldest = self._oldest_use(now)
         if not may_evict(self.policy, oldest, now, used, disk, need):
             return GcPlan([])
         return plan_gc(self._candidates(), self.policy, now, used, disk, need)
 
     def _used(self) -> int:
-        return sum(e.length for e in self._entries.values())
+        return self._reserved
+
+    def _bound_oldest(self, entry: TaskEntry) -> None:
+        if entry.complete:
+            bound = self._oldest_bound
+            self._oldest_bound = entry.last_used if bound is None else min(bound, entry.last_used)
+
+    def _oldest_use(self, now: float) -> float | None:
+        """The least recent use of a complete entry, or a bound below it while that bound is
+        within the TTL (then no entry is past it either): the entries are looked at only when
+        the bound says one may be, and the bound becomes their true oldest use."""
+        ttl = self.policy.ttl_s
+        if self._oldest_bound is not None and ttl is not None and now - self._oldest_bound > ttl:
+            complete = (e.last_used for e in self._entries.values() if e.complete)
+            self._oldest_bound = min(complete, default=None)
+        return self._oldest_bound
 
     def _candidates(self) -> list[Candidate]:
         """Complete entries, with the disk bytes removing each one would free (none when its
@@ -324,7 +346,8 @@ class PieceStore:
 
     def _remove(self, task_id: str) -> None:
         self._retire(task_id)
-        self._entries.pop(task_id, None)
+        if (gone := self._entries.pop(task_id, None)) is not None:
+            self._reserved -= gone.length
         shutil.rmtree(self._dir(task_id), ignore_errors=True)
 
     def discard(self, task_id: str) -> None:
@@ -505,6 +528,7 @@ class PieceStore:
             os.chmod(self._dir(task_id) / "data", 0o444)
             entry.sha256, entry.complete = sha256, True
             self._write_meta(entry)
+            self._bound_oldest(entry)
         return entry
 
     def _write_meta(self, entry: TaskEntry) -> None:
