@@ -56,13 +56,15 @@ class _SharedPieces:
 
     Twenty clients of one blob cost the peer one ``wait_piece`` per piece, not twenty. A piece's
     reference is dropped once every open response has moved past it, so a large blob is never
-    pinned whole in the object store.
+    pinned whole in the object store. The blob's ``wait_complete`` is asked once, when the
+    first response opens it: its answer is there when a response's last piece needs it.
     """
 
     def __init__(self, owner: P2PBlobs, task_id: str) -> None:
         self._owner, self._task_id = owner, task_id
         self._refs: dict[int, Any] = {}
         self._positions: dict[int, int] = {}
+        self._complete: Any = None
 
     def ref(self, index: int) -> Any:
         """The (one) request for piece ``index``."""
@@ -71,6 +73,16 @@ class _SharedPieces:
             peer = self._owner.peer
             self._refs[index] = peer.wait_piece.remote(self._task_id, index, from_file)
         return self._refs[index]
+
+    def completion(self) -> Any:
+        """The (one) request for the blob's verified completion on this node."""
+        if self._complete is None:
+            self._complete = self._owner.peer.wait_complete.remote(self._task_id)
+        return self._complete
+
+    def forget_completion(self) -> None:
+        """Drop a completion request whose peer died (the next one goes to its successor)."""
+        self._complete = None
 
     def forget(self, index: int, ref: Any) -> None:
         """Drop a failed request so that the next reader asks again."""
@@ -109,6 +121,7 @@ class _P2PHandle:
         self._n = cut.n_pieces
         self._shared = owner.shared(digest.task_id)
         self._shared.advance(id(self), 0)
+        self._shared.completion()  # asked now, answered by the time the last piece needs it
         self._sent = False
         self._passing: PassThrough | None = None
 
@@ -172,7 +185,11 @@ class _P2PHandle:
         if self._passing is not None:
             return await self._passing.verify()
         try:
-            result = await self._owner.call("wait_complete", self._digest.task_id)
+            try:
+                result = await self._shared.completion()
+            except (RayActorError, OwnerDiedError):  # the peer died: ask its successor
+                self._shared.forget_completion()
+                result = await self._owner.call("wait_complete", self._digest.task_id)
         except RayTaskError as exc:
             raise unwrap(exc) from None
         if result.get("sha256") != self._digest.hex:
