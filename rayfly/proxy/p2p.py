@@ -51,6 +51,11 @@ def blob_listing(src: BlobSource) -> SourceFile:
     return SourceFile(src.url, "", src.length, Version(), src.ranges)
 
 
+async def _answer_of(ref: Any) -> Any:
+    """What ``ref`` holds, awaited."""
+    return await ref
+
+
 class _SharedPieces:
     """Piece requests of one blob, shared by every response streaming it from this proxy.
 
@@ -64,7 +69,7 @@ class _SharedPieces:
         self._owner, self._task_id = owner, task_id
         self._refs: dict[int, Any] = {}
         self._positions: dict[int, int] = {}
-        self._complete: Any = None
+        self._complete: asyncio.Future[Any] | None = None
 
     def ref(self, index: int) -> Any:
         """The (one) request for piece ``index``."""
@@ -74,10 +79,14 @@ class _SharedPieces:
             self._refs[index] = peer.wait_piece.remote(self._task_id, index, from_file)
         return self._refs[index]
 
-    def completion(self) -> Any:
-        """The (one) request for the blob's verified completion on this node."""
+    def completion(self) -> asyncio.Future[Any]:
+        """The (one) request for the blob's verified completion on this node. Its answer is
+        taken even when no response awaits it (a blob passed through, a client gone), so that
+        a failed download is not reported again as an error nobody read."""
         if self._complete is None:
-            self._complete = self._owner.peer.wait_complete.remote(self._task_id)
+            ref = self._owner.peer.wait_complete.remote(self._task_id)
+            self._complete = asyncio.ensure_future(_answer_of(ref))
+            self._complete.add_done_callback(lambda f: f.cancelled() or f.exception())
         return self._complete
 
     def forget_completion(self) -> None:

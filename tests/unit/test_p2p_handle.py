@@ -4,6 +4,7 @@ give awaitables, as actor handles give references): when it asks the peer for wh
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 from typing import Any
@@ -30,7 +31,7 @@ class _Method:
 class _Peer:
     """Holds a blob whose download completes when :attr:`stored` is set."""
 
-    def __init__(self, data: bytes, fail_first_completion: bool = False) -> None:
+    def __init__(self, data: bytes, fail_first_completion: Exception | None = None) -> None:
         self.data, self.calls = data, []
         self.stored = asyncio.Event()
         self._fail = fail_first_completion
@@ -45,9 +46,9 @@ class _Peer:
 
     async def _wait_complete(self, task_id: str) -> dict[str, Any]:
         await self.stored.wait()
-        if self._fail:
-            self._fail = False
-            raise RayActorError()  # the peer died with the request out
+        if self._fail is not None:
+            error, self._fail = self._fail, None
+            raise error
         digest = hashlib.sha256(self.data).hexdigest()
         return {"sha256": digest, "bytes": len(self.data), "bytes_from_peers": len(self.data)}
 
@@ -90,7 +91,7 @@ def test_a_completion_lost_with_its_peer_is_asked_again() -> None:
     """The peer dies with the completion request out: ``verify`` asks (its successor) again."""
 
     async def run() -> None:
-        peer = _Peer(os.urandom(PIECE), fail_first_completion=True)
+        peer = _Peer(os.urandom(PIECE), fail_first_completion=RayActorError())  # it died
         _, (handle,), _ = _opened(peer, 1)
         peer.stored.set()
         async with asyncio.timeout(5):
@@ -98,3 +99,19 @@ def test_a_completion_lost_with_its_peer_is_asked_again() -> None:
         assert peer.calls == ["wait_complete", "wait_complete"]
 
     asyncio.run(run())
+
+
+def test_a_completion_nobody_awaits_is_still_read(caplog) -> None:
+    """A response that never verifies (its client left; the blob passed through) leaves no
+    failed completion unread: nothing reports it as an error nobody retrieved."""
+
+    async def run() -> None:
+        peer = _Peer(os.urandom(PIECE), fail_first_completion=RuntimeError("download failed"))
+        _, (handle,), _ = _opened(peer, 1)
+        peer.stored.set()
+        await asyncio.sleep(0.05)
+        handle.close()
+
+    asyncio.run(run())
+    gc.collect()
+    assert "never retrieved" not in caplog.text
