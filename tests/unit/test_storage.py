@@ -121,14 +121,21 @@ def test_lru_eviction_and_quota(tmp_path):
         store.begin("huge", Cut(20_000, 4096))
 
 
-def test_an_entry_past_its_ttl_goes_when_a_task_begins(tmp_path):
-    now = [0.0]
+def ttl_store(tmp_path, now, names, step=0.0):
+    """A 1 MiB store whose entries live 60 s on the clock ``now[0]``, with a complete entry of
+    4000 bytes per name of ``names``, made ``step`` seconds apart."""
     policy = GcPolicy(1 << 20, ttl_s=60, high=1.0, low=1.0)
     store = PieceStore(tmp_path, 1 << 20, policy=policy, clock=lambda: now[0])
-    for name in ("stale", "fresh"):
+    for name in names:
         fill(store, name, b"s" * 4000, 4096)
         store.complete(name, "00" * 32)
-        now[0] += 50
+        now[0] += step
+    return store
+
+
+def test_an_entry_past_its_ttl_goes_when_a_task_begins(tmp_path):
+    now = [0.0]
+    store = ttl_store(tmp_path, now, ("stale", "fresh"), step=50)
     store.begin("next", Cut(4000, 4096))  # "stale" last used 100 s ago, "fresh" 50 s ago
     assert [e.task_id for e in store.take_evictions()] == ["stale"]
     assert store.entry("fresh") is not None
@@ -217,11 +224,7 @@ def test_a_use_after_the_bound_keeps_an_entry_within_its_ttl(tmp_path):
     published) moves past the bound and is not evicted when the bound alone is past the TTL;
     one that is past it goes."""
     now = [0.0]
-    policy = GcPolicy(1 << 20, ttl_s=60, high=1.0, low=1.0)
-    store = PieceStore(tmp_path, 1 << 20, policy=policy, clock=lambda: now[0])
-    for name in ("used", "idle"):
-        fill(store, name, b"s" * 4000, 4096)
-        store.complete(name, "00" * 32)
+    store = ttl_store(tmp_path, now, ("used", "idle"))
     now[0] = 50
     store.begin("used", Cut(4000, 4096))  # a use: "used" last used at 50, "idle" at 0
     now[0] = 70
