@@ -196,7 +196,9 @@ class _P2PHandle:
         try:
             try:
                 result = await self._shared.completion()
-            except (RayActorError, OwnerDiedError):  # the peer died: ask its successor
+            except (RayActorError, OwnerDiedError, RayTaskError):
+                # the peer died (its successor is asked), or the download the shared request
+                # waited for failed: this response's may be a later one, so ask about it
                 self._shared.forget_completion()
                 result = await self._owner.call("wait_complete", self._digest.task_id)
         except RayTaskError as exc:

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 import numpy as np
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from rayfly.proxy.oci import Digest
 from rayfly.proxy.p2p import P2PBlobs, _P2PHandle
@@ -92,6 +92,22 @@ def test_a_completion_lost_with_its_peer_is_asked_again() -> None:
 
     async def run() -> None:
         peer = _Peer(os.urandom(PIECE), fail_first_completion=RayActorError())  # it died
+        _, (handle,), _ = _opened(peer, 1)
+        peer.stored.set()
+        async with asyncio.timeout(5):
+            await handle.verify()
+        assert peer.calls == ["wait_complete", "wait_complete"]
+
+    asyncio.run(run())
+
+
+def test_a_completion_that_failed_for_an_earlier_download_is_asked_again() -> None:
+    """The shared request answered with the failure of a download that a later one replaced
+    (the blob opened again meanwhile): ``verify`` asks about the download there is now."""
+
+    async def run() -> None:
+        failed = RayTaskError("wait_complete", "", ValueError("an earlier download failed"))
+        peer = _Peer(os.urandom(PIECE), fail_first_completion=failed)
         _, (handle,), _ = _opened(peer, 1)
         peer.stored.set()
         async with asyncio.timeout(5):
