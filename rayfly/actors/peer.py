@@ -168,9 +168,7 @@ class Peer:
         """This actor's id: a restarted peer on the same node is a different incarnation."""
         return self._incarnation
 
-    async def _join(
-        self, task: TaskInfo, have: dict[int, str], want: int = 0, wait: bool = False
-    ) -> Batch:
+    async def _join(self, task: TaskInfo, have: dict[int, str], want: int, wait: bool) -> Batch:
         """Join ``task`` with the pieces ``have`` holds; with ``want``, its first batch too."""
         rate = self.node.upload_rate
         slots = upload_slots(self.config.upload_slots, rate, task.piece_size)
