@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import numpy as np
+import pytest
 from ray.exceptions import RayActorError, RayTaskError
 
 from rayfly.proxy.oci import Digest
@@ -87,27 +88,22 @@ def test_the_completion_is_asked_once_per_blob_when_it_opens() -> None:
     asyncio.run(run())
 
 
-def test_a_completion_lost_with_its_peer_is_asked_again() -> None:
-    """The peer dies with the completion request out: ``verify`` asks (its successor) again."""
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RayActorError(),  # the peer died with the request out: its successor is asked
+        # the shared request waited for a download that failed, and that a later one replaced
+        # (the blob opened again meanwhile): the download there is now is asked about
+        RayTaskError("wait_complete", "", ValueError("an earlier download failed")),
+    ],
+    ids=["peer-died", "earlier-download-failed"],
+)
+def test_a_failed_completion_request_is_asked_again(failure: Exception) -> None:
+    """``verify`` asks again when the shared completion request failed, and passes on the
+    second answer."""
 
     async def run() -> None:
-        peer = _Peer(os.urandom(PIECE), fail_first_completion=RayActorError())  # it died
-        _, (handle,), _ = _opened(peer, 1)
-        peer.stored.set()
-        async with asyncio.timeout(5):
-            await handle.verify()
-        assert peer.calls == ["wait_complete", "wait_complete"]
-
-    asyncio.run(run())
-
-
-def test_a_completion_that_failed_for_an_earlier_download_is_asked_again() -> None:
-    """The shared request answered with the failure of a download that a later one replaced
-    (the blob opened again meanwhile): ``verify`` asks about the download there is now."""
-
-    async def run() -> None:
-        failed = RayTaskError("wait_complete", "", ValueError("an earlier download failed"))
-        peer = _Peer(os.urandom(PIECE), fail_first_completion=failed)
+        peer = _Peer(os.urandom(PIECE), fail_first_completion=failure)
         _, (handle,), _ = _opened(peer, 1)
         peer.stored.set()
         async with asyncio.timeout(5):
