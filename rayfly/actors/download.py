@@ -88,12 +88,20 @@ class _Fatal(Exception):
 
 
 class _Asking:
-    """At most one long-poll for more pieces of a task, running beside its pieces in flight,
-    and the download slots it holds until it is answered."""
+    """What a node's fetch loop has asked the scheduler for a task: at most one long-poll for
+    more pieces, running beside its pieces in flight, with the download slots it holds until
+    it is answered; and, until the node has joined the task, the pieces its cache holds (the
+    join declares them and brings the first batch)."""
 
-    def __init__(self) -> None:
+    def __init__(self, have: dict[int, str]) -> None:
         self._fut: asyncio.Future[Batch] | None = None
         self._slots = 0
+        self._joining: dict[int, str] | None = have
+
+    def to_join(self) -> dict[int, str] | None:
+        """The pieces the cache holds, for the node's join, the first time; None after."""
+        have, self._joining = self._joining, None
+        return have
 
     @property
     def pending(self) -> bool:
@@ -412,18 +420,17 @@ class Downloads:
         flight (``asking``, see :meth:`_start`), answered as soon as a parent's slot frees."""
         entry = self.store.entry(task.task_id)
         assert entry is not None
-        joining: list[dict[int, str]] = [have]  # until the join is made
         inflight: dict[asyncio.Future[Done | Failed], int] = {}
         done: list[Done] = []
         failed: list[Failed] = []
-        asking = _Asking()
+        asking = _Asking(have)
         try:
             while len(entry.have) < entry.n_pieces:
                 want = await self._take_slots(slots, len(inflight) + asking.pending)
                 if want or done or failed:
                     wait = not inflight and not asking.pending
                     try:
-                        batch = await self._ask(task, joining, done, failed, want, wait)
+                        batch = await self._ask(task, asking, done, failed, want, wait)
                     except BaseException:  # the task failed: the slots taken go back
                         asking.give_back(slots, want)
                         raise
@@ -439,7 +446,7 @@ class Downloads:
                     if (answered := asking.answer(finished, slots)) is not None:
                         self._start(task, *answered, slots, inflight, asking, (out, window))
                     self._settle(finished, inflight, slots, done, failed)
-            await self._last_report(task, joining, inflight, slots, (done, failed))
+            await self._last_report(task, asking, inflight, slots, (done, failed))
         except _Fatal as exc:
             raise exc.error from None
         finally:
@@ -474,7 +481,7 @@ class Downloads:
     async def _last_report(
         self,
         task: TaskInfo,
-        joining: list[dict[int, str]],
+        asking: _Asking,
         inflight: dict[asyncio.Future[Done | Failed], int],
         slots: asyncio.Semaphore,
         report: tuple[list[Done], list[Failed]],
@@ -486,24 +493,24 @@ class Downloads:
         if inflight:
             finished, _ = await asyncio.wait(inflight)
             self._settle(finished, inflight, slots, done, failed)
-        if joining:
-            await self._join(task, joining.pop(), 0, False)
+        if (have := asking.to_join()) is not None:
+            await self._join(task, have, 0, False)
         if done or failed:
             await self._exchange(task, done, failed, 0, False)
 
     async def _ask(
         self,
         task: TaskInfo,
-        joining: list[dict[int, str]],
+        asking: _Asking,
         done: list[Done],
         failed: list[Failed],
         want: int,
         wait: bool,
     ) -> Batch:
-        """The next batch: the answer to the node's join, with the pieces its cache holds (taken
-        from ``joining``), the first time; then an :meth:`_exchange`'s."""
-        if joining:
-            return self._answer(await self._join(task, joining.pop(), want, wait))
+        """The next batch: the answer to the node's join, with the pieces its cache holds
+        (:meth:`_Asking.to_join`), the first time; then an :meth:`_exchange`'s."""
+        if (have := asking.to_join()) is not None:
+            return self._answer(await self._join(task, have, want, wait))
         return await self._exchange(task, done, failed, want, wait)
 
     async def _exchange(
