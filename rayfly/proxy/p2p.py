@@ -56,6 +56,14 @@ async def _answer_of(ref: Any) -> Any:
     return await ref
 
 
+def _read_later(ref: Any) -> asyncio.Future[Any]:
+    """The answer of ``ref`` as a future that is read even when nobody awaits it, so that a
+    failed call is not reported again as an error nobody retrieved."""
+    future = asyncio.ensure_future(_answer_of(ref))
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
 class _SharedPieces:
     """Piece requests of one blob, shared by every response streaming it from this proxy.
 
@@ -70,6 +78,32 @@ class _SharedPieces:
         self._refs: dict[int, Any] = {}
         self._positions: dict[int, int] = {}
         self._complete: asyncio.Future[Any] | None = None
+        self._task: TaskInfo | None = None
+        self._prepared: asyncio.Future[Any] | None = None
+
+    def prepare(self, task: TaskInfo | None = None) -> None:
+        """Have the node's peer start fetching ``task`` (None: the one sent last, to a peer
+        that replaced the one it went to), without waiting for the answer. A piece request
+        the peer starts before it (an async actor may start one caller's calls out of order)
+        fails as "not prepared" and is sent again once it is answered (:meth:`prepared`)."""
+        self._task = task or self._task
+        if self._task is not None:
+            ref = self._owner.peer.prepare.remote(self._task, self._owner.concurrency)
+            self._prepared = _read_later(ref)
+
+    async def prepared(self) -> bool:
+        """Wait for the peer's answer to the last ``prepare``: True if it had not come yet.
+        Raises why the peer refused the task; a peer that died is left to the next piece
+        request to find."""
+        pending = self._prepared is not None and not self._prepared.done()
+        if self._prepared is not None:
+            try:
+                await asyncio.shield(self._prepared)
+            except RayTaskError as exc:
+                raise unwrap(exc) from None
+            except (RayActorError, OwnerDiedError):
+                pass
+        return pending
 
     def ref(self, index: int) -> Any:
         """The (one) request for piece ``index``."""
@@ -84,9 +118,7 @@ class _SharedPieces:
         taken even when no response awaits it (a blob passed through, a client gone), so that
         a failed download is not reported again as an error nobody read."""
         if self._complete is None:
-            ref = self._owner.peer.wait_complete.remote(self._task_id)
-            self._complete = asyncio.ensure_future(_answer_of(ref))
-            self._complete.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._complete = _read_later(self._owner.peer.wait_complete.remote(self._task_id))
         return self._complete
 
     def forget_completion(self) -> None:
@@ -137,6 +169,7 @@ class _P2PHandle:
     async def _get(self, index: int) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _PREPARE_GRACE_S
+        healed = False
         while True:
             ref = self._shared.ref(index)
             try:
@@ -147,17 +180,21 @@ class _P2PHandle:
                 return await box[0]
             except (RayActorError, OwnerDiedError):
                 # the node's peer (the owner of every reference it hands out) died; a new one
-                # must download the blob again, so restart it
+                # must download the blob again: it is sent the task if this response sent no
+                # byte yet, else the response fails
                 self._shared.forget(index, ref)
                 await self._owner.reconnect()
-                raise
+                if self._sent or healed:
+                    raise
+                healed = True
+                self._shared.prepare()
             except RayTaskError as exc:
                 self._shared.forget(index, ref)
                 cause = unwrap(exc)
-                # The peer records a task a moment after prepare() returns: retry briefly.
                 if "not prepared" not in str(cause) or loop.time() > deadline:
                     raise cause from None
-                await asyncio.sleep(0.005)
+                if not await self._shared.prepared():  # answered before: retry briefly
+                    await asyncio.sleep(0.005)
 
     async def piece(self, index: int) -> Piece:
         """Piece ``index``; the next READ_AHEAD pieces are requested while it is sent."""
@@ -334,7 +371,7 @@ class P2PBlobs:
         if local is not None:
             return local
         info = await self._register(digest, source)
-        await self.call("prepare", info, self.concurrency)
+        self.shared(digest.task_id).prepare(info)  # answered by the time its pieces are
         return _P2PHandle(self, digest, info.cut, source)
 
     async def pass_through(
