@@ -39,6 +39,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray
 import requests
 
+from bench import machine
 from bench.core import actor_pids, cpu_seconds, peer_pid
 from bench.procstat import machine_busy_s
 from rayfly.actors import placement
@@ -368,6 +369,7 @@ def main() -> None:
         doc = json.loads(Path(args.from_json).read_text())
         print(report(doc["pulls"], doc["concurrent"], doc["args"], doc.get("blobs", [])))
         return
+    facts = machine.describe()  # on a quiet machine, before the cluster starts
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="rayfly-mirror-bench-"))
     os.environ["RAYFLY_CACHE_DIR"] = str(work / "cache")
@@ -395,8 +397,10 @@ def main() -> None:
         text = report(pulls, many, vars(args), blobs)
         print("\n" + text)
         print(f"\nload average (1, 5, 15 min): start {load_start}, end {os.getloadavg()}")
+        print(machine.summary(facts))
         if args.json:
             doc = {
+                "machine": facts,
                 "pulls": pulls,
                 "concurrent": many,
                 "blobs": blobs,
