@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,10 @@ async def _answer_of(ref: Any) -> Any:
     return await ref
 
 
-def _read_later(ref: Any) -> asyncio.Future[Any]:
-    """The answer of ``ref`` as a future that is read even when nobody awaits it, so that a
-    failed call is not reported again as an error nobody retrieved."""
-    future = asyncio.ensure_future(_answer_of(ref))
+def _read_later(answer: Awaitable[Any]) -> asyncio.Future[Any]:
+    """``answer`` as a future that is read even when nobody awaits it, so that a failed call
+    is not reported again as an error nobody retrieved."""
+    future = asyncio.ensure_future(answer)
     future.add_done_callback(lambda f: f.cancelled() or f.exception())
     return future
 
@@ -89,7 +89,7 @@ class _SharedPieces:
         self._task = task or self._task
         if self._task is not None:
             ref = self._owner.peer.prepare.remote(self._task, self._owner.concurrency)
-            self._prepared = _read_later(ref)
+            self._prepared = _read_later(_answer_of(ref))
 
     async def prepared(self) -> bool:
         """Wait for the peer's answer to the last ``prepare``: True if it had not come yet.
@@ -118,8 +118,13 @@ class _SharedPieces:
         taken even when no response awaits it (a blob passed through, a client gone), so that
         a failed download is not reported again as an error nobody read."""
         if self._complete is None:
-            self._complete = _read_later(self._owner.peer.wait_complete.remote(self._task_id))
+            self._complete = _read_later(self._ask_complete())
         return self._complete
+
+    async def _ask_complete(self) -> Any:
+        # sent once the task's prepare is answered: the peer refuses one that comes before it
+        await self.prepared()
+        return await self._owner.peer.wait_complete.remote(self._task_id)
 
     def forget_completion(self) -> None:
         """Drop a completion request whose peer died (the next one goes to its successor)."""

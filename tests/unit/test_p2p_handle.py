@@ -95,6 +95,7 @@ def test_the_completion_is_asked_once_per_blob_when_it_opens() -> None:
     async def run() -> None:
         peer = _Peer(os.urandom(3 * PIECE + 5))
         blobs, handles, _ = _opened(peer, 2)
+        await asyncio.sleep(0)
         assert peer.calls == ["wait_complete"]
         for index in range(4):
             got = await handles[0].piece(index)
@@ -177,7 +178,8 @@ async def _no_upstream() -> Any:
 def test_open_sends_prepare_without_waiting_and_the_first_piece_waits_for_its_answer() -> None:
     """``open`` returns with the task's ``prepare`` still unanswered (one round trip less per
     blob). A piece request the peer starts first is refused as "not prepared" and sent again
-    as soon as ``prepare`` is answered: once, not polled."""
+    as soon as ``prepare`` is answered: once, not polled. The blob's completion is asked only
+    after that answer (the peer would refuse it before)."""
 
     async def run() -> None:
         peer = _Peer(os.urandom(2 * PIECE + 3))
@@ -185,11 +187,10 @@ def test_open_sends_prepare_without_waiting_and_the_first_piece_waits_for_its_an
         blobs, digest = _backend(peer)
         async with asyncio.timeout(5):
             handle = await blobs.open(digest, _no_upstream)
-        assert peer.calls == ["prepare", "wait_complete"]
         first = asyncio.ensure_future(handle.piece(0))
         await asyncio.sleep(0.1)
         assert not first.done()
-        assert peer.calls.count("wait_piece") == 1  # refused, and not asked again yet
+        assert peer.calls == ["prepare", "wait_piece"]  # refused, and not asked again yet
         peer.answer_prepare.set()
         async with asyncio.timeout(5):
             assert bytes(await first) == peer.data[:PIECE]
@@ -198,7 +199,8 @@ def test_open_sends_prepare_without_waiting_and_the_first_piece_waits_for_its_an
                 assert bytes(got) == peer.data[index * PIECE : (index + 1) * PIECE]
             peer.stored.set()
             await handle.verify()
-        assert peer.calls[:4] == ["prepare", "wait_complete", "wait_piece", "wait_piece"]
+        assert peer.calls[:4] == ["prepare", "wait_piece", "wait_complete", "wait_piece"]
+        assert peer.calls.count("wait_complete") == 1
         handle.close()
 
     asyncio.run(run())
@@ -237,7 +239,7 @@ def test_a_peer_that_died_before_the_first_piece_is_replaced_and_sent_the_task()
             assert bytes(await handle.piece(1)) == data[PIECE:]
             successor.stored.set()
             await handle.verify()
-        assert dead.calls == ["prepare", "wait_complete", "wait_piece"]
+        assert dead.calls == ["prepare", "wait_piece", "wait_complete"]
         assert successor.calls[:2] == ["prepare", "wait_piece"]
         assert "wait_complete" in successor.calls
         handle.close()
