@@ -4,7 +4,6 @@ imported only when a server starts."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter
@@ -12,15 +11,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 ADDRESS = "127.0.0.1"
+THREADS = 32  # requests served at once; more wait for a thread, on their open connection
 
 
 class CountingS3Server:
     """moto's S3 server on ``127.0.0.1``; ``gets[key]``/``heads[key]`` count the requests for
-    each object (``bucket/key``), ``lists`` the bucket listings; ``last_list`` and
-    ``first_get`` are when (``time.monotonic()``) the last listing request and the first object
-    GET since the last :meth:`reset` arrived (None: none yet). ``before_get``, if set, is
-    called with the key of each object GET before it is served (a test changes the origin
-    there, between a listing and the reads)."""
+    each object (``bucket/key``), ``lists`` the bucket listings, ``clients`` the connections
+    (address, port) requests came on; ``last_list`` and ``first_get`` are when
+    (``time.monotonic()``) the last listing request and the first object GET since the last
+    :meth:`reset` arrived (None: none yet). ``before_get``, if set, is called with the key of
+    each object GET before it is served (a test changes the origin there, between a listing
+    and the reads: in the backend, see :meth:`delete_in_backend`)."""
 
     def __init__(self, port: int = 0):
         self._port = port
@@ -30,6 +31,7 @@ class CountingS3Server:
         self.gets: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
         self.lists = 0
+        self.clients: set[tuple[str, str]] = set()  # (address, port): one per connection
         self.last_list: float | None = None
         self.first_get: float | None = None
         self.before_get: Callable[[str], None] | None = None
@@ -37,7 +39,7 @@ class CountingS3Server:
     @property
     def endpoint(self) -> str:
         """``http://127.0.0.1:PORT``."""
-        return f"http://{ADDRESS}:{self._server.server_address[1]}"
+        return f"http://{ADDRESS}:{self._server.bind_addr[1]}"
 
     def options(self) -> dict[str, Any]:
         """fsspec (s3fs) storage options for this server (moto's test credentials)."""
@@ -49,17 +51,20 @@ class CountingS3Server:
         }
 
     def start(self) -> CountingS3Server:
-        """Serve in a daemon thread."""
+        """Serve in a daemon thread, keeping connections alive as S3 does."""
+        from cheroot import wsgi
         from moto.server import create_backend_app
-        from werkzeug.serving import make_server
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 
         # moto's S3 app alone: moto's dispatcher finds the service of every request under one
-        # lock by listing its own package directory, which cost ~half the CPU of a 4 KiB GET
-        app = create_backend_app("s3")
-        self._server = make_server(ADDRESS, self._port, self._counting(app), threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # lock by listing its own package directory, which cost ~half the CPU of a 4 KiB GET.
+        # Served by cheroot, not moto's own server (werkzeug's development server): that one
+        # closes the connection after every response, so each GET cost its client a new TCP
+        # connection and the server a new thread, about half the CPU of a 4 KiB GET on either
+        # side (docs/BENCHMARKS.md, twenty-third pass). S3 keeps connections alive.
+        app = self._counting(create_backend_app("s3"))
+        self._server = wsgi.Server((ADDRESS, self._port), app, numthreads=THREADS)
+        self._server.prepare()  # bound: the endpoint is known
+        self._thread = threading.Thread(target=self._server.serve, daemon=True)
         self._thread.start()
         return self
 
@@ -81,10 +86,19 @@ class CountingS3Server:
             count += 1
         return count
 
+    def delete_in_backend(self, bucket: str, key: str) -> None:
+        """Delete one object straight in moto's backend (no request, nothing counted): what a
+        test that changes the origin while a request is being served must use, since a request
+        from inside the server's own handler could wait for a thread that it holds."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        s3_backends[DEFAULT_ACCOUNT_ID]["aws"].delete_object(bucket, key)
+
     def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving (open connections are closed)."""
         if self._server is not None:
-            self._server.shutdown()
+            self._server.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -94,6 +108,7 @@ class CountingS3Server:
             self.gets.clear()
             self.heads.clear()
             self.lists = 0
+            self.clients.clear()
             self.last_list = self.first_get = None
 
     def object_gets(self, keys: Iterable[str] | None = None) -> int:
@@ -120,6 +135,8 @@ class CountingS3Server:
         def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
             self._count(method, path)
+            with self._lock:
+                self.clients.add((environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", "")))
             key = path.lstrip("/")
             if method == "GET" and "/" in key.rstrip("/") and self.before_get is not None:
                 self.before_get(key)

@@ -65,3 +65,17 @@ def test_reset_forgets_the_request_times(server: CountingS3Server) -> None:
     server.reset()
 
     assert server.first_get is None and server.last_list is None and server.lists == 0
+
+
+def test_connections_are_kept_alive_as_s3_keeps_them(server: CountingS3Server) -> None:
+    """A client's GETs share its connections (moto's own server closed one per response)."""
+    bucket = f"demo-{uuid.uuid4().hex[:12]}"
+    data = {f"k{i}": os.urandom(64 + i) for i in range(40)}
+    server.put_in_backend(bucket, data.items())
+    files = source.list_files(f"s3://{bucket}/", server.options())
+    server.reset()
+    for f in files:
+        got = source.read_range(f.url, server.options(), 0, f.size, f.version)
+        assert got == data[f.relpath]
+    assert server.object_gets() == 40
+    assert len(server.clients) <= 2, server.clients
