@@ -61,10 +61,10 @@ def describe() -> dict[str, object]:
 def summary(facts: dict[str, object]) -> str:
     """One line for a benchmark's report."""
     reporting = {True: "on", False: "off", None: "no balloon"}[facts["free_page_reporting"]]
+    costs = facts["write_sync_sys_s"]
     return (
-        f"machine: free page reporting {reporting}; 100 MiB write+fdatasync, sys CPU-s of 8 "
-        f"rounds {facts['write_sync_sys_s']} (later half / first half: "
-        f"{facts['write_sync_later_to_first']}x)"
+        f"machine: free page reporting {reporting}; write+fdatasync of 100 MiB, sys CPU-s of "
+        f"each round {costs} (later half / first half: {facts['write_sync_later_to_first']}x)"
     )
 
 

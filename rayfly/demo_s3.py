@@ -118,9 +118,10 @@ class CountingS3Server:
                 return sum(self.gets.values())
             return sum(self.gets[k] for k in keys)
 
-    def _count(self, method: str, path: str) -> None:
+    def _count(self, method: str, path: str, client: tuple[str, str]) -> None:
         key = path.lstrip("/")
         with self._lock:
+            self.clients.add(client)
             if "/" not in key.rstrip("/"):
                 if method == "GET":
                     self.lists += 1
@@ -134,9 +135,8 @@ class CountingS3Server:
     def _counting(self, app: Callable[..., Any]) -> Callable[..., Any]:
         def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
-            self._count(method, path)
-            with self._lock:
-                self.clients.add((environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", "")))
+            client = (environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", ""))
+            self._count(method, path, client)
             key = path.lstrip("/")
             if method == "GET" and "/" in key.rstrip("/") and self.before_get is not None:
                 self.before_get(key)
