@@ -9,7 +9,9 @@ objects/s) unless ``--upload http`` asks for PUTs through s3fs (~40-400 objects/
 The origin is moto's S3 server on loopback behind a request counter (:mod:`rayfly.demo_s3`),
 so each run also reports the GETs per object that reached it. Methods alternate their order
 per run; each rayfly run is a new task set (a fresh tag) and its cache entries are removed
-after it. Prints one JSON document and appends it to ``bench/results/smallfiles.jsonl``.
+after it. Prints one JSON document and appends it to ``bench/results/smallfiles.jsonl``. With
+``--warm-up N``, N untimed runs of each method come first (a new cluster's first run also
+starts its actors and workers); they are kept with negative run numbers, out of the medians.
 """
 
 from __future__ import annotations
@@ -174,6 +176,13 @@ def main() -> None:
     p.add_argument("--size", default="32KiB")
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        default=0,
+        help="untimed runs of each method first, kept with negative run numbers and left out "
+        "of the medians: a new cluster's first run also starts its actors and workers",
+    )
     p.add_argument("--methods", default="rayfly,plain")
     p.add_argument("--label", default="")
     p.add_argument(
@@ -200,7 +209,7 @@ def main() -> None:
     args.node_ids = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     ray.get([warm_up.options(scheduling_strategy=pinned(n)).remote() for n in args.node_ids])
     rows = []
-    for run in range(args.runs):
+    for run in range(-args.warm_up, args.runs):
         for method in methods if run % 2 == 0 else methods[::-1]:
             rows.append({"run": run, **one_run(method, args, server, work)})
             print(json.dumps(rows[-1]), flush=True)
@@ -214,7 +223,7 @@ def main() -> None:
         "upload": args.upload,
         "upload_seconds": round(upload_s, 1),
         "runs": rows,
-        "median": summary(rows, methods),
+        "median": summary([r for r in rows if r["run"] >= 0], methods),
     }
     print(json.dumps(doc["median"], indent=1))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
