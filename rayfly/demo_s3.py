@@ -14,6 +14,14 @@ ADDRESS = "127.0.0.1"
 THREADS = 32  # requests served at once; more wait for a thread, on their open connection
 
 
+def _backend() -> Any:
+    """moto's in-memory S3 backend, which a server in this process serves."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+
 class CountingS3Server:
     """moto's S3 server on ``127.0.0.1``; ``gets[key]``/``heads[key]`` count the requests for
     each object (``bucket/key``), ``lists`` the bucket listings, ``clients`` the connections
@@ -74,10 +82,7 @@ class CountingS3Server:
         so ~10,000 objects/s where PUTs through s3fs make ~40-400. They are the same objects a
         PUT makes (ETag, last-modified) and are listed and served like them; nothing is counted.
         Returns the number of objects put."""
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.s3.models import s3_backends
-
-        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        backend = _backend()
         if bucket not in backend.buckets:
             backend.create_bucket(bucket, "us-east-1")
         count = 0
@@ -90,10 +95,7 @@ class CountingS3Server:
         """Delete one object straight in moto's backend (no request, nothing counted): what a
         test that changes the origin while a request is being served must use, since a request
         from inside the server's own handler could wait for a thread that it holds."""
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.s3.models import s3_backends
-
-        s3_backends[DEFAULT_ACCOUNT_ID]["aws"].delete_object(bucket, key)
+        _backend().delete_object(bucket, key)
 
     def stop(self) -> None:
         """Stop serving (open connections are closed)."""

@@ -76,16 +76,19 @@ class _Peer:
         return {"sha256": digest, "bytes": len(self.data), "bytes_from_peers": len(self.data)}
 
 
+def _digest(peer: _Peer) -> Digest:
+    return Digest("sha256", hashlib.sha256(peer.data).hexdigest())
+
+
+async def _no_upstream() -> Any:
+    raise AssertionError("the upstream is not asked")
+
+
 def _opened(peer: _Peer, n: int) -> tuple[P2PBlobs, list[_P2PHandle], Digest]:
     peer.prepared = True
-    blobs = P2PBlobs(peer, scheduler=None)
-    digest = Digest("sha256", hashlib.sha256(peer.data).hexdigest())
-
-    async def source() -> Any:
-        raise AssertionError("the upstream is not asked")
-
+    blobs, digest = P2PBlobs(peer, scheduler=None), _digest(peer)
     cut = Cut(len(peer.data), PIECE)
-    return blobs, [_P2PHandle(blobs, digest, cut, source) for _ in range(n)], digest
+    return blobs, [_P2PHandle(blobs, digest, cut, _no_upstream) for _ in range(n)], digest
 
 
 def test_the_completion_is_asked_once_per_blob_when_it_opens() -> None:
@@ -165,14 +168,10 @@ class _Scheduler:
 
 
 def _backend(peer: _Peer, get_peer: Any = None) -> tuple[P2PBlobs, Digest]:
-    digest = Digest("sha256", hashlib.sha256(peer.data).hexdigest())
+    digest = _digest(peer)
     url = "https://registry.invalid/v2/a/blobs/" + str(digest)
     task = TaskInfo(digest.task_id, url, len(peer.data), PIECE, expected_sha256=digest.hex)
     return P2PBlobs(peer, _Scheduler(task), get_peer=get_peer), digest
-
-
-async def _no_upstream() -> Any:
-    raise AssertionError("the upstream is not asked")
 
 
 def test_open_sends_prepare_without_waiting_and_the_first_piece_waits_for_its_answer() -> None:
